@@ -1,0 +1,598 @@
+"""sandboxd in-sandbox agent.
+
+Runs as the first process (PID 1) of every sandbox, as the sandbox's unprivileged user, on
+the sandbox's own Python (3.9+, standard library only; it imports nothing from sandboxd).
+It serves the daemon over a listening unix socket that the daemon created on the host and
+handed over as file descriptor 3, so nothing inside the sandbox can replace it.
+
+Wire protocol (version 1), one request at a time per connection, many connections:
+  frame  = type (1 byte) + length (4 bytes, big endian) + payload (<= MAX_FRAME bytes)
+  types  = J (JSON object), O (stdout bytes), E (stderr bytes), D (file bytes), Z (end of data)
+On accept the agent sends J{"v": 1, "agent": "sandboxd-agent", ...}. Requests are J frames
+with an "op"; see the handle_* functions for each op and its replies. Errors are
+J{"error": {"code": ..., "message": ...}}.
+"""
+
+import ctypes
+import json
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 20
+MAX_JSON = 64 << 10
+MAX_STDIN = 1 << 20
+MAX_LIST = 10000
+READ_CHUNK = 64 << 10
+WORKSPACE = "/mnt/data"
+UPLOAD_PREFIX = ".sandboxd-upload-"
+LISTEN_FD = 3
+PR_SET_DUMPABLE = 4
+DRAIN_GRACE_S = 0.2
+
+BASE_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/tmp",
+    "LANG": "C.UTF-8",
+    "USER": "sandbox",
+    "LOGNAME": "sandbox",
+    "SHELL": "/bin/sh",
+    "TMPDIR": "/tmp",
+}
+CHILD_DEFAULT_SIGNALS = (
+    signal.SIGPIPE,
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGXFSZ,
+)
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class OpError(Exception):
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def recv_exact(sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return bytes(buf)
+
+
+def recv_frame(sock):
+    header = recv_exact(sock, 5)
+    kind = header[:1]
+    (length,) = struct.unpack(">I", header[1:])
+    if length > MAX_FRAME or (kind == b"J" and length > MAX_JSON):
+        raise ProtocolError("frame too large")
+    payload = recv_exact(sock, length) if length else b""
+    return kind, payload
+
+
+def recv_json(sock):
+    kind, payload = recv_frame(sock)
+    if kind != b"J":
+        raise ProtocolError("expected a JSON frame")
+    msg = json.loads(payload.decode("utf-8"))
+    if not isinstance(msg, dict):
+        raise ProtocolError("expected a JSON object")
+    return msg
+
+
+def send_frame(sock, kind, payload=b""):
+    sock.sendall(kind + struct.pack(">I", len(payload)) + payload)
+
+
+def send_json(sock, obj):
+    send_frame(sock, b"J", json.dumps(obj, separators=(",", ":")).encode())
+
+
+def send_error(sock, code, message):
+    send_json(sock, {"error": {"code": code, "message": message}})
+
+
+# ----------------------------------------------------------------------------- children
+
+
+class Reaper:
+    """Reaps every child (PID 1 inherits orphans) and hands statuses to their waiters."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.spawned = threading.Condition(self.lock)
+        self.waiters = {}
+
+    def run(self):
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                with self.spawned:
+                    self.spawned.wait(timeout=1.0)
+                continue
+            with self.lock:
+                waiter = self.waiters.pop(pid, None)
+                if waiter is not None:
+                    waiter["status"] = status
+                    if waiter["wake"] is not None:
+                        os.write(waiter["wake"], b"x")
+
+    def spawn(self, argv, env, cwd, fds, wake_fd):
+        """posix_spawn under the lock so the reaper cannot miss the registration."""
+        waiter = {"status": None, "wake": wake_fd}
+        with self.spawned:
+            os.chdir(cwd)
+            try:
+                file_actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in fds]
+                pid = os.posix_spawn(
+                    argv[0],
+                    argv,
+                    env,
+                    file_actions=file_actions,
+                    setsid=True,
+                    setsigdef=CHILD_DEFAULT_SIGNALS,
+                    setsigmask=(),
+                )
+            finally:
+                os.chdir("/")
+            self.waiters[pid] = waiter
+            self.spawned.notify_all()
+        try:
+            # Let the OOM killer pick sandbox code before the agent.
+            with open("/proc/%d/oom_score_adj" % pid, "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
+        return pid, waiter
+
+
+# ----------------------------------------------------------------------------- exec
+
+
+def exit_fields(status):
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return {"exit_code": 128 - code, "signal": -code}
+    return {"exit_code": code, "signal": None}
+
+
+def handle_exec(reaper, conn, req):
+    cmd = req.get("cmd")
+    env_extra = req.get("env") or {}
+    cwd = req.get("cwd") or WORKSPACE
+    timeout_ms = req.get("timeout_ms")
+    cap = req.get("max_output")
+    stdin_data = req.get("stdin") or ""
+    if not isinstance(cmd, str) or not isinstance(env_extra, dict):
+        raise OpError("bad_request", "cmd must be a string and env an object")
+    if not isinstance(timeout_ms, int) or not isinstance(cap, int) or cap < 0:
+        raise OpError("bad_request", "timeout_ms and max_output must be integers")
+    if not isinstance(cwd, str) or not isinstance(stdin_data, str):
+        raise OpError("bad_request", "cwd and stdin must be strings")
+    stdin_bytes = stdin_data.encode("utf-8")
+    if len(stdin_bytes) > MAX_STDIN:
+        raise OpError("bad_request", "stdin too large")
+    if not os.path.isdir(cwd):
+        raise OpError("bad_cwd", "working directory does not exist: %s" % cwd)
+    env = dict(BASE_ENV)
+    for key, value in env_extra.items():
+        if not isinstance(key, str) or not isinstance(value, str) or "=" in key or "\0" in key:
+            raise OpError("bad_request", "env must map names to strings")
+        if "\0" in value:
+            raise OpError("bad_request", "env values must not contain NUL")
+        env[key] = value
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    own = [out_r, out_w, err_r, err_w, in_r, in_w, wake_r, wake_w]
+    started = time.monotonic()
+    try:
+        for fd in own:
+            os.set_inheritable(fd, False)
+        try:
+            pid, waiter = reaper.spawn(
+                ["/bin/sh", "-c", cmd], env, cwd, [(0, in_r), (1, out_w), (2, err_w)], wake_w
+            )
+        except OSError as exc:
+            raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
+        for fd in (out_w, err_w, in_r):
+            os.close(fd)
+            own.remove(fd)
+        own.remove(in_w)  # pump_exec owns and closes it
+        deadline = started + timeout_ms / 1000.0
+        try:
+            result = pump_exec(
+                conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, deadline
+            )
+        finally:
+            with reaper.lock:
+                waiter["wake"] = None
+    finally:
+        for fd in own:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+    send_json(conn, result)
+
+
+def pump_exec(conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, deadline):
+    sel = selectors.DefaultSelector()
+    sel.register(out_r, selectors.EVENT_READ, b"O")
+    sel.register(err_r, selectors.EVENT_READ, b"E")
+    sel.register(wake_r, selectors.EVENT_READ, None)
+    sel.register(conn, selectors.EVENT_READ, "conn")
+    if stdin_bytes:
+        os.set_blocking(in_w, False)
+        sel.register(in_w, selectors.EVENT_WRITE, "stdin")
+        stdin_open = True
+    else:
+        os.close(in_w)
+        stdin_open = False
+    pending_stdin = memoryview(stdin_bytes)
+    sent = 0
+    truncated = False
+    timed_out = False
+    killed_by_request = None
+    status = None
+    exited_at = None
+    open_pipes = 2
+    try:
+        while True:
+            now = time.monotonic()
+            if status is None and not timed_out and now >= deadline:
+                timed_out = True
+                kill_group(pid)
+            if status is not None:
+                if open_pipes == 0 or now - exited_at >= DRAIN_GRACE_S:
+                    break
+                timeout = exited_at + DRAIN_GRACE_S - now
+            else:
+                timeout = max(0.0, deadline - now) if not timed_out else 1.0
+            for key, _ in sel.select(timeout):
+                tag = key.data
+                if tag == "conn":
+                    kind, payload = recv_frame(conn)
+                    msg = json.loads(payload.decode("utf-8")) if kind == b"J" else {}
+                    if isinstance(msg, dict) and msg.get("op") == "kill":
+                        killed_by_request = str(msg.get("reason") or "request")
+                        kill_group(pid)
+                elif tag == "stdin":
+                    try:
+                        n = os.write(in_w, pending_stdin[:65536])
+                        pending_stdin = pending_stdin[n:]
+                    except BlockingIOError:
+                        continue
+                    except BrokenPipeError:
+                        pending_stdin = pending_stdin[:0]
+                    if not pending_stdin:
+                        sel.unregister(in_w)
+                        os.close(in_w)
+                        stdin_open = False
+                elif tag is None:
+                    os.read(wake_r, 16)
+                    sel.unregister(wake_r)
+                    exited_at = time.monotonic()
+                    status = waiter["status"]
+                else:
+                    data = os.read(key.fd, READ_CHUNK)
+                    if not data:
+                        sel.unregister(key.fd)
+                        open_pipes -= 1
+                        continue
+                    room = cap - sent
+                    if room <= 0:
+                        truncated = True
+                        continue
+                    if len(data) > room:
+                        data = data[:room]
+                        truncated = True
+                    sent += len(data)
+                    send_frame(conn, tag, data)
+    except (EOFError, OSError, ProtocolError, ValueError):
+        # The daemon went away mid-exec: do not leave the command running unattended.
+        kill_group(pid)
+        raise
+    finally:
+        sel.close()
+        if stdin_open:
+            os.close(in_w)
+    result = {"ev": "exit", "timed_out": timed_out, "truncated": truncated, "pid": pid}
+    result.update(exit_fields(status))
+    if killed_by_request is not None:
+        result["killed"] = killed_by_request
+    return result
+
+
+def kill_group(pid):
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def workspace_dev():
+    return os.stat(WORKSPACE).st_dev
+
+
+def check_name(name):
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\0" in name
+        or len(name.encode("utf-8", "surrogateescape")) > 255
+        or name.startswith(UPLOAD_PREFIX)
+    ):
+        raise OpError("bad_name", "invalid file name")
+    return name
+
+
+def resolve_in_workspace(path):
+    """Resolve `path` inside the sandbox's view and require it to stay in the workspace."""
+    if not isinstance(path, str) or "\0" in path or not path.startswith("/"):
+        raise OpError("bad_path", "path must be absolute")
+    real = os.path.realpath(path)
+    if real != WORKSPACE and not real.startswith(WORKSPACE + "/"):
+        raise OpError("outside_workspace", "path resolves outside %s" % WORKSPACE)
+    return real
+
+
+def open_regular(path, flags):
+    """Open a regular file on the workspace filesystem only (never /proc, never a FIFO)."""
+    real = resolve_in_workspace(path)
+    try:
+        fd = os.open(real, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OpError("not_found", "no such file") from None
+    except OSError as exc:
+        raise OpError("io_error", os.strerror(exc.errno)) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_dev != workspace_dev():
+        os.close(fd)
+        raise OpError("not_regular", "not a regular file in the workspace")
+    os.set_blocking(fd, True)
+    return fd, st
+
+
+def handle_list(conn, req):
+    root = resolve_in_workspace(req.get("root") or WORKSPACE)
+    limit = min(int(req.get("max_entries") or MAX_LIST), MAX_LIST)
+    dev = workspace_dev()
+    files = []
+    truncated = False
+    stack = [root]
+    while stack and not truncated:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(UPLOAD_PREFIX) or (
+                current == WORKSPACE and entry.name == "lost+found"
+            ):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if st.st_dev != dev:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                if len(files) >= limit:
+                    truncated = True
+                    break
+                files.append({"path": entry.path, "bytes": st.st_size, "mtime": st.st_mtime})
+    send_json(conn, {"files": files, "truncated": truncated})
+
+
+def handle_read(conn, req):
+    max_bytes = req.get("max_bytes")
+    if not isinstance(max_bytes, int) or max_bytes < 0:
+        raise OpError("bad_request", "max_bytes must be an integer")
+    fd, st = open_regular(req.get("path"), os.O_RDONLY)
+    try:
+        if st.st_size > max_bytes:
+            raise OpError("too_large", "file is larger than the download cap")
+        send_json(conn, {"ok": True, "bytes": st.st_size})
+        sent = 0
+        while sent < max_bytes:
+            chunk = os.read(fd, min(READ_CHUNK, max_bytes - sent))
+            if not chunk:
+                break
+            sent += len(chunk)
+            send_frame(conn, b"D", chunk)
+        send_frame(conn, b"Z")
+    finally:
+        os.close(fd)
+
+
+def handle_write(conn, req):
+    name = check_name(req.get("name"))
+    directory = resolve_in_workspace(req.get("dir") or WORKSPACE)
+    max_bytes = req.get("max_bytes")
+    if not isinstance(max_bytes, int) or max_bytes < 0:
+        raise OpError("bad_request", "max_bytes must be an integer")
+    tmp = os.path.join(directory, "%s%s" % (UPLOAD_PREFIX, os.urandom(8).hex()))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except OSError as exc:
+        raise OpError("io_error", os.strerror(exc.errno)) from None
+    error = None
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            send_json(conn, {"ready": True})
+            while True:
+                kind, payload = recv_frame(conn)
+                if kind == b"Z":
+                    break
+                if kind != b"D":
+                    raise ProtocolError("expected data frames")
+                written += len(payload)
+                if written > max_bytes:
+                    error = OpError("too_large", "upload exceeds the cap")
+                    continue  # keep reading so the stream stays in sync
+                if error is None:
+                    try:
+                        f.write(payload)
+                    except OSError as exc:
+                        error = exc_to_op(exc)
+            if error is None:
+                try:
+                    f.flush()
+                except OSError as exc:
+                    error = exc_to_op(exc)
+        if error is not None:
+            raise error
+        final = link_unique(tmp, directory, name)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+    send_json(conn, {"ok": True, "path": final, "bytes": written})
+
+
+def exc_to_op(exc):
+    if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+        return OpError("no_space", "the workspace is full")
+    if exc.errno == 27:  # EFBIG
+        return OpError("too_large", "file size limit exceeded")
+    return OpError("io_error", os.strerror(exc.errno))
+
+
+def link_unique(tmp, directory, name):
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # ".bashrc" or "README"
+        stem, dot, ext = name, "", ""
+    for n in range(1000):
+        candidate = name if n == 0 else "%s (%d)%s%s" % (stem, n, dot, ext)
+        target = os.path.join(directory, candidate)
+        try:
+            os.link(tmp, target)
+            return target
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise exc_to_op(exc) from None
+    raise OpError("name_clash", "too many files with this name")
+
+
+def handle_delete(conn, req):
+    path = req.get("path")
+    real_parent = resolve_in_workspace(os.path.dirname(path) if isinstance(path, str) else "")
+    target = os.path.join(real_parent, check_name(os.path.basename(path)))
+    try:
+        st = os.lstat(target)
+        if stat.S_ISDIR(st.st_mode):
+            raise OpError("not_regular", "is a directory")
+        os.unlink(target)
+    except FileNotFoundError:
+        raise OpError("not_found", "no such file") from None
+    except OSError as exc:
+        raise exc_to_op(exc) from None
+    send_json(conn, {"ok": True})
+
+
+# ----------------------------------------------------------------------------- server
+
+
+def serve_connection(reaper, conn):
+    handlers = {
+        "list": handle_list,
+        "read": handle_read,
+        "write": handle_write,
+        "delete": handle_delete,
+    }
+    try:
+        send_json(
+            conn,
+            {
+                "v": PROTOCOL_VERSION,
+                "agent": "sandboxd-agent",
+                "python": "%d.%d" % sys.version_info[:2],
+            },
+        )
+        while True:
+            req = recv_json(conn)
+            op = req.get("op")
+            try:
+                if op == "ping":
+                    send_json(conn, {"ok": True})
+                elif op == "exec":
+                    handle_exec(reaper, conn, req)
+                elif op in handlers:
+                    handlers[op](conn, req)
+                else:
+                    raise OpError("bad_op", "unknown op")
+            except OpError as exc:
+                send_error(conn, exc.code, exc.message)
+    except (EOFError, ConnectionError, ProtocolError, ValueError):
+        pass
+    finally:
+        conn.close()
+
+
+def make_undumpable():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+
+
+def main():
+    # As PID 1, signals without a handler are ignored by the kernel: keep it that way.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL if sig != signal.SIGPIPE else signal.SIG_IGN)
+    make_undumpable()
+    os.chdir("/")
+    listener = socket.socket(fileno=LISTEN_FD)
+    os.set_inheritable(LISTEN_FD, False)
+    reaper = Reaper()
+    threading.Thread(target=reaper.run, name="reaper", daemon=True).start()
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except InterruptedError:
+            continue
+        except OSError:
+            time.sleep(0.05)
+            continue
+        conn.set_inheritable(False)
+        threading.Thread(target=serve_connection, args=(reaper, conn), daemon=True).start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Daemon side of the in-sandbox agent protocol (see sandbox/agent/agent.py for the wire format).
+
+Everything the agent says is untrusted: frames are size-capped, replies are type-checked, and
+any deviation closes the connection and surfaces as AgentProtocolError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import struct
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 20
+MAX_JSON = 64 << 10
+MAX_LIST_JSON = 8 << 20
+FRAME_TYPES = frozenset({b"J", b"O", b"E", b"D", b"Z"})
+
+
+@dataclass(frozen=True)
+class AgentFile:
+    path: str
+    bytes: int
+    mtime: float
+
+
+@dataclass(frozen=True)
+class ExecExit:
+    exit_code: int
+    signal: int | None
+    timed_out: bool
+    truncated: bool
+    killed: str | None
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class ExecChunk:
+    stream: str  # "stdout" | "stderr"
+    data: bytes
+
+
+class AgentConnection:
+    """One framed stream to the agent; not shared between concurrent operations."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.broken = False
+
+    async def send_frame(self, kind: bytes, payload: bytes = b"") -> None:
+        self._writer.write(kind + struct.pack(">I", len(payload)) + payload)
+        await self._writer.drain()
+
+    async def send_json(self, obj: Mapping[str, Any]) -> None:
+        await self.send_frame(b"J", json.dumps(obj, separators=(",", ":")).encode())
+
+    async def recv_frame(self, max_json: int = MAX_JSON) -> tuple[bytes, bytes]:
+        try:
+            header = await self._reader.readexactly(5)
+            kind = header[:1]
+            (length,) = struct.unpack(">I", header[1:])
+            if kind not in FRAME_TYPES:
+                raise AgentProtocolError(f"unknown frame type {kind!r}")
+            if length > MAX_FRAME or (kind == b"J" and length > max_json):
+                raise AgentProtocolError("agent frame exceeds the size cap")
+            payload = await self._reader.readexactly(length) if length else b""
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            raise AgentUnavailable("agent connection closed") from exc
+        return kind, payload
+
+    async def recv_json(self, max_json: int = MAX_JSON) -> dict[str, Any]:
+        kind, payload = await self.recv_frame(max_json)
+        if kind != b"J":
+            raise AgentProtocolError("expected a JSON frame from the agent")
+        return decode_json(payload)
+
+    def close(self) -> None:
+        self.broken = True
+        self._writer.close()
+
+
+def decode_json(payload: bytes) -> dict[str, Any]:
+    try:
+        msg = json.loads(payload)
+    except ValueError as exc:
+        raise AgentProtocolError("agent sent invalid JSON") from exc
+    if not isinstance(msg, dict):
+        raise AgentProtocolError("agent sent a non-object")
+    return msg
+
+
+def raise_if_error(msg: Mapping[str, Any]) -> None:
+    err = msg.get("error")
+    if err is None:
+        return
+    if not isinstance(err, dict):
+        raise AgentProtocolError("malformed agent error")
+    code, message = err.get("code"), err.get("message")
+    raise AgentError(str(code)[:64], str(message)[:512])
+
+
+class AgentClient:
+    """A small pool of connections to one sandbox's agent."""
+
+    def __init__(self, socket_path: Path, max_connections: int = 16) -> None:
+        self._path = socket_path
+        self._idle: list[AgentConnection] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self._closed = False
+
+    async def _open(self) -> AgentConnection:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self._path), limit=MAX_FRAME)
+        except OSError as exc:
+            raise AgentUnavailable(f"cannot reach the sandbox agent: {exc.strerror}") from exc
+        conn = AgentConnection(reader, writer)
+        try:
+            hello = await conn.recv_json()
+            if hello.get("v") != PROTOCOL_VERSION or hello.get("agent") != "sandboxd-agent":
+                raise AgentProtocolError("agent speaks an unsupported protocol version")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AgentConnection]:
+        """Lease a connection; it returns to the pool only if the operation completed."""
+        if self._closed:
+            raise AgentUnavailable("sandbox is closed")
+        async with self._slots:
+            conn = self._idle.pop() if self._idle else await self._open()
+            ok = False
+            try:
+                yield conn
+                ok = True
+            finally:
+                if ok and not self._closed and not conn.broken:
+                    self._idle.append(conn)
+                else:
+                    conn.close()
+
+    async def wait_ready(self, timeout: float) -> None:
+        """Wait until the agent accepts connections and answers a ping."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await self.ping()
+                return
+            except AgentUnavailable:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(0.002)
+
+    async def ping(self) -> None:
+        async with self.connection() as conn:
+            await conn.send_json({"op": "ping"})
+            raise_if_error(await conn.recv_json())
+
+    async def list_files(self, root: str, max_entries: int) -> tuple[list[AgentFile], bool]:
+        async with self.connection() as conn:
+            await conn.send_json({"op": "list", "root": root, "max_entries": max_entries})
+            msg = await conn.recv_json(MAX_LIST_JSON)
+        raise_if_error(msg)
+        raw, truncated = msg.get("files"), msg.get("truncated")
+        if not isinstance(raw, list) or not isinstance(truncated, bool):
+            raise AgentProtocolError("malformed file list")
+        files: list[AgentFile] = []
+        for item in raw[:max_entries]:
+            if not isinstance(item, dict):
+                raise AgentProtocolError("malformed file entry")
+            path, size, mtime = item.get("path"), item.get("bytes"), item.get("mtime")
+            if (
+                not isinstance(path, str)
+                or not path.startswith(root.rstrip("/") + "/")
+                or "\0" in path
+                or not isinstance(size, int)
+                or size < 0
+                or not isinstance(mtime, int | float)
+            ):
+                raise AgentProtocolError("malformed file entry")
+            files.append(AgentFile(path, size, float(mtime)))
+        return files, truncated
+
+    @contextlib.asynccontextmanager
+    async def read_file(self, path: str, max_bytes: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        """Open a file for streaming; raises AgentError (e.g. not_found) before any byte."""
+        async with self.connection() as conn:
+            await conn.send_json({"op": "read", "path": path, "max_bytes": max_bytes})
+            head = await conn.recv_json()
+            raise_if_error(head)
+            size = head.get("bytes")
+            if not isinstance(size, int) or not 0 <= size <= max_bytes:
+                raise AgentProtocolError("malformed read reply")
+
+            async def chunks() -> AsyncIterator[bytes]:
+                received = 0
+                while True:
+                    kind, payload = await conn.recv_frame()
+                    if kind == b"Z":
+                        return
+                    if kind != b"D":
+                        raise AgentProtocolError("expected file data")
+                    received += len(payload)
+                    if received > max_bytes:
+                        raise AgentProtocolError("agent sent more than the cap")
+                    yield payload
+
+            yield chunks()
+
+    async def write_file(
+        self, directory: str, name: str, data: AsyncIterator[bytes], max_bytes: int
+    ) -> tuple[str, int]:
+        """Stream `data` into a new file; returns (final path, size)."""
+        async with self.connection() as conn:
+            await conn.send_json(
+                {"op": "write", "dir": directory, "name": name, "max_bytes": max_bytes}
+            )
+            ready = await conn.recv_json()
+            raise_if_error(ready)
+            async for chunk in data:
+                for start in range(0, len(chunk), MAX_FRAME):
+                    await conn.send_frame(b"D", chunk[start : start + MAX_FRAME])
+            await conn.send_frame(b"Z")
+            msg = await conn.recv_json()
+        raise_if_error(msg)
+        path, size = msg.get("path"), msg.get("bytes")
+        if not isinstance(path, str) or not isinstance(size, int):
+            raise AgentProtocolError("malformed write reply")
+        return path, size
+
+    async def delete_file(self, path: str) -> None:
+        async with self.connection() as conn:
+            await conn.send_json({"op": "delete", "path": path})
+            msg = await conn.recv_json()
+        raise_if_error(msg)
+
+    @contextlib.asynccontextmanager
+    async def exec(self, request: Mapping[str, Any]) -> AsyncIterator[ExecStream]:
+        async with self.connection() as conn:
+            await conn.send_json({"op": "exec", **request})
+            stream = ExecStream(conn, int(request["max_output"]))
+            yield stream
+            if not stream.finished:
+                conn.close()  # the agent kills the command when its connection drops
+
+    async def close(self) -> None:
+        self._closed = True
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+
+
+class ExecStream:
+    """Events of one running command: ExecChunk..., then one ExecExit."""
+
+    def __init__(self, conn: AgentConnection, max_output: int) -> None:
+        self._conn = conn
+        self._budget = max_output
+        self.finished = False
+
+    async def next_event(self) -> ExecChunk | ExecExit:
+        kind, payload = await self._conn.recv_frame()
+        if kind in (b"O", b"E"):
+            self._budget -= len(payload)
+            if self._budget < 0:
+                raise AgentProtocolError("agent sent more output than the cap")
+            return ExecChunk("stdout" if kind == b"O" else "stderr", payload)
+        if kind != b"J":
+            raise AgentProtocolError("unexpected frame in exec stream")
+        msg = decode_json(payload)
+        raise_if_error(msg)
+        self.finished = True
+        return parse_exit(msg)
+
+    async def kill(self, reason: str) -> None:
+        await self._conn.send_json({"op": "kill", "reason": reason})
+
+
+def parse_exit(msg: Mapping[str, Any]) -> ExecExit:
+    code, sig = msg.get("exit_code"), msg.get("signal")
+    timed_out, truncated = msg.get("timed_out"), msg.get("truncated")
+    killed, duration = msg.get("killed"), msg.get("duration_ms")
+    if (
+        msg.get("ev") != "exit"
+        or not isinstance(code, int)
+        or not (sig is None or isinstance(sig, int))
+        or not isinstance(timed_out, bool)
+        or not isinstance(truncated, bool)
+        or not (killed is None or isinstance(killed, str))
+        or not isinstance(duration, int)
+    ):
+        raise AgentProtocolError("malformed exec result")
+    return ExecExit(code, sig, timed_out, truncated, killed[:32] if killed else None, duration)

@@ -1,0 +1,30 @@
+"""Errors raised by the sandbox layer; the daemon maps them to API errors in one place."""
+
+
+class SandboxError(Exception):
+    """Base class: something about a sandbox failed."""
+
+
+class RuntimeFailure(SandboxError):
+    """The runtime (runc, mounts, cgroups) failed to do what was asked."""
+
+
+class SandboxGone(SandboxError):
+    """The sandbox no longer exists on the host."""
+
+
+class AgentUnavailable(SandboxError):
+    """The in-sandbox agent cannot be reached (sandbox stopped, killed, or starting)."""
+
+
+class AgentProtocolError(SandboxError):
+    """The agent said something that breaks the protocol; treated as hostile."""
+
+
+class AgentError(SandboxError):
+    """The agent refused an operation with a typed reason (not_found, no_space, ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

@@ -1,0 +1,121 @@
+"""Build an OCI runtime-spec config.json for one sandbox from the backend-neutral spec."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox.spec import (
+    AGENT_DIR,
+    MASKED_PATHS,
+    READONLY_PATHS,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    WORKSPACE,
+    SandboxSpec,
+)
+
+ID_RANGE = 65536
+CPU_PERIOD_US = 100_000
+AGENT_ARGV = ["/usr/bin/python3", "-I", "-S", "-B", f"{AGENT_DIR}/agent.py"]
+AGENT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+# The six standard character devices runc creates (null, zero, full, random, urandom, tty).
+STANDARD_DEVICES = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)]
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    rootfs: str
+    workspace: str  # host mountpoint of the workspace image
+    agent_script: str
+    binds: Sequence[tuple[str, str]]  # read-only host binds (source, destination)
+
+
+def _ro_bind(src: str, dst: str) -> dict[str, Any]:
+    return {
+        "destination": dst,
+        "type": "bind",
+        "source": src,
+        "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"],
+    }
+
+
+def build_config(
+    spec: SandboxSpec,
+    paths: BundlePaths,
+    uid_base: int,
+    cgroups_path: str,
+    seccomp: Mapping[str, Any],
+) -> dict[str, Any]:
+    lim = spec.limits
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": ["nosuid", "noexec", "nodev"]},
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", "ro"]},
+        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "mode=1777", f"size={lim.tmp_bytes}",
+                     f"nr_inodes={lim.tmp_inodes}"]},
+        {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "nodev", "noexec", "mode=755", "size=1m"]},
+        *(_ro_bind(src, dst) for src, dst in paths.binds),
+        _ro_bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
+        {"destination": WORKSPACE, "type": "bind", "source": paths.workspace,
+         "options": ["rbind", "rw", "nosuid", "nodev", "rprivate"]},
+    ]
+    no_caps: dict[str, list[str]] = {
+        k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")
+    }
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": SANDBOX_UID, "gid": SANDBOX_GID, "additionalGids": []},
+            "args": AGENT_ARGV,
+            "env": AGENT_ENV,
+            "cwd": "/",
+            "capabilities": no_caps,
+            "noNewPrivileges": True,
+            "oomScoreAdj": 0,
+            "rlimits": [
+                {"type": "RLIMIT_NOFILE", "hard": lim.nofile, "soft": lim.nofile},
+                {"type": "RLIMIT_FSIZE", "hard": lim.fsize_bytes, "soft": lim.fsize_bytes},
+                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
+            ],
+        },
+        "root": {"path": paths.rootfs, "readonly": True},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": ID_RANGE}],
+            "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": ID_RANGE}],
+            "namespaces": [
+                {"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "user", "cgroup")
+            ],
+            "cgroupsPath": cgroups_path,
+            "resources": {
+                "memory": {"limit": spec.memory_bytes, "swap": spec.memory_bytes},
+                "pids": {"limit": lim.pids},
+                "cpu": {"quota": int(lim.cpus * CPU_PERIOD_US), "period": CPU_PERIOD_US},
+                "devices": [
+                    {"allow": False, "access": "rwm"},
+                    *(
+                        {"allow": True, "type": "c", "major": ma, "minor": mi, "access": "rwm"}
+                        for ma, mi in STANDARD_DEVICES
+                    ),
+                ],
+            },
+            **({"seccomp": dict(seccomp)} if seccomp else {}),
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }

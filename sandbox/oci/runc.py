@@ -1,0 +1,133 @@
+"""Drive an OCI runtime binary (runc, or crun where it works) as containerd does.
+
+Every call runs on the runtime's own thread pool with an explicit minimal environment (runc
+and crun read NOTIFY_SOCKET, so os.environ must never leak into them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sandbox.errors import RuntimeFailure
+
+RUNTIME_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+CALL_TIMEOUT_S = 30.0
+MAX_LOG_TAIL = 64 << 10
+
+
+class OciCli:
+    def __init__(self, binary: str, root: Path, executor: ThreadPoolExecutor) -> None:
+        self._binary = binary
+        self._root = root
+        self._executor = executor
+
+    def _base(self, log: Path | None = None) -> list[str]:
+        argv = [self._binary, "--root", str(self._root)]
+        if log is not None:
+            argv += ["--log", str(log), "--log-format", "json"]
+        return argv
+
+    async def _call(self, *args: str) -> subprocess.CompletedProcess[bytes]:
+        argv = [*self._base(), *args]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            lambda: subprocess.run(
+                argv,
+                env=RUNTIME_ENV,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=CALL_TIMEOUT_S,
+                check=False,
+            ),
+        )
+
+    async def run_detached(self, container_id: str, bundle: Path, listen_fd: int) -> None:
+        """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null.
+
+        posix_spawn is used because subprocess cannot place a descriptor at a given number.
+        """
+        log = bundle / "runtime.log"
+        argv = [
+            *self._base(log),
+            "run",
+            "--detach",
+            "--bundle",
+            str(bundle),
+            "--preserve-fds",
+            "1",
+            container_id,
+        ]
+
+        def spawn_and_wait() -> int:
+            pid = os.posix_spawn(
+                argv[0] if "/" in argv[0] else _which(argv[0]),
+                argv,
+                RUNTIME_ENV,
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, listen_fd, 3),
+                ],
+            )
+            _, status = os.waitpid(pid, 0)
+            return os.waitstatus_to_exitcode(status)
+
+        code = await asyncio.get_running_loop().run_in_executor(self._executor, spawn_and_wait)
+        if code != 0:
+            raise RuntimeFailure(f"{self._binary} run failed ({code}): {_log_tail(log)}")
+
+    async def delete_force(self, container_id: str) -> None:
+        proc = await self._call("delete", "--force", container_id)
+        err = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0 and "does not exist" not in err and "not exist" not in err:
+            raise RuntimeFailure(f"{self._binary} delete failed: {err.strip()[-300:]}")
+
+    async def state(self, container_id: str) -> str | None:
+        proc = await self._call("state", container_id)
+        if proc.returncode != 0:
+            return None
+        try:
+            status = json.loads(proc.stdout).get("status")
+        except (ValueError, AttributeError):
+            return None
+        return status if isinstance(status, str) else None
+
+    async def list_ids(self) -> list[str]:
+        proc = await self._call("list", "--format", "json")
+        if proc.returncode != 0:
+            raise RuntimeFailure(f"{self._binary} list failed: {proc.stderr[-300:]!r}")
+        items = json.loads(proc.stdout or b"null") or []
+        return [str(item["id"]) for item in items if isinstance(item, dict) and "id" in item]
+
+
+def _which(name: str) -> str:
+    for directory in RUNTIME_ENV["PATH"].split(":"):
+        candidate = os.path.join(directory, name)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeFailure(f"{name} not found in {RUNTIME_ENV['PATH']}")
+
+
+def _log_tail(log: Path) -> str:
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - MAX_LOG_TAIL))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return "no runtime log"
+    messages = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
+            messages.append(str(entry.get("msg", ""))[:500])
+    return "; ".join(messages[-3:]) or "no error in runtime log"

@@ -1,0 +1,45 @@
+"""The runtime seam: what the daemon may ask of a sandbox backend, and nothing more."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sandbox.agent_client import AgentClient
+from sandbox.cgroups import CgroupCounters
+from sandbox.spec import SandboxSpec
+
+
+class Runtime(Protocol):
+    """A sandbox backend (oci, docker, ...).
+
+    Operations are idempotent per sandbox id, so a retry or the reconciler can finish a job
+    that a cancelled call left half done.
+    """
+
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> None:
+        """Start a sandbox whose agent answers; all or nothing (destroys what it made on error)."""
+        ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Kill every process and free every resource of the sandbox; no error if absent."""
+        ...
+
+    async def is_running(self, sandbox_id: str) -> bool: ...
+
+    async def list_ids(self) -> list[str]:
+        """Ids of every sandbox of ours that exists on the host (for reconciliation)."""
+        ...
+
+    def agent(self, sandbox_id: str) -> AgentClient:
+        """The (pooled) client of the sandbox's agent."""
+        ...
+
+    async def counters(self, sandbox_id: str) -> CgroupCounters | None:
+        """Cgroup counters, or None if the sandbox's cgroup is gone."""
+        ...
+
+    async def close(self) -> None:
+        """Release daemon-side resources; sandboxes keep running."""
+        ...

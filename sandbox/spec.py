@@ -1,0 +1,64 @@
+"""The backend-neutral description of a sandbox: every control lives here once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+MEMORY_TIERS: Mapping[str, int] = {
+    "1g": 1 << 30,
+    "4g": 4 << 30,
+    "16g": 16 << 30,
+    "64g": 64 << 30,
+}
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+WORKSPACE = "/mnt/data"
+AGENT_DIR = "/.sandboxd"
+
+# moby's current masked and read-only /proc and /sys paths.
+MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/sys/devices/system/cpu/cpu0/thermal_throttle",
+)
+READONLY_PATHS = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-sandbox kernel limits besides memory (which comes from the tier)."""
+
+    pids: int = 512
+    cpus: float = 1.0
+    workspace_bytes: int = 1 << 30
+    tmp_bytes: int = 256 << 20
+    tmp_inodes: int = 65536
+    nofile: int = 1024
+    # Largest single file a process may write (RLIMIT_FSIZE); the workspace size caps it anyway.
+    fsize_bytes: int = 2 << 30
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    sandbox_id: str
+    memory_bytes: int
+    limits: Limits = field(default_factory=Limits)
+    hostname: str = "sandbox"
