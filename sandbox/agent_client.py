@@ -148,10 +148,10 @@ class AgentClient:
                 else:
                     conn.close()
 
-    async def wait_ready(self, timeout: float) -> None:
+    async def wait_ready(self, within_s: float) -> None:
         """Wait until the agent accepts connections and answers a ping."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within_s
         while True:
             try:
                 await self.ping()
@@ -192,8 +192,10 @@ class AgentClient:
         return files, truncated
 
     @contextlib.asynccontextmanager
-    async def read_file(self, path: str, max_bytes: int) -> AsyncIterator[AsyncIterator[bytes]]:
-        """Open a file for streaming; raises AgentError (e.g. not_found) before any byte."""
+    async def read_file(
+        self, path: str, max_bytes: int
+    ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
+        """Open a file for streaming: (size, chunks); AgentError (not_found...) before any byte."""
         async with self.connection() as conn:
             await conn.send_json({"op": "read", "path": path, "max_bytes": max_bytes})
             head = await conn.recv_json()
@@ -215,7 +217,7 @@ class AgentClient:
                         raise AgentProtocolError("agent sent more than the cap")
                     yield payload
 
-            yield chunks()
+            yield size, chunks()
 
     async def write_file(
         self, directory: str, name: str, data: AsyncIterator[bytes], max_bytes: int

@@ -427,8 +427,8 @@ def handle_read(conn, req):
             raise OpError("too_large", "file is larger than the download cap")
         send_json(conn, {"ok": True, "bytes": st.st_size})
         sent = 0
-        while sent < max_bytes:
-            chunk = os.read(fd, min(READ_CHUNK, max_bytes - sent))
+        while sent < st.st_size:
+            chunk = os.read(fd, min(READ_CHUNK, st.st_size - sent))
             if not chunk:
                 break
             sent += len(chunk)

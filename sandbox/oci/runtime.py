@@ -61,7 +61,10 @@ class OciRuntime:
 
     async def start(self) -> None:
         self._s.runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self._s.state_dir / "sandboxes").mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The sandbox's mapped root must traverse (not list) the way to its rootfs and binds.
+        for path in (self._s.state_dir, self._s.state_dir / "sandboxes"):
+            path.mkdir(parents=True, exist_ok=True)
+            path.chmod(0o711)
         self._rootfs = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
         self._binds = rootfs.host_binds()
         logger.info(
@@ -82,7 +85,8 @@ class OciRuntime:
         sid = spec.sandbox_id
         sdir = self._dir(sid)
         try:
-            sdir.mkdir(mode=0o700)
+            sdir.mkdir()
+            sdir.chmod(0o711)
             owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
             await self._in_thread(
                 workspace.create,
@@ -97,9 +101,7 @@ class OciRuntime:
                 agent_script=str(AGENT_SCRIPT),
                 binds=self._binds,
             )
-            config = build_config(
-                spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp
-            )
+            config = build_config(spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp)
             (sdir / "config.json").write_text(json.dumps(config))
             sock_path = sdir / "agent.sock"
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
@@ -117,7 +119,9 @@ class OciRuntime:
         try:
             await self.destroy(sandbox_id)
         except Exception:
-            logger.exception("cleanup of a failed create failed", extra={"container_id": sandbox_id})
+            logger.exception(
+                "cleanup of a failed create failed", extra={"container_id": sandbox_id}
+            )
 
     async def destroy(self, sandbox_id: str) -> None:
         sdir = self._dir(sandbox_id)
@@ -148,9 +152,7 @@ class OciRuntime:
     def agent(self, sandbox_id: str) -> AgentClient:
         agent = self._agents.get(sandbox_id)
         if agent is None:
-            agent = AgentClient(
-                self._dir(sandbox_id) / "agent.sock", self._s.agent_connections
-            )
+            agent = AgentClient(self._dir(sandbox_id) / "agent.sock", self._s.agent_connections)
             self._agents[sandbox_id] = agent
         return agent
 

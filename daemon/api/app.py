@@ -1,0 +1,107 @@
+"""The aiohttp application: routes, request ids, identity and the error boundary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from daemon import ids
+from daemon.api import containers, execute, files
+from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE
+from daemon.api.identity import identify
+from daemon.config import Config
+from daemon.errors import DomainError, error_body, http_error
+from daemon.logs import container_id, request_id
+from daemon.service import ContainerService
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
+HTTP_ERROR_TYPES = {401: "invalid_request_error", 404: "invalid_request_error"}
+
+
+def _json_error(status: int, body: object, rid: str, retry: bool) -> web.Response:
+    return web.json_response(
+        body,
+        status=status,
+        headers={"x-request-id": rid, "x-should-retry": "true" if retry else "false"},
+    )
+
+
+@web.middleware
+async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, identity, one log line per request, and every error in OpenAI's shape."""
+    rid = ids.request_id()
+    request_id.set(rid)
+    container_id.set(request.match_info.get("container_id"))
+    started = time.monotonic()
+    status = 500
+    try:
+        if request.path not in PUBLIC_PATHS:
+            request[CALLER] = identify(request, request.app[CONFIG].server)
+        response = await handler(request)
+        status = response.status
+        if not response.prepared:
+            response.headers["x-request-id"] = rid
+        return response
+    except DomainError as exc:
+        status, body, retry = http_error(exc)
+        return _json_error(status, body, rid, retry)
+    except web.HTTPException as exc:
+        status = exc.status
+        message = exc.reason if exc.status != 404 else f"Unknown route {request.path}."
+        body = error_body(message, HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error"), None)
+        return _json_error(status, body, rid, False)
+    except Exception:
+        logger.exception("unhandled error")
+        body = error_body(f"Internal error (request {rid}).", "server_error", None)
+        return _json_error(500, body, rid, False)
+    finally:
+        logger.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+def create_app(config: Config, service: ContainerService, openapi_doc: bytes) -> web.Application:
+    app = web.Application(
+        middlewares=[boundary], client_max_size=config.server.max_json_bytes, handler_args={}
+    )
+    app[CONFIG] = config
+    app[SERVICE] = service
+    app[OPENAPI] = openapi_doc
+    cid = "/v1/containers/{container_id}"
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/openapi.json", openapi),
+            web.post("/v1/containers", containers.create),
+            web.get("/v1/containers", containers.list_),
+            web.get(cid, containers.retrieve),
+            web.delete(cid, containers.delete),
+            web.post(f"{cid}/files", files.upload),
+            web.get(f"{cid}/files", files.list_),
+            web.get(cid + "/files/{file_id}", files.retrieve),
+            web.delete(cid + "/files/{file_id}", files.delete),
+            web.get(cid + "/files/{file_id}/content", files.content),
+            web.post(f"{cid}/exec", execute.exec_),
+        ]
+    )
+    return app

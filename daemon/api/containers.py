@@ -1,0 +1,93 @@
+"""Handlers for /v1/containers: parse, call the service, serialise."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from daemon.api import serialize
+from daemon.api.context import CONFIG, caller_of, read_json, service_of
+from daemon.api.validation import (
+    get_enum,
+    get_int,
+    get_str,
+    query_list_params,
+    reject_unknown,
+)
+from daemon.config import Config
+from daemon.errors import InvalidRequest
+from daemon.service import CreateParams
+from sandbox.spec import MEMORY_TIERS
+
+CREATE_KEYS = {"name", "memory_limit", "expires_after", "network_policy", "file_ids", "skills"}
+
+
+def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
+    reject_unknown(body, CREATE_KEYS)
+    name = get_str(body, "name", max_len=256)
+    memory_limit = get_enum(body, "memory_limit", default="1g", allowed=tuple(MEMORY_TIERS))
+    minutes = cfg.containers.default_minutes
+    expires = body.get("expires_after")
+    if expires is not None:
+        if not isinstance(expires, dict):
+            raise InvalidRequest(
+                "Invalid type for 'expires_after': expected an object.", param="expires_after"
+            )
+        reject_unknown(expires, {"anchor", "minutes"}, "expires_after.")
+        get_enum(expires, "anchor", default="last_active_at", allowed=("last_active_at",))
+        minutes = get_int(
+            expires,
+            "minutes",
+            default=minutes,
+            lo=1,
+            hi=cfg.containers.max_minutes,
+            param="expires_after.minutes",
+        )
+    policy = body.get("network_policy")
+    if policy is not None:
+        if not isinstance(policy, dict):
+            raise InvalidRequest(
+                "Invalid type for 'network_policy': expected an object.", param="network_policy"
+            )
+        kind = get_enum(policy, "type", default="", allowed=("disabled", "allowlist"))
+        if kind == "allowlist":
+            raise InvalidRequest(
+                "network_policy type 'allowlist' is not supported by this sandboxd yet; "
+                "containers have no network.",
+                param="network_policy.type",
+            )
+        reject_unknown(policy, {"type"}, "network_policy.")
+    for key in ("file_ids", "skills"):
+        value = body.get(key)
+        if value is not None and not isinstance(value, list):
+            raise InvalidRequest(f"Invalid type for '{key}': expected an array.", param=key)
+        if value:
+            raise InvalidRequest(
+                f"'{key}' is not supported by this sandboxd yet; pass an empty list.", param=key
+            )
+    return CreateParams(name=name, memory_limit=memory_limit, expires_minutes=minutes)
+
+
+async def create(request: web.Request) -> web.Response:
+    params = parse_create(await read_json(request), request.app[CONFIG])
+    rec = await service_of(request).create(caller_of(request), params)
+    return web.json_response(serialize.container(rec))
+
+
+async def list_(request: web.Request) -> web.Response:
+    after, limit, desc = query_list_params(request.query)
+    name = request.query.get("name")
+    page = await service_of(request).list_containers(caller_of(request), name, after, limit, desc)
+    return web.json_response(serialize.page(page, serialize.container))
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    rec = await service_of(request).get(caller_of(request), request.match_info["container_id"])
+    return web.json_response(serialize.container(rec))
+
+
+async def delete(request: web.Request) -> web.Response:
+    cid = request.match_info["container_id"]
+    await service_of(request).delete(caller_of(request), cid)
+    return web.json_response(serialize.deleted(cid, "container"))

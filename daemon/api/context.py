@@ -1,0 +1,39 @@
+"""Typed application state and per-request context shared by the handlers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from daemon.api.validation import parse_json_object
+from daemon.config import Config
+from daemon.errors import PayloadTooLarge
+from daemon.service import Caller, ContainerService
+
+CONFIG = web.AppKey("config", Config)
+SERVICE = web.AppKey("service", ContainerService)
+OPENAPI = web.AppKey("openapi", bytes)
+CALLER = "sandboxd.caller"
+
+
+def service_of(request: web.Request) -> ContainerService:
+    return request.app[SERVICE]
+
+
+def caller_of(request: web.Request) -> Caller:
+    caller = request[CALLER]
+    assert isinstance(caller, Caller)
+    return caller
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    cap = request.app[CONFIG].server.max_json_bytes
+    if request.content_length is not None and request.content_length > cap:
+        raise PayloadTooLarge(f"The request body exceeds {cap} bytes.")
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(64 << 10):
+        raw += chunk
+        if len(raw) > cap:
+            raise PayloadTooLarge(f"The request body exceeds {cap} bytes.")
+    return parse_json_object(bytes(raw))

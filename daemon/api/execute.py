@@ -1,0 +1,136 @@
+"""POST /v1/containers/{id}/exec — shell-tool shaped, synchronous or streamed (SSE)."""
+
+from __future__ import annotations
+
+import codecs
+import json
+from typing import Any
+
+from aiohttp import web
+
+from daemon.api.context import CONFIG, caller_of, read_json, service_of
+from daemon.api.validation import ENV_NAME, get_int, get_str, reject_unknown
+from daemon.config import ExecConfig
+from daemon.errors import DomainError, InvalidRequest, http_error
+from daemon.service import CommandResult, ExecParams
+from sandbox.spec import WORKSPACE
+
+EXEC_KEYS = {
+    "commands", "timeout_ms", "max_output_length", "env", "working_directory", "stdin", "stream",
+}  # fmt: skip
+MAX_COMMAND_CHARS = 64 << 10
+MAX_ENV = 128
+
+
+def parse_exec(body: dict[str, Any], cfg: ExecConfig) -> tuple[ExecParams, bool]:
+    reject_unknown(body, EXEC_KEYS)
+    commands = body.get("commands")
+    if isinstance(commands, str):
+        commands = [commands]
+    if (
+        not isinstance(commands, list)
+        or not commands
+        or not all(isinstance(c, str) for c in commands)
+    ):
+        raise InvalidRequest("'commands' must be a non-empty array of strings.", param="commands")
+    if len(commands) > cfg.max_commands:
+        raise InvalidRequest(f"At most {cfg.max_commands} commands per call.", param="commands")
+    if any(len(c) > MAX_COMMAND_CHARS or "\0" in c for c in commands):
+        raise InvalidRequest("A command is too long or contains NUL.", param="commands")
+    env = body.get("env") or {}
+    if not isinstance(env, dict) or len(env) > MAX_ENV:
+        raise InvalidRequest(f"'env' must be an object of at most {MAX_ENV} strings.", param="env")
+    for key, value in env.items():
+        if not ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\0" in value:
+            raise InvalidRequest(f"Invalid environment variable {key[:64]!r}.", param="env")
+    cwd = get_str(body, "working_directory", default=WORKSPACE, max_len=4096)
+    if not cwd.startswith("/") or "\0" in cwd:
+        raise InvalidRequest(
+            "'working_directory' must be an absolute path.", param="working_directory"
+        )
+    stdin = get_str(body, "stdin", default="", max_len=cfg.max_stdin_bytes)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream")
+    params = ExecParams(
+        commands=commands,
+        timeout_ms=get_int(
+            body, "timeout_ms", default=cfg.default_timeout_ms, lo=1, hi=cfg.max_timeout_ms
+        ),
+        max_output=get_int(
+            body,
+            "max_output_length",
+            default=cfg.default_max_output,
+            lo=0,
+            hi=cfg.max_output,
+        ),
+        env=dict(env),
+        working_directory=cwd,
+        stdin=stdin,
+    )
+    return params, stream
+
+
+def output_item(result: CommandResult) -> dict[str, Any]:
+    o = result.outcome
+    outcome: dict[str, Any] = (
+        {"type": "timeout"} if o.timed_out else {"type": "exit", "exit_code": o.exit_code}
+    )
+    item: dict[str, Any] = {
+        "stdout": result.stdout.decode("utf-8", "replace"),
+        "stderr": result.stderr.decode("utf-8", "replace"),
+        "outcome": outcome,
+        "truncated": o.truncated,
+        "duration_ms": o.duration_ms,
+    }
+    if o.killed is not None:
+        item["killed"] = o.killed
+    return item
+
+
+async def exec_(request: web.Request) -> web.StreamResponse:
+    cfg = request.app[CONFIG].exec
+    params, stream = parse_exec(await read_json(request), cfg)
+    cid = request.match_info["container_id"]
+    service, caller = service_of(request), caller_of(request)
+    if not stream:
+        results = await service.exec(caller, cid, params)
+        return web.json_response(
+            {
+                "object": "container.exec",
+                "output": [output_item(r) for r in results],
+                "max_output_length": params.max_output,
+            }
+        )
+    await service.get(caller, cid, touch=False)  # 404 before we commit to a 200 stream
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    decoders: dict[tuple[int, str], codecs.IncrementalDecoder] = {}
+
+    async def send(event: dict[str, Any]) -> None:
+        await response.write(f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode())
+
+    async def sink(index: int, stream_name: str, data: bytes) -> None:
+        decoder = decoders.setdefault(
+            (index, stream_name), codecs.getincrementaldecoder("utf-8")("replace")
+        )
+        text = decoder.decode(data)
+        if text:
+            await send({"type": stream_name, "command_index": index, "data": text})
+
+    async def finished(index: int, result: CommandResult) -> None:
+        item = output_item(result)
+        del item["stdout"], item["stderr"]
+        await send({"type": "outcome", "command_index": index, **item})
+
+    try:
+        await service.exec(caller, cid, params, sink, finished)
+    except DomainError as exc:
+        _status, body, _retry = http_error(exc)
+        await send({"type": "error", **body})
+    else:
+        await send({"type": "done", "max_output_length": params.max_output})
+    await response.write_eof()
+    return response

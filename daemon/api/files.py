@@ -1,0 +1,90 @@
+"""Handlers for /v1/containers/{id}/files."""
+
+from __future__ import annotations
+
+import mimetypes
+from collections.abc import AsyncIterator
+
+from aiohttp import BodyPartReader, web
+
+from daemon.api import serialize
+from daemon.api.context import CONFIG, caller_of, service_of
+from daemon.api.validation import query_list_params
+from daemon.errors import InvalidRequest, PayloadTooLarge
+
+CHUNK = 256 << 10
+
+
+async def upload(request: web.Request) -> web.Response:
+    cid = request.match_info["container_id"]
+    cap = request.app[CONFIG].containers.max_upload_bytes
+    if request.content_type == "application/json":
+        raise InvalidRequest(
+            "Copying by 'file_id' is not supported by this sandboxd yet; upload 'file'.",
+            param="file_id",
+        )
+    if not request.content_type.startswith("multipart/"):
+        raise InvalidRequest("Send a multipart/form-data body with a 'file' part.", param="file")
+    if request.content_length is not None and request.content_length > cap + (64 << 10):
+        raise PayloadTooLarge(f"The upload exceeds {cap} bytes.", param="file")
+    reader = await request.multipart()
+    while True:
+        part = await reader.next()
+        if part is None:
+            raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+        if isinstance(part, BodyPartReader) and part.name == "file":
+            break
+        if isinstance(part, BodyPartReader):
+            await part.release()
+    filename = part.filename
+    if not filename:
+        raise InvalidRequest("The 'file' part needs a filename.", param="file")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        total = 0
+        while chunk := await part.read_chunk(CHUNK):
+            total += len(chunk)
+            if total > cap:
+                raise PayloadTooLarge(f"The upload exceeds {cap} bytes.", param="file")
+            yield chunk
+
+    rec = await service_of(request).upload(caller_of(request), cid, filename, chunks())
+    return web.json_response(serialize.container_file(rec))
+
+
+async def list_(request: web.Request) -> web.Response:
+    after, limit, desc = query_list_params(request.query)
+    cid = request.match_info["container_id"]
+    page = await service_of(request).list_files(caller_of(request), cid, after, limit, desc)
+    return web.json_response(serialize.page(page, serialize.container_file))
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    m = request.match_info
+    rec = await service_of(request).get_file(caller_of(request), m["container_id"], m["file_id"])
+    return web.json_response(serialize.container_file(rec))
+
+
+async def content(request: web.Request) -> web.StreamResponse:
+    m = request.match_info
+    service = service_of(request)
+    async with service.file_content(caller_of(request), m["container_id"], m["file_id"]) as (
+        rec,
+        size,
+        chunks,
+    ):
+        media_type = mimetypes.guess_type(rec.path)[0] or "application/octet-stream"
+        response = web.StreamResponse(
+            headers={"Content-Type": media_type, "Content-Length": str(size)}
+        )
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+    return response
+
+
+async def delete(request: web.Request) -> web.Response:
+    m = request.match_info
+    await service_of(request).delete_file(caller_of(request), m["container_id"], m["file_id"])
+    return web.json_response(serialize.deleted(m["file_id"], "container.file"))

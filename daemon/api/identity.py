@@ -1,0 +1,31 @@
+"""Who is calling: the peer uid on the unix socket (SO_PEERCRED), a bearer key on TCP."""
+
+from __future__ import annotations
+
+import hmac
+import socket
+import struct
+
+from aiohttp import web
+
+from daemon.config import ServerConfig
+from daemon.errors import Unauthorized
+from daemon.service import Caller
+
+UCRED = struct.Struct("3i")
+
+
+def identify(request: web.Request, cfg: ServerConfig) -> Caller:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family == socket.AF_UNIX:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, UCRED.size)
+        _pid, uid, _gid = UCRED.unpack(raw)
+        return Caller(owner=f"uid:{uid}", admin=uid == 0)
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() == "bearer" and key:
+        for owner, expected in cfg.api_keys.items():
+            if hmac.compare_digest(key.encode(), expected.encode()):
+                return Caller(owner=f"key:{owner}", admin=owner in cfg.admin_owners)
+    raise Unauthorized("Incorrect or missing API key. Send 'Authorization: Bearer <key>'.")

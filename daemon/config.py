@@ -1,0 +1,186 @@
+"""Configuration: one TOML file parsed into frozen models that refuse unknown keys.
+
+CLI flags override file values. Every limit has a conservative default documented in
+config/sandboxd.example.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from sandbox.spec import Limits
+
+EX_CONFIG = 78
+
+
+class ConfigError(Exception):
+    """Bad configuration: the daemon exits with EX_CONFIG (78)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    socket: str = ""  # "" = /run/sandboxd/sandboxd.sock as root, $XDG_RUNTIME_DIR otherwise
+    socket_mode: int = 0o660
+    socket_group: str = ""  # e.g. "sandboxd"; "" keeps the daemon's group
+    tcp: str = ""  # "HOST:PORT"; needs api_keys
+    api_keys: dict[str, str] = field(default_factory=dict)  # owner name -> bearer key
+    admin_owners: list[str] = field(default_factory=list)  # key owners that see everything
+    max_json_bytes: int = 1 << 20
+    shutdown_timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    backend: str = "oci"
+    oci_binary: str = "runc"
+    runtime_root: str = "/run/sandboxd/runc"
+    uid_base: int = 100_000
+    cgroup_parent: str = "/sandboxd"
+    seccomp_profile: str = ""  # "" = config/seccomp.json shipped with sandboxd
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    default_minutes: int = 20
+    max_minutes: int = 1440
+    max_containers_per_owner: int = 100
+    pids: int = 512
+    cpus: float = 1.0
+    workspace_bytes: int = 1 << 30
+    tmp_bytes: int = 256 << 20
+    nofile: int = 1024
+    max_upload_bytes: int = 512 << 20
+    max_download_bytes: int = 1 << 30
+    max_files_listed: int = 10000
+
+    def limits(self) -> Limits:
+        return Limits(
+            pids=self.pids,
+            cpus=self.cpus,
+            workspace_bytes=self.workspace_bytes,
+            tmp_bytes=self.tmp_bytes,
+            nofile=self.nofile,
+            fsize_bytes=self.workspace_bytes,
+        )
+
+
+@dataclass(frozen=True)
+class ExecConfig:
+    default_timeout_ms: int = 60_000
+    max_timeout_ms: int = 3_600_000
+    default_max_output: int = 1 << 20
+    max_output: int = 16 << 20
+    max_commands: int = 64
+    max_stdin_bytes: int = 1 << 20
+    keepalive_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class Config:
+    state_dir: str = "/var/lib/sandboxd"
+    log_level: str = "info"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    containers: ContainerConfig = field(default_factory=ContainerConfig)
+    exec: ExecConfig = field(default_factory=ExecConfig)
+
+
+def _build[T](cls: type[T], data: dict[str, Any], where: str) -> T:
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {where}{unknown[0]}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints[name]
+        key = f"{where}{name}"
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a table")
+            kwargs[name] = _build(hint, value, f"{key}.")  # type: ignore[arg-type]
+        else:
+            kwargs[name] = _check(value, hint, key)
+    return cls(**kwargs)
+
+
+def _check(value: Any, hint: Any, key: str) -> Any:
+    origin = getattr(hint, "__origin__", None)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if origin is dict:
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{key} must be a table of strings")
+        return dict(value)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings")
+        return list(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be of type {hint.__name__}")
+    return value
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.runtime.backend not in ("oci",):
+        raise ConfigError(f"runtime.backend must be 'oci' (got {cfg.runtime.backend!r})")
+    if cfg.runtime.oci_binary not in ("runc", "crun") and not cfg.runtime.oci_binary.startswith(
+        "/"
+    ):
+        raise ConfigError("runtime.oci_binary must be runc, crun or an absolute path")
+    if cfg.log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level must be debug, info, warning or error")
+    if cfg.server.tcp and not cfg.server.api_keys:
+        raise ConfigError("server.tcp needs server.api_keys")
+    c, e = cfg.containers, cfg.exec
+    positives = {
+        "containers.default_minutes": c.default_minutes,
+        "containers.max_minutes": c.max_minutes,
+        "containers.pids": c.pids,
+        "containers.workspace_bytes": c.workspace_bytes,
+        "containers.max_upload_bytes": c.max_upload_bytes,
+        "exec.default_timeout_ms": e.default_timeout_ms,
+        "exec.max_output": e.max_output,
+    }
+    for key, value in positives.items():
+        if value <= 0:
+            raise ConfigError(f"{key} must be positive")
+    if not 1 <= c.default_minutes <= c.max_minutes:
+        raise ConfigError("containers.default_minutes must be within 1..max_minutes")
+    if e.default_timeout_ms > e.max_timeout_ms or e.default_max_output > e.max_output:
+        raise ConfigError("exec defaults must not exceed their maxima")
+
+
+def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the TOML file (if any), apply dotted-key overrides (CLI flags), validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+    for dotted, value in (overrides or {}).items():
+        table = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            table = table.setdefault(part, {})
+        table[leaf] = value
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def default_socket(euid: int, env: dict[str, str]) -> str:
+    if euid == 0:
+        return "/run/sandboxd/sandboxd.sock"
+    runtime_dir = env.get("XDG_RUNTIME_DIR") or f"/tmp/sandboxd-{euid}"  # noqa: S108
+    return f"{runtime_dir}/sandboxd.sock"

@@ -1,0 +1,43 @@
+"""Records the daemon keeps about its objects (what the store persists)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    CREATING = "creating"  # record written, sandbox not confirmed yet (never listed)
+    RUNNING = "running"
+    EXPIRED = "expired"
+    DELETING = "deleting"  # delete started; finished by the reconciler if we crash
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    id: str
+    owner: str
+    name: str
+    created_at: int
+    last_active_at: int
+    status: Status
+    memory_limit: str
+    expires_minutes: int
+    runtime: str
+    status_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    container_id: str
+    path: str
+    source: str  # "user" | "assistant"
+    bytes: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Page[T]:
+    items: list[T]
+    has_more: bool

@@ -1,0 +1,322 @@
+"""The service layer: what the API can do with containers, their files and exec.
+
+Handlers parse and serialise; everything with a rule in it lives here. Sandbox errors are
+translated into domain errors at this boundary (see _translate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+from daemon import ids
+from daemon.config import Config
+from daemon.errors import (
+    ContainerExpired,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    SandboxFailed,
+    SandboxUnavailable,
+)
+from daemon.logs import container_id as log_container_id
+from daemon.models import ContainerRecord, FileRecord, Page, Status
+from daemon.store import Store
+from sandbox.agent_client import ExecChunk
+from sandbox.cgroups import CgroupCounters
+from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable, SandboxError
+from sandbox.execution import CommandOutcome, CommandRequest, run_command
+from sandbox.runtime import Runtime
+from sandbox.spec import MEMORY_TIERS, WORKSPACE, SandboxSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Caller:
+    owner: str
+    admin: bool = False
+
+
+@dataclass(frozen=True)
+class CreateParams:
+    name: str
+    memory_limit: str
+    expires_minutes: int
+
+
+@dataclass(frozen=True)
+class ExecParams:
+    commands: list[str]
+    timeout_ms: int
+    max_output: int
+    env: dict[str, str]
+    working_directory: str
+    stdin: str
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    stdout: bytes
+    stderr: bytes
+    outcome: CommandOutcome
+
+
+# (command index, "stdout" | "stderr", bytes)
+OutputSink = Callable[[int, str, bytes], Awaitable[None]]
+ResultSink = Callable[[int, "CommandResult"], Awaitable[None]]
+
+AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
+    "not_found": (NotFound, None),
+    "no_space": (PayloadTooLarge, None),
+    "too_large": (PayloadTooLarge, None),
+    "bad_name": (InvalidRequest, "file"),
+    "bad_cwd": (InvalidRequest, "working_directory"),
+    "outside_workspace": (InvalidRequest, None),
+    "not_regular": (InvalidRequest, None),
+    "name_clash": (InvalidRequest, "file"),
+}
+
+
+@contextlib.contextmanager
+def _translate(action: str) -> Iterator[None]:
+    """Turn sandbox-layer failures into domain errors (the one translation boundary)."""
+    try:
+        yield
+    except AgentError as exc:
+        cls, param = AGENT_ERRORS.get(exc.code, (SandboxFailed, None))
+        raise cls(exc.message, param=param) from exc  # type: ignore[call-arg]
+    except AgentUnavailable as exc:
+        raise SandboxUnavailable(f"The sandbox is not reachable ({action}).") from exc
+    except AgentProtocolError as exc:
+        logger.warning("agent protocol violation", extra={"action": action, "error": str(exc)})
+        raise SandboxFailed(f"The sandbox misbehaved ({action}).") from exc
+    except SandboxError as exc:
+        logger.error("sandbox operation failed", extra={"action": action, "error": str(exc)})
+        raise SandboxFailed(f"The sandbox failed ({action}).") from exc
+
+
+def _now() -> int:
+    return int(time.time())
+
+
+class ContainerService:
+    def __init__(self, config: Config, store: Store, runtime: Runtime) -> None:
+        self._cfg = config
+        self._store = store
+        self._runtime = runtime
+
+    # ------------------------------------------------------------------ containers
+
+    async def create(self, caller: Caller, params: CreateParams) -> ContainerRecord:
+        limit = self._cfg.containers.max_containers_per_owner
+        if await self._store.count_containers(caller.owner) >= limit:
+            raise QuotaExceeded(f"At most {limit} containers per owner may exist at once.")
+        now = _now()
+        rec = ContainerRecord(
+            id=ids.container_id(),
+            owner=caller.owner,
+            name=params.name,
+            created_at=now,
+            last_active_at=now,
+            status=Status.CREATING,
+            memory_limit=params.memory_limit,
+            expires_minutes=params.expires_minutes,
+            runtime=self._runtime.name,
+        )
+        log_container_id.set(rec.id)
+        await self._store.insert_container(rec)
+        spec = SandboxSpec(
+            sandbox_id=rec.id,
+            memory_bytes=MEMORY_TIERS[params.memory_limit],
+            limits=self._cfg.containers.limits(),
+        )
+        started = time.monotonic()
+        try:
+            with _translate("create"):
+                await self._runtime.create(spec)
+        except BaseException:
+            await self._store.delete_container(rec.id)
+            raise
+        await self._store.set_status(rec.id, Status.RUNNING)
+        logger.info(
+            "container created",
+            extra={
+                "memory_limit": params.memory_limit,
+                "ms": round((time.monotonic() - started) * 1000, 1),
+            },
+        )
+        return ContainerRecord(**{**rec.__dict__, "status": Status.RUNNING})
+
+    async def get(self, caller: Caller, cid: str, *, touch: bool = True) -> ContainerRecord:
+        rec = await self._store.get_container(cid) if ids.CONTAINER_ID.fullmatch(cid) else None
+        if rec is None or rec.status in (Status.CREATING, Status.DELETING):
+            raise NotFound(f"No container found with id '{cid}'.", param="container_id")
+        if not caller.admin and rec.owner != caller.owner:
+            raise NotFound(f"No container found with id '{cid}'.", param="container_id")
+        log_container_id.set(cid)
+        if touch and rec.status == Status.RUNNING:
+            now = _now()
+            await self._store.touch(cid, now)
+            rec = ContainerRecord(
+                **{**rec.__dict__, "last_active_at": max(now, rec.last_active_at)}
+            )
+        return rec
+
+    async def _running(self, caller: Caller, cid: str) -> ContainerRecord:
+        rec = await self.get(caller, cid)
+        if rec.status != Status.RUNNING:
+            raise ContainerExpired()
+        return rec
+
+    async def list_containers(
+        self, caller: Caller, name: str | None, after: str | None, limit: int, desc: bool
+    ) -> Page[ContainerRecord]:
+        owner = None if caller.admin else caller.owner
+        return await self._store.list_containers(owner, name, after, limit, desc)
+
+    async def delete(self, caller: Caller, cid: str) -> None:
+        rec = await self.get(caller, cid, touch=False)
+        await self._store.set_status(rec.id, Status.DELETING)
+        with _translate("delete"):
+            await self._runtime.destroy(rec.id)
+        await self._store.delete_container(rec.id)
+        logger.info("container deleted")
+
+    # ----------------------------------------------------------------------- files
+
+    async def _scan(self, cid: str) -> None:
+        limit = self._cfg.containers.max_files_listed
+        with _translate("list files"):
+            files, truncated = await self._runtime.agent(cid).list_files(WORKSPACE, limit)
+        found = {f.path: f.bytes for f in files}
+        await self._store.sync_files(
+            cid, found, _now(), ids.container_file_id, complete=not truncated
+        )
+
+    async def upload(
+        self, caller: Caller, cid: str, filename: str, data: AsyncIterator[bytes]
+    ) -> FileRecord:
+        await self._running(caller, cid)
+        _check_filename(filename)
+        cap = self._cfg.containers.max_upload_bytes
+        with _translate("upload"):
+            path, size = await self._runtime.agent(cid).write_file(WORKSPACE, filename, data, cap)
+        rec = FileRecord(ids.container_file_id(), cid, path, "user", size, _now())
+        await self._store.insert_file(rec)
+        logger.info("file uploaded", extra={"bytes": size})
+        return rec
+
+    async def list_files(
+        self, caller: Caller, cid: str, after: str | None, limit: int, desc: bool
+    ) -> Page[FileRecord]:
+        rec = await self.get(caller, cid)
+        if rec.status == Status.RUNNING:
+            await self._scan(cid)
+        return await self._store.list_files(cid, after, limit, desc)
+
+    async def get_file(self, caller: Caller, cid: str, fid: str) -> FileRecord:
+        rec = await self.get(caller, cid)
+        if rec.status == Status.RUNNING and ids.CONTAINER_FILE_ID.fullmatch(fid):
+            await self._scan(cid)
+        found = await self._store.get_file(cid, fid)
+        if found is None:
+            raise NotFound(f"No file found with id '{fid}'.", param="file_id")
+        return found
+
+    @contextlib.asynccontextmanager
+    async def file_content(
+        self, caller: Caller, cid: str, fid: str
+    ) -> AsyncIterator[tuple[FileRecord, int, AsyncIterator[bytes]]]:
+        rec = await self._running(caller, cid)
+        found = await self._store.get_file(rec.id, fid)
+        if found is None:
+            raise NotFound(f"No file found with id '{fid}'.", param="file_id")
+        cap = self._cfg.containers.max_download_bytes
+        with _translate("download"):
+            async with self._runtime.agent(cid).read_file(found.path, cap) as (size, chunks):
+                yield found, size, chunks
+
+    async def delete_file(self, caller: Caller, cid: str, fid: str) -> None:
+        await self._running(caller, cid)
+        found = await self._store.get_file(cid, fid)
+        if found is None:
+            raise NotFound(f"No file found with id '{fid}'.", param="file_id")
+        with contextlib.suppress(NotFound), _translate("delete file"):
+            await self._runtime.agent(cid).delete_file(found.path)
+        await self._store.delete_file(fid)
+
+    # ------------------------------------------------------------------------ exec
+
+    async def exec(
+        self,
+        caller: Caller,
+        cid: str,
+        params: ExecParams,
+        sink: OutputSink | None = None,
+        finished: ResultSink | None = None,
+    ) -> list[CommandResult]:
+        await self._running(caller, cid)
+        agent = self._runtime.agent(cid)
+        results: list[CommandResult] = []
+
+        async def counters() -> CgroupCounters | None:
+            return await self._runtime.counters(cid)
+
+        try:
+            for index, command in enumerate(params.commands):
+                out, err = bytearray(), bytearray()
+
+                async def collect(chunk: ExecChunk, index: int = index) -> None:
+                    (out if chunk.stream == "stdout" else err).extend(chunk.data)  # noqa: B023
+                    if sink is not None:
+                        await sink(index, chunk.stream, chunk.data)
+
+                req = CommandRequest(
+                    command=command,
+                    env=params.env,
+                    cwd=params.working_directory,
+                    stdin=params.stdin,
+                    timeout_ms=params.timeout_ms,
+                    max_output=params.max_output,
+                )
+                with _translate("exec"):
+                    outcome = await run_command(agent, counters, req, collect)
+                results.append(CommandResult(bytes(out), bytes(err), outcome))
+                if finished is not None:
+                    await finished(index, results[-1])
+                logger.info(
+                    "command finished",
+                    extra={
+                        "exit_code": outcome.exit_code,
+                        "timed_out": outcome.timed_out,
+                        "killed": outcome.killed,
+                        "ms": outcome.duration_ms,
+                    },
+                )
+                if outcome.timed_out:
+                    break
+        finally:
+            await self._store.touch(cid, _now())
+        await self._scan(cid)
+        return results
+
+
+def _check_filename(name: str) -> None:
+    if (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or len(name.encode("utf-8", "surrogateescape")) > 255
+        or name.startswith(".sandboxd-upload-")
+    ):
+        raise InvalidRequest(
+            f"Invalid file name {name[:100]!r}: use a plain name without '/' or '..'.",
+            param="file",
+        )

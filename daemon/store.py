@@ -1,0 +1,267 @@
+"""Durable state in SQLite (WAL), on one dedicated thread; the only module that imports sqlite3."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from daemon.models import ContainerRecord, FileRecord, Page, Status
+
+SCHEMA_VERSION = 1
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE containers (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_active_at INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        memory_limit TEXT NOT NULL,
+        expires_minutes INTEGER NOT NULL,
+        runtime TEXT NOT NULL,
+        status_reason TEXT
+    );
+    CREATE INDEX containers_owner ON containers (owner, seq);
+    CREATE TABLE container_files (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        container_id TEXT NOT NULL REFERENCES containers (id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        source TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (container_id, path)
+    );
+    """,
+}
+
+_CONTAINER_COLS = (
+    "id, owner, name, created_at, last_active_at, status, memory_limit, expires_minutes, "
+    "runtime, status_reason"
+)
+_FILE_COLS = "id, container_id, path, source, bytes, created_at"
+
+
+def _container(row: tuple[Any, ...]) -> ContainerRecord:
+    cid, owner, name, created, active, status, memory, minutes, runtime, reason = row
+    return ContainerRecord(
+        cid, owner, name, created, active, Status(status), memory, minutes, runtime, reason
+    )
+
+
+def _file(row: tuple[Any, ...]) -> FileRecord:
+    return FileRecord(*row)
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="store")
+        self._db: sqlite3.Connection | None = None
+
+    async def _run[T](self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            assert self._db is not None, "store is closed"
+            with self._db:
+                return fn(self._db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def open(self) -> None:
+        def do_open() -> sqlite3.Connection:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))  # WAL/SHM inherit it
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.isolation_level = "DEFERRED"
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout=5000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                db.close()
+                raise RuntimeError(f"state schema {version} is newer than this sandboxd")
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                with db:
+                    db.executescript(f"BEGIN;{MIGRATIONS[v]};PRAGMA user_version={v};COMMIT;")
+            return db
+
+        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, do_open)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
+        self._executor.shutdown(wait=True)
+
+    # -------------------------------------------------------------------- containers
+
+    async def insert_container(self, rec: ContainerRecord) -> None:
+        values = (
+            rec.id, rec.owner, rec.name, rec.created_at, rec.last_active_at, str(rec.status),
+            rec.memory_limit, rec.expires_minutes, rec.runtime, rec.status_reason,
+        )  # fmt: skip
+        await self._run(
+            lambda db: db.execute(
+                f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
+            )
+        )
+
+    async def get_container(self, cid: str) -> ContainerRecord | None:
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_CONTAINER_COLS} FROM containers WHERE id = ?", (cid,)
+            ).fetchone()
+        )
+        return _container(row) if row else None
+
+    async def set_status(self, cid: str, status: Status, reason: str | None = None) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE containers SET status = ?, status_reason = ? WHERE id = ?",
+                (str(status), reason, cid),
+            )
+        )
+
+    async def touch(self, cid: str, now: int) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "UPDATE containers SET last_active_at = MAX(last_active_at, ?) WHERE id = ?",
+                (now, cid),
+            )
+        )
+
+    async def delete_container(self, cid: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (cid,)))
+
+    async def count_containers(self, owner: str) -> int:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT COUNT(*) FROM containers WHERE owner = ? AND status != 'expired'",
+                (owner,),
+            ).fetchone()
+        )
+        return int(row[0])
+
+    async def containers_with_status(self, statuses: Iterable[Status]) -> list[ContainerRecord]:
+        wanted = [str(s) for s in statuses]
+        marks = ",".join("?" * len(wanted))
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_CONTAINER_COLS} FROM containers WHERE status IN ({marks})", wanted
+            ).fetchall()
+        )
+        return [_container(r) for r in rows]
+
+    async def list_containers(
+        self, owner: str | None, name: str | None, after: str | None, limit: int, desc: bool
+    ) -> Page[ContainerRecord]:
+        where = ["status IN ('running', 'expired')"]
+        args: list[Any] = []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if name is not None:
+            where.append("name = ?")
+            args.append(name)
+        rows = await self._run(
+            lambda db: _page(db, "containers", _CONTAINER_COLS, where, args, after, limit, desc)
+        )
+        return Page([_container(r) for r in rows[:limit]], len(rows) > limit)
+
+    # ------------------------------------------------------------------------- files
+
+    async def insert_file(self, rec: FileRecord) -> None:
+        values = (rec.id, rec.container_id, rec.path, rec.source, rec.bytes, rec.created_at)
+        await self._run(
+            lambda db: db.execute(
+                f"INSERT INTO container_files ({_FILE_COLS}) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT (container_id, path) DO UPDATE SET "
+                "id = excluded.id, source = excluded.source, bytes = excluded.bytes, "
+                "created_at = excluded.created_at",
+                values,
+            )
+        )
+
+    async def get_file(self, cid: str, fid: str) -> FileRecord | None:
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_FILE_COLS} FROM container_files WHERE container_id = ? AND id = ?",
+                (cid, fid),
+            ).fetchone()
+        )
+        return _file(row) if row else None
+
+    async def delete_file(self, fid: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM container_files WHERE id = ?", (fid,)))
+
+    async def list_files(
+        self, cid: str, after: str | None, limit: int, desc: bool
+    ) -> Page[FileRecord]:
+        rows = await self._run(
+            lambda db: _page(
+                db, "container_files", _FILE_COLS, ["container_id = ?"], [cid], after, limit, desc
+            )
+        )
+        return Page([_file(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def sync_files(
+        self, cid: str, found: dict[str, int], now: int, new_id: Callable[[], str], complete: bool
+    ) -> None:
+        """Reconcile records with a workspace scan: new paths become `assistant` files, sizes
+        are refreshed, and (when the scan was complete) vanished paths are dropped."""
+
+        def sync(db: sqlite3.Connection) -> None:
+            known = dict(
+                db.execute(
+                    "SELECT path, bytes FROM container_files WHERE container_id = ?", (cid,)
+                ).fetchall()
+            )
+            for path, size in found.items():
+                if path not in known:
+                    db.execute(
+                        f"INSERT INTO container_files ({_FILE_COLS}) VALUES (?,?,?,?,?,?)",
+                        (new_id(), cid, path, "assistant", size, now),
+                    )
+                elif known[path] != size:
+                    db.execute(
+                        "UPDATE container_files SET bytes = ? WHERE container_id = ? AND path = ?",
+                        (size, cid, path),
+                    )
+            if complete:
+                gone = [(cid, p) for p in known if p not in found]
+                db.executemany(
+                    "DELETE FROM container_files WHERE container_id = ? AND path = ?", gone
+                )
+
+        await self._run(sync)
+
+
+def _page(
+    db: sqlite3.Connection,
+    table: str,
+    cols: str,
+    where: list[str],
+    args: list[Any],
+    after: str | None,
+    limit: int,
+    desc: bool,
+) -> list[tuple[Any, ...]]:
+    """One page (+1 row to tell has_more) ordered by insertion; `after` is an object id."""
+    where, args = list(where), list(args)
+    if after is not None:
+        row = db.execute(f"SELECT seq FROM {table} WHERE id = ?", (after,)).fetchone()
+        if row is None:
+            return []
+        where.append("seq < ?" if desc else "seq > ?")
+        args.append(row[0])
+    order = "DESC" if desc else "ASC"
+    sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
+    return db.execute(sql, [*args, limit + 1]).fetchall()
