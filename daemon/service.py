@@ -167,7 +167,8 @@ class ContainerService:
             )
         return rec
 
-    async def _running(self, caller: Caller, cid: str) -> ContainerRecord:
+    async def running(self, caller: Caller, cid: str) -> ContainerRecord:
+        """The caller's container, which must be running (400 'Container is expired.')."""
         rec = await self.get(caller, cid)
         if rec.status != Status.RUNNING:
             raise ContainerExpired()
@@ -201,7 +202,7 @@ class ContainerService:
     async def upload(
         self, caller: Caller, cid: str, filename: str, data: AsyncIterator[bytes]
     ) -> FileRecord:
-        await self._running(caller, cid)
+        await self.running(caller, cid)
         _check_filename(filename)
         cap = self._cfg.containers.max_upload_bytes
         with _translate("upload"):
@@ -232,7 +233,7 @@ class ContainerService:
     async def file_content(
         self, caller: Caller, cid: str, fid: str
     ) -> AsyncIterator[tuple[FileRecord, int, AsyncIterator[bytes]]]:
-        rec = await self._running(caller, cid)
+        rec = await self.running(caller, cid)
         found = await self._store.get_file(rec.id, fid)
         if found is None:
             raise NotFound(f"No file found with id '{fid}'.", param="file_id")
@@ -242,7 +243,7 @@ class ContainerService:
                 yield found, size, chunks
 
     async def delete_file(self, caller: Caller, cid: str, fid: str) -> None:
-        await self._running(caller, cid)
+        await self.running(caller, cid)
         found = await self._store.get_file(cid, fid)
         if found is None:
             raise NotFound(f"No file found with id '{fid}'.", param="file_id")
@@ -260,7 +261,7 @@ class ContainerService:
         sink: OutputSink | None = None,
         finished: ResultSink | None = None,
     ) -> list[CommandResult]:
-        await self._running(caller, cid)
+        await self.running(caller, cid)
         agent = self._runtime.agent(cid)
         results: list[CommandResult] = []
 

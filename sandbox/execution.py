@@ -1,7 +1,8 @@
 """Run one command in a sandbox through its agent, and explain how it ended.
 
 Backend-neutral: it needs the agent client and the sandbox's cgroup counters. OOM kills are
-attributed from the cgroup's oom_kill counter (before/after, plus SIGKILL); a command that
+attributed from the cgroup's oom_kill counter (before/after) plus a SIGKILL exit (the
+command itself, or a shell reporting 137 for its killed child); a command that
 hits the pids limit is killed by us (a fork bomb would otherwise spin until its timeout) and
 reported as such.
 """
@@ -89,7 +90,7 @@ async def run_command(
     after = await counters()
     if (
         killed is None
-        and result.signal == signal.SIGKILL
+        and (result.signal == signal.SIGKILL or result.exit_code == 128 + signal.SIGKILL)
         and before is not None
         and after is not None
         and after.oom_kills > before.oom_kills

@@ -45,8 +45,6 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
             request[CALLER] = identify(request, request.app[CONFIG].server)
         response = await handler(request)
         status = response.status
-        if not response.prepared:
-            response.headers["x-request-id"] = rid
         return response
     except DomainError as exc:
         status, body, retry = http_error(exc)
@@ -72,6 +70,13 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         )
 
 
+async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, streamed ones included, carries the request id."""
+    rid = request_id.get()
+    if rid and "x-request-id" not in response.headers:
+        response.headers["x-request-id"] = rid
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -87,6 +92,7 @@ def create_app(config: Config, service: ContainerService, openapi_doc: bytes) ->
     app[CONFIG] = config
     app[SERVICE] = service
     app[OPENAPI] = openapi_doc
+    app.on_response_prepare.append(_stamp_request_id)
     cid = "/v1/containers/{container_id}"
     app.add_routes(
         [

@@ -35,7 +35,13 @@ def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
                 "Invalid type for 'expires_after': expected an object.", param="expires_after"
             )
         reject_unknown(expires, {"anchor", "minutes"}, "expires_after.")
-        get_enum(expires, "anchor", default="last_active_at", allowed=("last_active_at",))
+        get_enum(
+            expires,
+            "anchor",
+            default="last_active_at",
+            allowed=("last_active_at",),
+            param="expires_after.anchor",
+        )
         minutes = get_int(
             expires,
             "minutes",
@@ -50,7 +56,13 @@ def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
             raise InvalidRequest(
                 "Invalid type for 'network_policy': expected an object.", param="network_policy"
             )
-        kind = get_enum(policy, "type", default="", allowed=("disabled", "allowlist"))
+        kind = get_enum(
+            policy,
+            "type",
+            default="",
+            allowed=("disabled", "allowlist"),
+            param="network_policy.type",
+        )
         if kind == "allowlist":
             raise InvalidRequest(
                 "network_policy type 'allowlist' is not supported by this sandboxd yet; "

@@ -102,7 +102,7 @@ async def exec_(request: web.Request) -> web.StreamResponse:
                 "max_output_length": params.max_output,
             }
         )
-    await service.get(caller, cid, touch=False)  # 404 before we commit to a 200 stream
+    await service.running(caller, cid)  # 404/400 before we commit to a 200 stream
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )

@@ -61,15 +61,23 @@ def get_int(
     return value
 
 
-def get_enum(body: Mapping[str, Any], key: str, *, default: str, allowed: tuple[str, ...]) -> str:
+def get_enum(
+    body: Mapping[str, Any],
+    key: str,
+    *,
+    default: str,
+    allowed: tuple[str, ...],
+    param: str | None = None,
+) -> str:
+    param = param or key
     value = body.get(key, default)
     if value is None:
         value = default
     if not isinstance(value, str) or value not in allowed:
         choices = ", ".join(f"'{a}'" for a in allowed)
         raise InvalidRequest(
-            f"Invalid value for '{key}': expected one of {choices}, got {json.dumps(value)}.",
-            param=key,
+            f"Invalid value for '{param}': expected one of {choices}, got {json.dumps(value)}.",
+            param=param,
         )
     return value
 

@@ -1,0 +1,181 @@
+"""Baseline: plain runc on a bundle built by sandboxd's own code, minus the daemon.
+
+Same rootfs skeleton, host binds, seccomp profile, user namespace, limits and masked paths as a
+sandbox; an empty directory instead of the loop-mounted workspace; `process.args` replaced.
+Containers use their own runc root and the cgroup parent /sandboxd-bench.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.client import BenchError
+from bench.stats import Summary, summarize, timed_ms
+from bench.workdir import BASELINE_CGROUP_PARENT
+from daemon.config import ContainerConfig, RuntimeConfig
+from sandbox.cgroups import CgroupLayout
+from sandbox.oci import rootfs, workspace
+from sandbox.oci.bundle import BundlePaths, build_config
+from sandbox.oci.runc import RUNTIME_ENV
+from sandbox.oci.runtime import AGENT_SCRIPT
+from sandbox.spec import MEMORY_TIERS, SANDBOX_GID, SANDBOX_UID, SandboxSpec
+
+REPO = Path(__file__).resolve().parent.parent
+SECCOMP = REPO / "config" / "seccomp.json"
+PYTHON_START = ["/usr/bin/python3", "-I", "-S", "-B", "-c", "pass"]
+
+
+class Runc:
+    """runc with a private --root; one bundle directory per container."""
+
+    def __init__(self, work: Path) -> None:
+        self.root = work / "runc-base"
+        self._bundles = work / "bundles"
+        self._log = work / "runc-base.log"
+        self._layout = CgroupLayout.detect()
+        self._uid_base = RuntimeConfig().uid_base
+        self._limits = ContainerConfig().limits()
+        self._seccomp = json.loads(SECCOMP.read_text())
+        ws = work / "empty-workspace"
+        ws.mkdir(mode=0o755)
+        uid, gid = self._uid_base + SANDBOX_UID, self._uid_base + SANDBOX_GID
+        shutil.chown(ws, uid, gid)
+        self._paths = BundlePaths(
+            rootfs=str(rootfs.ensure_skeleton(work / "skeleton")),
+            workspace=str(ws),
+            agent_script=str(AGENT_SCRIPT),
+            binds=rootfs.host_binds(),
+        )
+        self._bundles.mkdir()
+        self._count = 0
+
+    def _config(self, cid: str, args: list[str]) -> dict[str, Any]:
+        spec = SandboxSpec(cid, MEMORY_TIERS["1g"], self._limits)
+        cgroup = f"{BASELINE_CGROUP_PARENT}/{cid}"
+        config = build_config(spec, self._paths, self._uid_base, cgroup, self._seccomp)
+        config = copy.deepcopy(config)
+        config["process"]["args"] = args
+        return config
+
+    def call(self, *args: str, detach: bool = False) -> None:
+        """Run one runc command to completion; BenchError if it fails.
+
+        A detached container inherits runc's stdio, so that is /dev/null and errors go to the
+        --log file instead of a pipe the container would hold open.
+        """
+        argv = ["runc", "--root", str(self.root), "--log", str(self._log), *args]
+        proc = subprocess.run(
+            argv,
+            env=RUNTIME_ENV,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if detach else subprocess.PIPE,
+            timeout=30,
+            check=False,
+        )
+        if proc.returncode != 0:
+            detail = (proc.stderr or b"").decode(errors="replace").strip()[-300:]
+            raise BenchError(f"runc {' '.join(args)} failed ({proc.returncode}): {detail}")
+
+    @contextmanager
+    def bundle(self, args: list[str]) -> Iterator[tuple[str, Path]]:
+        """A fresh container id and bundle; the container, cgroup and bundle go on exit."""
+        self._count += 1
+        cid = f"bench-{self._count}"
+        bundle = self._bundles / cid
+        bundle.mkdir()
+        (bundle / "config.json").write_text(json.dumps(self._config(cid, args)))
+        try:
+            yield cid, bundle
+        finally:
+            subprocess.run(
+                ["runc", "--root", str(self.root), "delete", "--force", cid],
+                env=RUNTIME_ENV,
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+            self._layout.reader(f"{BASELINE_CGROUP_PARENT}/{cid}").remove()
+            shutil.rmtree(bundle)
+
+    def close(self) -> None:
+        self._layout.reader(BASELINE_CGROUP_PARENT).remove()
+
+
+def _foreground(runc: Runc, args: list[str], n: int) -> list[float]:
+    samples = []
+    for _ in range(n + 1):  # the first run is a warm-up
+        with runc.bundle(args) as (cid, bundle):
+            _, ms = timed_ms(lambda: runc.call("run", "--bundle", str(bundle), cid))
+            samples.append(ms)
+    return samples[1:]
+
+
+def _detached(runc: Runc, n: int) -> tuple[list[float], list[float]]:
+    starts, deletes = [], []
+    for _ in range(n + 1):
+        with runc.bundle(["/bin/sleep", "infinity"]) as (cid, bundle):
+            run = ["run", "--detach", "--bundle", str(bundle), cid]
+            _, start_ms = timed_ms(lambda: runc.call(*run, detach=True))  # noqa: B023
+            _, delete_ms = timed_ms(lambda: runc.call("delete", "--force", cid))
+            starts.append(start_ms)
+            deletes.append(delete_ms)
+    return starts[1:], deletes[1:]
+
+
+def _exec(runc: Runc, n: int) -> list[float]:
+    with runc.bundle(["/bin/sleep", "infinity"]) as (cid, bundle):
+        runc.call("run", "--detach", "--bundle", str(bundle), cid, detach=True)
+        samples = [timed_ms(lambda: runc.call("exec", cid, "/bin/true"))[1] for _ in range(n + 1)]
+    return samples[1:]
+
+
+def _workspace(work: Path, n: int) -> tuple[list[float], list[float]]:
+    """sandbox.oci.workspace.create/destroy, as the daemon does for every container."""
+    size = ContainerConfig().workspace_bytes
+    owner = (RuntimeConfig().uid_base + SANDBOX_UID, RuntimeConfig().uid_base + SANDBOX_GID)
+    image, mountpoint = work / "ws.img", work / "ws"
+    creates, destroys = [], []
+    for _ in range(n + 1):
+        try:
+            _, create_ms = timed_ms(lambda: workspace.create(image, mountpoint, size, owner))
+        finally:
+            _, destroy_ms = timed_ms(lambda: workspace.destroy(image, mountpoint))
+        creates.append(create_ms)
+        destroys.append(destroy_ms)
+    mountpoint.rmdir()
+    return creates[1:], destroys[1:]
+
+
+def measure_runc(work: Path, n: int) -> tuple[list[Summary], list[Summary]]:
+    """(baseline figures, component figures), each from n runs after one warm-up."""
+    runc = Runc(work)
+    try:
+        run_true = _foreground(runc, ["/bin/true"], n)
+        starts, deletes = _detached(runc, n)
+        execs = _exec(runc, n)
+        python = _foreground(runc, PYTHON_START, n)
+    finally:
+        runc.close()
+    ws_create, ws_destroy = _workspace(work, n)
+    baseline = [
+        summarize(
+            "runc_run", "runc run `/bin/true` (foreground: create, start, wait, destroy)", run_true
+        ),
+        summarize("runc_start", "runc run -d `sleep` (create + start)", starts),
+        summarize("runc_exec", "runc exec `/bin/true`", execs),
+        summarize("runc_delete", "runc delete --force (running `sleep`)", deletes),
+    ]
+    components = [
+        summarize("python_start", "runc run `python3 -I -S -B -c pass` (foreground)", python),
+        summarize("ws_create", "workspace create (1 GiB image: mkfs.ext4 + loop mount)", ws_create),
+        summarize("ws_destroy", "workspace destroy (umount + unlink)", ws_destroy),
+    ]
+    return baseline, components

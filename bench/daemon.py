@@ -1,0 +1,98 @@
+"""Run `sandboxd serve` as a subprocess on a private socket, state dir and runc root."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.client import BenchError, Client
+
+READY_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class RunningDaemon:
+    socket: Path
+    log: Path  # the daemon's stderr: one JSON object per line
+    argv: tuple[str, ...]
+
+
+def sandboxd_binary() -> Path:
+    """The `sandboxd` entry point next to the running interpreter (.venv/bin/sandboxd)."""
+    found = Path(sys.executable).with_name("sandboxd")
+    if not found.exists():
+        raise BenchError(f"{found} not found: run with the project's .venv/bin/python")
+    return found
+
+
+def _log_tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"sandboxd exited with {proc.returncode}:\n{_log_tail(log)}")
+        if sock.exists():
+            with contextlib.suppress(BenchError), Client(str(sock), timeout=2.0) as client:
+                if client.call("GET", "/healthz") == {"status": "ok"}:
+                    return
+        time.sleep(0.05)
+    raise BenchError(f"sandboxd not healthy after {READY_TIMEOUT_S:.0f} s:\n{_log_tail(log)}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        print("bench: sandboxd ignored SIGTERM, killing it", file=sys.stderr)
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def running_daemon(work: Path) -> Iterator[RunningDaemon]:
+    """Start the daemon, wait for GET /healthz, and always SIGTERM it and wait on exit."""
+    config = work / "sandboxd.toml"
+    config.write_text(f'[runtime]\nruntime_root = "{work / "runc"}"\n')
+    sock, log = work / "api.sock", work / "daemon.log"
+    argv = (
+        str(sandboxd_binary()),
+        "serve",
+        "--config",
+        str(config),
+        "--socket",
+        str(sock),
+        "--state-dir",
+        str(work / "state"),
+    )
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    with open(log, "wb") as stderr:
+        # Own session: a Ctrl-C reaches only the benchmark, which then cleans up in order.
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(proc, sock, log)
+        yield RunningDaemon(sock, log, argv)
+    finally:
+        _stop(proc)

@@ -1,0 +1,141 @@
+"""sandboxd figures over the API, and the daemon's own view of them from its JSON log."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.client import BenchError, Client
+from bench.stats import Summary, summarize, timed_ms
+
+CREATE_TARGET_MS = 60.0
+EXEC_TARGET_MS = 3.0
+WARMUP_CONTAINERS = 2
+WARMUP_EXECS = 20
+
+
+@dataclass(frozen=True)
+class Sizes:
+    create: int  # containers created (and exec'd once, and deleted)
+    exec: int  # exec round trips on one warm container
+    baseline: int  # runc / docker runs
+
+
+@dataclass(frozen=True)
+class ApiRun:
+    figures: list[Summary]
+    create_ids: frozenset[str]  # the measured containers, to pick their log lines
+    exec_id: str
+
+
+def _create(client: Client, name: str, live: set[str]) -> str:
+    body = client.call("POST", "/v1/containers", {"name": name})
+    cid = str(body["id"])
+    live.add(cid)
+    return cid
+
+
+def _delete(client: Client, cid: str, live: set[str]) -> None:
+    client.call("DELETE", f"/v1/containers/{cid}")
+    live.discard(cid)
+
+
+def _exec_true(client: Client, cid: str) -> None:
+    body = client.call("POST", f"/v1/containers/{cid}/exec", {"commands": ["true"]})
+    outcome = body["output"][0]["outcome"]
+    if outcome != {"type": "exit", "exit_code": 0}:
+        raise BenchError(f"exec true in {cid}: unexpected outcome {outcome}")
+
+
+def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
+    for i in range(WARMUP_CONTAINERS):
+        cid = _create(client, f"bench-warmup-{i}", live)
+        _exec_true(client, cid)
+        _delete(client, cid, live)
+    create, first, to_exec, delete = [], [], [], []
+    create_ids: set[str] = set()
+    for i in range(sizes.create):
+        t0 = time.perf_counter()
+        cid = _create(client, f"bench-{i}", live)
+        t1 = time.perf_counter()
+        _exec_true(client, cid)
+        t2 = time.perf_counter()
+        _delete(client, cid, live)
+        t3 = time.perf_counter()
+        create_ids.add(cid)
+        create.append((t1 - t0) * 1000)
+        first.append((t2 - t1) * 1000)
+        to_exec.append((t2 - t0) * 1000)
+        delete.append((t3 - t2) * 1000)
+    exec_id = _create(client, "bench-exec", live)
+    for _ in range(WARMUP_EXECS):
+        _exec_true(client, exec_id)
+    execs = [timed_ms(lambda: _exec_true(client, exec_id))[1] for _ in range(sizes.exec)]
+    _delete(client, exec_id, live)
+    return ApiRun(
+        figures=[
+            summarize("create", "sandboxd create (POST /v1/containers)", create, CREATE_TARGET_MS),
+            summarize("to_exec", "sandboxd create → first exec `true` done", to_exec),
+            summarize("first_exec", "sandboxd first exec `true` (fresh container)", first),
+            summarize("exec", "sandboxd exec `true` (warm container)", execs, EXEC_TARGET_MS),
+            summarize("delete", "sandboxd delete", delete),
+        ],
+        create_ids=frozenset(create_ids),
+        exec_id=exec_id,
+    )
+
+
+def measure_api(client: Client, sizes: Sizes) -> ApiRun:
+    """Run every API measurement; containers left by a failure are deleted before returning."""
+    live: set[str] = set()
+    try:
+        return _measure(client, sizes, live)
+    finally:
+        for cid in sorted(live):
+            with contextlib.suppress(BenchError):
+                client.call("DELETE", f"/v1/containers/{cid}")
+
+
+def _log_entries(log: Path) -> list[dict[str, Any]]:
+    entries = []
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
+
+
+def server_side(log: Path, run: ApiRun, n_exec: int) -> list[Summary]:
+    """The daemon's own `ms` fields for the measured requests (warm-ups excluded)."""
+    entries = _log_entries(log)
+
+    def pick(msg: str, ids: frozenset[str], method: str = "", suffix: str = "") -> list[float]:
+        return [
+            float(e["ms"])
+            for e in entries
+            if e.get("msg") == msg
+            and e.get("container_id") in ids
+            and (not method or e.get("method") == method)
+            and str(e.get("path", "")).endswith(suffix)
+        ]
+
+    exec_ids = frozenset({run.exec_id})
+    ids = run.create_ids
+    picked = [
+        (
+            "srv_create",
+            "POST /v1/containers request",
+            pick("request", ids, "POST", "/v1/containers"),
+        ),
+        ("srv_runtime", "runtime create ('container created')", pick("container created", ids)),
+        ("srv_first_exec", "first exec request", pick("request", ids, "POST", "/exec")),
+        ("srv_exec", "warm exec request", pick("request", exec_ids, "POST", "/exec")[-n_exec:]),
+        ("srv_agent", "warm exec: agent duration_ms", pick("command finished", exec_ids)[-n_exec:]),
+        ("srv_delete", "DELETE request", pick("request", ids, "DELETE")),
+    ]
+    return [summarize(key, label, samples) for key, label, samples in picked if samples]

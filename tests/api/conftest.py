@@ -1,0 +1,174 @@
+"""A real daemon (subprocess) on a short-path unix socket and on loopback TCP, shared by the
+API tests; everything it creates lives under its temp dir and its own cgroup parent."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from sandbox.cgroups import CgroupLayout
+
+pytestmark = pytest.mark.root
+
+
+@dataclass(frozen=True)
+class DaemonHandle:
+    root: Path
+    socket: str
+    tcp_url: str
+    pid: int
+    log: Path
+    cgroup_parent: str
+    keys: dict[str, str]
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for_socket(path: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"daemon exited: {log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+            s.connect(path)
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"daemon did not listen: {log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def daemon() -> Iterator[DaemonHandle]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    root = Path(tempfile.mkdtemp(prefix="sbxd-"))
+    root.chmod(0o755)
+    port = _free_port()
+    keys = {"alice": "sk-alice-" + secrets.token_hex(8), "bob": "sk-bob-" + secrets.token_hex(8)}
+    cgroup_parent = f"/sandboxd-apitest-{secrets.token_hex(4)}"
+    sock = str(root / "api.sock")
+    config = root / "config.toml"
+    config.write_text(
+        f"""
+state_dir = "{root}/state"
+[server]
+socket = "{sock}"
+socket_mode = 0o666
+tcp = "127.0.0.1:{port}"
+api_keys = {{ alice = "{keys["alice"]}", bob = "{keys["bob"]}" }}
+[runtime]
+runtime_root = "{root}/runc"
+cgroup_parent = "{cgroup_parent}"
+[containers]
+workspace_bytes = {64 << 20}
+max_upload_bytes = {8 << 20}
+max_containers_per_owner = 40
+"""
+    )
+    log = root / "daemon.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "serve", "--config", str(config)],
+            stdout=log_file,
+            stderr=log_file,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
+    try:
+        _wait_for_socket(sock, proc, log)
+        yield DaemonHandle(
+            root, sock, f"http://127.0.0.1:{port}", proc.pid, log, cgroup_parent, keys
+        )
+    finally:
+        _teardown(proc, sock, root, log, cgroup_parent)
+
+
+def _teardown(
+    proc: subprocess.Popen[bytes], sock: str, root: Path, log: Path, cgroup_parent: str
+) -> None:
+    # Sandboxes outlive the daemon by design: delete what the tests left before stopping it.
+    if proc.poll() is None:
+        with contextlib.suppress(Exception), _sdk(sock) as client:
+            for c in client.containers.list(limit=100):
+                client.containers.delete(c.id)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        assert code == 0, f"daemon exit code {code}: {log.read_text()[-2000:]}"
+    leftovers = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                 if str(root) in line]  # fmt: skip
+    layout = CgroupLayout.detect()
+    for directory in layout.dirs(cgroup_parent):
+        with contextlib.suppress(FileNotFoundError):
+            directory.rmdir()
+    shutil.rmtree(root, ignore_errors=True)
+    assert not leftovers, f"mounts left behind: {leftovers}"
+
+
+def _sdk(sock: str, **kw: object) -> openai.OpenAI:
+    transport = httpx2.HTTPTransport(uds=sock)
+    return openai.OpenAI(
+        base_url="http://localhost/v1",
+        api_key="unused-on-the-unix-socket",
+        http_client=httpx2.Client(transport=transport, timeout=120),
+        max_retries=0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def client(daemon: DaemonHandle) -> Iterator[openai.OpenAI]:
+    sdk = _sdk(daemon.socket)
+    yield sdk
+    sdk.close()
+
+
+@pytest.fixture
+def raw(daemon: DaemonHandle) -> Iterator[httpx2.Client]:
+    """A plain HTTP client on the unix socket, for what the SDK cannot send."""
+    with httpx2.Client(
+        transport=httpx2.HTTPTransport(uds=daemon.socket), base_url="http://localhost", timeout=120
+    ) as c:
+        yield c
+
+
+@pytest.fixture
+def container(client: openai.OpenAI) -> Iterator[str]:
+    created = client.containers.create(name="fixture")
+    yield created.id
+    with contextlib.suppress(openai.NotFoundError):
+        client.containers.delete(created.id)
+
+
+def exec_(raw: httpx2.Client, cid: str, *commands: str, **extra: object) -> dict[str, object]:
+    r = raw.post(f"/v1/containers/{cid}/exec", json={"commands": list(commands), **extra})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert isinstance(body, dict)
+    return body

@@ -1,0 +1,147 @@
+"""Containers through the official SDK: the OpenAI contract and our stated behaviour."""
+
+from __future__ import annotations
+
+import httpx2
+import openai
+import pytest
+
+from tests.api.conftest import DaemonHandle, exec_
+
+pytestmark = pytest.mark.root
+
+
+def test_create_retrieve_list_delete(client: openai.OpenAI, raw: httpx2.Client) -> None:
+    created = client.containers.create(name="x", expires_after={"anchor": "last_active_at",
+                                                                "minutes": 5})  # fmt: skip
+    assert created.id.startswith("cntr_") and len(created.id) == 5 + 48
+    assert created.status == "running"
+    assert created.object == "container"
+    assert created.memory_limit == "1g"
+    assert created.expires_after is not None and created.expires_after.minutes == 5
+    assert created.network_policy is not None and created.network_policy.type == "disabled"
+    got = client.containers.retrieve(created.id)
+    assert got.id == created.id and got.name == "x"
+    assert created.id in [c.id for c in client.containers.list(limit=100)]
+    out = exec_(raw, created.id, "python3 -c 'print(6*7)'")
+    assert out["output"] == [
+        {"stdout": "42\n", "stderr": "", "outcome": {"type": "exit", "exit_code": 0},
+         "truncated": False, "duration_ms": out["output"][0]["duration_ms"]}  # type: ignore[index]
+    ]  # fmt: skip
+    r = raw.delete(f"/v1/containers/{created.id}")
+    assert r.json() == {"id": created.id, "object": "container.deleted", "deleted": True}
+    with pytest.raises(openai.NotFoundError):
+        client.containers.retrieve(created.id)
+    assert (
+        raw.post(f"/v1/containers/{created.id}/exec", json={"commands": ["true"]}).status_code
+        == 404
+    )
+
+
+def test_pagination_order_and_name_filter(client: openai.OpenAI) -> None:
+    name = "page-test"
+    ids = [client.containers.create(name=name).id for _ in range(5)]
+    try:
+        first = client.containers.list(name=name, limit=2, order="asc")
+        assert [c.id for c in first.data] == ids[:2]
+        assert first.has_more is True
+        every = [c.id for c in client.containers.list(name=name, limit=2, order="asc")]
+        assert every == ids  # the SDK follows `after` until has_more is false
+        newest_first = [c.id for c in client.containers.list(name=name, limit=100)]
+        assert newest_first == ids[::-1]
+        assert [c.id for c in client.containers.list(name="no-such-name")] == []
+    finally:
+        for cid in ids:
+            client.containers.delete(cid)
+
+
+def test_memory_tier_is_applied(client: openai.OpenAI, raw: httpx2.Client) -> None:
+    c = client.containers.create(name="tier", memory_limit="4g")
+    try:
+        assert c.memory_limit == "4g"
+        out = exec_(raw, c.id, "cat /proc/self/status | grep -c . >/dev/null; echo ok")
+        assert out["output"][0]["stdout"] == "ok\n"  # type: ignore[index]
+    finally:
+        client.containers.delete(c.id)
+
+
+def test_request_ids_and_health(raw: httpx2.Client) -> None:
+    ok = raw.get("/healthz")
+    assert ok.status_code == 200 and ok.json() == {"status": "ok"}
+    assert ok.headers["x-request-id"].startswith("req_")
+    missing = raw.get("/v1/containers/cntr_" + "0" * 48)
+    assert missing.status_code == 404
+    assert missing.headers["x-request-id"].startswith("req_")
+    assert missing.headers["x-should-retry"] == "false"
+    doc = raw.get("/openapi.json").json()
+    assert doc["openapi"].startswith("3.1")
+
+
+def test_tcp_requires_a_bearer_key(daemon: DaemonHandle) -> None:
+    anon = httpx2.get(daemon.tcp_url + "/v1/containers")
+    assert anon.status_code == 401
+    assert anon.json()["error"]["code"] == "invalid_api_key"
+    wrong = httpx2.get(daemon.tcp_url + "/v1/containers", headers={"Authorization": "Bearer no"})
+    assert wrong.status_code == 401
+    url = daemon.tcp_url + "/v1"
+    with (
+        openai.OpenAI(base_url=url, api_key=daemon.keys["alice"], max_retries=0) as alice,
+        openai.OpenAI(base_url=url, api_key=daemon.keys["bob"], max_retries=0) as bob,
+    ):
+        _alice_and_bob(alice, bob)
+
+
+def _alice_and_bob(alice: openai.OpenAI, bob: openai.OpenAI) -> None:
+    c = alice.containers.create(name="alice-box")
+    try:
+        assert c.id in [x.id for x in alice.containers.list()]
+        assert c.id not in [x.id for x in bob.containers.list()]
+        with pytest.raises(openai.NotFoundError):
+            bob.containers.retrieve(c.id)
+        with pytest.raises(openai.NotFoundError):
+            bob.containers.delete(c.id)
+        alice.containers.retrieve(c.id)
+    finally:
+        alice.containers.delete(c.id)
+
+
+def test_unix_peer_uid_ownership(daemon: DaemonHandle, client: openai.OpenAI) -> None:
+    """Another uid on the socket sees only its own containers; root sees everyone's."""
+    import subprocess
+
+    script = f"""
+import http.client, json, socket, sys
+class Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect({daemon.socket!r})
+def call(method, path, body=None):
+    c = Conn("localhost")
+    c.request(method, path, body=json.dumps(body) if body else None,
+              headers={{"Content-Type": "application/json"}})
+    r = c.getresponse()
+    return r.status, json.loads(r.read())
+mine = call("POST", "/v1/containers", {{"name": "uid-4242"}})[1]
+listed = [x["id"] for x in call("GET", "/v1/containers?limit=100")[1]["data"]]
+other = call("GET", "/v1/containers/" + sys.argv[1])[0]
+delete_other = call("DELETE", "/v1/containers/" + sys.argv[1])[0]
+print(json.dumps({{"mine": mine["id"], "listed": listed, "other": other, "del": delete_other}}))
+"""
+    root_box = client.containers.create(name="root-box")
+    try:
+        proc = subprocess.run(
+            ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups",
+             "/usr/bin/python3", "-c", script, root_box.id],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        import json
+
+        seen = json.loads(proc.stdout)
+        assert seen["listed"] == [seen["mine"]]
+        assert seen["other"] == 404 and seen["del"] == 404
+        assert seen["mine"] in [c.id for c in client.containers.list(limit=100)]  # root sees all
+        client.containers.delete(seen["mine"])
+        client.containers.retrieve(root_box.id)
+    finally:
+        client.containers.delete(root_box.id)

@@ -1,0 +1,301 @@
+"""Fixtures of the runtime contract suite, parametrised over backends.
+
+A backend joins the suite by adding its name to ``BACKENDS`` and an ``_open_<name>`` context
+manager that yields a started ``Harness``: the runtime under test plus the host-side knowledge
+the suite needs to prove that a destroyed sandbox left nothing behind (``leftovers``).
+
+Every runtime gets its own short state dir under /tmp (unix socket paths must stay under 107
+bytes; building the rootfs skeleton costs ~10 ms) and every sandbox of the test run lives under
+one random cgroup parent. A runtime's teardown destroys every sandbox it still lists; the
+session finalizer then checks that nothing of ours is left (mounts, dirs, cgroups) and removes
+whatever it finds, failing loudly if it had to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from daemon.daemon import load_seccomp
+from sandbox.agent_client import ExecChunk
+from sandbox.cgroups import CgroupLayout
+from sandbox.execution import CommandOutcome, CommandRequest, run_command
+from sandbox.oci.runtime import OciRuntime, OciSettings
+from sandbox.runtime import Runtime
+from sandbox.spec import MEMORY_TIERS, SandboxSpec
+
+BACKENDS = ["oci"]
+STATE_PREFIX = "sbxd-rt-"
+GIB = MEMORY_TIERS["1g"]
+
+
+def new_id() -> str:
+    """A sandbox id shaped like the daemon's (so socket paths have their real length)."""
+    return "cntr_" + secrets.token_hex(24)
+
+
+def spec(memory_bytes: int = GIB, **kw: Any) -> SandboxSpec:
+    return SandboxSpec(new_id(), memory_bytes, **kw)
+
+
+async def sh(
+    runtime: Runtime,
+    sid: str,
+    cmd: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: str = "",
+    stdin: str = "",
+    timeout_ms: int = 30_000,
+    max_output: int = 1 << 20,
+) -> tuple[str, str, CommandOutcome]:
+    """Run `cmd` (a /bin/sh line) in the sandbox; (stdout, stderr, outcome).
+
+    Bytes that are not UTF-8 survive as surrogates, so len() counts bytes of any output.
+    """
+    out, err = bytearray(), bytearray()
+
+    async def sink(chunk: ExecChunk) -> None:
+        (out if chunk.stream == "stdout" else err).extend(chunk.data)
+
+    req = CommandRequest(cmd, env or {}, cwd, stdin, timeout_ms, max_output)
+    outcome = await run_command(runtime.agent(sid), lambda: runtime.counters(sid), req, sink)
+    return (
+        out.decode(errors="surrogateescape"),
+        err.decode(errors="surrogateescape"),
+        outcome,
+    )
+
+
+async def check(runtime: Runtime, sid: str, cmd: str, **kw: Any) -> str:
+    """Run `cmd`, require exit 0 and no stderr, return its stdout."""
+    out, err, outcome = await sh(runtime, sid, cmd, **kw)
+    assert (outcome.exit_code, err) == (0, ""), (cmd, out, err, outcome)
+    return out
+
+
+@dataclass
+class Harness:
+    """A started runtime, and how to find what a sandbox of it left on the host."""
+
+    name: str
+    runtime: Runtime
+    cgroup_parent: str
+    # Human-readable traces of `sandbox_id` still on the host; [] when it is fully gone.
+    leftovers: Callable[[str], list[str]]
+
+
+@dataclass
+class RunResources:
+    """What this pytest session created on the host; the session finalizer removes it."""
+
+    cgroup_parent: str = field(default_factory=lambda: "/sandboxd-test-" + secrets.token_hex(4))
+    state_dirs: list[Path] = field(default_factory=list)
+
+    def new_state_dir(self) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
+        self.state_dirs.append(path)
+        return path
+
+
+# ------------------------------------------------------------------------------ host probes
+
+
+def mounts_under(prefix: Path) -> list[str]:
+    """Mount points (from /proc/self/mountinfo) at or below `prefix`, deepest first."""
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if point == str(prefix) or point.startswith(f"{prefix}/"):
+                found.append(point)
+    return sorted(found, key=len, reverse=True)
+
+
+def loop_devices_backed_by(prefix: Path) -> list[str]:
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if backing.read_text().strip().startswith(f"{prefix}/"):
+                found.append(backing.parent.parent.name)
+    return found
+
+
+def cgroup_dirs(parent: str, sandbox_id: str | None = None) -> list[Path]:
+    path = parent if sandbox_id is None else f"{parent}/{sandbox_id}"
+    return [d for d in CgroupLayout.detect().dirs(path) if d.is_dir()]
+
+
+def _oci_leftovers(settings: OciSettings, sandbox_id: str) -> list[str]:
+    sdir = settings.state_dir / "sandboxes" / sandbox_id
+    found = []
+    if sdir.exists():
+        found.append(f"sandbox dir {sdir}")
+    found += [f"mount {m}" for m in mounts_under(sdir)]
+    found += [f"loop device {d}" for d in loop_devices_backed_by(sdir)]
+    if CgroupLayout.detect().reader(f"{settings.cgroup_parent}/{sandbox_id}").exists():
+        found.append("memory cgroup")
+    found += [f"cgroup dir {d}" for d in cgroup_dirs(settings.cgroup_parent, sandbox_id)]
+    if (settings.runtime_root / sandbox_id).exists():
+        found.append(f"runc state {settings.runtime_root / sandbox_id}")
+    return found
+
+
+# ------------------------------------------------------------------------------ backends
+
+FAKE_RUNC = {
+    # Starts the container for real, then reports a failure.
+    "after_start": """#!/bin/sh
+{runc} "$@" || exit $?
+for arg in "$@"; do [ "$arg" = run ] && exit 1; done
+exit 0
+""",
+}
+
+
+@contextlib.asynccontextmanager
+async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Harness]:
+    """`failure`: None; "refuse": runc fails every call; "after_start": `run` starts the
+    container, then exits 1."""
+    state = run.new_state_dir()
+    healthy = OciSettings(
+        state_dir=state, runtime_root=state / "runc", cgroup_parent=run.cgroup_parent
+    )
+    settings = healthy
+    if failure == "refuse":
+        settings = dataclasses.replace(healthy, binary="/bin/false")
+    elif failure in FAKE_RUNC:
+        fake = state / "fake-runc"
+        fake.write_text(FAKE_RUNC[failure].format(runc=shutil.which("runc")))
+        fake.chmod(0o755)
+        settings = dataclasses.replace(healthy, binary=str(fake))
+    elif failure is not None:
+        raise ValueError(failure)
+    seccomp = load_seccomp("")
+    runtime = OciRuntime(settings, seccomp)
+    try:
+        await runtime.start()
+        yield Harness(
+            "oci", runtime, run.cgroup_parent, lambda sid: _oci_leftovers(settings, sid)
+        )
+    finally:
+        try:
+            if failure is None:
+                await _destroy_all(runtime)
+        finally:
+            await runtime.close()
+        if failure is not None:
+            # A runtime built to fail cannot be trusted to clean up: a healthy one over the
+            # same state does it (and fails the test if it cannot).
+            cleaner = OciRuntime(healthy, seccomp)
+            try:
+                await cleaner.start()
+                await _destroy_all(cleaner)
+            finally:
+                await cleaner.close()
+        shutil.rmtree(state)
+
+
+async def _destroy_all(runtime: Runtime) -> None:
+    for sid in await runtime.list_ids():
+        await runtime.destroy(sid)
+
+
+OPENERS = {"oci": _open_oci}
+
+
+def open_backend(
+    name: str, run: RunResources, failure: str | None = None
+) -> contextlib.AbstractAsyncContextManager[Harness]:
+    return OPENERS[name](run, failure)
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+def _force_cleanup(run: RunResources) -> list[str]:
+    """Remove whatever the test run left on the host; describe what had to be removed."""
+    leaks: list[str] = []
+    for state in run.state_dirs:
+        runc_root = state / "runc"
+        if runc_root.is_dir():
+            for entry in runc_root.iterdir():
+                leaks.append(f"runc container {entry.name}")
+                subprocess.run(
+                    ["runc", "--root", str(runc_root), "delete", "--force", entry.name],
+                    capture_output=True,
+                    check=False,
+                )
+        for point in mounts_under(state):
+            leaks.append(f"mount {point}")
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        if state.exists():
+            leaks.append(f"state dir {state}")
+            shutil.rmtree(state, ignore_errors=True)
+    for top in CgroupLayout.detect().dirs(run.cgroup_parent):
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
+            if dirpath != str(top):
+                leaks.append(f"cgroup {dirpath}")
+            with contextlib.suppress(FileNotFoundError):
+                os.rmdir(dirpath)
+    return leaks
+
+
+@pytest.fixture(scope="session")
+def test_run() -> Iterator[RunResources]:
+    run = RunResources()
+    yield run
+    leaks = _force_cleanup(run)
+    remaining = cgroup_dirs(run.cgroup_parent) + [d for d in run.state_dirs if d.exists()]
+    assert not remaining, f"could not remove: {remaining}"
+    assert not leaks, f"the runtime suite left these behind: {leaks}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """The backend under test, for tests that open their own (e.g. a failing) runtime."""
+    name: str = request.param
+    return name
+
+
+@pytest_asyncio.fixture
+async def backend(backend_name: str, test_run: RunResources) -> AsyncIterator[Harness]:
+    """A started runtime; every sandbox it still lists is destroyed at the end of the test."""
+    async with open_backend(backend_name, test_run) as harness:
+        yield harness
+
+
+@pytest_asyncio.fixture
+async def sid(backend: Harness) -> str:
+    """A running 1g sandbox with default limits (destroyed by the backend's teardown)."""
+    s = spec()
+    await backend.runtime.create(s)
+    return s.sandbox_id
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=BACKENDS)
+async def module_backend(
+    request: pytest.FixtureRequest, test_run: RunResources
+) -> AsyncIterator[Harness]:
+    async with open_backend(request.param, test_run) as harness:
+        yield harness
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_sandbox(module_backend: Harness) -> str:
+    """One 1g sandbox for a module of read-only checks (tests must not change its state)."""
+    s = spec()
+    await module_backend.runtime.create(s)
+    return s.sandbox_id
