@@ -187,9 +187,7 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
     runtime = OciRuntime(settings, seccomp)
     try:
         await runtime.start()
-        yield Harness(
-            "oci", runtime, run.cgroup_parent, lambda sid: _oci_leftovers(settings, sid)
-        )
+        yield Harness("oci", runtime, run.cgroup_parent, lambda sid: _oci_leftovers(settings, sid))
     finally:
         try:
             if failure is None:

@@ -1,0 +1,83 @@
+"""Configuration parsing: strict keys and types, documented defaults, CLI overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from daemon import config as config_mod
+from daemon.config import Config, ConfigError, load
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "sandboxd.example.toml"
+
+
+def _flat(obj: object, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flat(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def test_example_documents_every_key_with_its_default() -> None:
+    assert _flat(load(EXAMPLE)) == _flat(Config())
+
+
+def test_unknown_key_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text("[server]\nsokcet = '/x'\n")
+    with pytest.raises(ConfigError, match=r"unknown key server\.sokcet"):
+        load(bad)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "log_level = 'loud'",
+        "[containers]\npids = 'many'",
+        "[containers]\npids = true",
+        "[containers]\ndefault_minutes = 0",
+        "[server]\ntcp = '127.0.0.1:9'",
+        "[runtime]\nbackend = 'lxc'",
+        "[server]\napi_keys = { a = 1 }",
+        "not toml at all [",
+    ],
+)
+def test_bad_values_are_refused(tmp_path: Path, text: str) -> None:
+    bad = tmp_path / "c.toml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError):
+        load(bad)
+
+
+def test_overrides_win() -> None:
+    cfg = load(None, {"state_dir": "/srv/x", "server.socket": "/tmp/s.sock"})
+    assert cfg.state_dir == "/srv/x"
+    assert cfg.server.socket == "/tmp/s.sock"
+
+
+def test_default_socket() -> None:
+    assert config_mod.default_socket(0, {}) == "/run/sandboxd/sandboxd.sock"
+    assert config_mod.default_socket(1000, {"XDG_RUNTIME_DIR": "/run/user/1000"}) == (
+        "/run/user/1000/sandboxd.sock"
+    )
+
+
+def test_bad_config_exits_78(tmp_path: Path) -> None:
+    import logging
+
+    from daemon.cli import main
+
+    bad = tmp_path / "c.toml"
+    bad.write_text("bogus = 1\n")
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        assert main(["serve", "--config", str(bad)]) == config_mod.EX_CONFIG
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
