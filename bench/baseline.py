@@ -7,10 +7,10 @@ Containers use their own runc root and the cgroup parent /sandboxd-bench.
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +29,7 @@ from sandbox.spec import MEMORY_TIERS, SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SECCOMP = REPO / "config" / "seccomp.json"
+KILL_WAIT_TRIES = 1000
 PYTHON_START = ["/usr/bin/python3", "-I", "-S", "-B", "-c", "pass"]
 
 
@@ -60,7 +61,6 @@ class Runc:
         spec = SandboxSpec(cid, MEMORY_TIERS["1g"], self._limits)
         cgroup = f"{BASELINE_CGROUP_PARENT}/{cid}"
         config = build_config(spec, self._paths, self._uid_base, cgroup, self._seccomp)
-        config = copy.deepcopy(config)
         config["process"]["args"] = args
         return config
 
@@ -68,7 +68,9 @@ class Runc:
         """Run one runc command to completion; BenchError if it fails.
 
         A detached container inherits runc's stdio, so that is /dev/null and errors go to the
-        --log file instead of a pipe the container would hold open.
+        --log file instead of a pipe the container would hold open. Without a pipe, a timeout
+        would make subprocess poll waitpid with sleeps of up to 50 ms, inflating the figure,
+        so a detached run waits without one.
         """
         argv = ["runc", "--root", str(self.root), "--log", str(self._log), *args]
         proc = subprocess.run(
@@ -77,11 +79,12 @@ class Runc:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL if detach else subprocess.PIPE,
-            timeout=30,
+            timeout=None if detach else 30,
             check=False,
         )
         if proc.returncode != 0:
-            detail = (proc.stderr or b"").decode(errors="replace").strip()[-300:]
+            raw = self._log.read_bytes() if detach and self._log.exists() else proc.stderr
+            detail = (raw or b"").decode(errors="replace").strip()[-300:]
             raise BenchError(f"runc {' '.join(args)} failed ({proc.returncode}): {detail}")
 
     @contextmanager
@@ -130,6 +133,27 @@ def _detached(runc: Runc, n: int) -> tuple[list[float], list[float]]:
     return starts[1:], deletes[1:]
 
 
+def _kill_then_delete(runc: Runc, cid: str) -> None:
+    """SIGKILL, then a plain `delete` as soon as runc sees the container stopped."""
+    runc.call("kill", cid, "KILL")
+    for _ in range(KILL_WAIT_TRIES):
+        try:
+            runc.call("delete", cid)
+            return
+        except BenchError:
+            time.sleep(0.001)
+    raise BenchError(f"runc container {cid} still running after SIGKILL")
+
+
+def _killed(runc: Runc, n: int) -> list[float]:
+    samples = []
+    for _ in range(n + 1):
+        with runc.bundle(["/bin/sleep", "infinity"]) as (cid, bundle):
+            runc.call("run", "--detach", "--bundle", str(bundle), cid, detach=True)
+            samples.append(timed_ms(lambda: _kill_then_delete(runc, cid))[1])
+    return samples[1:]
+
+
 def _exec(runc: Runc, n: int) -> list[float]:
     with runc.bundle(["/bin/sleep", "infinity"]) as (cid, bundle):
         runc.call("run", "--detach", "--bundle", str(bundle), cid, detach=True)
@@ -160,6 +184,7 @@ def measure_runc(work: Path, n: int) -> tuple[list[Summary], list[Summary]]:
     try:
         run_true = _foreground(runc, ["/bin/true"], n)
         starts, deletes = _detached(runc, n)
+        killed = _killed(runc, n)
         execs = _exec(runc, n)
         python = _foreground(runc, PYTHON_START, n)
     finally:
@@ -172,6 +197,7 @@ def measure_runc(work: Path, n: int) -> tuple[list[Summary], list[Summary]]:
         summarize("runc_start", "runc run -d `sleep` (create + start)", starts),
         summarize("runc_exec", "runc exec `/bin/true`", execs),
         summarize("runc_delete", "runc delete --force (running `sleep`)", deletes),
+        summarize("runc_kill_delete", "runc kill KILL + runc delete (running `sleep`)", killed),
     ]
     components = [
         summarize("python_start", "runc run `python3 -I -S -B -c pass` (foreground)", python),

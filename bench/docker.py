@@ -57,6 +57,13 @@ def measure_docker(n: int) -> DockerResult:
     reason = _unavailable()
     if reason is not None:
         return DockerResult([], reason)
+    try:
+        return _measure(n)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return DockerResult([], f"docker: reachable but the measurement failed: {exc}")
+
+
+def _measure(n: int) -> DockerResult:
     image = _local_image()
     if image is None:
         return DockerResult([], "docker: engine reachable but no local image, skipped")

@@ -24,6 +24,8 @@ class Machine:
     cgroup: str
     python: str
     commit: str
+    load: str  # 1, 5, 15 min load average when the run started
+    tmp_fs: str  # filesystem of /tmp, which holds the daemon's state (sqlite) and workspaces
 
 
 def _output(*argv: str) -> str:
@@ -74,4 +76,6 @@ def describe() -> Machine:
         cgroup=_cgroup_mode(),
         python=platform.python_version(),
         commit=_commit(),
+        load=", ".join(f"{x:.2f}" for x in os.getloadavg()),
+        tmp_fs=_output("findmnt", "-n", "-o", "FSTYPE", "--target", "/tmp") or "unknown",
     )

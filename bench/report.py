@@ -20,6 +20,7 @@ RATIOS = (
     ("sandboxd create → first exec / runc run `/bin/true`", "to_exec", "runc_run"),
     ("sandboxd create → first exec / docker run --rm", "to_exec", "docker_run"),
     ("sandboxd delete / runc delete --force", "delete", "runc_delete"),
+    ("sandboxd delete / runc kill + delete", "delete", "runc_kill_delete"),
 )
 
 
@@ -76,7 +77,16 @@ def _breakdown(f: dict[str, Summary]) -> list[str]:
         f"{f['create'].median - runtime:.1f} ms",
     ]
     lines += [f"  - {label}: ~{ms:.1f} ms" for label, ms in parts]
-    lines.append(f"  - rest (agent imports + readiness ping, config.json, cleanup): ~{rest:.1f} ms")
+    lines.append(
+        f"  - rest (agent imports + readiness ping, config.json, bookkeeping): ~{rest:.1f} ms"
+    )
+    if all(k in f for k in ("delete", "runc_delete", "runc_kill_delete", "ws_destroy")):
+        lines += [
+            f"- delete: {f['delete'].median:.1f} ms; `runc delete --force` alone takes "
+            f"{f['runc_delete'].median:.1f} ms (runc 1.1 sleeps 100 ms after its SIGKILL before "
+            f"checking), `runc kill KILL` + `runc delete` {f['runc_kill_delete'].median:.1f} ms; "
+            f"workspace umount + unlink {f['ws_destroy'].median:.1f} ms",
+        ]
     return [*lines, ""]
 
 
@@ -119,6 +129,8 @@ def render(r: Results) -> str:
         f"- {m.cpus} CPUs ({m.cpu_model}), {m.memory} memory",
         f"- {m.os}, kernel {m.kernel}, cgroup {m.cgroup}",
         f"- {m.runc}; Python {m.python}",
+        f"- /tmp (daemon state, sqlite, workspace images) on {m.tmp_fs}",
+        f"- load average at start: {m.load} on {m.cpus} CPUs",
         "",
         "## How to reproduce",
         "",

@@ -75,6 +75,9 @@ def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
     for _ in range(WARMUP_EXECS):
         _exec_true(client, exec_id)
     execs = [timed_ms(lambda: _exec_true(client, exec_id))[1] for _ in range(sizes.exec)]
+    path = f"/v1/containers/{exec_id}"
+    gets = [timed_ms(lambda: client.call("GET", path))[1] for _ in range(sizes.exec)]
+    files = [timed_ms(lambda: client.call("GET", f"{path}/files"))[1] for _ in range(sizes.exec)]
     _delete(client, exec_id, live)
     return ApiRun(
         figures=[
@@ -83,6 +86,8 @@ def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
             summarize("first_exec", "sandboxd first exec `true` (fresh container)", first),
             summarize("exec", "sandboxd exec `true` (warm container)", execs, EXEC_TARGET_MS),
             summarize("delete", "sandboxd delete", delete),
+            summarize("get", "sandboxd GET container (store read + touch)", gets),
+            summarize("files", "sandboxd GET files (agent listing + store sync)", files),
         ],
         create_ids=frozenset(create_ids),
         exec_id=exec_id,
@@ -135,7 +140,11 @@ def server_side(log: Path, run: ApiRun, n_exec: int) -> list[Summary]:
         ("srv_runtime", "runtime create ('container created')", pick("container created", ids)),
         ("srv_first_exec", "first exec request", pick("request", ids, "POST", "/exec")),
         ("srv_exec", "warm exec request", pick("request", exec_ids, "POST", "/exec")[-n_exec:]),
-        ("srv_agent", "warm exec: agent duration_ms", pick("command finished", exec_ids)[-n_exec:]),
+        (
+            "srv_agent",
+            "warm exec: agent duration_ms (whole ms)",
+            pick("command finished", exec_ids)[-n_exec:],
+        ),
         ("srv_delete", "DELETE request", pick("request", ids, "DELETE")),
     ]
     return [summarize(key, label, samples) for key, label, samples in picked if samples]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import json
 import logging
 import os
 import socket
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from aiohttp import web
 
@@ -21,27 +20,16 @@ from daemon.config import Config
 from daemon.models import Status
 from daemon.service import ContainerService
 from daemon.store import Store
+from sandbox.errors import RuntimeFailure
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
+from sandbox.seccomp import SeccompProfileError, load_profile
 
 logger = logging.getLogger(__name__)
-
-REPO_SECCOMP = Path(__file__).resolve().parent.parent / "config" / "seccomp.json"
 
 
 class StartupError(Exception):
     """The daemon cannot start (socket in use, runtime missing, ...)."""
-
-
-def load_seccomp(path: str) -> dict[str, Any]:
-    profile = Path(path) if path else REPO_SECCOMP
-    try:
-        data = json.loads(profile.read_text())
-    except (OSError, ValueError) as exc:
-        raise StartupError(f"cannot load seccomp profile {profile}: {exc}") from exc
-    if not isinstance(data, dict) or "defaultAction" not in data:
-        raise StartupError(f"{profile} is not an OCI seccomp profile")
-    return data
 
 
 class Daemon:
@@ -66,7 +54,11 @@ class Daemon:
             uid_base=rc.uid_base,
             cgroup_parent=rc.cgroup_parent,
         )
-        return OciRuntime(settings, load_seccomp(rc.seccomp_profile))
+        try:
+            seccomp = load_profile(Path(rc.seccomp_profile) if rc.seccomp_profile else None)
+        except SeccompProfileError as exc:
+            raise StartupError(str(exc)) from exc
+        return OciRuntime(settings, seccomp)
 
     async def __aenter__(self) -> Self:
         try:
@@ -87,12 +79,19 @@ class Daemon:
         )
         await self.store.open()
         assert isinstance(self.runtime, OciRuntime)
-        await self.runtime.start()
+        try:
+            await self.runtime.start()
+        except RuntimeFailure as exc:
+            raise StartupError(str(exc)) from exc
         await self.reconcile()
         doc = resources.files("daemon").joinpath("openapi.json").read_bytes()
         app = create_app(self.config, self.service, doc)
         self._runner = web.AppRunner(
-            app, handle_signals=False, handler_cancellation=False, access_log=None
+            app,
+            handle_signals=False,
+            handler_cancellation=False,
+            access_log=None,
+            shutdown_timeout=self.config.server.shutdown_timeout_s,
         )
         await self._runner.setup()
         await self._listen_unix(self._runner)

@@ -7,6 +7,7 @@ translated into domain errors at this boundary (see _translate).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -79,6 +80,8 @@ AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
     "outside_workspace": (InvalidRequest, None),
     "not_regular": (InvalidRequest, None),
     "name_clash": (InvalidRequest, "file"),
+    "bad_request": (InvalidRequest, None),
+    "spawn_failed": (SandboxUnavailable, None),
 }
 
 
@@ -150,7 +153,7 @@ class ContainerService:
                 "ms": round((time.monotonic() - started) * 1000, 1),
             },
         )
-        return ContainerRecord(**{**rec.__dict__, "status": Status.RUNNING})
+        return dataclasses.replace(rec, status=Status.RUNNING)
 
     async def get(self, caller: Caller, cid: str, *, touch: bool = True) -> ContainerRecord:
         rec = await self._store.get_container(cid) if ids.CONTAINER_ID.fullmatch(cid) else None
@@ -159,12 +162,11 @@ class ContainerService:
         if not caller.admin and rec.owner != caller.owner:
             raise NotFound(f"No container found with id '{cid}'.", param="container_id")
         log_container_id.set(cid)
-        if touch and rec.status == Status.RUNNING:
-            now = _now()
+        now = _now()
+        if touch and rec.status == Status.RUNNING and now > rec.last_active_at:
+            # Whole seconds: a burst of calls in one second writes once.
             await self._store.touch(cid, now)
-            rec = ContainerRecord(
-                **{**rec.__dict__, "last_active_at": max(now, rec.last_active_at)}
-            )
+            rec = dataclasses.replace(rec, last_active_at=now)
         return rec
 
     async def running(self, caller: Caller, cid: str) -> ContainerRecord:
@@ -268,42 +270,39 @@ class ContainerService:
         async def counters() -> CgroupCounters | None:
             return await self._runtime.counters(cid)
 
-        try:
-            for index, command in enumerate(params.commands):
-                out, err = bytearray(), bytearray()
+        for index, command in enumerate(params.commands):
+            out, err = bytearray(), bytearray()
 
-                async def collect(chunk: ExecChunk, index: int = index) -> None:
-                    (out if chunk.stream == "stdout" else err).extend(chunk.data)  # noqa: B023
-                    if sink is not None:
-                        await sink(index, chunk.stream, chunk.data)
+            async def collect(chunk: ExecChunk, index: int = index) -> None:
+                (out if chunk.stream == "stdout" else err).extend(chunk.data)  # noqa: B023
+                if sink is not None:
+                    await sink(index, chunk.stream, chunk.data)
 
-                req = CommandRequest(
-                    command=command,
-                    env=params.env,
-                    cwd=params.working_directory,
-                    stdin=params.stdin,
-                    timeout_ms=params.timeout_ms,
-                    max_output=params.max_output,
-                )
-                with _translate("exec"):
-                    outcome = await run_command(agent, counters, req, collect)
-                results.append(CommandResult(bytes(out), bytes(err), outcome))
-                if finished is not None:
-                    await finished(index, results[-1])
-                logger.info(
-                    "command finished",
-                    extra={
-                        "exit_code": outcome.exit_code,
-                        "timed_out": outcome.timed_out,
-                        "killed": outcome.killed,
-                        "ms": outcome.duration_ms,
-                    },
-                )
-                if outcome.timed_out:
-                    break
-        finally:
-            await self._store.touch(cid, _now())
-        await self._scan(cid)
+            req = CommandRequest(
+                command=command,
+                env=params.env,
+                cwd=params.working_directory,
+                stdin=params.stdin,
+                timeout_ms=params.timeout_ms,
+                max_output=params.max_output,
+            )
+            with _translate("exec"):
+                outcome = await run_command(agent, counters, req, collect)
+            results.append(CommandResult(bytes(out), bytes(err), outcome))
+            if finished is not None:
+                await finished(index, results[-1])
+            logger.info(
+                "command finished",
+                extra={
+                    "exit_code": outcome.exit_code,
+                    "timed_out": outcome.timed_out,
+                    "killed": outcome.killed,
+                    "ms": outcome.duration_ms,
+                },
+            )
+            if outcome.timed_out:
+                break
+        # Files code wrote are discovered by the scan on list/retrieve, not on this hot path.
         return results
 
 

@@ -85,14 +85,21 @@ def _read(path: Path) -> str | None:
         if exc.errno in _MISSING:
             return None
         raise CgroupError(f"cannot open {path}: {exc.strerror}") from exc
+    chunks: list[bytes] = []
+    size = 0
     try:
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(_MAX_READ)
+        # Small reads: these files are a few bytes, and a 1 MiB buffer per read costs more
+        # than the read itself.
+        while size < _MAX_READ and (chunk := os.read(fd, 4096)):
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as exc:
         if exc.errno in _MISSING:
             return None
         raise CgroupError(f"cannot read {path}: {exc.strerror}") from exc
-    return data.decode("ascii", errors="replace")
+    finally:
+        os.close(fd)
+    return b"".join(chunks)[:_MAX_READ].decode("ascii", errors="replace")
 
 
 def _read_uint(path: Path) -> int | None:

@@ -87,15 +87,11 @@ async def run_command(
                 pending.cancel()
                 with contextlib.suppress(asyncio.CancelledError, AgentUnavailable):
                     await pending
-    after = await counters()
-    if (
-        killed is None
-        and (result.signal == signal.SIGKILL or result.exit_code == 128 + signal.SIGKILL)
-        and before is not None
-        and after is not None
-        and after.oom_kills > before.oom_kills
-    ):
-        killed = "oom"
+    sigkilled = result.signal == signal.SIGKILL or result.exit_code == 128 + signal.SIGKILL
+    if killed is None and sigkilled and before is not None:
+        after = await counters()  # only worth a read when the command died of SIGKILL
+        if after is not None and after.oom_kills > before.oom_kills:
+            killed = "oom"
     if killed is None and result.killed == "pids":
         killed = "pids"
     return CommandOutcome(

@@ -6,8 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
+import signal
 import socket
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -65,6 +68,7 @@ class OciRuntime:
         for path in (self._s.state_dir, self._s.state_dir / "sandboxes"):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o711)
+        await self._in_thread(_check_traversable, self._s.state_dir)
         self._rootfs = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
         self._binds = rootfs.host_binds()
         logger.info(
@@ -81,12 +85,24 @@ class OciRuntime:
         return f"{self._s.cgroup_parent}/{sandbox_id}"
 
     async def create(self, spec: SandboxSpec) -> None:
+        """All or nothing, even when the caller is cancelled: the steps run to completion
+        in their own task (threads cannot be interrupted), then a cancelled create is undone."""
         assert self._rootfs is not None, "start() first"
+        # Scoped, not background: awaited here whatever happens.
+        task = asyncio.ensure_future(self._create(spec, self._rootfs))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+            await asyncio.shield(self._destroy_quietly(spec.sandbox_id))
+            raise
+
+    async def _create(self, spec: SandboxSpec, root: Path) -> None:
         sid = spec.sandbox_id
         sdir = self._dir(sid)
         try:
-            sdir.mkdir()
-            sdir.chmod(0o711)
+            await self._in_thread(_make_sandbox_dir, sdir)
             owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
             await self._in_thread(
                 workspace.create,
@@ -96,23 +112,18 @@ class OciRuntime:
                 owner,
             )
             paths = BundlePaths(
-                rootfs=str(self._rootfs),
+                rootfs=str(root),
                 workspace=str(sdir / "data"),
                 agent_script=str(AGENT_SCRIPT),
                 binds=self._binds,
             )
             config = build_config(spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp)
-            (sdir / "config.json").write_text(json.dumps(config))
-            sock_path = sdir / "agent.sock"
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-                listener.bind(str(sock_path))
-                sock_path.chmod(0o600)
-                listener.listen(64)
+            listener = await self._in_thread(_write_bundle, sdir, json.dumps(config))
+            with listener:
                 await self._cli.run_detached(sid, sdir, listener.fileno())
-            agent = self.agent(sid)
-            await agent.wait_ready(AGENT_READY_TIMEOUT_S)
-        except BaseException:
-            await asyncio.shield(self._destroy_quietly(sid))
+            await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
+        except Exception:
+            await self._destroy_quietly(sid)
             raise
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
@@ -124,14 +135,40 @@ class OciRuntime:
             )
 
     async def destroy(self, sandbox_id: str) -> None:
+        """Every step is attempted even if an earlier one failed; the first error is raised."""
         sdir = self._dir(sandbox_id)
         agent = self._agents.pop(sandbox_id, None)
         if agent is not None:
             await agent.close()
-        await self._cli.delete_force(sandbox_id)
-        await self._in_thread(workspace.destroy, sdir / "workspace.img", sdir / "data")
-        await self._in_thread(self._remove_cgroup, sandbox_id)
-        await self._in_thread(shutil.rmtree, sdir, True)
+        errors: list[Exception] = []
+        try:
+            await self._cli.delete_force(sandbox_id)
+        except RuntimeFailure as exc:
+            errors.append(exc)
+            await self._in_thread(self._kill_cgroup, sandbox_id)
+        for step, args in (
+            (workspace.destroy, (sdir / "workspace.img", sdir / "data")),
+            (self._remove_cgroup, (sandbox_id,)),
+            (_remove_sandbox_dir, (sdir,)),
+        ):
+            try:
+                await self._in_thread(step, *args)
+            except (RuntimeFailure, OSError) as exc:
+                errors.append(exc)
+        if errors:
+            raise RuntimeFailure(f"destroy of {sandbox_id} incomplete: {errors[0]}") from errors[0]
+
+    def _kill_cgroup(self, sandbox_id: str) -> None:
+        """Fallback when the OCI runtime cannot delete: SIGKILL whatever is in the cgroup."""
+        reader = self._layout.reader(self._cgroup(sandbox_id))
+        for _ in range(50):
+            pids = reader.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
 
     def _remove_cgroup(self, sandbox_id: str) -> None:
         reader = self._layout.reader(self._cgroup(sandbox_id))
@@ -169,3 +206,41 @@ class OciRuntime:
             await agent.close()
         self._agents.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _make_sandbox_dir(sdir: Path) -> None:
+    sdir.mkdir()
+    sdir.chmod(0o711)
+
+
+def _write_bundle(sdir: Path, config: str) -> socket.socket:
+    """Write config.json and bind the agent's listening socket (handed to runc as fd 3)."""
+    (sdir / "config.json").write_text(config)
+    sock_path = sdir / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(sock_path))
+        sock_path.chmod(0o600)
+        listener.listen(64)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def _remove_sandbox_dir(sdir: Path) -> None:
+    if workspace.is_mounted(sdir / "data"):
+        raise RuntimeFailure(f"{sdir / 'data'} is still mounted; not removing {sdir}")
+    shutil.rmtree(sdir, ignore_errors=True)
+
+
+def _check_traversable(path: Path) -> None:
+    """Sandboxes run as unprivileged host uids: every ancestor of the state dir must let
+    "others" search it, or runc fails later with an obscure EACCES on the rootfs mount."""
+    for ancestor in [path.resolve(), *path.resolve().parents]:
+        if not ancestor.stat().st_mode & 0o001:
+            raise RuntimeFailure(
+                f"{ancestor} is not searchable by other users (mode "
+                f"{ancestor.stat().st_mode & 0o7777:o}); sandboxes run as unprivileged uids "
+                "and need o+x on every directory above the state dir"
+            )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -28,8 +29,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from daemon.daemon import load_seccomp
-from sandbox.agent_client import ExecChunk
+from sandbox.agent_client import AgentClient, ExecChunk
 from sandbox.cgroups import CgroupLayout
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.oci.runtime import OciRuntime, OciSettings
@@ -37,8 +37,10 @@ from sandbox.runtime import Runtime
 from sandbox.spec import MEMORY_TIERS, SandboxSpec
 
 BACKENDS = ["oci"]
+SECCOMP_PROFILE = Path(__file__).resolve().parents[2] / "config" / "seccomp.json"
 STATE_PREFIX = "sbxd-rt-"
 GIB = MEMORY_TIERS["1g"]
+MIB = 1 << 20
 
 
 def new_id() -> str:
@@ -84,6 +86,19 @@ async def check(runtime: Runtime, sid: str, cmd: str, **kw: Any) -> str:
     out, err, outcome = await sh(runtime, sid, cmd, **kw)
     assert (outcome.exit_code, err) == (0, ""), (cmd, out, err, outcome)
     return out
+
+
+async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:
+    """`data` as an async stream of `size`-byte chunks (what AgentClient.write_file takes)."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+async def read_all(agent: AgentClient, path: str, max_bytes: int = 64 * MIB) -> bytes:
+    async with agent.read_file(path, max_bytes) as (size, chunks):
+        data = b"".join([c async for c in chunks])
+    assert len(data) == size
+    return data
 
 
 @dataclass
@@ -183,7 +198,7 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
         settings = dataclasses.replace(healthy, binary=str(fake))
     elif failure is not None:
         raise ValueError(failure)
-    seccomp = load_seccomp("")
+    seccomp = json.loads(SECCOMP_PROFILE.read_text())
     runtime = OciRuntime(settings, seccomp)
     try:
         await runtime.start()
@@ -287,6 +302,7 @@ async def sid(backend: Harness) -> str:
 async def module_backend(
     request: pytest.FixtureRequest, test_run: RunResources
 ) -> AsyncIterator[Harness]:
+    """A runtime shared by a module (its tests need `asyncio(loop_scope="module")`)."""
     async with open_backend(request.param, test_run) as harness:
         yield harness
 
