@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 from sandbox.spec import Limits
 
 EX_CONFIG = 78
+MAX_AGENT_STDIN = 16 << 20  # the in-sandbox agent's own cap
 
 
 class ConfigError(Exception):
@@ -153,6 +154,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be positive")
     if not 1 <= c.default_minutes <= c.max_minutes:
         raise ConfigError("containers.default_minutes must be within 1..max_minutes")
+    if not 0 <= e.max_stdin_bytes <= MAX_AGENT_STDIN:
+        raise ConfigError(f"exec.max_stdin_bytes must be within 0..{MAX_AGENT_STDIN}")
     if e.default_timeout_ms > e.max_timeout_ms or e.default_max_output > e.max_output:
         raise ConfigError("exec defaults must not exceed their maxima")
 

@@ -56,8 +56,11 @@ class AgentConnection:
         self.broken = False
 
     async def send_frame(self, kind: bytes, payload: bytes = b"") -> None:
-        self._writer.write(kind + struct.pack(">I", len(payload)) + payload)
-        await self._writer.drain()
+        try:
+            self._writer.write(kind + struct.pack(">I", len(payload)) + payload)
+            await self._writer.drain()
+        except ConnectionError as exc:
+            raise AgentUnavailable("agent connection closed") from exc
 
     async def send_json(self, obj: Mapping[str, Any]) -> None:
         await self.send_frame(b"J", json.dumps(obj, separators=(",", ":")).encode())
@@ -204,11 +207,15 @@ class AgentClient:
             if not isinstance(size, int) or not 0 <= size <= max_bytes:
                 raise AgentProtocolError("malformed read reply")
 
+            done = False
+
             async def chunks() -> AsyncIterator[bytes]:
+                nonlocal done
                 received = 0
                 while True:
                     kind, payload = await conn.recv_frame()
                     if kind == b"Z":
+                        done = True
                         return
                     if kind != b"D":
                         raise AgentProtocolError("expected file data")
@@ -218,6 +225,8 @@ class AgentClient:
                     yield payload
 
             yield size, chunks()
+            if not done:
+                conn.close()  # unread data in flight: this connection cannot be reused
 
     async def write_file(
         self, directory: str, name: str, data: AsyncIterator[bytes], max_bytes: int
@@ -247,9 +256,15 @@ class AgentClient:
         raise_if_error(msg)
 
     @contextlib.asynccontextmanager
-    async def exec(self, request: Mapping[str, Any]) -> AsyncIterator[ExecStream]:
+    async def exec(
+        self, request: Mapping[str, Any], stdin: bytes = b""
+    ) -> AsyncIterator[ExecStream]:
         async with self.connection() as conn:
-            await conn.send_json({"op": "exec", **request})
+            await conn.send_json({"op": "exec", **request, "stdin_bytes": len(stdin)})
+            if stdin:
+                for start in range(0, len(stdin), MAX_FRAME):
+                    await conn.send_frame(b"D", stdin[start : start + MAX_FRAME])
+                await conn.send_frame(b"Z")
             stream = ExecStream(conn, int(request["max_output"]))
             yield stream
             if not stream.finished:

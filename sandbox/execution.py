@@ -54,14 +54,13 @@ async def run_command(
         "cmd": req.command,
         "env": dict(req.env),
         "cwd": req.cwd,
-        "stdin": req.stdin,
         "timeout_ms": req.timeout_ms,
         "max_output": req.max_output,
     }
     killed: str | None = None
     async with (
         asyncio.timeout(req.timeout_ms / 1000 + AGENT_GRACE_S),
-        agent.exec(payload) as stream,
+        agent.exec(payload, req.stdin.encode()) as stream,
     ):
         pending: asyncio.Future[ExecChunk | ExecExit] | None = None
         try:

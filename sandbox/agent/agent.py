@@ -28,7 +28,7 @@ import time
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 MAX_JSON = 64 << 10
-MAX_STDIN = 1 << 20
+MAX_STDIN = 16 << 20
 MAX_LIST = 10000
 READ_CHUNK = 64 << 10
 WORKSPACE = "/mnt/data"
@@ -177,22 +177,38 @@ def exit_fields(status):
     return {"exit_code": code, "signal": None}
 
 
+def recv_data(conn, expected):
+    """Read D frames up to Z; exactly `expected` bytes (<= MAX_STDIN) or a protocol error."""
+    buf = bytearray()
+    while True:
+        kind, payload = recv_frame(conn)
+        if kind == b"Z":
+            break
+        if kind != b"D" or len(buf) + len(payload) > expected:
+            raise ProtocolError("unexpected data frame")
+        buf += payload
+    if len(buf) != expected:
+        raise ProtocolError("short data")
+    return bytes(buf)
+
+
 def handle_exec(reaper, conn, req):
+    # stdin follows the request as data frames; read it first so the stream stays in sync.
+    stdin_len = req.get("stdin_bytes") or 0
+    if not isinstance(stdin_len, int) or not 0 <= stdin_len <= MAX_STDIN:
+        raise ProtocolError("bad stdin_bytes")
+    stdin_bytes = recv_data(conn, stdin_len) if stdin_len else b""
     cmd = req.get("cmd")
     env_extra = req.get("env") or {}
     cwd = req.get("cwd") or WORKSPACE
     timeout_ms = req.get("timeout_ms")
     cap = req.get("max_output")
-    stdin_data = req.get("stdin") or ""
     if not isinstance(cmd, str) or not isinstance(env_extra, dict):
         raise OpError("bad_request", "cmd must be a string and env an object")
     if not isinstance(timeout_ms, int) or not isinstance(cap, int) or cap < 0:
         raise OpError("bad_request", "timeout_ms and max_output must be integers")
-    if not isinstance(cwd, str) or not isinstance(stdin_data, str):
-        raise OpError("bad_request", "cwd and stdin must be strings")
-    stdin_bytes = stdin_data.encode("utf-8")
-    if len(stdin_bytes) > MAX_STDIN:
-        raise OpError("bad_request", "stdin too large")
+    if not isinstance(cwd, str):
+        raise OpError("bad_request", "cwd must be a string")
     if not os.path.isdir(cwd):
         raise OpError("bad_cwd", "working directory does not exist: %s" % cwd)
     env = dict(BASE_ENV)
@@ -591,7 +607,13 @@ def main():
             time.sleep(0.05)
             continue
         conn.set_inheritable(False)
-        threading.Thread(target=serve_connection, args=(reaper, conn), daemon=True).start()
+        try:
+            threading.Thread(target=serve_connection, args=(reaper, conn), daemon=True).start()
+        except RuntimeError:
+            # No thread to be had (the sandbox's pids limit is full): refuse this connection
+            # and stay alive; the daemon sees a closed connection and may retry.
+            conn.close()
+            time.sleep(0.05)
 
 
 if __name__ == "__main__":

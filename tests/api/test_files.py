@@ -74,8 +74,9 @@ def test_symlink_to_host_file_never_serves_host_content(
         raw, container, "rm victim.txt && ln -s /etc/shadow victim.txt && ln -s /proc/1/environ env"
     )
     r = raw.get(f"/v1/containers/{container}/files/{up.id}/content")
-    # The scan after exec dropped the record (a symlink is not a workspace file): 404.
-    assert r.status_code == 404, r.text
+    # The record still names the path; the agent refuses to follow it out of the workspace.
+    assert r.status_code == 400, r.text
+    assert "outside" in r.json()["error"]["message"]
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert b"root:" not in r.content
     paths = [f.path for f in client.containers.files.list(container)]

@@ -267,7 +267,7 @@ def _force_cleanup(run: RunResources) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def test_run() -> Iterator[RunResources]:
+def run_resources() -> Iterator[RunResources]:
     run = RunResources()
     yield run
     leaks = _force_cleanup(run)
@@ -284,9 +284,9 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest_asyncio.fixture
-async def backend(backend_name: str, test_run: RunResources) -> AsyncIterator[Harness]:
+async def backend(backend_name: str, run_resources: RunResources) -> AsyncIterator[Harness]:
     """A started runtime; every sandbox it still lists is destroyed at the end of the test."""
-    async with open_backend(backend_name, test_run) as harness:
+    async with open_backend(backend_name, run_resources) as harness:
         yield harness
 
 
@@ -300,10 +300,10 @@ async def sid(backend: Harness) -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=BACKENDS)
 async def module_backend(
-    request: pytest.FixtureRequest, test_run: RunResources
+    request: pytest.FixtureRequest, run_resources: RunResources
 ) -> AsyncIterator[Harness]:
     """A runtime shared by a module (its tests need `asyncio(loop_scope="module")`)."""
-    async with open_backend(request.param, test_run) as harness:
+    async with open_backend(request.param, run_resources) as harness:
         yield harness
 
 

@@ -94,6 +94,16 @@ async def test_file_size_caps(backend: Harness, sid: str) -> None:
     assert await read_all(agent, path, max_bytes=2000) == b"y" * 2000
 
 
+async def test_list_is_capped(backend: Harness, sid: str) -> None:
+    rt = backend.runtime
+    await check(rt, sid, "for i in $(seq 30); do echo $i > f$i; done")
+    files, truncated = await rt.agent(sid).list_files("/mnt/data", 10)
+    assert (len(files), truncated) == (10, True)
+    files, truncated = await rt.agent(sid).list_files("/mnt/data", 30)
+    assert (len(files), truncated) == (30, False)
+    assert sorted(f.path for f in files) == sorted(f"/mnt/data/f{i}" for i in range(1, 31))
+
+
 async def test_files_in_subdirectories(backend: Harness, sid: str) -> None:
     rt = backend.runtime
     agent = rt.agent(sid)
@@ -108,15 +118,6 @@ async def test_files_in_subdirectories(backend: Harness, sid: str) -> None:
     assert exc.value.code == "io_error"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: AgentClient.read_file's connection goes back to the pool when the caller leaves "
-        "the `async with` without reading every chunk (no exception, so `ok` is True), with the "
-        "rest of the file still unread on it; the next operation that leases it reads a D frame "
-        "and fails with AgentProtocolError('expected a JSON frame from the agent')"
-    ),
-)
 async def test_abandoned_read_does_not_poison_the_pool(backend: Harness, sid: str) -> None:
     agent = backend.runtime.agent(sid)
     data = os.urandom(3 * MIB)
@@ -131,15 +132,6 @@ async def test_abandoned_read_does_not_poison_the_pool(backend: Harness, sid: st
     assert await read_all(agent, path) == data
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: AgentConnection.send_frame does not translate a dropped connection: when the agent "
-        "closes it (here: a request over its frame cap), writer.drain() raises a raw "
-        "ConnectionResetError/BrokenPipeError out of AgentClient instead of a SandboxError "
-        "(AgentUnavailable), which the daemon's error mapping does not know"
-    ),
-)
 async def test_oversized_request_is_a_typed_error(backend: Harness, sid: str) -> None:
     """A request over every frame cap fails as a SandboxError, and the agent goes on."""
     with pytest.raises(SandboxError):
@@ -207,15 +199,6 @@ async def test_stdin_is_delivered(backend: Harness, sid: str) -> None:
     assert await check(rt, sid, "cat; echo eof", timeout_ms=5000) == "eof\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the exec request (with stdin) travels in one J frame, which the agent caps at "
-        "MAX_JSON = 64 KiB (agent.py recv_frame), while the agent's own MAX_STDIN and the "
-        "daemon's max_stdin_bytes are 1 MiB: any stdin over ~64 KiB makes the agent drop the "
-        "connection and the exec fails (with a raw ConnectionResetError, see below)"
-    ),
-)
 async def test_large_stdin_is_delivered(backend: Harness, sid: str) -> None:
     """stdin up to the documented 1 MiB cap (here 640 KB: more than a pipe buffer)."""
     big = "0123456789abcdef" * 40_000

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 import pytest
 
@@ -14,6 +15,7 @@ from tests.runtime.conftest import (
     check,
     new_id,
     open_backend,
+    sh,
     spec,
 )
 
@@ -58,6 +60,19 @@ async def test_destroy_kills_every_process(backend: Harness, sid: str) -> None:
     assert await rt.counters(sid) is None
 
 
+async def test_destroy_ends_a_running_exec(backend: Harness, sid: str) -> None:
+    """An exec open while its sandbox is destroyed ends at once with AgentUnavailable."""
+    rt = backend.runtime
+    task = asyncio.ensure_future(sh(rt, sid, "echo started; sleep 30"))
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    await rt.destroy(sid)
+    with pytest.raises(AgentUnavailable):
+        await asyncio.wait_for(task, 10)
+    assert time.monotonic() - started < 5
+    assert backend.leftovers(sid) == []
+
+
 async def test_destroy_is_idempotent(backend: Harness, sid: str) -> None:
     rt = backend.runtime
     await rt.destroy(sid)
@@ -89,11 +104,11 @@ async def test_sandboxes_are_independent(backend: Harness) -> None:
 
 @pytest.mark.parametrize("failure", ["refuse", "after_start"])
 async def test_failed_create_leaves_nothing(
-    backend_name: str, test_run: RunResources, failure: str
+    backend_name: str, run_resources: RunResources, failure: str
 ) -> None:
     """`refuse`: the container runtime fails every call; `after_start`: it starts the
     sandbox, then reports a failure. Either way create raises and nothing remains."""
-    async with open_backend(backend_name, test_run, failure) as broken:
+    async with open_backend(backend_name, run_resources, failure) as broken:
         s = spec()
         with pytest.raises(RuntimeFailure):
             await broken.runtime.create(s)

@@ -116,15 +116,6 @@ time.sleep(3)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the agent (PID 1) dies when the pids limit is reached and the daemon opens a new "
-        "connection: agent.py main() starts one thread per accepted connection and does not "
-        "catch RuntimeError('can't start new thread'), so the accept loop raises, PID 1 exits "
-        "and the whole sandbox is gone for good; any sandbox code can kill its sandbox this way"
-    ),
-)
 async def test_agent_survives_pids_exhaustion(backend: Harness) -> None:
     """A fork bomb that outlives its command (setsid, background) while the daemon opens new
     connections: those may fail (typed), but the agent lives on once the bomb is over."""
