@@ -261,3 +261,15 @@ async def test_concurrent_commands(backend: Harness, sid: str) -> None:
     )
     assert time.monotonic() - started < 1.9
     assert [r[0] for r in results[:4]] == [f"{i}\n" for i in range(4)]
+
+
+async def test_orphans_are_reaped(backend: Harness, sid: str) -> None:
+    """Double-forked children are re-parented to the agent (PID 1), which must reap them."""
+    rt = backend.runtime
+    await check(rt, sid, "for i in $(seq 40); do (true &) ; done; sleep 0.3")
+    states = await check(
+        rt,
+        sid,
+        "for s in /proc/[0-9]*/stat; do cut -d' ' -f3 $s; done 2>/dev/null | sort | uniq -c",
+    )
+    assert "Z" not in states, states
