@@ -25,6 +25,7 @@ from sandbox.oci import rootfs, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV
 from sandbox.oci.runtime import AGENT_SCRIPT
+from sandbox.seccomp import load_profile
 from sandbox.spec import MEMORY_TIERS, SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ class Runc:
         self._layout = CgroupLayout.detect()
         self._uid_base = RuntimeConfig().uid_base
         self._limits = ContainerConfig().limits()
-        self._seccomp = json.loads(SECCOMP.read_text())
+        self._seccomp = load_profile(SECCOMP)  # narrowed to the host arch, as the daemon does
         ws = work / "empty-workspace"
         ws.mkdir(mode=0o755)
         uid, gid = self._uid_base + SANDBOX_UID, self._uid_base + SANDBOX_GID

@@ -28,7 +28,7 @@ from daemon.logs import container_id as log_container_id
 from daemon.models import ContainerRecord, FileRecord, Page, Status
 from daemon.store import Store
 from sandbox.agent_client import ExecChunk
-from sandbox.cgroups import CgroupCounters
+from sandbox.cgroups import KillCounters
 from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable, SandboxError
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.runtime import Runtime
@@ -267,8 +267,8 @@ class ContainerService:
         agent = self._runtime.agent(cid)
         results: list[CommandResult] = []
 
-        async def counters() -> CgroupCounters | None:
-            return await self._runtime.counters(cid)
+        async def counters() -> KillCounters | None:
+            return await self._runtime.kill_counters(cid)
 
         for index, command in enumerate(params.commands):
             out, err = bytearray(), bytearray()

@@ -17,6 +17,7 @@ import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 __all__ = [
     "CgroupCounters",
@@ -25,6 +26,7 @@ __all__ = [
     "CgroupLayout",
     "CgroupReader",
     "CgroupVersion",
+    "KillCounters",
     "children",
 ]
 
@@ -45,6 +47,11 @@ class CgroupError(Exception):
 
 class CgroupGone(CgroupError):
     """The sandbox's group does not exist (never created, or already removed)."""
+
+
+class KillCounters(NamedTuple):
+    oom_kills: int
+    pids_limit_hits: int
 
 
 @dataclass(frozen=True)
@@ -109,8 +116,11 @@ def _read_uint(path: Path) -> int | None:
 
 def _read_key(path: Path, key: str) -> int:
     """Value of ``key`` in a flat-keyed file (``"key N"`` lines); 0 if missing or malformed."""
-    text = _read(path)
-    for line in (text or "").splitlines():
+    return _key_value(_read(path) or "", key)
+
+
+def _key_value(text: str, key: str) -> int:
+    for line in text.splitlines():
         fields = line.split()
         if len(fields) == 2 and fields[0] == key:
             value = _parse_uint(fields[1])
@@ -185,6 +195,19 @@ class CgroupReader:
 
     def exists(self) -> bool:
         return self._group("memory").is_dir()
+
+    def kill_counters(self) -> KillCounters | None:
+        """(oom kills, pids-limit hits) only: two small reads, cheap enough for every exec.
+        None if the group is gone."""
+        mem = self._group("memory")
+        events = (
+            "memory.events" if self._layout.version is CgroupVersion.V2 else ("memory.oom_control")
+        )
+        oom_text = _read(mem / events)
+        if oom_text is None:
+            return None
+        oom = _key_value(oom_text, "oom_kill")
+        return KillCounters(oom, _read_key(self._group("pids") / "pids.events", "max"))
 
     def counters(self) -> CgroupCounters:
         mem, pids = self._group("memory"), self._group("pids")

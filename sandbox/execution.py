@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from sandbox.agent_client import AgentClient, ExecChunk, ExecExit
-from sandbox.cgroups import CgroupCounters
+from sandbox.cgroups import KillCounters
 from sandbox.errors import AgentUnavailable
 
 WATCH_INTERVAL_S = 0.2
 # How long past the command's own timeout we wait for the agent before giving up on it.
 AGENT_GRACE_S = 5.0
 
-CountersFn = Callable[[], Awaitable[CgroupCounters | None]]
+CountersFn = Callable[[], Awaitable[KillCounters | None]]
 ChunkSink = Callable[[ExecChunk], Awaitable[None]]
 
 

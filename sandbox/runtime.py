@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from sandbox.agent_client import AgentClient
-from sandbox.cgroups import CgroupCounters
+from sandbox.cgroups import CgroupCounters, KillCounters
 from sandbox.spec import SandboxSpec
 
 
@@ -38,6 +38,10 @@ class Runtime(Protocol):
 
     async def counters(self, sandbox_id: str) -> CgroupCounters | None:
         """Cgroup counters, or None if the sandbox's cgroup is gone."""
+        ...
+
+    async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
+        """Just the OOM-kill and pids-limit counters; cheap enough to read around every exec."""
         ...
 
     async def close(self) -> None:

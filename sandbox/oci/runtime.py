@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.agent_client import AgentClient
-from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout
+from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout, KillCounters
 from sandbox.errors import RuntimeFailure
 from sandbox.oci import rootfs, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
@@ -200,6 +200,14 @@ class OciRuntime:
         except CgroupError:
             return None
         return counters
+
+    async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
+        # Two reads of kernel pseudo-files (no disk I/O, microseconds): done on the loop,
+        # since a thread hop would cost more than the reads on the exec hot path.
+        try:
+            return self._layout.reader(self._cgroup(sandbox_id)).kill_counters()
+        except CgroupError:
+            return None
 
     async def close(self) -> None:
         for agent in self._agents.values():
