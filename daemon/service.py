@@ -6,6 +6,7 @@ translated into domain errors at this boundary (see _translate).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 from daemon import ids
+from daemon.activity import OpenOperations
 from daemon.config import Config
 from daemon.errors import (
     ContainerExpired,
@@ -112,6 +114,26 @@ class ContainerService:
         self._cfg = config
         self._store = store
         self._runtime = runtime
+        self.open_operations = OpenOperations()
+        self._touched: dict[str, int] = {}  # last second written per container
+
+    async def _touch(self, cid: str) -> int:
+        """Record activity now; a burst of calls within one second writes once."""
+        now = _now()
+        if self._touched.get(cid, 0) < now:
+            self._touched[cid] = now
+            await self._store.touch(cid, now)
+        return now
+
+    @contextlib.asynccontextmanager
+    async def active(self, cid: str) -> AsyncIterator[None]:
+        """Hold the container active for the length of an operation (exec, code, stream)."""
+        self.open_operations.enter(cid)
+        try:
+            yield
+        finally:
+            self.open_operations.leave(cid)
+            await asyncio.shield(self._touch(cid))
 
     # ------------------------------------------------------------------ containers
 
@@ -162,11 +184,9 @@ class ContainerService:
         if not caller.admin and rec.owner != caller.owner:
             raise NotFound(f"No container found with id '{cid}'.", param="container_id")
         log_container_id.set(cid)
-        now = _now()
-        if touch and rec.status == Status.RUNNING and now > rec.last_active_at:
-            # Whole seconds: a burst of calls in one second writes once.
-            await self._store.touch(cid, now)
-            rec = dataclasses.replace(rec, last_active_at=now)
+        if touch and rec.status == Status.RUNNING:
+            now = await self._touch(cid)
+            rec = dataclasses.replace(rec, last_active_at=max(now, rec.last_active_at))
         return rec
 
     async def running(self, caller: Caller, cid: str) -> ContainerRecord:
@@ -188,6 +208,7 @@ class ContainerService:
         with _translate("delete"):
             await self._runtime.destroy(rec.id)
         await self._store.delete_container(rec.id)
+        self._touched.pop(rec.id, None)
         logger.info("container deleted")
 
     # ----------------------------------------------------------------------- files
@@ -264,6 +285,12 @@ class ContainerService:
         finished: ResultSink | None = None,
     ) -> list[CommandResult]:
         await self.running(caller, cid)
+        async with self.active(cid):
+            return await self._exec(cid, params, sink, finished)
+
+    async def _exec(
+        self, cid: str, params: ExecParams, sink: OutputSink | None, finished: ResultSink | None
+    ) -> list[CommandResult]:
         agent = self._runtime.agent(cid)
         results: list[CommandResult] = []
 
