@@ -31,7 +31,19 @@ class ServerConfig:
     api_keys: dict[str, str] = field(default_factory=dict)  # owner name -> bearer key
     admin_owners: list[str] = field(default_factory=list)  # key owners that see everything
     max_json_bytes: int = 1 << 20
-    shutdown_timeout_s: float = 20.0
+    # Shutdown stages (see daemon/shutdown.py); their sum must stay under TimeoutStopSec.
+    drain_timeout_s: float = 10.0  # in-flight requests finish on their own
+    kill_grace_s: float = 3.0  # then running commands are killed; their replies go out
+    cancel_timeout_s: float = 2.0  # then what is left is cancelled
+    tasks_timeout_s: float = 2.0  # background tasks stop
+
+    def shutdown_budget_s(self) -> float:
+        return (
+            self.drain_timeout_s
+            + self.kill_grace_s
+            + self.cancel_timeout_s
+            + (self.tasks_timeout_s)
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class ContainerConfig:
     max_upload_bytes: int = 512 << 20
     max_download_bytes: int = 1 << 30
     max_files_listed: int = 10000
+    reaper_interval_s: float = 10.0  # idle expiry happens within one interval of the deadline
 
     def limits(self) -> Limits:
         return Limits(
@@ -152,6 +165,11 @@ def _validate(cfg: Config) -> None:
     for key, value in positives.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive")
+    if not 0.1 <= c.reaper_interval_s <= 600:
+        raise ConfigError("containers.reaper_interval_s must be within 0.1..600")
+    stages = ("drain_timeout_s", "kill_grace_s", "cancel_timeout_s", "tasks_timeout_s")
+    if any(getattr(cfg.server, k) < 0 for k in stages):
+        raise ConfigError("server shutdown timeouts must not be negative")
     if not 1 <= c.default_minutes <= c.max_minutes:
         raise ConfigError("containers.default_minutes must be within 1..max_minutes")
     if not 0 <= e.max_stdin_bytes <= MAX_AGENT_STDIN:

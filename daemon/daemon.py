@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import grp
 import logging
 import os
@@ -17,9 +18,11 @@ from aiohttp import web
 
 from daemon.api.app import create_app
 from daemon.config import Config
-from daemon.models import Status
+from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.service import ContainerService
+from daemon.shutdown import ShutdownControl
 from daemon.store import Store
+from daemon.tasks import TaskSupervisor
 from sandbox.errors import RuntimeFailure
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
@@ -35,14 +38,18 @@ class StartupError(Exception):
 class Daemon:
     """`async with Daemon(config) as d:` serves until the block exits, then shuts down."""
 
-    def __init__(self, config: Config, socket_path: str) -> None:
+    def __init__(self, config: Config, socket_path: str, boot_id: str | None = None) -> None:
         self.config = config
         self.socket_path = socket_path
         state = Path(config.state_dir)
         self.store = Store(state / "sandboxd.db")
         self.runtime: Runtime = self._make_runtime(config, state)
-        self.service = ContainerService(config, self.store, self.runtime)
+        self.shutdown = ShutdownControl()
+        self.service = ContainerService(config, self.store, self.runtime, self.shutdown)
+        self.tasks = TaskSupervisor()
+        self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self._runner: web.AppRunner | None = None
+        self._lock_fd: int | None = None
 
     @staticmethod
     def _make_runtime(config: Config, state: Path) -> OciRuntime:
@@ -74,24 +81,28 @@ class Daemon:
         await self.stop()
 
     async def start(self) -> None:
-        await asyncio.to_thread(
-            Path(self.config.state_dir).mkdir, parents=True, exist_ok=True, mode=0o711
-        )
+        state = Path(self.config.state_dir)
+        await asyncio.to_thread(state.mkdir, parents=True, exist_ok=True, mode=0o711)
+        self._lock_fd = await asyncio.to_thread(_lock_state_dir, state)
+        if await _socket_alive(Path(self.socket_path)):
+            raise StartupError(f"another daemon is serving {self.socket_path}")
         await self.store.open()
         assert isinstance(self.runtime, OciRuntime)
         try:
             await self.runtime.start()
         except RuntimeFailure as exc:
             raise StartupError(str(exc)) from exc
-        await self.reconcile()
+        await reconcile(self.store, self.runtime, self.service, self.boot_id)
+        reaper = IdleReaper(self.store, self.service, self.config.containers.reaper_interval_s)
+        self.tasks.spawn("idle-reaper", reaper.run())
         doc = resources.files("daemon").joinpath("openapi.json").read_bytes()
-        app = create_app(self.config, self.service, doc)
+        app = create_app(self.config, self.service, doc, self.shutdown)
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
             handler_cancellation=False,
             access_log=None,
-            shutdown_timeout=self.config.server.shutdown_timeout_s,
+            shutdown_timeout=self.config.server.cancel_timeout_s,
         )
         await self._runner.setup()
         await self._listen_unix(self._runner)
@@ -105,10 +116,7 @@ class Daemon:
         )
 
     async def _listen_unix(self, runner: web.AppRunner) -> None:
-        path = Path(self.socket_path)
-        if await _socket_alive(path):
-            raise StartupError(f"another daemon is serving {path}")
-        sock = await asyncio.to_thread(self._bind_unix, path)
+        sock = await asyncio.to_thread(self._bind_unix, Path(self.socket_path))
         site = web.SockSite(runner, sock)
         await site.start()
 
@@ -128,32 +136,42 @@ class Daemon:
             raise StartupError(f"cannot listen on {path}: {exc}") from exc
         return sock
 
-    async def reconcile(self) -> None:
-        """Make records and sandboxes agree before serving (both directions)."""
-        for rec in await self.store.containers_with_status((Status.CREATING, Status.DELETING)):
-            await self.runtime.destroy(rec.id)
-            await self.store.delete_container(rec.id)
-            logger.info("reconcile: removed unfinished container", extra={"container_id": rec.id})
-        running = {r.id for r in await self.store.containers_with_status((Status.RUNNING,))}
-        for cid in running:
-            if not await self.runtime.is_running(cid):
-                await self.runtime.destroy(cid)
-                await self.store.set_status(cid, Status.EXPIRED, "sandbox gone at daemon start")
-                logger.info("reconcile: sandbox gone, expired", extra={"container_id": cid})
-        for sid in await self.runtime.list_ids():
-            if sid not in running:
-                await self.runtime.destroy(sid)
-                logger.info("reconcile: destroyed orphan sandbox", extra={"container_id": sid})
-
     async def stop(self) -> None:
+        """Staged, each stage bounded (see daemon/shutdown.py); sandboxes keep running."""
+        server = self.config.server
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            await runner.cleanup()
+            self.shutdown.draining = True
+            for site in list(runner.sites):
+                await site.stop()  # stop accepting; keep-alive requests now get 503
+            if not await self.shutdown.wait_idle(server.drain_timeout_s):
+                logger.warning(
+                    "stopping commands still running at shutdown",
+                    extra={"in_flight": self.shutdown.in_flight},
+                )
+                self.shutdown.stop_commands.set()
+                await self.shutdown.wait_idle(server.kill_grace_s)
+            await runner.cleanup()  # cancels what is left after cancel_timeout_s
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(Path(self.socket_path).unlink)
+        await self.tasks.close(server.tasks_timeout_s)
         await self.runtime.close()
         await self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         logger.info("sandboxd stopped")
+
+
+def _lock_state_dir(state: Path) -> int:
+    """One daemon per state dir: a second one would reconcile away the first one's sandboxes."""
+    fd = os.open(state / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StartupError(f"another sandboxd is using {state}") from None
+    return fd
 
 
 async def _socket_alive(path: Path) -> bool:

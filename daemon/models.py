@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Status(StrEnum):
@@ -35,6 +36,13 @@ class FileRecord:
     source: str  # "user" | "assistant"
     bytes: int
     created_at: int
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    created_at: int
+    type: str  # created | oom_kill | pids_limit | expired | daemon_restarted | ...
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True)

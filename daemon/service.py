@@ -27,7 +27,8 @@ from daemon.errors import (
     SandboxUnavailable,
 )
 from daemon.logs import container_id as log_container_id
-from daemon.models import ContainerRecord, FileRecord, Page, Status
+from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, Status
+from daemon.shutdown import ShutdownControl
 from daemon.store import Store
 from sandbox.agent_client import ExecChunk
 from sandbox.cgroups import KillCounters
@@ -110,11 +111,15 @@ def _now() -> int:
 
 
 class ContainerService:
-    def __init__(self, config: Config, store: Store, runtime: Runtime) -> None:
+    def __init__(
+        self, config: Config, store: Store, runtime: Runtime, shutdown: ShutdownControl
+    ) -> None:
         self._cfg = config
         self._store = store
         self._runtime = runtime
+        self._shutdown = shutdown
         self.open_operations = OpenOperations()
+        self._expiring: set[str] = set()  # being expired: no new operation may start
         self._touched: dict[str, int] = {}  # last second written per container
 
     async def _touch(self, cid: str) -> int:
@@ -127,13 +132,47 @@ class ContainerService:
 
     @contextlib.asynccontextmanager
     async def active(self, cid: str) -> AsyncIterator[None]:
-        """Hold the container active for the length of an operation (exec, code, stream)."""
+        """Hold the container active for the length of an operation (exec, code, stream).
+
+        Enter it right after the status check, with no await in between: the reaper then
+        either sees the operation (and skips the container) or has claimed it (we refuse)."""
+        if cid in self._expiring:
+            raise ContainerExpired()
         self.open_operations.enter(cid)
         try:
             yield
         finally:
             self.open_operations.leave(cid)
             await asyncio.shield(self._touch(cid))
+
+    async def record_event(self, cid: str, kind: str, **detail: str | int | None) -> None:
+        """Append to the container's event history and log it (one line per event)."""
+        logger.info("container event", extra={"event": kind, "container_id": cid, **detail})
+        await self._store.add_event(cid, _now(), kind, detail)
+
+    async def events(self, caller: Caller, cid: str) -> list[EventRecord]:
+        rec = await self.get(caller, cid, touch=False)
+        return await self._store.events(rec.id)
+
+    async def expire(self, cid: str, reason: str) -> bool:
+        """Free the sandbox, keep the record as `expired`. False if the container is busy."""
+        if self.open_operations.busy(cid) or cid in self._expiring:
+            return False
+        self._expiring.add(cid)
+        try:
+            await self._store.set_status(cid, Status.EXPIRED, reason)
+            self._touched.pop(cid, None)
+            try:
+                await self._runtime.destroy(cid)
+            except SandboxError as exc:
+                # The record says expired either way; the reconciler retries the cleanup.
+                logger.error(
+                    "expiry cleanup failed", extra={"container_id": cid, "error": str(exc)}
+                )
+            await self.record_event(cid, "expired", reason=reason)
+        finally:
+            self._expiring.discard(cid)
+        return True
 
     # ------------------------------------------------------------------ containers
 
@@ -168,12 +207,11 @@ class ContainerService:
             await self._store.delete_container(rec.id)
             raise
         await self._store.set_status(rec.id, Status.RUNNING)
-        logger.info(
-            "container created",
-            extra={
-                "memory_limit": params.memory_limit,
-                "ms": round((time.monotonic() - started) * 1000, 1),
-            },
+        await self.record_event(
+            rec.id,
+            "created",
+            memory_limit=params.memory_limit,
+            ms=round((time.monotonic() - started) * 1000),
         )
         return dataclasses.replace(rec, status=Status.RUNNING)
 
@@ -228,8 +266,10 @@ class ContainerService:
         await self.running(caller, cid)
         _check_filename(filename)
         cap = self._cfg.containers.max_upload_bytes
-        with _translate("upload"):
-            path, size = await self._runtime.agent(cid).write_file(WORKSPACE, filename, data, cap)
+        async with self.active(cid):
+            with _translate("upload"):
+                agent = self._runtime.agent(cid)
+                path, size = await agent.write_file(WORKSPACE, filename, data, cap)
         rec = FileRecord(ids.container_file_id(), cid, path, "user", size, _now())
         await self._store.insert_file(rec)
         logger.info("file uploaded", extra={"bytes": size})
@@ -256,14 +296,15 @@ class ContainerService:
     async def file_content(
         self, caller: Caller, cid: str, fid: str
     ) -> AsyncIterator[tuple[FileRecord, int, AsyncIterator[bytes]]]:
-        rec = await self.running(caller, cid)
-        found = await self._store.get_file(rec.id, fid)
-        if found is None:
-            raise NotFound(f"No file found with id '{fid}'.", param="file_id")
-        cap = self._cfg.containers.max_download_bytes
-        with _translate("download"):
-            async with self._runtime.agent(cid).read_file(found.path, cap) as (size, chunks):
-                yield found, size, chunks
+        await self.running(caller, cid)
+        async with self.active(cid):
+            found = await self._store.get_file(cid, fid)
+            if found is None:
+                raise NotFound(f"No file found with id '{fid}'.", param="file_id")
+            cap = self._cfg.containers.max_download_bytes
+            with _translate("download"):
+                async with self._runtime.agent(cid).read_file(found.path, cap) as (size, chunks):
+                    yield found, size, chunks
 
     async def delete_file(self, caller: Caller, cid: str, fid: str) -> None:
         await self.running(caller, cid)
@@ -285,6 +326,7 @@ class ContainerService:
         finished: ResultSink | None = None,
     ) -> list[CommandResult]:
         await self.running(caller, cid)
+        # No await between the check and active(): the reaper cannot slip in between.
         async with self.active(cid):
             return await self._exec(cid, params, sink, finished)
 
@@ -314,7 +356,9 @@ class ContainerService:
                 max_output=params.max_output,
             )
             with _translate("exec"):
-                outcome = await run_command(agent, counters, req, collect)
+                outcome = await run_command(
+                    agent, counters, req, collect, self._shutdown.stop_commands
+                )
             results.append(CommandResult(bytes(out), bytes(err), outcome))
             if finished is not None:
                 await finished(index, results[-1])
@@ -327,7 +371,10 @@ class ContainerService:
                     "ms": outcome.duration_ms,
                 },
             )
-            if outcome.timed_out:
+            if outcome.killed in ("oom", "pids"):
+                kind = "oom_kill" if outcome.killed == "oom" else "pids_limit"
+                await self.record_event(cid, kind, command=command[:200])
+            if outcome.timed_out or outcome.killed == "shutdown":
                 break
         # Files code wrote are discovered by the scan on list/retrieve, not on this hot path.
         return results

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import Callable, Iterable
@@ -10,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from daemon.models import ContainerRecord, FileRecord, Page, Status
+from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, Status
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_EVENTS_PER_CONTAINER = 50
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE containers (
@@ -39,6 +41,17 @@ MIGRATIONS: dict[int, str] = {
         created_at INTEGER NOT NULL,
         UNIQUE (container_id, path)
     );
+    """,
+    2: """
+    CREATE TABLE container_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        container_id TEXT NOT NULL REFERENCES containers (id) ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX container_events_container ON container_events (container_id, seq);
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
 }
 
@@ -175,6 +188,62 @@ class Store:
             lambda db: _page(db, "containers", _CONTAINER_COLS, where, args, after, limit, desc)
         )
         return Page([_container(r) for r in rows[:limit]], len(rows) > limit)
+
+    async def expirable(self, now: int) -> list[ContainerRecord]:
+        """Running containers whose idle deadline has passed."""
+        rows = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_CONTAINER_COLS} FROM containers WHERE status = 'running' "
+                "AND last_active_at + expires_minutes * 60 <= ?",
+                (now,),
+            ).fetchall()
+        )
+        return [_container(r) for r in rows]
+
+    # ------------------------------------------------------------------------ events
+
+    async def add_event(self, cid: str, now: int, kind: str, detail: dict[str, Any]) -> None:
+        """Append an event, keeping only the newest MAX_EVENTS_PER_CONTAINER per container."""
+
+        def add(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO container_events (container_id, created_at, type, detail) "
+                "SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM containers WHERE id = ?)",
+                (cid, now, kind, json.dumps(detail, separators=(",", ":")), cid),
+            )
+            db.execute(
+                "DELETE FROM container_events WHERE container_id = ? AND seq NOT IN "
+                "(SELECT seq FROM container_events WHERE container_id = ? "
+                "ORDER BY seq DESC LIMIT ?)",
+                (cid, cid, MAX_EVENTS_PER_CONTAINER),
+            )
+
+        await self._run(add)
+
+    async def events(self, cid: str) -> list[EventRecord]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT created_at, type, detail FROM container_events "
+                "WHERE container_id = ? ORDER BY seq",
+                (cid,),
+            ).fetchall()
+        )
+        return [EventRecord(r[0], r[1], json.loads(r[2])) for r in rows]
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._run(
+            lambda db: db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        )
+        return str(row[0]) if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._run(
+            lambda db: db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+        )
 
     # ------------------------------------------------------------------------- files
 

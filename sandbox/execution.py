@@ -42,13 +42,18 @@ class CommandOutcome:
     exit_code: int
     timed_out: bool
     truncated: bool
-    killed: str | None  # "oom" | "pids" | None
+    killed: str | None  # "oom" | "pids" | "shutdown" | None
     duration_ms: int
 
 
 async def run_command(
-    agent: AgentClient, counters: CountersFn, req: CommandRequest, sink: ChunkSink
+    agent: AgentClient,
+    counters: CountersFn,
+    req: CommandRequest,
+    sink: ChunkSink,
+    stop: asyncio.Event | None = None,
 ) -> CommandOutcome:
+    """Run one command; `stop` (daemon shutdown) kills it and reports `killed="shutdown"`."""
     before = await counters()
     payload = {
         "cmd": req.command,
@@ -69,6 +74,9 @@ async def run_command(
                     pending = asyncio.ensure_future(stream.next_event())
                 done, _ = await asyncio.wait({pending}, timeout=WATCH_INTERVAL_S)
                 if not done:
+                    if killed is None and stop is not None and stop.is_set():
+                        killed = "shutdown"
+                        await stream.kill("shutdown")
                     if killed is None and before is not None:
                         now = await counters()
                         if now is not None and now.pids_limit_hits > before.pids_limit_hits:

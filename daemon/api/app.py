@@ -10,12 +10,13 @@ from aiohttp import web
 
 from daemon import ids
 from daemon.api import containers, execute, files
-from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE
+from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
 from daemon.api.identity import identify
 from daemon.config import Config
-from daemon.errors import DomainError, error_body, http_error
+from daemon.errors import DomainError, ShuttingDown, error_body, http_error
 from daemon.logs import container_id, request_id
 from daemon.service import ContainerService
+from daemon.shutdown import ShutdownControl
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,11 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
     container_id.set(request.match_info.get("container_id"))
     started = time.monotonic()
     status = 500
+    shutdown = request.app[SHUTDOWN]
+    shutdown.enter()
     try:
+        if shutdown.draining:
+            raise ShuttingDown("The daemon is shutting down; retry shortly.")
         if request.path not in PUBLIC_PATHS:
             request[CALLER] = identify(request, request.app[CONFIG].server)
         response = await handler(request)
@@ -59,6 +64,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         body = error_body(f"Internal error (request {rid}).", "server_error", None)
         return _json_error(500, body, rid, False)
     finally:
+        shutdown.leave()
         logger.info(
             "request",
             extra={
@@ -85,13 +91,16 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI], content_type="application/json")
 
 
-def create_app(config: Config, service: ContainerService, openapi_doc: bytes) -> web.Application:
+def create_app(
+    config: Config, service: ContainerService, openapi_doc: bytes, shutdown: ShutdownControl
+) -> web.Application:
     app = web.Application(
         middlewares=[boundary], client_max_size=config.server.max_json_bytes, handler_args={}
     )
     app[CONFIG] = config
     app[SERVICE] = service
     app[OPENAPI] = openapi_doc
+    app[SHUTDOWN] = shutdown
     app.on_response_prepare.append(_stamp_request_id)
     cid = "/v1/containers/{container_id}"
     app.add_routes(
@@ -102,6 +111,7 @@ def create_app(config: Config, service: ContainerService, openapi_doc: bytes) ->
             web.get("/v1/containers", containers.list_),
             web.get(cid, containers.retrieve),
             web.delete(cid, containers.delete),
+            web.get(f"{cid}/events", containers.events),
             web.post(f"{cid}/files", files.upload),
             web.get(f"{cid}/files", files.list_),
             web.get(cid + "/files/{file_id}", files.retrieve),

@@ -103,3 +103,10 @@ async def delete(request: web.Request) -> web.Response:
     cid = request.match_info["container_id"]
     await service_of(request).delete(caller_of(request), cid)
     return web.json_response(serialize.deleted(cid, "container"))
+
+
+async def events(request: web.Request) -> web.Response:
+    cid = request.match_info["container_id"]
+    found = await service_of(request).events(caller_of(request), cid)
+    data = [serialize.event(cid, e) for e in found]
+    return web.json_response({"object": "list", "data": data, "has_more": False})

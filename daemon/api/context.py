@@ -10,10 +10,12 @@ from daemon.api.validation import parse_json_object
 from daemon.config import Config
 from daemon.errors import PayloadTooLarge
 from daemon.service import Caller, ContainerService
+from daemon.shutdown import ShutdownControl
 
 CONFIG = web.AppKey("config", Config)
 SERVICE = web.AppKey("service", ContainerService)
 OPENAPI = web.AppKey("openapi", bytes)
+SHUTDOWN = web.AppKey("shutdown", ShutdownControl)
 CALLER = "sandboxd.caller"
 
 

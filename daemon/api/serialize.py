@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from daemon.models import ContainerRecord, FileRecord, Page
+from daemon.models import ContainerRecord, EventRecord, FileRecord, Page
 
 
 def container(rec: ContainerRecord) -> dict[str, Any]:
@@ -20,6 +20,17 @@ def container(rec: ContainerRecord) -> dict[str, Any]:
         "expires_at": rec.last_active_at + rec.expires_minutes * 60,
         "memory_limit": rec.memory_limit,
         "network_policy": {"type": "disabled"},
+        **({"status_reason": rec.status_reason} if rec.status_reason else {}),
+    }
+
+
+def event(cid: str, rec: EventRecord) -> dict[str, Any]:
+    return {
+        "object": "container.event",
+        "container_id": cid,
+        "type": rec.type,
+        "created_at": rec.created_at,
+        "detail": rec.detail,
     }
 
 

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.agent_client import AgentClient
-from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout, KillCounters
+from sandbox.cgroups import (
+    CgroupCounters,
+    CgroupError,
+    CgroupLayout,
+    KillCounters,
+    children,
+)
 from sandbox.errors import RuntimeFailure
 from sandbox.oci import rootfs, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
@@ -181,9 +187,11 @@ class OciRuntime:
         return await self._cli.state(sandbox_id) == "running"
 
     async def list_ids(self) -> list[str]:
+        """Everything that looks like one of ours: runtime state, sandbox dirs, cgroups."""
         ids = set(await self._cli.list_ids())
         with contextlib.suppress(FileNotFoundError):
             ids.update(p.name for p in (self._s.state_dir / "sandboxes").iterdir())
+        ids.update(await self._in_thread(children, self._layout, self._s.cgroup_parent))
         return sorted(ids)
 
     def agent(self, sandbox_id: str) -> AgentClient:

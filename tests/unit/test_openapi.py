@@ -12,6 +12,7 @@ import pytest
 
 from daemon.api import containers, execute
 from daemon.api.app import create_app
+from daemon.shutdown import ShutdownControl
 from daemon.api.validation import query_list_params
 from daemon.config import Config
 from daemon.errors import HTTP_ERRORS
@@ -89,7 +90,7 @@ def test_document_is_stably_formatted() -> None:
 
 def test_paths_match_the_registered_routes(doc: dict[str, Any]) -> None:
     service = cast(ContainerService, object())  # stored, never called
-    app = create_app(Config(), service, b"{}")
+    app = create_app(Config(), service, b"{}", ShutdownControl())
     routes = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()

@@ -1,0 +1,92 @@
+"""Container lifecycle outside requests: reconciliation at start and the idle reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from daemon.models import Status
+from daemon.service import ContainerService
+from daemon.store import Store
+from sandbox.errors import SandboxError
+from sandbox.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+REASON_REBOOT = "host rebooted: sandboxes do not survive a reboot"
+REASON_GONE = "sandbox gone while the daemon was stopped"
+
+
+def read_boot_id(path: Path = BOOT_ID_PATH) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+async def _destroy(runtime: Runtime, sid: str) -> None:
+    try:
+        await runtime.destroy(sid)
+    except SandboxError as exc:
+        logger.error("reconcile: cleanup failed", extra={"container_id": sid, "error": str(exc)})
+
+
+async def reconcile(
+    store: Store, runtime: Runtime, service: ContainerService, boot_id: str
+) -> None:
+    """Make records and sandboxes agree before serving, in both directions.
+
+    - creating/deleting records (a crash mid-create or mid-delete): destroy and drop;
+    - after a host reboot every running record expires with that reason;
+    - a running record whose sandbox is gone expires; one whose sandbox runs is re-attached;
+    - a sandbox (runtime state, cgroup, workspace) with no running record is destroyed.
+    """
+    rebooted = (await store.get_meta("boot_id")) not in (None, boot_id)
+    for rec in await store.containers_with_status((Status.CREATING, Status.DELETING)):
+        await _destroy(runtime, rec.id)
+        await store.delete_container(rec.id)
+        logger.info("reconcile: removed unfinished container", extra={"container_id": rec.id})
+    running: set[str] = set()
+    for rec in await store.containers_with_status((Status.RUNNING,)):
+        alive = not rebooted and await runtime.is_running(rec.id)
+        if alive:
+            running.add(rec.id)
+            await service.record_event(rec.id, "daemon_restarted")
+            continue
+        await _destroy(runtime, rec.id)
+        reason = REASON_REBOOT if rebooted else REASON_GONE
+        await store.set_status(rec.id, Status.EXPIRED, reason)
+        await service.record_event(rec.id, "expired", reason=reason)
+    for sid in await runtime.list_ids():
+        if sid not in running:
+            await _destroy(runtime, sid)
+            logger.info("reconcile: destroyed orphan sandbox", extra={"container_id": sid})
+    await store.set_meta("boot_id", boot_id)
+
+
+class IdleReaper:
+    """Expires running containers `expires_after.minutes` after `last_active_at`."""
+
+    def __init__(self, store: Store, service: ContainerService, interval_s: float) -> None:
+        self._store = store
+        self._service = service
+        self._interval = interval_s
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.sweep()
+            except Exception:
+                logger.exception("reaper sweep failed")
+            await asyncio.sleep(self._interval)
+
+    async def sweep(self) -> int:
+        expired = 0
+        for rec in await self._store.expirable(int(time.time())):
+            reason = f"idle for {rec.expires_minutes} minutes"
+            if await self._service.expire(rec.id, reason):
+                expired += 1
+        return expired

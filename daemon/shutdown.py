@@ -1,0 +1,42 @@
+"""Graceful shutdown state shared by the API and the service.
+
+Stages (Daemon.stop): stop accepting and answer new requests 503; let in-flight requests
+finish within the drain budget; then stop running commands (they answer with
+`"killed": "shutdown"`) and give their replies a short budget; then let aiohttp cancel
+whatever is left, stop background tasks and close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class ShutdownControl:
+    def __init__(self) -> None:
+        self.draining = False
+        self.stop_commands = asyncio.Event()
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def enter(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """True if every in-flight request finished within the budget."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
