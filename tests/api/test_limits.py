@@ -30,6 +30,9 @@ def test_memory_bomb_is_oom_killed_and_reported(
         assert item["outcome"] == {"type": "exit", "exit_code": 137}
         assert item["stdout"] == ""
         _still_fine(raw, container, bystander.id)
+        events = raw.get(f"/v1/containers/{container}/events").json()["data"]
+        assert [e["type"] for e in events] == ["created", "oom_kill"]
+        assert "bytearray" in events[1]["detail"]["command"]
     finally:
         client.containers.delete(bystander.id)
 
@@ -48,6 +51,8 @@ def test_fork_bomb_hits_the_pids_limit(raw: httpx2.Client, container: str) -> No
     assert item["outcome"] == {"type": "exit", "exit_code": 137}
     assert time.monotonic() - started < 15
     _still_fine(raw, container)
+    events = raw.get(f"/v1/containers/{container}/events").json()["data"]
+    assert [e["type"] for e in events] == ["created", "pids_limit"]
 
 
 def test_filling_the_workspace_gives_enospc(raw: httpx2.Client, container: str) -> None:

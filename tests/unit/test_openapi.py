@@ -12,11 +12,11 @@ import pytest
 
 from daemon.api import containers, execute
 from daemon.api.app import create_app
-from daemon.shutdown import ShutdownControl
 from daemon.api.validation import query_list_params
 from daemon.config import Config
 from daemon.errors import HTTP_ERRORS
 from daemon.service import ContainerService
+from daemon.shutdown import ShutdownControl
 from sandbox.spec import MEMORY_TIERS
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}

@@ -1,0 +1,157 @@
+"""A daemon subprocess under a private temp root, startable, stoppable and killable at will,
+plus host-side probes of everything a sandbox can leave behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx2
+
+from sandbox.cgroups import CgroupLayout, children
+
+
+class DaemonProcess:
+    def __init__(self, **sections: dict[str, Any]) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sbxd-e2e-"))
+        self.root.chmod(0o755)
+        self.socket = str(self.root / "api.sock")
+        self.cgroup_parent = f"/sandboxd-e2e-{secrets.token_hex(4)}"
+        self.log = self.root / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        tables: dict[str, dict[str, Any]] = {
+            "server": {"socket": self.socket},
+            "runtime": {"runtime_root": f"{self.root}/runc", "cgroup_parent": self.cgroup_parent},
+        }
+        for name, values in sections.items():
+            tables.setdefault(name, {}).update(values)
+        lines = [f'state_dir = "{self.root}/state"']
+        for name, values in tables.items():
+            lines.append(f"[{name}]")
+            lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
+        (self.root / "config.toml").write_text("\n".join(lines) + "\n")
+
+    # ------------------------------------------------------------------ process
+
+    def start(self, timeout_s: float = 30) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "daemon",
+                    "serve",
+                    "--config",
+                    str(self.root / "config.toml"),
+                ],
+                stdout=log,
+                stderr=log,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
+                s.connect(self.socket)
+                return
+            time.sleep(0.02)
+        raise AssertionError("daemon did not come up")
+
+    def stop(self, timeout_s: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout_s)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+
+    def client(self, timeout_s: float = 60) -> httpx2.Client:
+        return httpx2.Client(
+            transport=httpx2.HTTPTransport(uds=self.socket),
+            base_url="http://localhost",
+            timeout=timeout_s,
+        )
+
+    # ------------------------------------------------------------------- probes
+
+    def rows(self) -> dict[str, str]:
+        """container id -> status, read straight from the database."""
+        db = sqlite3.connect(self.root / "state" / "sandboxd.db")
+        try:
+            return dict(db.execute("SELECT id, status FROM containers").fetchall())
+        finally:
+            db.close()
+
+    def host_traces(self) -> dict[str, set[str]]:
+        """Sandbox ids that have each kind of host resource right now."""
+        runc = subprocess.run(
+            ["runc", "--root", f"{self.root}/runc", "list", "-q"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        sandboxes = self.root / "state" / "sandboxes"
+        mounts = {
+            Path(line.split()[4]).parent.name
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if str(sandboxes) in line.split()[4]
+        }
+        layout = CgroupLayout.detect()
+        procs = {
+            sid
+            for sid in children(layout, self.cgroup_parent)
+            if layout.reader(f"{self.cgroup_parent}/{sid}").pids()
+        }
+        return {
+            "runc": set(runc.stdout.split()),
+            "dirs": {p.name for p in sandboxes.iterdir()} if sandboxes.exists() else set(),
+            "mounts": mounts,
+            "cgroups": set(children(layout, self.cgroup_parent)),
+            "processes": procs,
+        }
+
+    def cleanup(self) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(Exception):
+                self.kill()
+        for sid in subprocess.run(
+            ["runc", "--root", f"{self.root}/runc", "list", "-q"],
+            capture_output=True, text=True, check=False,
+        ).stdout.split():  # fmt: skip
+            subprocess.run(
+                ["runc", "--root", f"{self.root}/runc", "delete", "-f", sid], check=False
+            )
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            if str(self.root) in line.split()[4]:
+                subprocess.run(["umount", "-l", line.split()[4]], check=False)
+        layout = CgroupLayout.detect()
+        for sid in children(layout, self.cgroup_parent):
+            with contextlib.suppress(Exception):
+                layout.reader(f"{self.cgroup_parent}/{sid}").remove()
+        for directory in layout.dirs(self.cgroup_parent):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return f'"{value}"'

@@ -1,0 +1,36 @@
+"""After a host reboot no sandbox survives: every running record becomes expired, with why.
+
+A reboot is simulated the way it looks to the daemon: a new boot id. The sandbox is left
+running on purpose (it cannot be after a real reboot), to show the daemon does not trust it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.config import load
+from daemon.daemon import Daemon
+from daemon.lifecycle import REASON_REBOOT
+from daemon.service import Caller, CreateParams
+from tests.e2e.harness import DaemonProcess
+
+pytestmark = [pytest.mark.root, pytest.mark.e2e]
+
+
+async def test_reboot_expires_every_running_container() -> None:
+    probe = DaemonProcess()  # only for its temp root, cgroup parent and host probes
+    cfg = load(probe.root / "config.toml")
+    caller = Caller(owner="uid:0", admin=True)
+    try:
+        async with Daemon(cfg, probe.socket, boot_id="boot-one") as d:
+            rec = await d.service.create(caller, CreateParams("r", "1g", 20))
+        assert probe.rows() == {rec.id: "running"}
+        async with Daemon(cfg, probe.socket, boot_id="boot-two") as d:
+            after = await d.service.get(caller, rec.id, touch=False)
+            assert after.status == "expired"
+            assert after.status_reason == REASON_REBOOT
+            kinds = [e.type for e in await d.service.events(caller, rec.id)]
+            assert kinds == ["created", "expired"]
+        assert all(not ids for ids in probe.host_traces().values()), probe.host_traces()
+    finally:
+        probe.cleanup()
