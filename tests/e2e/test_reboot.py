@@ -6,6 +6,10 @@ running on purpose (it cannot be after a real reboot), to show the daemon does n
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import time
+
 import pytest
 
 from daemon.config import load
@@ -32,5 +36,31 @@ async def test_reboot_expires_every_running_container() -> None:
             kinds = [e.type for e in await d.service.events(caller, rec.id)]
             assert kinds == ["created", "expired"]
         assert all(not ids for ids in probe.host_traces().values()), probe.host_traces()
+    finally:
+        probe.cleanup()
+
+
+async def test_idle_deadlines_are_honoured_across_a_daemon_gap() -> None:
+    """A container whose deadline passed while the daemon was down expires at the next start
+    (the gap is simulated by moving its last activity an hour back)."""
+    probe = DaemonProcess(containers={"reaper_interval_s": 0.5})
+    cfg = load(probe.root / "config.toml")
+    caller = Caller(owner="uid:0", admin=True)
+    try:
+        async with Daemon(cfg, probe.socket, boot_id="same-boot") as d:
+            stale = await d.service.create(caller, CreateParams("stale", "1g", 20))
+            fresh = await d.service.create(caller, CreateParams("fresh", "1g", 20))
+        db = sqlite3.connect(probe.root / "state" / "sandboxd.db")
+        with db:
+            db.execute(
+                "UPDATE containers SET last_active_at = ? WHERE id = ?",
+                (int(time.time()) - 3600, stale.id),
+            )
+        db.close()
+        async with Daemon(cfg, probe.socket, boot_id="same-boot") as d:
+            await asyncio.sleep(1.5)
+            assert (await d.service.get(caller, stale.id, touch=False)).status == "expired"
+            assert (await d.service.get(caller, fresh.id, touch=False)).status == "running"
+            await d.service.delete(caller, fresh.id)
     finally:
         probe.cleanup()
