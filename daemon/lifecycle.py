@@ -54,7 +54,7 @@ async def reconcile(
         alive = not rebooted and await runtime.is_running(rec.id)
         if alive:
             running.add(rec.id)
-            await service.record_event(rec.id, "daemon_restarted")
+            await service.record_event(rec.id, "restarted_daemon")
             continue
         await _destroy(runtime, rec.id)
         reason = REASON_REBOOT if rebooted else REASON_GONE

@@ -41,7 +41,7 @@ class FileRecord:
 @dataclass(frozen=True)
 class EventRecord:
     created_at: int
-    type: str  # created | oom_kill | pids_limit | expired | daemon_restarted | ...
+    type: str  # created | oom_kill | pids_limit | expired | restarted_daemon | ...
     detail: dict[str, Any]
 
 

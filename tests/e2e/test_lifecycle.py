@@ -100,7 +100,7 @@ def test_restart_keeps_processes_and_files(daemon: DaemonProcess) -> None:
         assert int(out[0]) > first >= 10
         assert out[1] == "kept"
         events = [e["type"] for e in c.get(f"/v1/containers/{cid}/events").json()["data"]]
-        assert events == ["created", "daemon_restarted"]
+        assert events == ["created", "restarted_daemon"]
 
 
 def test_shutdown_with_execs_in_flight() -> None:
