@@ -11,9 +11,15 @@ Wire protocol (version 1), one request at a time per connection, many connection
 On accept the agent sends J{"v": 1, "agent": "sandboxd-agent", ...}. Requests are J frames
 with an "op"; see the handle_* functions for each op and its replies. Errors are
 J{"error": {"code": ..., "message": ...}}.
+
+Ops: ping, exec, list, read, write, delete, and (additive) code, sessions, session_delete.
+`code` runs Python in a persistent session: one interpreter.py process per session, next to
+this file, talking over pipes (its own framing, see interpreter.py). Like exec it streams O/E
+frames and ends with one J result; the daemon may send J{"op": "interrupt"|"kill"} meanwhile.
 """
 
 import ctypes
+import fcntl
 import json
 import os
 import selectors
@@ -399,14 +405,12 @@ def open_regular(path, flags):
     return fd, st
 
 
-def handle_list(conn, req):
-    root = resolve_in_workspace(req.get("root") or WORKSPACE)
-    limit = min(int(req.get("max_entries") or MAX_LIST), MAX_LIST)
+def walk_workspace(root, limit):
+    """([(path, stat)] of regular files under `root` on the workspace filesystem, truncated)."""
     dev = workspace_dev()
-    files = []
-    truncated = False
+    found = []
     stack = [root]
-    while stack and not truncated:
+    while stack:
         current = stack.pop()
         try:
             entries = list(os.scandir(current))
@@ -426,10 +430,17 @@ def handle_list(conn, req):
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)
             elif stat.S_ISREG(st.st_mode):
-                if len(files) >= limit:
-                    truncated = True
-                    break
-                files.append({"path": entry.path, "bytes": st.st_size, "mtime": st.st_mtime})
+                if len(found) >= limit:
+                    return found, True
+                found.append((entry.path, st))
+    return found, False
+
+
+def handle_list(conn, req):
+    root = resolve_in_workspace(req.get("root") or WORKSPACE)
+    limit = min(int(req.get("max_entries") or MAX_LIST), MAX_LIST)
+    found, truncated = walk_workspace(root, limit)
+    files = [{"path": p, "bytes": st.st_size, "mtime": st.st_mtime} for p, st in found]
     send_json(conn, {"files": files, "truncated": truncated})
 
 
@@ -543,10 +554,343 @@ def handle_delete(conn, req):
     send_json(conn, {"ok": True})
 
 
+# ----------------------------------------------------------------------------- code
+
+INTERPRETER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter.py")
+MAX_SESSIONS = 64
+MAX_CODE = 4 << 20
+MAX_REPLY = 1 << 20  # an interpreter's reply; it runs sandbox code, so it is untrusted
+MAX_CHANGED = 1000
+INTERRUPT_GRACE_S = 2.0
+SESSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+class Session:
+    def __init__(self, sid):
+        self.id = sid
+        self.created_at = self.last_used_at = int(time.time())
+        self.busy = threading.Lock()  # one call at a time
+        self.proc = None  # {"pid", "waiter", fds...} of the live interpreter
+        self.lost = None  # why the previous interpreter died; reported by the next call
+        self.deleted = False
+
+
+class Sessions:
+    """The code sessions of this sandbox: one interpreter process (group) each."""
+
+    def __init__(self, reaper):
+        self.reaper = reaper
+        self.lock = threading.Lock()
+        self.table = {}
+
+    def acquire(self, sid, cap):
+        with self.lock:
+            s = self.table.get(sid)
+            if s is None:
+                if len(self.table) >= min(cap, MAX_SESSIONS):
+                    raise OpError("too_many_sessions", "at most %d sessions" % cap)
+                s = self.table[sid] = Session(sid)
+            if not s.busy.acquire(blocking=False):
+                raise OpError("session_busy", "the session is running another call")
+            return s
+
+    def delete(self, sid):
+        with self.lock:
+            s = self.table.pop(sid, None)
+        if s is None:
+            raise OpError("session_not_found", "no such session")
+        s.deleted, s.lost = True, "deleted"
+        if s.proc is not None:
+            kill_group(s.proc["pid"])  # a running call sees it die and cleans up
+        if s.busy.acquire(blocking=False):
+            self.stop(s)
+            s.busy.release()
+
+    def start(self, s):
+        own = [fd for pair in [os.pipe() for _ in range(5)] for fd in pair]
+        out_r, out_w, err_r, err_w, req_r, req_w, rep_r, rep_w, wake_r, wake_w = own
+        child = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
+        try:
+            # Above 4, so the posix_spawn dup2s onto 0..4 cannot collide with a source fd.
+            for fd in (out_w, err_w, req_r, rep_w):
+                child.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+            env = dict(BASE_ENV, MPLBACKEND="Agg")
+            argv = [sys.executable or "/usr/bin/python3", "-I", "-B", "-u", INTERPRETER]
+            try:
+                pid, waiter = self.reaper.spawn(argv, env, WORKSPACE, enumerate(child), wake_w)
+            except OSError as exc:
+                raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
+        except BaseException:
+            for fd in own:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child:
+                os.close(fd)
+        for fd in (out_w, err_w, req_r, rep_w):
+            os.close(fd)
+        for fd in (out_r, err_r, req_w, rep_r):
+            os.set_blocking(fd, False)
+        s.proc = {"pid": pid, "waiter": waiter, "out": out_r, "err": err_r, "req": req_w,
+                  "rep": rep_r, "wake": wake_r, "wake_w": wake_w}  # fmt: skip
+
+    def stop(self, s):
+        p, s.proc = s.proc, None
+        if p is None:
+            return
+        kill_group(p["pid"])
+        with self.reaper.lock:
+            p["waiter"]["wake"] = None
+        for key in ("out", "err", "req", "rep", "wake", "wake_w"):
+            os.close(p[key])
+
+    def describe(self):
+        with self.lock:
+            sessions = list(self.table.values())
+        return [
+            {
+                "id": s.id,
+                "created_at": s.created_at,
+                "last_used_at": s.last_used_at,
+                "status": "busy"
+                if s.busy.locked()
+                else "dead"
+                if s.lost or (s.proc and s.proc["waiter"]["status"] is not None)
+                else "idle",
+            }
+            for s in sessions
+        ]
+
+
+def snapshot():
+    found, truncated = walk_workspace(WORKSPACE, MAX_LIST)
+    return {p: (st.st_size, st.st_mtime_ns, st.st_ino) for p, st in found}, truncated
+
+
+def handle_code(sessions, conn, req):
+    size = req.get("code_bytes") or 0
+    if not isinstance(size, int) or not 0 <= size <= MAX_CODE:
+        raise ProtocolError("bad code_bytes")
+    source = recv_data(conn, size) if size else b""
+    sid, timeout_ms, cap = req.get("session"), req.get("timeout_ms"), req.get("max_output")
+    max_sessions = req.get("max_sessions") or MAX_SESSIONS
+    if not isinstance(sid, str) or not 0 < len(sid) <= 64 or not SESSION_CHARS.issuperset(sid):
+        raise OpError("bad_session", "invalid session id")
+    if not all(isinstance(v, int) and v >= 0 for v in (timeout_ms, cap, max_sessions)):
+        raise OpError("bad_request", "timeout_ms, max_output and max_sessions must be integers")
+    try:
+        code = source.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OpError("bad_request", "code is not UTF-8") from None
+    s = sessions.acquire(sid, max_sessions)
+    started = time.monotonic()
+    try:
+        s.last_used_at = int(time.time())
+        if s.proc is not None and s.proc["waiter"]["status"] is not None:
+            s.lost = s.lost or death_reason(s.proc["waiter"]["status"])
+            sessions.stop(s)
+        restart_reason, s.lost = s.lost, None
+        if s.proc is None:
+            sessions.start(s)
+        before, _ = snapshot()
+        try:
+            result = pump_code(conn, s, code, started + timeout_ms / 1000.0, cap)
+        except BaseException:
+            s.lost = "agent_error"  # the cell may still run: never reuse this process
+            sessions.stop(s)
+            raise
+        if result["status"] == "died":
+            result["stop"] = result["stop"] or s.lost  # "deleted" while running
+            s.lost = result["stop"] or death_reason(s.proc["waiter"]["status"])
+            sessions.stop(s)
+        after, files_truncated = snapshot()
+    finally:
+        if s.deleted:
+            sessions.stop(s)
+        s.last_used_at = int(time.time())
+        s.busy.release()
+    files, budget = [], MAX_JSON * 8
+    for path, meta in sorted(after.items()):
+        if before.get(path) != meta:
+            budget -= len(path) + 32
+            if len(files) >= MAX_CHANGED or budget < 0:
+                files_truncated = True
+                break
+            files.append({"path": path, "bytes": meta[0]})
+    result.update(
+        ev="code",
+        restarted=restart_reason is not None,
+        restart_reason=restart_reason,
+        files=files,
+        files_truncated=files_truncated,
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
+    send_json(conn, result)
+
+
+def death_reason(status):
+    return "killed" if os.waitstatus_to_exitcode(status) < 0 else "exited"
+
+
+def pump_code(conn, s, code, deadline, cap):
+    """Send one cell, relay its output, enforce the deadline; the result without files."""
+    p = s.proc
+    data = json.dumps({"code": code}).encode()
+    pending = memoryview(struct.pack(">I", len(data)) + data)
+    try:
+        while os.read(p["rep"], READ_CHUNK):
+            pass  # stale bytes (something in the sandbox wrote to the reply pipe)
+    except BlockingIOError:
+        pass
+    sel = selectors.DefaultSelector()
+    for key, tag in (("out", b"O"), ("err", b"E"), ("rep", "rep"), ("wake", "wake")):
+        sel.register(p[key], selectors.EVENT_READ, tag)
+    sel.register(p["req"], selectors.EVENT_WRITE, "req")
+    sel.register(conn, selectors.EVENT_READ, "conn")
+    reply, buf, status = None, bytearray(), None
+    stop, interrupted_at, killed = None, None, False
+    sent, truncated, relay = 0, False, True
+
+    def interrupt(reason):
+        nonlocal stop, interrupted_at
+        if stop is None:
+            stop = reason
+        if interrupted_at is None:
+            interrupted_at = time.monotonic()
+            try:
+                os.killpg(p["pid"], signal.SIGINT)
+            except OSError:
+                pass
+
+    def output(fd, tag, chunks=1):
+        nonlocal sent, truncated, relay
+        for _ in range(chunks):
+            try:
+                chunk = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return True
+            if not chunk:
+                return False
+            room = cap - sent
+            if len(chunk) > room:
+                chunk, truncated = chunk[: max(room, 0)], True
+            if chunk and relay:
+                sent += len(chunk)
+                try:
+                    send_frame(conn, tag, chunk)
+                except OSError:
+                    relay = False
+        return True
+
+    try:
+        while reply is None and status is None:
+            now = time.monotonic()
+            if now >= deadline:
+                interrupt("timeout")
+            if (
+                interrupted_at is not None
+                and not killed
+                and now >= interrupted_at + INTERRUPT_GRACE_S
+            ):
+                killed = True
+                kill_group(p["pid"])
+            wait = deadline if interrupted_at is None else interrupted_at + INTERRUPT_GRACE_S
+            for key, _ in sel.select(1.0 if killed else max(0.0, wait - now)):
+                tag = key.data
+                if tag == "conn":
+                    try:
+                        kind, payload = recv_frame(conn)
+                        msg = json.loads(payload.decode("utf-8")) if kind == b"J" else {}
+                    except (EOFError, OSError, ProtocolError, ValueError):
+                        # The daemon went away: stop the cell, keep the session if we can.
+                        sel.unregister(conn)
+                        relay = False
+                        interrupt("disconnected")
+                        continue
+                    op = msg.get("op") if isinstance(msg, dict) else None
+                    if op == "kill":
+                        stop, killed = str(msg.get("reason") or "request")[:32], True
+                        kill_group(p["pid"])
+                    elif op == "interrupt":
+                        interrupt(str(msg.get("reason") or "request")[:32])
+                elif tag == "req":
+                    try:
+                        pending = pending[os.write(p["req"], pending[:65536]) :]
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        pending = pending[:0]
+                    if not pending:
+                        sel.unregister(p["req"])
+                elif tag == "rep":
+                    chunk = os.read(p["rep"], READ_CHUNK)
+                    buf += chunk
+                    if not chunk or len(buf) > MAX_REPLY + 4:
+                        sel.unregister(p["rep"])  # closed or oversized: the process goes
+                        if chunk:
+                            stop, killed = stop or "bad_reply", True
+                            kill_group(p["pid"])
+                    elif len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+                        reply = parse_reply(bytes(buf[4:]))
+                        if reply is None:
+                            stop, killed = stop or "bad_reply", True
+                            kill_group(p["pid"])
+                elif tag == "wake":
+                    os.read(p["wake"], 16)
+                    status = p["waiter"]["status"]
+                elif not output(key.fd, tag):
+                    sel.unregister(key.fd)
+        for fd, tag in ((p["out"], b"O"), (p["err"], b"E")):
+            output(fd, tag, 256)  # what was written before the reply (bounded: a thread may
+            # still be printing)
+    finally:
+        sel.close()
+    if reply is None:
+        result = {"status": "died", "result": None, "result_truncated": False, "exception": None}
+        result.update(exit_fields(status))
+    else:
+        result = reply
+        if stop is not None:
+            result["status"] = "interrupted"
+    result.update(stop=stop, truncated=truncated)
+    return result
+
+
+def parse_reply(data):
+    try:
+        msg = json.loads(data.decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(msg, dict) or msg.get("status") not in ("ok", "error"):
+        return None
+    value, error = msg.get("result"), msg.get("error")
+    reply = {
+        "status": msg["status"],
+        "result": value[: 16 << 10] if isinstance(value, str) else None,
+        "result_truncated": msg.get("result_truncated") is True,
+        "exception": None,  # not "error": that key means the op failed
+    }
+    if isinstance(error, dict):
+        reply["exception"] = {
+            key: str(error.get(key, ""))[:limit]
+            for key, limit in (("name", 200), ("value", 8 << 10), ("traceback", 64 << 10))
+        }
+    return reply
+
+
+def handle_sessions(sessions, conn, req):
+    op = req.get("op")
+    if op == "sessions":
+        send_json(conn, {"sessions": sessions.describe()})
+    else:
+        sessions.delete(req.get("session"))
+        send_json(conn, {"ok": True})
+
+
 # ----------------------------------------------------------------------------- server
 
 
-def serve_connection(reaper, conn):
+def serve_connection(reaper, sessions, conn):
     handlers = {
         "list": handle_list,
         "read": handle_read,
@@ -570,6 +914,10 @@ def serve_connection(reaper, conn):
                     send_json(conn, {"ok": True})
                 elif op == "exec":
                     handle_exec(reaper, conn, req)
+                elif op == "code":
+                    handle_code(sessions, conn, req)
+                elif op in ("sessions", "session_delete"):
+                    handle_sessions(sessions, conn, req)
                 elif op in handlers:
                     handlers[op](conn, req)
                 else:
@@ -597,6 +945,7 @@ def main():
     listener = socket.socket(fileno=LISTEN_FD)
     os.set_inheritable(LISTEN_FD, False)
     reaper = Reaper()
+    sessions = Sessions(reaper)
     threading.Thread(target=reaper.run, name="reaper", daemon=True).start()
     while True:
         try:
@@ -608,7 +957,9 @@ def main():
             continue
         conn.set_inheritable(False)
         try:
-            threading.Thread(target=serve_connection, args=(reaper, conn), daemon=True).start()
+            threading.Thread(
+                target=serve_connection, args=(reaper, sessions, conn), daemon=True
+            ).start()
         except RuntimeError:
             # No thread to be had (the sandbox's pids limit is full): refuse this connection
             # and stay alive; the daemon sees a closed connection and may retry.
