@@ -24,7 +24,7 @@ from sandbox.cgroups import CgroupLayout
 from sandbox.oci import rootfs, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV
-from sandbox.oci.runtime import AGENT_SCRIPT
+from sandbox.oci.runtime import AGENT_SCRIPT, INTERPRETER_SCRIPT
 from sandbox.seccomp import load_profile
 from sandbox.spec import MEMORY_TIERS, SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
@@ -53,6 +53,7 @@ class Runc:
             rootfs=str(rootfs.ensure_skeleton(work / "skeleton")),
             workspace=str(ws),
             agent_script=str(AGENT_SCRIPT),
+            interpreter_script=str(INTERPRETER_SCRIPT),
             binds=rootfs.host_binds(),
         )
         self._bundles.mkdir()

@@ -29,6 +29,7 @@ class BundlePaths:
     rootfs: str
     workspace: str  # host mountpoint of the workspace image
     agent_script: str
+    interpreter_script: str  # started by the agent for code sessions
     binds: Sequence[tuple[str, str]]  # read-only host binds (source, destination)
 
 
@@ -106,6 +107,7 @@ def build_config(
         },
         *(_ro_bind(src, dst) for src, dst in paths.binds),
         _ro_bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
+        _ro_bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
         {
             "destination": WORKSPACE,
             "type": "bind",

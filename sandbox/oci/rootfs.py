@@ -14,12 +14,15 @@ from pathlib import Path
 
 from sandbox.spec import AGENT_DIR, SANDBOX_GID, SANDBOX_UID, WORKSPACE
 
-SKELETON_VERSION = "2"
+SKELETON_VERSION = "3"
 # Host trees bound read-only; a host top-level symlink (merged /usr) is mirrored instead.
 SYSTEM_TREES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-# Public, non-secret host /etc entries bound read-only when present.
-HOST_ETC_BINDS = ("ssl", "ca-certificates", "alternatives", "mime.types")
+# Public, non-secret host /etc entries bound read-only when present (fontconfig's and, on
+# Debian, matplotlib's default configuration included).
+HOST_ETC_BINDS = ("ssl", "ca-certificates", "alternatives", "mime.types", "fonts", "matplotlibrc")
 HOST_ETC_COPIES = ("ld.so.cache", "os-release", "debian_version", "localtime")
+# Bind-mount targets for the agent and the code interpreter it starts.
+AGENT_SCRIPTS = ("agent.py", "interpreter.py")
 EMPTY_DIRS = ("proc", "sys", "dev", "tmp", "run", "var/tmp", "home", "mnt/skills")
 
 GENERATED_ETC = {
@@ -100,7 +103,8 @@ def ensure_skeleton(base: Path, host_root: Path = Path("/")) -> Path:
         (tmp / name).mkdir(parents=True, exist_ok=True)
     (tmp / WORKSPACE.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (tmp / AGENT_DIR.lstrip("/")).mkdir()
-    (tmp / AGENT_DIR.lstrip("/") / "agent.py").touch()
+    for script in AGENT_SCRIPTS:
+        (tmp / AGENT_DIR.lstrip("/") / script).touch()
     for path in [tmp, *tmp.rglob("*")]:
         if not path.is_symlink():
             path.chmod(path.stat().st_mode & ~0o022)

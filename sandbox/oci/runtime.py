@@ -34,6 +34,7 @@ from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
 logger = logging.getLogger(__name__)
 
 AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
+INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
 AGENT_READY_TIMEOUT_S = 15.0
 
 
@@ -121,6 +122,7 @@ class OciRuntime:
                 rootfs=str(root),
                 workspace=str(sdir / "data"),
                 agent_script=str(AGENT_SCRIPT),
+                interpreter_script=str(INTERPRETER_SCRIPT),
                 binds=self._binds,
             )
             config = build_config(spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp)
