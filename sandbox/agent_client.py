@@ -10,18 +10,22 @@ import asyncio
 import contextlib
 import json
 import struct
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable
+from sandbox.spec import WORKSPACE
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 MAX_JSON = 64 << 10
 MAX_LIST_JSON = 8 << 20
 FRAME_TYPES = frozenset({b"J", b"O", b"E", b"D", b"Z"})
+MAX_SESSIONS = 64  # the agent's own cap
+MAX_CHANGED_FILES = 1000
+CODE_STATUSES = frozenset({"ok", "error", "interrupted", "died"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,40 @@ class ExecExit:
 class ExecChunk:
     stream: str  # "stdout" | "stderr"
     data: bytes
+
+
+@dataclass(frozen=True)
+class CodeError:
+    name: str
+    value: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class CodeResult:
+    """How one cell ended, as the agent tells it (see handle_code in the agent)."""
+
+    status: str  # ok | error | interrupted (by us; state kept) | died (state lost)
+    stop: str | None  # why we interrupted or killed it: timeout, pids, shutdown, deleted...
+    exit_code: int | None  # of a died interpreter
+    signal: int | None
+    result: str | None
+    result_truncated: bool
+    error: CodeError | None
+    truncated: bool  # output cap hit
+    restarted: bool  # this call started a new interpreter: the previous one died
+    restart_reason: str | None
+    files: list[AgentFile]  # created or changed by the call (mtime 0: not reported)
+    files_truncated: bool
+    duration_ms: int
+
+
+@dataclass(frozen=True)
+class CodeSession:
+    id: str
+    created_at: int
+    last_used_at: int
+    status: str  # idle | busy | dead
 
 
 class AgentConnection:
@@ -258,17 +296,58 @@ class AgentClient:
     @contextlib.asynccontextmanager
     async def exec(
         self, request: Mapping[str, Any], stdin: bytes = b""
-    ) -> AsyncIterator[ExecStream]:
+    ) -> AsyncIterator[EventStream[ExecExit]]:
         async with self.connection() as conn:
             await conn.send_json({"op": "exec", **request, "stdin_bytes": len(stdin)})
-            if stdin:
-                for start in range(0, len(stdin), MAX_FRAME):
-                    await conn.send_frame(b"D", stdin[start : start + MAX_FRAME])
-                await conn.send_frame(b"Z")
-            stream = ExecStream(conn, int(request["max_output"]))
+            await _send_data(conn, stdin)
+            stream = EventStream(conn, int(request["max_output"]), parse_exit)
             yield stream
             if not stream.finished:
                 conn.close()  # the agent kills the command when its connection drops
+
+    @contextlib.asynccontextmanager
+    async def code(
+        self, request: Mapping[str, Any], code: bytes
+    ) -> AsyncIterator[EventStream[CodeResult]]:
+        """Run a cell in a session: {"session", "timeout_ms", "max_output", "max_sessions"}."""
+        async with self.connection() as conn:
+            await conn.send_json({"op": "code", **request, "code_bytes": len(code)})
+            await _send_data(conn, code)
+            stream = EventStream(conn, int(request["max_output"]), parse_code, MAX_FRAME)
+            yield stream
+            if not stream.finished:
+                conn.close()  # the agent interrupts the cell when its connection drops
+
+    async def sessions(self) -> list[CodeSession]:
+        async with self.connection() as conn:
+            await conn.send_json({"op": "sessions"})
+            msg = await conn.recv_json()
+        raise_if_error(msg)
+        raw = msg.get("sessions")
+        if not isinstance(raw, list) or len(raw) > MAX_SESSIONS:
+            raise AgentProtocolError("malformed session list")
+        sessions = []
+        for item in raw:
+            if not isinstance(item, dict):
+                raise AgentProtocolError("malformed session")
+            sid, created, used = item.get("id"), item.get("created_at"), item.get("last_used_at")
+            status = item.get("status")
+            if (
+                not _is_session_id(sid)
+                or not isinstance(created, int)
+                or not isinstance(used, int)
+                or status not in ("idle", "busy", "dead")
+            ):
+                raise AgentProtocolError("malformed session")
+            sessions.append(CodeSession(sid, created, used, status))
+        return sessions
+
+    async def delete_session(self, session_id: str) -> None:
+        """AgentError("session_not_found") if there is no such session."""
+        async with self.connection() as conn:
+            await conn.send_json({"op": "session_delete", "session": session_id})
+            msg = await conn.recv_json()
+        raise_if_error(msg)
 
     async def close(self) -> None:
         self._closed = True
@@ -277,30 +356,50 @@ class AgentClient:
         self._idle.clear()
 
 
-class ExecStream:
-    """Events of one running command: ExecChunk..., then one ExecExit."""
+async def _send_data(conn: AgentConnection, data: bytes) -> None:
+    """Payload that follows a request as D frames up to Z (nothing at all when empty)."""
+    if data:
+        for start in range(0, len(data), MAX_FRAME):
+            await conn.send_frame(b"D", data[start : start + MAX_FRAME])
+        await conn.send_frame(b"Z")
 
-    def __init__(self, conn: AgentConnection, max_output: int) -> None:
+
+class EventStream[T]:
+    """Events of one running command or cell: ExecChunk..., then one final T."""
+
+    def __init__(
+        self,
+        conn: AgentConnection,
+        max_output: int,
+        parse: Callable[[Mapping[str, Any]], T],
+        max_json: int = MAX_JSON,
+    ) -> None:
         self._conn = conn
         self._budget = max_output
+        self._parse = parse
+        self._max_json = max_json
         self.finished = False
 
-    async def next_event(self) -> ExecChunk | ExecExit:
-        kind, payload = await self._conn.recv_frame()
+    async def next_event(self) -> ExecChunk | T:
+        kind, payload = await self._conn.recv_frame(self._max_json)
         if kind in (b"O", b"E"):
             self._budget -= len(payload)
             if self._budget < 0:
                 raise AgentProtocolError("agent sent more output than the cap")
             return ExecChunk("stdout" if kind == b"O" else "stderr", payload)
         if kind != b"J":
-            raise AgentProtocolError("unexpected frame in exec stream")
+            raise AgentProtocolError("unexpected frame in the output stream")
         msg = decode_json(payload)
         raise_if_error(msg)
         self.finished = True
-        return parse_exit(msg)
+        return self._parse(msg)
 
     async def kill(self, reason: str) -> None:
         await self._conn.send_json({"op": "kill", "reason": reason})
+
+    async def interrupt(self, reason: str) -> None:
+        """Cells only: KeyboardInterrupt first, the kill after the agent's grace."""
+        await self._conn.send_json({"op": "interrupt", "reason": reason})
 
 
 def parse_exit(msg: Mapping[str, Any]) -> ExecExit:
@@ -318,3 +417,91 @@ def parse_exit(msg: Mapping[str, Any]) -> ExecExit:
     ):
         raise AgentProtocolError("malformed exec result")
     return ExecExit(code, sig, timed_out, truncated, killed[:32] if killed else None, duration)
+
+
+def _is_session_id(value: object) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 64
+        and all(c.isascii() and (c.isalnum() or c in "_-") for c in value)
+    )
+
+
+def _flag(msg: Mapping[str, Any], key: str) -> bool:
+    value = msg.get(key)
+    if not isinstance(value, bool):
+        raise AgentProtocolError(f"malformed code result ({key})")
+    return value
+
+
+def _opt_int(msg: Mapping[str, Any], key: str) -> int | None:
+    value = msg.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        raise AgentProtocolError(f"malformed code result ({key})")
+    return value
+
+
+def _opt_str(msg: Mapping[str, Any], key: str, cap: int) -> str | None:
+    value = msg.get(key)
+    if value is not None and not isinstance(value, str):
+        raise AgentProtocolError(f"malformed code result ({key})")
+    return value[:cap] if value is not None else None
+
+
+def _reason(msg: Mapping[str, Any], key: str) -> str | None:
+    """An optional short reason code (`timeout`, `killed`, ...)."""
+    value = _opt_str(msg, key, 1 << 10)
+    if value is not None and not (0 < len(value) <= 32 and value.isascii()):
+        raise AgentProtocolError(f"malformed code result ({key})")
+    return value
+
+
+def _changed_file(item: object) -> AgentFile:
+    if isinstance(item, dict):
+        path, size = item.get("path"), item.get("bytes")
+        if (
+            isinstance(path, str)
+            and path.startswith(WORKSPACE + "/")
+            and "\0" not in path
+            and isinstance(size, int)
+            and size >= 0
+        ):
+            return AgentFile(path, size, 0.0)
+    raise AgentProtocolError("malformed changed file")
+
+
+def parse_code(msg: Mapping[str, Any]) -> CodeResult:
+    status, error, files, duration = (
+        msg.get("status"), msg.get("exception"), msg.get("files"), msg.get("duration_ms")
+    )  # fmt: skip
+    if (
+        msg.get("ev") != "code"
+        or status not in CODE_STATUSES
+        or not isinstance(duration, int)
+        or not isinstance(files, list)
+        or len(files) > MAX_CHANGED_FILES
+    ):
+        raise AgentProtocolError("malformed code result")
+    err = None
+    if error is not None:
+        if not isinstance(error, dict):
+            raise AgentProtocolError("malformed code error")
+        name, value, tb = (_opt_str(error, k, 64 << 10) for k in ("name", "value", "traceback"))
+        if name is None or value is None or tb is None:
+            raise AgentProtocolError("malformed code error")
+        err = CodeError(name[:200], value[: 8 << 10], tb)
+    return CodeResult(
+        status=status,
+        stop=_reason(msg, "stop"),
+        exit_code=_opt_int(msg, "exit_code"),
+        signal=_opt_int(msg, "signal"),
+        result=_opt_str(msg, "result", 16 << 10),
+        result_truncated=_flag(msg, "result_truncated"),
+        error=err,
+        truncated=_flag(msg, "truncated"),
+        restarted=_flag(msg, "restarted"),
+        restart_reason=_reason(msg, "restart_reason"),
+        files=[_changed_file(item) for item in files],
+        files_truncated=_flag(msg, "files_truncated"),
+        duration_ms=duration,
+    )

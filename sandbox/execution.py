@@ -1,10 +1,11 @@
-"""Run one command in a sandbox through its agent, and explain how it ended.
+"""Run one command, or one cell of a code session, in a sandbox through its agent, and
+explain how it ended.
 
 Backend-neutral: it needs the agent client and the sandbox's cgroup counters. OOM kills are
 attributed from the cgroup's oom_kill counter (before/after) plus a SIGKILL exit (the
-command itself, or a shell reporting 137 for its killed child); a command that
-hits the pids limit is killed by us (a fork bomb would otherwise spin until its timeout) and
-reported as such.
+command itself, or a shell reporting 137 for its killed child, or a cell's interpreter); a
+command or cell that hits the pids limit is killed by us (a fork bomb would otherwise spin
+until its timeout) and reported as such.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from sandbox.agent_client import AgentClient, ExecChunk, ExecExit
+from sandbox.agent_client import AgentClient, CodeResult, EventStream, ExecChunk
 from sandbox.cgroups import KillCounters
 from sandbox.errors import AgentUnavailable
 
 WATCH_INTERVAL_S = 0.2
 # How long past the command's own timeout we wait for the agent before giving up on it.
 AGENT_GRACE_S = 5.0
+# A cell that ignores its KeyboardInterrupt is killed by the agent after this long.
+INTERRUPT_GRACE_S = 2.0
 
 CountersFn = Callable[[], Awaitable[KillCounters | None]]
 ChunkSink = Callable[[ExecChunk], Awaitable[None]]
@@ -46,6 +49,71 @@ class CommandOutcome:
     duration_ms: int
 
 
+class KillWatch:
+    """Attributes kernel kills during one operation from the cgroup counters (before/now)."""
+
+    def __init__(self, counters: CountersFn) -> None:
+        self._counters = counters
+        self._before: KillCounters | None = None
+
+    async def start(self) -> None:
+        self._before = await self._counters()
+
+    async def pids_hit(self) -> bool:
+        if self._before is None:
+            return False
+        now = await self._counters()
+        return now is not None and now.pids_limit_hits > self._before.pids_limit_hits
+
+    async def oom_killed(self) -> bool:
+        if self._before is None:
+            return False
+        now = await self._counters()
+        return now is not None and now.oom_kills > self._before.oom_kills
+
+
+async def _pump[T](
+    stream: EventStream[T],
+    watch: KillWatch,
+    sink: ChunkSink,
+    stop: asyncio.Event | None,
+    interrupt_on_stop: bool,
+) -> tuple[T, str | None]:
+    """Relay output until the final event; kill on a pids-limit hit, stop on shutdown.
+
+    Returns the final event and what we killed it for ("pids", "shutdown" or None)."""
+    killed: str | None = None
+    pending: asyncio.Future[ExecChunk | T] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(stream.next_event())
+            done, _ = await asyncio.wait({pending}, timeout=WATCH_INTERVAL_S)
+            if not done:
+                if killed is None and stop is not None and stop.is_set():
+                    killed = "shutdown"
+                    if interrupt_on_stop:
+                        await stream.interrupt("shutdown")
+                    else:
+                        await stream.kill("shutdown")
+                if killed is None and await watch.pids_hit():
+                    killed = "pids"
+                    await stream.kill("pids")
+                continue
+            event = pending.result()
+            pending = None
+            if not isinstance(event, ExecChunk):
+                return event, killed
+            await sink(event)
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            await asyncio.wait({pending})  # a cancellation of *this* task still propagates
+            if not pending.cancelled():
+                with contextlib.suppress(AgentUnavailable):
+                    pending.result()
+
+
 async def run_command(
     agent: AgentClient,
     counters: CountersFn,
@@ -54,7 +122,8 @@ async def run_command(
     stop: asyncio.Event | None = None,
 ) -> CommandOutcome:
     """Run one command; `stop` (daemon shutdown) kills it and reports `killed="shutdown"`."""
-    before = await counters()
+    watch = KillWatch(counters)
+    await watch.start()
     payload = {
         "cmd": req.command,
         "env": dict(req.env),
@@ -62,43 +131,15 @@ async def run_command(
         "timeout_ms": req.timeout_ms,
         "max_output": req.max_output,
     }
-    killed: str | None = None
     async with (
         asyncio.timeout(req.timeout_ms / 1000 + AGENT_GRACE_S),
         agent.exec(payload, req.stdin.encode()) as stream,
     ):
-        pending: asyncio.Future[ExecChunk | ExecExit] | None = None
-        try:
-            while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(stream.next_event())
-                done, _ = await asyncio.wait({pending}, timeout=WATCH_INTERVAL_S)
-                if not done:
-                    if killed is None and stop is not None and stop.is_set():
-                        killed = "shutdown"
-                        await stream.kill("shutdown")
-                    if killed is None and before is not None:
-                        now = await counters()
-                        if now is not None and now.pids_limit_hits > before.pids_limit_hits:
-                            killed = "pids"
-                            await stream.kill("pids")
-                    continue
-                event = pending.result()
-                pending = None
-                if isinstance(event, ExecExit):
-                    result = event
-                    break
-                await sink(event)
-        finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, AgentUnavailable):
-                    await pending
+        result, killed = await _pump(stream, watch, sink, stop, interrupt_on_stop=False)
     sigkilled = result.signal == signal.SIGKILL or result.exit_code == 128 + signal.SIGKILL
-    if killed is None and sigkilled and before is not None:
-        after = await counters()  # only worth a read when the command died of SIGKILL
-        if after is not None and after.oom_kills > before.oom_kills:
-            killed = "oom"
+    # Only worth a counter read when the command died of SIGKILL.
+    if killed is None and sigkilled and await watch.oom_killed():
+        killed = "oom"
     if killed is None and result.killed == "pids":
         killed = "pids"
     return CommandOutcome(
@@ -108,3 +149,45 @@ async def run_command(
         killed=killed,
         duration_ms=result.duration_ms,
     )
+
+
+@dataclass(frozen=True)
+class CodeRequest:
+    session_id: str
+    code: str
+    timeout_ms: int
+    max_output: int
+    max_sessions: int
+
+
+@dataclass(frozen=True)
+class CodeOutcome:
+    result: CodeResult
+    killed: str | None  # "oom" | "pids" | "shutdown" | None
+
+
+async def run_code(
+    agent: AgentClient,
+    counters: CountersFn,
+    req: CodeRequest,
+    sink: ChunkSink,
+    stop: asyncio.Event | None = None,
+) -> CodeOutcome:
+    """Run one cell in a session; `stop` (daemon shutdown) interrupts it (state kept unless
+    it ignores the KeyboardInterrupt) and reports `killed="shutdown"`."""
+    watch = KillWatch(counters)
+    await watch.start()
+    payload = {
+        "session": req.session_id,
+        "timeout_ms": req.timeout_ms,
+        "max_output": req.max_output,
+        "max_sessions": req.max_sessions,
+    }
+    budget = req.timeout_ms / 1000 + INTERRUPT_GRACE_S + AGENT_GRACE_S
+    async with asyncio.timeout(budget), agent.code(payload, req.code.encode()) as stream:
+        result, killed = await _pump(stream, watch, sink, stop, interrupt_on_stop=True)
+    if killed is None and result.stop in ("pids", "shutdown"):
+        killed = result.stop
+    if killed is None and result.signal == signal.SIGKILL and await watch.oom_killed():
+        killed = "oom"
+    return CodeOutcome(result, killed)
