@@ -16,6 +16,8 @@ from sandbox.spec import Limits
 
 EX_CONFIG = 78
 MAX_AGENT_STDIN = 16 << 20  # the in-sandbox agent's own cap
+MAX_AGENT_SESSIONS = 64  # the agent's own caps on code sessions and cell size
+MAX_AGENT_CODE = 4 << 20
 
 
 class ConfigError(Exception):
@@ -94,6 +96,16 @@ class ExecConfig:
 
 
 @dataclass(frozen=True)
+class CodeConfig:
+    """Persistent Python sessions (POST /v1/containers/{id}/code); output caps are exec's."""
+
+    max_sessions: int = 8  # per container
+    default_timeout_ms: int = 60_000
+    max_timeout_ms: int = 3_600_000
+    max_code_bytes: int = 1 << 20  # UTF-8 bytes of one cell
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: str = "/var/lib/sandboxd"
     log_level: str = "info"
@@ -101,6 +113,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     containers: ContainerConfig = field(default_factory=ContainerConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
+    code: CodeConfig = field(default_factory=CodeConfig)
 
 
 def _build[T](cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -176,6 +189,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"exec.max_stdin_bytes must be within 0..{MAX_AGENT_STDIN}")
     if e.default_timeout_ms > e.max_timeout_ms or e.default_max_output > e.max_output:
         raise ConfigError("exec defaults must not exceed their maxima")
+    code = cfg.code
+    if not 1 <= code.max_sessions <= MAX_AGENT_SESSIONS:
+        raise ConfigError(f"code.max_sessions must be within 1..{MAX_AGENT_SESSIONS}")
+    if not 1 <= code.max_code_bytes <= MAX_AGENT_CODE:
+        raise ConfigError(f"code.max_code_bytes must be within 1..{MAX_AGENT_CODE}")
+    if not 1 <= code.default_timeout_ms <= code.max_timeout_ms:
+        raise ConfigError("code.default_timeout_ms must be within 1..max_timeout_ms")
 
 
 def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -17,6 +17,8 @@ from typing import Self
 from aiohttp import web
 
 from daemon.api.app import create_app
+from daemon.api.context import CODE
+from daemon.code import CodeService
 from daemon.config import Config
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.service import ContainerService
@@ -46,6 +48,7 @@ class Daemon:
         self.runtime: Runtime = self._make_runtime(config, state)
         self.shutdown = ShutdownControl()
         self.service = ContainerService(config, self.store, self.runtime, self.shutdown)
+        self.code = CodeService(config, self.service, self.store, self.runtime, self.shutdown)
         self.tasks = TaskSupervisor()
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self._runner: web.AppRunner | None = None
@@ -97,6 +100,7 @@ class Daemon:
         self.tasks.spawn("idle-reaper", reaper.run())
         doc = resources.files("daemon").joinpath("openapi.json").read_bytes()
         app = create_app(self.config, self.service, doc, self.shutdown)
+        app[CODE] = self.code
         self._runner = web.AppRunner(
             app,
             handle_signals=False,

@@ -46,6 +46,10 @@ class QuotaExceeded(DomainError):
     code = "quota_exceeded"
 
 
+class SessionBusy(DomainError):
+    code = "session_busy"
+
+
 class SandboxUnavailable(DomainError):
     code = "sandbox_unavailable"
 
@@ -64,6 +68,7 @@ HTTP_ERRORS: dict[type[DomainError], tuple[int, str, bool]] = {
     ContainerExpired: (400, "invalid_request_error", False),
     Unauthorized: (401, "invalid_request_error", False),
     NotFound: (404, "invalid_request_error", False),
+    SessionBusy: (409, "invalid_request_error", False),
     PayloadTooLarge: (413, "invalid_request_error", False),
     QuotaExceeded: (429, "quota_exceeded", False),
     SandboxFailed: (500, "server_error", False),

@@ -25,6 +25,7 @@ from daemon.errors import (
     QuotaExceeded,
     SandboxFailed,
     SandboxUnavailable,
+    SessionBusy,
 )
 from daemon.logs import container_id as log_container_id
 from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, Status
@@ -85,6 +86,11 @@ AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
     "name_clash": (InvalidRequest, "file"),
     "bad_request": (InvalidRequest, None),
     "spawn_failed": (SandboxUnavailable, None),
+    # code sessions
+    "bad_session": (InvalidRequest, "session_id"),
+    "too_many_sessions": (InvalidRequest, "session_id"),
+    "session_busy": (SessionBusy, "session_id"),
+    "session_not_found": (NotFound, "session_id"),
 }
 
 
@@ -104,6 +110,9 @@ def _translate(action: str) -> Iterator[None]:
     except SandboxError as exc:
         logger.error("sandbox operation failed", extra={"action": action, "error": str(exc)})
         raise SandboxFailed(f"The sandbox failed ({action}).") from exc
+
+
+translate = _translate  # the boundary, for the other services (daemon/code.py)
 
 
 def _now() -> int:

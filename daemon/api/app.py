@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from daemon import ids
+from daemon.api import code as code_api
 from daemon.api import containers, execute, files
 from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
 from daemon.api.identity import identify
@@ -118,6 +119,9 @@ def create_app(
             web.delete(cid + "/files/{file_id}", files.delete),
             web.get(cid + "/files/{file_id}/content", files.content),
             web.post(f"{cid}/exec", execute.exec_),
+            web.post(f"{cid}/code", code_api.run),
+            web.get(f"{cid}/code/sessions", code_api.list_sessions),
+            web.delete(cid + "/code/sessions/{session_id}", code_api.delete_session),
         ]
     )
     return app

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from daemon.api.validation import parse_json_object
+from daemon.code import CodeService
 from daemon.config import Config
 from daemon.errors import PayloadTooLarge
 from daemon.service import Caller, ContainerService
@@ -16,6 +17,7 @@ CONFIG = web.AppKey("config", Config)
 SERVICE = web.AppKey("service", ContainerService)
 OPENAPI = web.AppKey("openapi", bytes)
 SHUTDOWN = web.AppKey("shutdown", ShutdownControl)
+CODE = web.AppKey("code", CodeService)
 CALLER = "sandboxd.caller"
 
 
@@ -29,8 +31,9 @@ def caller_of(request: web.Request) -> Caller:
     return caller
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
-    cap = request.app[CONFIG].server.max_json_bytes
+async def read_json(request: web.Request, cap: int | None = None) -> dict[str, Any]:
+    """The JSON object body, at most `cap` bytes (default: `server.max_json_bytes`)."""
+    cap = cap or request.app[CONFIG].server.max_json_bytes
     if request.content_length is not None and request.content_length > cap:
         raise PayloadTooLarge(f"The request body exceeds {cap} bytes.")
     raw = bytearray()

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import pytest
 
+from daemon.api import code as code_api
 from daemon.api import containers, execute
 from daemon.api.app import create_app
 from daemon.api.validation import query_list_params
@@ -173,3 +174,21 @@ def test_limits_match_the_parsers_and_config_defaults(doc: dict[str, Any]) -> No
 def test_validates_with_openapi_spec_validator(doc: dict[str, Any]) -> None:
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(doc)
+
+
+def test_code_limits_match_the_parser_and_config_defaults(doc: dict[str, Any]) -> None:
+    cfg = Config()
+    body = _schema(doc, "CodeContainerBody")["properties"]
+    assert set(body) == code_api.CODE_KEYS
+    assert body["code"]["maxLength"] == cfg.code.max_code_bytes
+    assert body["session_id"]["pattern"] == f"^{code_api.SESSION_ID.pattern}$"
+    assert (body["timeout_ms"]["maximum"], body["timeout_ms"]["default"]) == (
+        cfg.code.max_timeout_ms,
+        cfg.code.default_timeout_ms,
+    )
+    assert (body["max_output_length"]["maximum"], body["max_output_length"]["default"]) == (
+        cfg.exec.max_output,
+        cfg.exec.default_max_output,
+    )
+    session = doc["components"]["parameters"]["SessionId"]["schema"]
+    assert session["pattern"] == body["session_id"]["pattern"]

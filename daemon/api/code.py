@@ -1,0 +1,160 @@
+"""/v1/containers/{id}/code — persistent Python sessions, synchronous or streamed (SSE)."""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from daemon.api import serialize
+from daemon.api.context import CODE, CONFIG, caller_of, read_json
+from daemon.api.validation import get_int, get_str, reject_unknown
+from daemon.code import DEFAULT_SESSION, CodeParams, CodeRun
+from daemon.config import Config
+from daemon.errors import DomainError, InvalidRequest, NotFound, http_error
+from daemon.models import Page
+from sandbox.agent_client import CodeSession
+
+CODE_KEYS = {"code", "session_id", "timeout_ms", "max_output_length", "stream"}
+SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def body_cap(cfg: Config) -> int:
+    """A cell may be `code.max_code_bytes` of UTF-8; leave room for its JSON escaping."""
+    return cfg.server.max_json_bytes + 2 * cfg.code.max_code_bytes
+
+
+def parse_code(body: dict[str, Any], cfg: Config) -> tuple[CodeParams, bool]:
+    reject_unknown(body, CODE_KEYS)
+    limit = cfg.code.max_code_bytes
+    code = get_str(body, "code", max_len=limit)
+    try:
+        size = len(code.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidRequest("'code' is not valid UTF-8 text.", param="code") from None
+    if size > limit:
+        raise InvalidRequest(f"'code' exceeds {limit} bytes.", param="code")
+    session_id = get_str(body, "session_id", default=DEFAULT_SESSION, max_len=64)
+    if not SESSION_ID.fullmatch(session_id):
+        raise InvalidRequest(
+            "'session_id' must be 1 to 64 letters, digits, '_' or '-'.", param="session_id"
+        )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream")
+    params = CodeParams(
+        code=code,
+        session_id=session_id,
+        timeout_ms=get_int(
+            body,
+            "timeout_ms",
+            default=cfg.code.default_timeout_ms,
+            lo=1,
+            hi=cfg.code.max_timeout_ms,
+        ),
+        max_output=get_int(
+            body,
+            "max_output_length",
+            default=cfg.exec.default_max_output,
+            lo=0,
+            hi=cfg.exec.max_output,
+        ),
+    )
+    return params, stream
+
+
+def code_result(run: CodeRun, cid: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "object": "container.code_result",
+        "container_id": cid,
+        "session_id": run.session_id,
+        "stdout": run.stdout.decode("utf-8", "replace"),
+        "stderr": run.stderr.decode("utf-8", "replace"),
+        "truncated": run.truncated,
+        "result": run.result,
+        "result_truncated": run.result_truncated,
+        "error": None,
+        "outcome": {"type": run.outcome, "state_lost": run.state_lost},
+        "restarted": run.restarted,
+        "files": [serialize.container_file(f) for f in run.files],
+        "files_truncated": run.files_truncated,
+        "duration_ms": run.duration_ms,
+    }
+    if run.error is not None:
+        e = run.error
+        body["error"] = {"name": e.name, "value": e.value, "traceback": e.traceback}
+    if run.killed is not None:
+        body["killed"] = run.killed
+    if run.restarted:
+        body["restart_reason"] = run.restart_reason or "killed"
+    return body
+
+
+def code_session(session: CodeSession, cid: str) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "object": "container.code_session",
+        "container_id": cid,
+        "created_at": session.created_at,
+        "last_used_at": session.last_used_at,
+        "status": session.status,
+    }
+
+
+async def run(request: web.Request) -> web.StreamResponse:
+    cfg = request.app[CONFIG]
+    params, stream = parse_code(await read_json(request, body_cap(cfg)), cfg)
+    cid = request.match_info["container_id"]
+    service, caller = request.app[CODE], caller_of(request)
+    if not stream:
+        return web.json_response(code_result(await service.run(caller, cid, params), cid))
+    await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    utf8 = codecs.getincrementaldecoder("utf-8")
+    decoders = {"stdout": utf8("replace"), "stderr": utf8("replace")}
+
+    async def send(event: dict[str, Any]) -> None:
+        await response.write(f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode())
+
+    async def sink(stream_name: str, data: bytes) -> None:
+        text = decoders[stream_name].decode(data)
+        if text:
+            await send({"type": stream_name, "data": text})
+
+    try:
+        result = await service.run(caller, cid, params, sink)
+    except DomainError as exc:
+        _status, body, _retry = http_error(exc)
+        await send({"type": "error", **body})
+    else:
+        for name, decoder in decoders.items():
+            if tail := decoder.decode(b"", final=True):
+                await send({"type": name, "data": tail})
+        item = code_result(result, cid)
+        del item["stdout"], item["stderr"]
+        await send({"type": "result", **item})
+    await response.write_eof()
+    return response
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    cid = request.match_info["container_id"]
+    sessions = await request.app[CODE].sessions(caller_of(request), cid)
+    page = Page(sessions, has_more=False)  # oldest first, as the agent keeps them
+    return web.json_response(serialize.page(page, lambda s: code_session(s, cid)))
+
+
+async def delete_session(request: web.Request) -> web.Response:
+    cid, sid = request.match_info["container_id"], request.match_info["session_id"]
+    service = request.app[CODE]
+    if not SESSION_ID.fullmatch(sid):
+        await service.check(caller_of(request), cid)  # the container's 404 comes first
+        raise NotFound(f"No code session found with id '{sid[:64]}'.", param="session_id")
+    await service.delete_session(caller_of(request), cid, sid)
+    return web.json_response(serialize.deleted(sid, "container.code_session"))

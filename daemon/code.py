@@ -1,0 +1,198 @@
+"""Persistent Python sessions in a container (POST /v1/containers/{id}/code).
+
+The in-sandbox agent keeps the sessions (one interpreter process each); this service checks
+the caller and the container, holds the container active while a cell runs, attributes OOM
+and pids kills from the cgroup counters, names why a session had to be restarted, and maps
+the files a cell wrote to container file records.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from daemon import ids
+from daemon.config import Config
+from daemon.errors import NotFound
+from daemon.models import FileRecord
+from daemon.service import Caller, ContainerService, translate
+from daemon.shutdown import ShutdownControl
+from daemon.store import Store
+from sandbox.agent_client import AgentFile, CodeError, CodeSession, ExecChunk
+from sandbox.cgroups import KillCounters
+from sandbox.execution import CodeOutcome, CodeRequest, run_code
+from sandbox.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SESSION = "default"
+# Deaths we attributed (OOM) but the agent cannot know about, reported by the session's next
+# call; bounded, since a container may go away before that call comes.
+MAX_REMEMBERED_DEATHS = 4096
+FILE_PAGE = 1000
+
+# (stream name, bytes): output of a running cell, for streaming replies.
+CodeSink = Callable[[str, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class CodeParams:
+    code: str
+    session_id: str
+    timeout_ms: int
+    max_output: int
+
+
+@dataclass(frozen=True)
+class CodeRun:
+    """How one call ended, in API terms."""
+
+    session_id: str
+    stdout: bytes
+    stderr: bytes
+    truncated: bool
+    result: str | None
+    result_truncated: bool
+    error: CodeError | None
+    outcome: str  # ok | error | timeout | killed
+    state_lost: bool  # the interpreter died with this call: the next call starts afresh
+    killed: str | None  # oom | pids | shutdown
+    restarted: bool  # this call ran in a new interpreter: the previous one died
+    restart_reason: str | None
+    files: list[FileRecord]
+    files_truncated: bool
+    duration_ms: int
+
+
+class CodeService:
+    def __init__(
+        self,
+        config: Config,
+        containers: ContainerService,
+        store: Store,
+        runtime: Runtime,
+        shutdown: ShutdownControl,
+    ) -> None:
+        self._cfg = config
+        self._containers = containers
+        self._store = store
+        self._runtime = runtime
+        self._shutdown = shutdown
+        self._deaths: dict[tuple[str, str], str] = {}
+
+    async def check(self, caller: Caller, cid: str) -> None:
+        """The caller's container must exist and be running (404 / 400 expired)."""
+        await self._containers.running(caller, cid)
+
+    async def run(
+        self, caller: Caller, cid: str, params: CodeParams, sink: CodeSink | None = None
+    ) -> CodeRun:
+        await self._containers.running(caller, cid)
+        # No await between the check and active(): the reaper cannot slip in between.
+        async with self._containers.active(cid):
+            out, err = bytearray(), bytearray()
+
+            async def collect(chunk: ExecChunk) -> None:
+                (out if chunk.stream == "stdout" else err).extend(chunk.data)
+                if sink is not None:
+                    await sink(chunk.stream, chunk.data)
+
+            async def counters() -> KillCounters | None:
+                return await self._runtime.kill_counters(cid)
+
+            req = CodeRequest(
+                session_id=params.session_id,
+                code=params.code,
+                timeout_ms=params.timeout_ms,
+                max_output=params.max_output,
+                max_sessions=self._cfg.code.max_sessions,
+            )
+            with translate("code"):
+                done = await run_code(
+                    self._runtime.agent(cid), counters, req, collect, self._shutdown.stop_commands
+                )
+            run = await self._finish(cid, params.session_id, done, bytes(out), bytes(err))
+        logger.info(
+            "code finished",
+            extra={
+                "session": params.session_id,
+                "outcome": run.outcome,
+                "killed": run.killed,
+                "restarted": run.restarted,
+                "ms": run.duration_ms,
+            },
+        )
+        return run
+
+    async def _finish(
+        self, cid: str, sid: str, done: CodeOutcome, out: bytes, err: bytes
+    ) -> CodeRun:
+        res = done.result
+        key = (cid, sid)
+        remembered = self._deaths.pop(key, None)
+        restart_reason = (remembered or res.restart_reason) if res.restarted else None
+        if res.status == "died" and done.killed == "oom":
+            if len(self._deaths) >= MAX_REMEMBERED_DEATHS:
+                del self._deaths[next(iter(self._deaths))]
+            self._deaths[key] = "oom"
+        if done.killed in ("oom", "pids"):
+            kind = "oom_kill" if done.killed == "oom" else "pids_limit"
+            await self._containers.record_event(cid, kind, session=sid)
+        if res.stop == "timeout":
+            outcome = "timeout"
+        elif res.status in ("died", "interrupted"):
+            outcome = "killed"
+        else:
+            outcome = res.status
+        return CodeRun(
+            session_id=sid,
+            stdout=out,
+            stderr=err,
+            truncated=res.truncated,
+            result=res.result,
+            result_truncated=res.result_truncated,
+            error=res.error,
+            outcome=outcome,
+            state_lost=res.status == "died",
+            killed=done.killed,
+            restarted=res.restarted,
+            restart_reason=restart_reason,
+            files=await self._file_records(cid, res.files),
+            files_truncated=res.files_truncated,
+            duration_ms=res.duration_ms,
+        )
+
+    async def _file_records(self, cid: str, changed: list[AgentFile]) -> list[FileRecord]:
+        """Container file records (stable ids, `assistant` when new) for what a cell wrote."""
+        if not changed:
+            return []
+        sizes = {f.path: f.bytes for f in changed}
+        await self._store.sync_files(
+            cid, sizes, int(time.time()), ids.container_file_id, complete=False
+        )
+        found: dict[str, FileRecord] = {}
+        after: str | None = None
+        while len(found) < len(sizes):  # newest first: new files are on the first page
+            page = await self._store.list_files(cid, after, FILE_PAGE, True)
+            found.update((r.path, r) for r in page.items if r.path in sizes)
+            if not page.has_more or not page.items:
+                break
+            after = page.items[-1].id
+        return [found[f.path] for f in changed if f.path in found]
+
+    async def sessions(self, caller: Caller, cid: str) -> list[CodeSession]:
+        await self._containers.running(caller, cid)
+        with translate("list sessions"):
+            return await self._runtime.agent(cid).sessions()
+
+    async def delete_session(self, caller: Caller, cid: str, sid: str) -> None:
+        await self._containers.running(caller, cid)
+        try:
+            with translate("delete session"):
+                await self._runtime.agent(cid).delete_session(sid)
+        except NotFound:
+            raise NotFound(f"No code session found with id '{sid}'.", param="session_id") from None
+        self._deaths.pop((cid, sid), None)
+        logger.info("code session deleted", extra={"session": sid})
