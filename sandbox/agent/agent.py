@@ -615,7 +615,7 @@ class Sessions:
             for fd in (out_w, err_w, req_r, rep_w):
                 child.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
             env = dict(BASE_ENV, MPLBACKEND="Agg")
-            argv = [sys.executable or "/usr/bin/python3", "-I", "-B", "-u", INTERPRETER]
+            argv = [sys.executable or "/usr/bin/python3", "-I", "-B", INTERPRETER]
             try:
                 pid, waiter = self.reaper.spawn(argv, env, WORKSPACE, enumerate(child), wake_w)
             except OSError as exc:

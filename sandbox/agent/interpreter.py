@@ -1,6 +1,6 @@
 """sandboxd code interpreter: one persistent Python session, driven by the in-sandbox agent.
 
-The agent starts one of these per code session as `python3 -I -B -u interpreter.py`, as the
+The agent starts one of these per code session as `python3 -I -B interpreter.py`, as the
 sandbox's unprivileged user, in its own process group, with cwd /mnt/data. Standard library
 only, Python 3.9+; it imports nothing from sandboxd.
 
@@ -225,6 +225,8 @@ def flush_output():
 def main():
     for fd in (CTL_IN, CTL_OUT):
         os.set_inheritable(fd, False)  # subprocesses of the code get stdout/stderr only
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # lines stream out as a terminal shows them
     session = Session()
     signal.signal(signal.SIGINT, session.on_sigint)
     sys.argv = [""]
