@@ -646,20 +646,19 @@ class Sessions:
 
     def describe(self):
         with self.lock:
-            sessions = list(self.table.values())
-        return [
-            {
-                "id": s.id,
-                "created_at": s.created_at,
-                "last_used_at": s.last_used_at,
-                "status": "busy"
-                if s.busy.locked()
-                else "dead"
-                if s.lost or (s.proc and s.proc["waiter"]["status"] is not None)
-                else "idle",
-            }
-            for s in sessions
-        ]
+            sessions = list(self.table.values())  # oldest first
+        found = []
+        for s in sessions:
+            status = "idle"
+            if s.busy.locked():
+                status = "busy"
+            elif s.lost or (s.proc and s.proc["waiter"]["status"] is not None):
+                status = "dead"
+            found.append(
+                {"id": s.id, "created_at": s.created_at, "last_used_at": s.last_used_at,
+                 "status": status}
+            )  # fmt: skip
+        return found
 
 
 def snapshot():
@@ -735,7 +734,7 @@ def death_reason(status):
 def pump_code(conn, s, code, deadline, cap):
     """Send one cell, relay its output, enforce the deadline; the result without files."""
     p = s.proc
-    data = json.dumps({"code": code}).encode()
+    data = json.dumps({"code": code}, ensure_ascii=False).encode()
     pending = memoryview(struct.pack(">I", len(data)) + data)
     try:
         while os.read(p["rep"], READ_CHUNK):

@@ -33,7 +33,7 @@ import types
 CTL_IN = 3
 CTL_OUT = 4
 WORKSPACE = "/mnt/data"
-MAX_REQUEST = 8 << 20
+MAX_REQUEST = 32 << 20  # a cell of up to 4 MiB, JSON-escaped
 MAX_RESULT = 10 << 10  # characters of a result's repr
 MAX_ERROR_VALUE = 4 << 10
 MAX_TRACEBACK = 32 << 10

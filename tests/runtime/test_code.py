@@ -30,6 +30,7 @@ async def cell(
     timeout_ms: int = 30_000,
     max_output: int = 1 << 20,
     max_sessions: int = 8,
+    stop: asyncio.Event | None = None,
 ) -> tuple[str, str, CodeOutcome]:
     """Run one cell; (stdout, stderr, outcome)."""
     out, err = bytearray(), bytearray()
@@ -39,7 +40,7 @@ async def cell(
 
     rt = backend.runtime
     req = CodeRequest(session, code, timeout_ms, max_output, max_sessions)
-    done = await run_code(rt.agent(sid), lambda: rt.kill_counters(sid), req, sink)
+    done = await run_code(rt.agent(sid), lambda: rt.kill_counters(sid), req, sink, stop)
     return out.decode(), err.decode(), done
 
 
@@ -245,3 +246,31 @@ async def test_matplotlib_figures_become_png_files(backend: Harness, sid: str) -
     assert await value(backend, sid, "plt.get_fignums()") == "[]"
     _, _, done = await cell(backend, sid, "plt.plot([0, 1])\nNone")
     assert [f.path for f in done.result.files] == ["/mnt/data/figure-3.png"]
+
+
+async def test_shutdown_interrupts_the_cell_and_keeps_the_session(
+    backend: Harness, sid: str
+) -> None:
+    await value(backend, sid, "x = 41")
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, stop.set)
+    started = time.monotonic()
+    _, _, done = await cell(backend, sid, "import time\ntime.sleep(30)", stop=stop)
+    assert time.monotonic() - started < 2
+    assert (done.killed, done.result.status, done.result.stop) == (
+        "shutdown",
+        "interrupted",
+        "shutdown",
+    )
+    assert await value(backend, sid, "x + 1") == "42"
+
+
+async def test_deleting_a_busy_session_ends_its_call(backend: Harness, sid: str) -> None:
+    running = asyncio.ensure_future(cell(backend, sid, "import time\ntime.sleep(30)"))
+    await asyncio.sleep(0.3)
+    await backend.runtime.agent(sid).delete_session("default")
+    _, _, done = await asyncio.wait_for(running, 5)
+    assert (done.result.status, done.result.stop) == ("died", "deleted")
+    assert await backend.runtime.agent(sid).sessions() == []
+    out = await check(backend.runtime, sid, "pgrep -c -f '[i]nterpreter.py' || true")
+    assert out == "0\n"
