@@ -1,4 +1,8 @@
-"""`sandboxd` command line: the only place that reads os.environ and argv."""
+"""`sandboxd` command line: the only place that reads os.environ and argv.
+
+`serve` runs the daemon; `check` and `config show` run locally; the other commands are
+clients of a running daemon (see daemon/clitool/, and commands.py for exit codes).
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,20 @@ from typing import Any
 
 from daemon import config as config_mod
 from daemon import logs
-from daemon.daemon import Daemon, StartupError
+from daemon.clitool import commands
+from daemon.clitool.client import Target
+from daemon.clitool.containers import Console
 
 logger = logging.getLogger("daemon.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sandboxd", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sandboxd",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _connection_flags(parser, prefix="global_")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", type=Path, help="TOML configuration file")
@@ -27,10 +38,94 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="state directory (default /var/lib/sandboxd)")
     serve.add_argument("--runtime", choices=["oci", "docker"], help="sandbox backend")
     serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (needs api_keys)")
+    _local_parsers(sub)
+    _client_parsers(sub)
     return parser
 
 
+def _connection_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    group = parser.add_argument_group("connection (client commands)")
+    group.add_argument(
+        "--socket", dest=f"{prefix}socket", metavar="PATH",
+        help="daemon's unix socket (default $SANDBOXD_SOCKET, else the daemon's default)",
+    )  # fmt: skip
+    group.add_argument(
+        "--url", dest=f"{prefix}url", metavar="URL",
+        help="talk TCP instead, e.g. http://127.0.0.1:8080 (default $SANDBOXD_URL)",
+    )  # fmt: skip
+    group.add_argument(
+        "--api-key", dest=f"{prefix}api_key", metavar="KEY",
+        help="bearer key for --url (prefer $SANDBOXD_API_KEY: argv is visible to others)",
+    )  # fmt: skip
+
+
+def _client_parsers(sub: Any) -> None:
+    conn = argparse.ArgumentParser(add_help=False)
+    _connection_flags(conn)
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    common = [conn, as_json]
+
+    ls = sub.add_parser("ls", parents=common, help="list containers")
+    ls.add_argument("-a", "--all", action="store_true", help="include expired containers")
+
+    create = sub.add_parser("create", parents=common, help="create a container, print its id")
+    create.add_argument("name")
+    create.add_argument("--memory", default="1g", choices=["1g", "4g", "16g", "64g"])
+    create.add_argument(
+        "--minutes", type=int, help="idle minutes before it expires (daemon default: 20)"
+    )
+
+    ex = sub.add_parser(
+        "exec", parents=[conn], help="run a command in a container, streaming its output",
+        description="Options go before ID; everything after ID (or after --) is the command.",
+    )  # fmt: skip
+    ex.add_argument("--timeout", type=float, metavar="SECONDS", help="kill after this long")
+    ex.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="repeatable")
+    ex.add_argument("-w", "--workdir", metavar="DIR", help="working directory (default /mnt/data)")
+    ex.add_argument("--max-output", type=int, metavar="BYTES", help="cap on stdout+stderr")
+    ex.add_argument("-i", "--stdin", action="store_true", help="send our stdin (UTF-8 text)")
+    ex.add_argument(
+        "--sh", action="store_true", help="COMMAND is shell syntax: join words unquoted"
+    )
+    ex.add_argument("id", help="container id, unique id prefix or unique name")
+    ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
+
+    cp = sub.add_parser(
+        "cp", parents=common, help="copy a file into (LOCAL ID:PATH) or out of (ID:PATH LOCAL)",
+        description="Uploads land in /mnt/data under the given file name: only the base name "
+        "is kept. Downloads find the container file whose path matches; LOCAL may be - for "
+        "stdout. Write ./a:b for a local name with a colon.",
+    )  # fmt: skip
+    cp.add_argument("src")
+    cp.add_argument("dst")
+
+    logs_ = sub.add_parser("logs", parents=common, help="a container's lifecycle events")
+    logs_.add_argument("id")
+
+    rm = sub.add_parser("rm", parents=[conn], help="delete containers")
+    rm.add_argument("ids", nargs="*", metavar="ID")
+    rm.add_argument("--expired", action="store_true", help="also delete every expired one")
+
+    top = sub.add_parser("top", parents=common, help="running containers by last activity")
+    top.add_argument("--once", action="store_true", help="print once and exit")
+    top.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+
+
+def _local_parsers(sub: Any) -> None:
+    check = sub.add_parser("check", help="preflight: can this host run sandboxes?")
+    check.add_argument("--config", type=Path, help="TOML configuration file")
+    check.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    check.add_argument("--no-live", action="store_true", help="skip starting a test sandbox")
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    show = config_sub.add_parser("show", help="print the effective config (secrets redacted)")
+    show.add_argument("--config", type=Path, help="TOML configuration file")
+
+
 def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from daemon.daemon import StartupError  # aiohttp & co.: client commands skip it
+
     overrides: dict[str, Any] = {}
     if args.state_dir:
         overrides["state_dir"] = args.state_dir
@@ -58,6 +153,8 @@ def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 async def _serve(cfg: config_mod.Config, socket_path: str) -> None:
+    from daemon.daemon import Daemon
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,11 +164,49 @@ async def _serve(cfg: config_mod.Config, socket_path: str) -> None:
         logger.info("shutting down")
 
 
+def client_target(args: argparse.Namespace, env: dict[str, str], euid: int) -> Target | None:
+    """Where the daemon is, from flags, then the environment, then the default socket."""
+    socket_path = getattr(args, "socket", None) or args.global_socket
+    url = getattr(args, "url", None) or args.global_url
+    if socket_path and url:
+        return None
+    url = url or ("" if socket_path else env.get("SANDBOXD_URL", ""))
+    if url:
+        key = getattr(args, "api_key", None) or args.global_api_key
+        return Target(url=url, api_key=key or env.get("SANDBOXD_API_KEY", ""))
+    if not socket_path:
+        socket_path = env.get("SANDBOXD_SOCKET") or _default_client_socket(euid, env)
+    return Target(socket=socket_path)
+
+
+def _default_client_socket(euid: int, env: dict[str, str]) -> str:
+    """The daemon's own default; for a non-root user without a daemon of their own, the
+    system daemon's socket."""
+    own = config_mod.default_socket(euid, env)
+    system = config_mod.default_socket(0, env)
+    if euid != 0 and not os.path.exists(own) and os.path.exists(system):
+        return system
+    return own
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
     if args.command == "serve":
-        return serve(args, dict(os.environ))
-    return 2
+        return serve(args, env)
+    con = Console(sys.stdout, sys.stderr)
+    if args.command == "check":
+        return commands.run_check(args, os.geteuid(), con)
+    if args.command == "config":
+        return commands.run_config_show(
+            args.config, lambda cfg: config_mod.default_socket(os.geteuid(), env), con
+        )
+    target = client_target(args, env, os.geteuid())
+    if target is None:
+        parser.error("give either --socket or --url, not both")
+    command = commands.client_command(args.command, sys.stdin.buffer, sys.stdout.buffer)
+    return commands.run_client(command, args, target, con)
 
 
 if __name__ == "__main__":
