@@ -685,7 +685,7 @@ def handle_code(sessions, conn, req):
     started = time.monotonic()
     try:
         s.last_used_at = int(time.time())
-        if s.proc is not None and s.proc["waiter"]["status"] is not None:
+        if s.proc is not None and exited(s.proc):
             s.lost = s.lost or death_reason(s.proc["waiter"]["status"])
             sessions.stop(s)
         restart_reason, s.lost = s.lost, None
@@ -725,6 +725,20 @@ def handle_code(sessions, conn, req):
         duration_ms=int((time.monotonic() - started) * 1000),
     )
     send_json(conn, result)
+
+
+def exited(p):
+    """Has the interpreter died (even if the reaper has not collected it yet)?"""
+    if p["waiter"]["status"] is None:
+        try:
+            if os.waitid(os.P_PID, p["pid"], os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+                return False  # alive
+        except ChildProcessError:
+            pass  # being reaped right now
+        deadline = time.monotonic() + 1.0
+        while p["waiter"]["status"] is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+    return p["waiter"]["status"] is not None
 
 
 def death_reason(status):
@@ -917,6 +931,8 @@ def serve_connection(reaper, sessions, conn):
                     handle_code(sessions, conn, req)
                 elif op in ("sessions", "session_delete"):
                     handle_sessions(sessions, conn, req)
+                elif op in ("kill", "interrupt"):
+                    continue  # late: the exec or cell it was meant for has just ended
                 elif op in handlers:
                     handlers[op](conn, req)
                 else:

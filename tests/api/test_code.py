@@ -127,7 +127,11 @@ def test_oom_is_reported_and_the_next_call_says_restarted(
 
 def test_interpreter_killed_externally_is_reported(raw: httpx2.Client, container: str) -> None:
     value(raw, container, "x = 41")
-    out = exec_(raw, container, "pkill -KILL -f '[i]nterpreter.py'; echo $?")
+    # SIGKILL is asynchronous: wait until the process is gone (a zombie does not match -f).
+    kill = (
+        "pkill -KILL -f '[i]nterpreter.py'; echo $?; while pgrep -f '[i]nterpreter.py'; do :; done"
+    )
+    out = exec_(raw, container, kill + " >/dev/null")
     assert out["output"][0]["stdout"] == "0\n"  # type: ignore[index]
     after = code(raw, container, "globals().get('x')")
     assert (after["restarted"], after["restart_reason"], after["result"]) == (True, "killed", None)

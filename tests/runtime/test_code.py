@@ -142,6 +142,10 @@ async def test_interpreter_killed_from_outside(backend: Harness, sid: str) -> No
     await value(backend, sid, "x = 41")
     # [i] keeps the pattern from matching the shell that runs pkill.
     await check(backend.runtime, sid, "pkill -KILL -f '[i]nterpreter.py'")
+    # SIGKILL is asynchronous: wait until the process is gone (a zombie does not match -f).
+    await check(
+        backend.runtime, sid, "while pgrep -f '[i]nterpreter.py' >/dev/null; do sleep 0.01; done"
+    )
     _, _, done = await cell(backend, sid, "globals().get('x')")
     assert (done.result.restarted, done.result.restart_reason) == (True, "killed")
     assert done.result.result is None
