@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from daemon import logs
 from daemon.clitool import commands
 from daemon.clitool.client import Target
 from daemon.clitool.containers import Console
+from daemon.systemd import SystemdEnv
 
 logger = logging.getLogger("daemon.cli")
 
@@ -121,6 +123,10 @@ def _local_parsers(sub: Any) -> None:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     show = config_sub.add_parser("show", help="print the effective config (secrets redacted)")
     show.add_argument("--config", type=Path, help="TOML configuration file")
+    key = sub.add_parser("key", help="API keys for the TCP listener")
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    new = key_sub.add_parser("new", help="make a key; print it and the config line to add")
+    new.add_argument("owner", help="owner name for the key (letters, digits, - and _)")
 
 
 def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
@@ -145,21 +151,21 @@ def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
     logs.setup(cfg.log_level, journald)
     socket_path = cfg.server.socket or config_mod.default_socket(os.geteuid(), env)
     try:
-        asyncio.run(_serve(cfg, socket_path))
+        asyncio.run(_serve(cfg, socket_path, SystemdEnv.from_environ(env, os.getpid())))
     except StartupError as exc:
         logger.error("cannot start: %s", exc)
         return 1
     return 0
 
 
-async def _serve(cfg: config_mod.Config, socket_path: str) -> None:
+async def _serve(cfg: config_mod.Config, socket_path: str, systemd: SystemdEnv) -> None:
     from daemon.daemon import Daemon
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Daemon(cfg, socket_path):
+    async with Daemon(cfg, socket_path, systemd=systemd):
         await stop.wait()
         logger.info("shutting down")
 
@@ -189,6 +195,21 @@ def _default_client_socket(euid: int, env: dict[str, str]) -> str:
     return own
 
 
+def _new_key(owner: str, con: Console) -> int:
+    from daemon import keys
+
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", owner):
+        con.error("owner must be 1-64 letters, digits, '-' or '_'")
+        return 2
+    key = keys.new_key()
+    con.out.write(
+        f"key: {key}\n"
+        "Give the key to its user (it is not stored anywhere); add under [server]:\n"
+        f'api_keys = {{ {owner} = "{keys.hash_key(key)}" }}\n'
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -198,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     con = Console(sys.stdout, sys.stderr)
     if args.command == "check":
         return commands.run_check(args, os.geteuid(), con)
+    if args.command == "key":
+        return _new_key(args.owner, con)
     if args.command == "config":
         return commands.run_config_show(
             args.config, lambda cfg: config_mod.default_socket(os.geteuid(), env), con

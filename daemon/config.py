@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from daemon import keys
 from sandbox.spec import Limits
 
 EX_CONFIG = 78
@@ -30,7 +31,8 @@ class ServerConfig:
     socket_mode: int = 0o660
     socket_group: str = ""  # e.g. "sandboxd"; "" keeps the daemon's group
     tcp: str = ""  # "HOST:PORT"; needs api_keys
-    api_keys: dict[str, str] = field(default_factory=dict)  # owner name -> bearer key
+    # owner name -> "sha256:<hex>" of the bearer key (`sandboxd key new NAME` makes one)
+    api_keys: dict[str, str] = field(default_factory=dict)
     admin_owners: list[str] = field(default_factory=list)  # key owners that see everything
     max_json_bytes: int = 1 << 20
     # Shutdown stages (see daemon/shutdown.py); their sum must stay under TimeoutStopSec.
@@ -106,6 +108,11 @@ class CodeConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""  # "HOST:PORT" for a /metrics-only listener (keep it on loopback)
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: str = "/var/lib/sandboxd"
     log_level: str = "info"
@@ -113,6 +120,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     containers: ContainerConfig = field(default_factory=ContainerConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
 
 
@@ -163,8 +171,17 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("runtime.oci_binary must be runc, crun or an absolute path")
     if cfg.log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level must be debug, info, warning or error")
+    for key, address in (("server.tcp", cfg.server.tcp), ("metrics.listen", cfg.metrics.listen)):
+        if address and not _host_port(address):
+            raise ConfigError(f"{key} must be HOST:PORT (got {address!r})")
     if cfg.server.tcp and not cfg.server.api_keys:
         raise ConfigError("server.tcp needs server.api_keys")
+    for owner, stored in cfg.server.api_keys.items():
+        if not keys.HASHED.fullmatch(stored):
+            raise ConfigError(
+                f"server.api_keys.{owner} must be a key hash 'sha256:<64 hex>', not a key "
+                "(make one with: sandboxd key new NAME)"
+            )
     c, e = cfg.containers, cfg.exec
     positives = {
         "containers.default_minutes": c.default_minutes,
@@ -196,6 +213,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"code.max_code_bytes must be within 1..{MAX_AGENT_CODE}")
     if not 1 <= code.default_timeout_ms <= code.max_timeout_ms:
         raise ConfigError("code.default_timeout_ms must be within 1..max_timeout_ms")
+
+
+def _host_port(value: str) -> bool:
+    host, sep, port = value.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:

@@ -16,14 +16,16 @@ from typing import Self
 
 from aiohttp import web
 
-from daemon.api.app import create_app
+from daemon.api.app import create_app, create_metrics_app
 from daemon.api.context import CODE
 from daemon.code import CodeService
-from daemon.config import Config
+from daemon.config import Config, split_host_port
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
+from daemon.metrics import Metrics
 from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
 from daemon.store import Store
+from daemon.systemd import Notifier, SystemdEnv
 from daemon.tasks import TaskSupervisor
 from sandbox.errors import RuntimeFailure
 from sandbox.oci.runtime import OciRuntime, OciSettings
@@ -40,19 +42,32 @@ class StartupError(Exception):
 class Daemon:
     """`async with Daemon(config) as d:` serves until the block exits, then shuts down."""
 
-    def __init__(self, config: Config, socket_path: str, boot_id: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        socket_path: str,
+        boot_id: str | None = None,
+        systemd: SystemdEnv | None = None,
+    ) -> None:
         self.config = config
         self.socket_path = socket_path
         state = Path(config.state_dir)
         self.store = Store(state / "sandboxd.db")
         self.runtime: Runtime = self._make_runtime(config, state)
         self.shutdown = ShutdownControl()
-        self.service = ContainerService(config, self.store, self.runtime, self.shutdown)
+        self.metrics = Metrics(self.runtime.name)
+        self.service = ContainerService(
+            config, self.store, self.runtime, self.shutdown, self.metrics
+        )
         self.code = CodeService(config, self.service, self.store, self.runtime, self.shutdown)
         self.tasks = TaskSupervisor()
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
         self._lock_fd: int | None = None
+        self._owns_socket_path = False
+        self._systemd = systemd or SystemdEnv()
+        self.notifier = Notifier(self._systemd.notify_socket, self._systemd.watchdog_usec)
 
     @staticmethod
     def _make_runtime(config: Config, state: Path) -> OciRuntime:
@@ -87,7 +102,7 @@ class Daemon:
         state = Path(self.config.state_dir)
         await asyncio.to_thread(state.mkdir, parents=True, exist_ok=True, mode=0o711)
         self._lock_fd = await asyncio.to_thread(_lock_state_dir, state)
-        if await _socket_alive(Path(self.socket_path)):
+        if self._systemd.listen_fds == 0 and await _socket_alive(Path(self.socket_path)):
             raise StartupError(f"another daemon is serving {self.socket_path}")
         await self.store.open()
         assert isinstance(self.runtime, OciRuntime)
@@ -111,16 +126,27 @@ class Daemon:
         await self._runner.setup()
         await self._listen_unix(self._runner)
         if self.config.server.tcp:
-            host, _, port = self.config.server.tcp.rpartition(":")
-            site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
-            await site.start()
+            host, port = split_host_port(self.config.server.tcp)
+            await web.TCPSite(self._runner, host, port).start()
+        if self.config.metrics.listen:
+            self._metrics_runner = web.AppRunner(
+                create_metrics_app(self.service), handle_signals=False, access_log=None
+            )
+            await self._metrics_runner.setup()
+            host, port = split_host_port(self.config.metrics.listen)
+            await web.TCPSite(self._metrics_runner, host, port).start()
+        self.tasks.spawn("systemd-watchdog", self.notifier.watchdog())
+        self.notifier.notify("READY=1", "STATUS=serving")
         logger.info(
             "sandboxd serving",
             extra={"socket": self.socket_path, "tcp": self.config.server.tcp or None},
         )
 
     async def _listen_unix(self, runner: web.AppRunner) -> None:
-        sock = await asyncio.to_thread(self._bind_unix, Path(self.socket_path))
+        sock = self._systemd.activated_socket()  # socket activation: systemd owns the path
+        if sock is None:
+            sock = await asyncio.to_thread(self._bind_unix, Path(self.socket_path))
+            self._owns_socket_path = True
         site = web.SockSite(runner, sock)
         await site.start()
 
@@ -143,6 +169,7 @@ class Daemon:
     async def stop(self) -> None:
         """Staged, each stage bounded (see daemon/shutdown.py); sandboxes keep running."""
         server = self.config.server
+        self.notifier.notify("STOPPING=1", "STATUS=stopping")
         if self._runner is not None:
             runner, self._runner = self._runner, None
             self.shutdown.draining = True
@@ -156,8 +183,12 @@ class Daemon:
                 self.shutdown.stop_commands.set()
                 await self.shutdown.wait_idle(server.kill_grace_s)
             await runner.cleanup()  # cancels what is left after cancel_timeout_s
-            with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(Path(self.socket_path).unlink)
+            if self._owns_socket_path:
+                with contextlib.suppress(FileNotFoundError):
+                    await asyncio.to_thread(Path(self.socket_path).unlink)
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
+            self._metrics_runner = None
         await self.tasks.close(server.tasks_timeout_s)
         await self.runtime.close()
         await self.store.close()

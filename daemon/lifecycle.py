@@ -89,4 +89,6 @@ class IdleReaper:
             reason = f"idle for {rec.expires_minutes} minutes"
             if await self._service.expire(rec.id, reason):
                 expired += 1
+                self._service.metrics.reaper_expired.inc()
+        self._service.metrics.reaper_sweeps.inc()
         return expired

@@ -28,6 +28,7 @@ from daemon.errors import (
     SessionBusy,
 )
 from daemon.logs import container_id as log_container_id
+from daemon.metrics import Metrics
 from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, Status
 from daemon.shutdown import ShutdownControl
 from daemon.store import Store
@@ -121,12 +122,18 @@ def _now() -> int:
 
 class ContainerService:
     def __init__(
-        self, config: Config, store: Store, runtime: Runtime, shutdown: ShutdownControl
+        self,
+        config: Config,
+        store: Store,
+        runtime: Runtime,
+        shutdown: ShutdownControl,
+        metrics: Metrics,
     ) -> None:
         self._cfg = config
         self._store = store
         self._runtime = runtime
         self._shutdown = shutdown
+        self.metrics = metrics
         self.open_operations = OpenOperations()
         self._expiring: set[str] = set()  # being expired: no new operation may start
         self._touched: dict[str, int] = {}  # last second written per container
@@ -183,6 +190,28 @@ class ContainerService:
             self._expiring.discard(cid)
         return True
 
+    def _count(self, outcome: CommandOutcome) -> None:
+        m = self.metrics
+        m.exec_seconds.observe(outcome.duration_ms / 1000)
+        if outcome.killed is not None:
+            m.exec_total.labels("killed").inc()
+            m.kills.labels(outcome.killed).inc()
+        elif outcome.timed_out:
+            m.exec_total.labels("timeout").inc()
+            m.kills.labels("timeout").inc()
+        else:
+            m.exec_total.labels("ok" if outcome.exit_code == 0 else "error").inc()
+
+    async def refresh_metrics(self) -> None:
+        """Update the state gauges (containers by status/tier, memory by tier) for a scrape."""
+        self.metrics.set_containers(await self._store.count_by_status_tier())
+        memory: dict[str, int] = {}
+        for rec in await self._store.containers_with_status((Status.RUNNING,)):
+            counters = await self._runtime.counters(rec.id)
+            if counters is not None:
+                memory[rec.memory_limit] = memory.get(rec.memory_limit, 0) + counters.memory_bytes
+        self.metrics.set_memory(memory)
+
     # ------------------------------------------------------------------ containers
 
     async def create(self, caller: Caller, params: CreateParams) -> ContainerRecord:
@@ -213,14 +242,17 @@ class ContainerService:
             with _translate("create"):
                 await self._runtime.create(spec)
         except BaseException:
+            self.metrics.create_failures.labels(self._runtime.name).inc()
             await self._store.delete_container(rec.id)
             raise
+        elapsed = time.monotonic() - started
+        self.metrics.create_seconds.labels(self._runtime.name, "miss").observe(elapsed)
         await self._store.set_status(rec.id, Status.RUNNING)
         await self.record_event(
             rec.id,
             "created",
             memory_limit=params.memory_limit,
-            ms=round((time.monotonic() - started) * 1000),
+            ms=round(elapsed * 1000),
         )
         return dataclasses.replace(rec, status=Status.RUNNING)
 
@@ -380,6 +412,7 @@ class ContainerService:
                     "ms": outcome.duration_ms,
                 },
             )
+            self._count(outcome)
             if outcome.killed in ("oom", "pids"):
                 kind = "oom_kill" if outcome.killed == "oom" else "pids_limit"
                 await self.record_event(cid, kind, command=command[:200])

@@ -189,6 +189,15 @@ class Store:
         )
         return Page([_container(r) for r in rows[:limit]], len(rows) > limit)
 
+    async def count_by_status_tier(self) -> dict[tuple[str, str], int]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT status, memory_limit, COUNT(*) FROM containers "
+                "GROUP BY status, memory_limit"
+            ).fetchall()
+        )
+        return {(str(status), str(tier)): int(n) for status, tier, n in rows}
+
     async def expirable(self, now: int) -> list[ContainerRecord]:
         """Running containers whose idle deadline has passed."""
         rows = await self._run(

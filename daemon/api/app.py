@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from daemon import ids
+from daemon import metrics as metrics_mod
 from daemon.api import code as code_api
 from daemon.api import containers, execute, files
 from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
@@ -22,7 +23,7 @@ from daemon.shutdown import ShutdownControl
 logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/metrics"})
 HTTP_ERROR_TYPES = {401: "invalid_request_error", 404: "invalid_request_error"}
 
 
@@ -66,15 +67,26 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         return _json_error(500, body, rid, False)
     finally:
         shutdown.leave()
+        elapsed = time.monotonic() - started
+        route = _route_label(request)
+        metrics = request.app[SERVICE].metrics
+        metrics.api_requests.labels(route, str(status)).inc()
+        metrics.api_seconds.labels(route).observe(elapsed)
         logger.info(
             "request",
             extra={
                 "method": request.method,
                 "path": request.path,
                 "status": status,
-                "ms": round((time.monotonic() - started) * 1000, 1),
+                "ms": round(elapsed * 1000, 1),
             },
         )
+
+
+def _route_label(request: web.Request) -> str:
+    """The route template (a small closed set), never the raw path."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "other"
 
 
 async def _stamp_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -86,6 +98,14 @@ async def _stamp_request_id(request: web.Request, response: web.StreamResponse) 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    await service.refresh_metrics()
+    return web.Response(
+        body=service.metrics.render(), headers={"Content-Type": metrics_mod.CONTENT_TYPE}
+    )
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -108,6 +128,7 @@ def create_app(
         [
             web.get("/healthz", healthz),
             web.get("/openapi.json", openapi),
+            web.get("/metrics", metrics),
             web.post("/v1/containers", containers.create),
             web.get("/v1/containers", containers.list_),
             web.get(cid, containers.retrieve),
@@ -124,4 +145,12 @@ def create_app(
             web.delete(cid + "/code/sessions/{session_id}", code_api.delete_session),
         ]
     )
+    return app
+
+
+def create_metrics_app(service: ContainerService) -> web.Application:
+    """The optional loopback listener: /metrics only, for Prometheus."""
+    app = web.Application()
+    app[SERVICE] = service
+    app.add_routes([web.get("/metrics", metrics)])
     return app

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 import socket
 import struct
 
 from aiohttp import web
 
+from daemon import keys
 from daemon.config import ServerConfig
 from daemon.errors import Unauthorized
 from daemon.service import Caller
@@ -25,7 +25,7 @@ def identify(request: web.Request, cfg: ServerConfig) -> Caller:
     header = request.headers.get("Authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() == "bearer" and key:
-        for owner, expected in cfg.api_keys.items():
-            if hmac.compare_digest(key.encode(), expected.encode()):
+        for owner, stored_hash in cfg.api_keys.items():
+            if keys.matches(key, stored_hash):
                 return Caller(owner=f"key:{owner}", admin=owner in cfg.admin_owners)
     raise Unauthorized("Incorrect or missing API key. Send 'Authorization: Bearer <key>'.")

@@ -21,6 +21,7 @@ import httpx2
 import openai
 import pytest
 
+from daemon.keys import hash_key
 from sandbox.cgroups import CgroupLayout
 
 pytestmark = pytest.mark.root
@@ -79,7 +80,7 @@ state_dir = "{root}/state"
 socket = "{sock}"
 socket_mode = 0o666
 tcp = "127.0.0.1:{port}"
-api_keys = {{ alice = "{keys["alice"]}", bob = "{keys["bob"]}" }}
+api_keys = {{ alice = "{hash_key(keys["alice"])}", bob = "{hash_key(keys["bob"])}" }}
 [runtime]
 runtime_root = "{root}/runc"
 cgroup_parent = "{cgroup_parent}"

@@ -44,20 +44,21 @@ class DaemonProcess:
 
     # ------------------------------------------------------------------ process
 
-    def start(self, timeout_s: float = 30) -> None:
+    def start(
+        self,
+        timeout_s: float = 30,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """Start `sandboxd serve` (optionally under a wrapper such as systemd-socket-activate)
+        and wait until its API socket accepts connections."""
+        argv = [sys.executable, "-m", "daemon", "serve", "--config", str(self.root / "config.toml")]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "daemon",
-                    "serve",
-                    "--config",
-                    str(self.root / "config.toml"),
-                ],
+                [*prefix, *argv],
                 stdout=log,
                 stderr=log,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -78,6 +78,9 @@ def test_idle_expiry_activity_and_open_streams(daemon: DaemonProcess) -> None:
         assert r.status_code == 400 and r.json()["error"]["message"] == "Container is expired."
         events = [e["type"] for e in c.get(f"/v1/containers/{idle}/events").json()["data"]]
         assert events == ["created", "expired"]
+        metrics = c.get("/metrics").text
+        assert "sandboxd_reaper_expired_total 1.0" in metrics
+        assert 'sandboxd_containers{status="expired",tier="1g"} 1.0' in metrics
     traces = daemon.host_traces()
     for kind, ids in traces.items():
         assert idle not in ids, kind

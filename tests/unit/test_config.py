@@ -45,6 +45,7 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
         "[server]\ntcp = '127.0.0.1:9'",
         "[runtime]\nbackend = 'lxc'",
         "[server]\napi_keys = { a = 1 }",
+        "[server]\napi_keys = { a = 'sk-plain-key-not-a-hash' }",
         "not toml at all [",
     ],
 )
@@ -81,3 +82,31 @@ def test_bad_config_exits_78(tmp_path: Path) -> None:
         assert main(["serve", "--config", str(bad)]) == config_mod.EX_CONFIG
     finally:
         root.handlers[:], root.level = saved[0], saved[1]
+
+
+def test_api_keys_are_stored_hashed(tmp_path: Path) -> None:
+    from daemon import keys
+
+    key = keys.new_key()
+    good = tmp_path / "c.toml"
+    good.write_text(f"[server]\ntcp = '127.0.0.1:9'\napi_keys = {{ a = '{keys.hash_key(key)}' }}\n")
+    stored = load(good).server.api_keys["a"]
+    assert keys.matches(key, stored)
+    assert not keys.matches(key + "x", stored)
+    assert key not in good.read_text()
+
+
+def test_key_new_prints_a_key_and_its_config_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon import keys
+    from daemon.cli import main
+
+    assert main(["key", "new", "alice"]) == 0
+    out = capsys.readouterr().out
+    key = out.split("key: ", 1)[1].split()[0]
+    line = next(x for x in out.splitlines() if x.startswith("api_keys"))
+    config = tmp_path / "c.toml"
+    config.write_text(f"[server]\ntcp = '127.0.0.1:9'\n{line}\n")
+    assert keys.matches(key, load(config).server.api_keys["alice"])
+    assert main(["key", "new", "bad owner!"]) == 2

@@ -12,7 +12,7 @@ import pytest
 
 from daemon.api import code as code_api
 from daemon.api import containers, execute
-from daemon.api.app import create_app
+from daemon.api.app import PUBLIC_PATHS, create_app
 from daemon.api.validation import query_list_params
 from daemon.config import Config
 from daemon.errors import HTTP_ERRORS
@@ -125,7 +125,7 @@ def test_public_operations_need_no_auth(doc: dict[str, Any]) -> None:
     assert doc["security"] == [{"bearerAuth": []}]
     assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
     public = {path for _, path, op in _operations(doc) if op.get("security") == []}
-    assert public == {"/healthz", "/openapi.json"}
+    assert public == set(PUBLIC_PATHS)
 
 
 def test_error_statuses_and_codes_cover_the_error_table(doc: dict[str, Any]) -> None:

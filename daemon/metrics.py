@@ -1,0 +1,101 @@
+"""Prometheus metrics on a registry of our own (never the global default one).
+
+Label sets are small and closed: no container ids, routes are the route templates.
+Gauges that describe the current state (containers by status and tier, memory in use) are
+refreshed by the /metrics handler just before it renders.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from sandbox.spec import MEMORY_TIERS
+
+VERSION = "0.1.0"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+STATUSES = ("running", "expired")
+EXEC_OUTCOMES = ("ok", "error", "timeout", "killed")
+KILL_REASONS = ("oom", "pids", "timeout", "shutdown")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self, backend: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.containers = Gauge(
+            "sandboxd_containers", "Containers by status and memory tier.", ["status", "tier"],
+            registry=r,
+        )  # fmt: skip
+        self.memory = Gauge(
+            "sandboxd_container_memory_bytes",
+            "Memory in use by running sandboxes (cgroup counters), summed per tier.",
+            ["tier"],
+            registry=r,
+        )
+        self.create_seconds = Histogram(
+            "sandboxd_container_create_seconds",
+            "Time to create a container, from request to running sandbox.",
+            ["backend", "pool"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.create_failures = Counter(
+            "sandboxd_container_create_failures_total", "Container creates that failed.",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self.exec_seconds = Histogram(
+            "sandboxd_exec_seconds", "Duration of one exec'd command, as the agent measured it.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.exec_total = Counter(
+            "sandboxd_exec_total", "Commands run, by outcome.", ["outcome"], registry=r
+        )
+        self.kills = Counter(
+            "sandboxd_kills_total", "Commands killed, by reason.", ["reason"], registry=r
+        )
+        self.reaper_expired = Counter(
+            "sandboxd_reaper_expired_total", "Containers expired for being idle.", registry=r
+        )
+        self.reaper_sweeps = Counter(
+            "sandboxd_reaper_sweeps_total", "Idle-reaper sweeps completed.", registry=r
+        )
+        self.api_requests = Counter(
+            "sandboxd_api_requests_total", "API requests by route and status.",
+            ["route", "status"], registry=r,
+        )  # fmt: skip
+        self.api_seconds = Histogram(
+            "sandboxd_api_request_seconds", "API request duration by route.", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        build = Gauge(
+            "sandboxd_build_info", "Build information (always 1).",
+            ["version", "python", "backend"], registry=r,
+        )  # fmt: skip
+        build.labels(VERSION, platform.python_version(), backend).set(1)
+        for status in STATUSES:
+            for tier in MEMORY_TIERS:
+                self.containers.labels(status, tier).set(0)
+        for tier in MEMORY_TIERS:
+            self.memory.labels(tier).set(0)
+        for outcome in EXEC_OUTCOMES:
+            self.exec_total.labels(outcome)
+        for reason in KILL_REASONS:
+            self.kills.labels(reason)
+        self.create_failures.labels(backend)
+        self.create_seconds.labels(backend, "miss")
+
+    def set_containers(self, counts: dict[tuple[str, str], int]) -> None:
+        for status in STATUSES:
+            for tier in MEMORY_TIERS:
+                self.containers.labels(status, tier).set(counts.get((status, tier), 0))
+
+    def set_memory(self, by_tier: dict[str, int]) -> None:
+        for tier in MEMORY_TIERS:
+            self.memory.labels(tier).set(by_tier.get(tier, 0))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

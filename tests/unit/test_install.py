@@ -1,0 +1,48 @@
+"""scripts/install into a staging root: everything lands, twice is a no-op, config loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from daemon.config import load
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _install(destdir: Path) -> str:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "DESTDIR": str(destdir),
+        "PREFIX": "/opt/sbx",
+        "SANDBOXD_SKIP_VENV": "1",
+    }
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "install")], env=env, capture_output=True, text=True, check=True
+    )
+    return proc.stderr
+
+
+def test_install_is_complete_and_idempotent(tmp_path: Path) -> None:
+    first = _install(tmp_path)
+    for path in (
+        "etc/systemd/system/sandboxd.service",
+        "etc/systemd/system/sandboxd.socket",
+        "usr/lib/sysusers.d/sandboxd.conf",
+        "usr/lib/tmpfiles.d/sandboxd.conf",
+        "etc/sandboxd/config.toml",
+        "opt/sbx/daemon/cli.py",
+        "opt/sbx/config/seccomp.json",
+    ):
+        assert (tmp_path / path).is_file(), path
+    unit = (tmp_path / "etc/systemd/system/sandboxd.service").read_text()
+    assert "ExecStart=/opt/sbx/.venv/bin/sandboxd serve --config /etc/sandboxd/config.toml" in unit
+    assert "KillMode=process" in unit and "Delegate=yes" in unit
+    assert "wrote /etc/sandboxd/config.toml" in first
+    config = tmp_path / "etc/sandboxd/config.toml"
+    assert load(config).server.socket_group == "sandboxd"
+    config.write_text(config.read_text() + "\n# edited by the admin\n")
+    second = _install(tmp_path)
+    assert "wrote" not in second  # nothing changed, and the admin's config is kept
+    assert config.read_text().endswith("# edited by the admin\n")
