@@ -108,7 +108,6 @@ def test_plot_returns_a_png_container_file(
     )
 
 
-@pytest.mark.slow
 def test_oom_is_reported_and_the_next_call_says_restarted(
     raw: httpx2.Client, container: str
 ) -> None:
