@@ -562,6 +562,7 @@ MAX_CODE = 4 << 20
 MAX_REPLY = 1 << 20  # an interpreter's reply; it runs sandbox code, so it is untrusted
 MAX_CHANGED = 1000
 INTERRUPT_GRACE_S = 2.0
+F_DUPFD_CLOEXEC = getattr(fcntl, "F_DUPFD_CLOEXEC", 1030)  # Linux's value
 SESSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
@@ -613,7 +614,7 @@ class Sessions:
         try:
             # Above 4, so the posix_spawn dup2s onto 0..4 cannot collide with a source fd.
             for fd in (out_w, err_w, req_r, rep_w):
-                child.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10))
+                child.append(fcntl.fcntl(fd, F_DUPFD_CLOEXEC, 10))
             env = dict(BASE_ENV, MPLBACKEND="Agg")
             argv = [sys.executable or "/usr/bin/python3", "-I", "-B", INTERPRETER]
             try:
