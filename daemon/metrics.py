@@ -12,6 +12,7 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from sandbox.execution import CommandOutcome
 from sandbox.spec import MEMORY_TIERS
 
 VERSION = "0.1.0"
@@ -87,6 +88,17 @@ class Metrics:
             self.kills.labels(reason)
         self.create_failures.labels(backend)
         self.create_seconds.labels(backend, "miss")
+
+    def count_command(self, outcome: CommandOutcome) -> None:
+        self.exec_seconds.observe(outcome.duration_ms / 1000)
+        if outcome.killed is not None:
+            self.exec_total.labels("killed").inc()
+            self.kills.labels(outcome.killed).inc()
+        elif outcome.timed_out:
+            self.exec_total.labels("timeout").inc()
+            self.kills.labels("timeout").inc()
+        else:
+            self.exec_total.labels("ok" if outcome.exit_code == 0 else "error").inc()
 
     def set_containers(self, counts: dict[tuple[str, str], int]) -> None:
         for status in STATUSES:

@@ -190,18 +190,6 @@ class ContainerService:
             self._expiring.discard(cid)
         return True
 
-    def _count(self, outcome: CommandOutcome) -> None:
-        m = self.metrics
-        m.exec_seconds.observe(outcome.duration_ms / 1000)
-        if outcome.killed is not None:
-            m.exec_total.labels("killed").inc()
-            m.kills.labels(outcome.killed).inc()
-        elif outcome.timed_out:
-            m.exec_total.labels("timeout").inc()
-            m.kills.labels("timeout").inc()
-        else:
-            m.exec_total.labels("ok" if outcome.exit_code == 0 else "error").inc()
-
     async def refresh_metrics(self) -> None:
         """Update the state gauges (containers by status/tier, memory by tier) for a scrape."""
         self.metrics.set_containers(await self._store.count_by_status_tier())
@@ -412,7 +400,7 @@ class ContainerService:
                     "ms": outcome.duration_ms,
                 },
             )
-            self._count(outcome)
+            self.metrics.count_command(outcome)
             if outcome.killed in ("oom", "pids"):
                 kind = "oom_kill" if outcome.killed == "oom" else "pids_limit"
                 await self.record_event(cid, kind, command=command[:200])
