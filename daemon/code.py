@@ -137,6 +137,8 @@ class CodeService:
             if len(self._deaths) >= MAX_REMEMBERED_DEATHS:
                 del self._deaths[next(iter(self._deaths))]
             self._deaths[key] = "oom"
+        if done.killed is not None:
+            self._containers.metrics.kills.labels(done.killed).inc()
         if done.killed in ("oom", "pids"):
             kind = "oom_kill" if done.killed == "oom" else "pids_limit"
             await self._containers.record_event(cid, kind, session=sid)

@@ -202,8 +202,10 @@ class Store:
         """Running containers whose idle deadline has passed."""
         rows = await self._run(
             lambda db: db.execute(
+                # last_active_at is whole seconds (the activity was within the second after
+                # it): +1 so that no container ever expires early.
                 f"SELECT {_CONTAINER_COLS} FROM containers WHERE status = 'running' "
-                "AND last_active_at + expires_minutes * 60 <= ?",
+                "AND last_active_at + expires_minutes * 60 + 1 <= ?",
                 (now,),
             ).fetchall()
         )
