@@ -476,7 +476,7 @@ def handle_write(conn, req):
     try:
         fd = os.open(tmp, flags, 0o644)
     except OSError as exc:
-        raise OpError("io_error", os.strerror(exc.errno)) from None
+        raise exc_to_op(exc) from None  # out of inodes is no_space too
     error = None
     written = 0
     try:
