@@ -108,6 +108,18 @@ class CodeConfig:
 
 
 @dataclass(frozen=True)
+class FilesConfig:
+    """Files uploaded through /v1/files (what `file_ids` copies into containers)."""
+
+    max_file_bytes: int = 512 << 20  # one upload
+    max_owner_bytes: int = 10 << 30  # all live files of one owner
+    max_files_per_owner: int = 10_000
+    min_expires_seconds: int = 3600  # expires_after[seconds] bounds (OpenAI's: 1 h .. 30 d)
+    max_expires_seconds: int = 2_592_000
+    sweep_interval_s: float = 60.0  # expired blobs are removed within one interval
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = ""  # "HOST:PORT" for a /metrics-only listener (keep it on loopback)
 
@@ -122,6 +134,7 @@ class Config:
     exec: ExecConfig = field(default_factory=ExecConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
+    files: FilesConfig = field(default_factory=FilesConfig)
 
 
 def _build[T](cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -191,6 +204,10 @@ def _validate(cfg: Config) -> None:
         "containers.max_upload_bytes": c.max_upload_bytes,
         "exec.default_timeout_ms": e.default_timeout_ms,
         "exec.max_output": e.max_output,
+        "files.max_file_bytes": cfg.files.max_file_bytes,
+        "files.max_owner_bytes": cfg.files.max_owner_bytes,
+        "files.max_files_per_owner": cfg.files.max_files_per_owner,
+        "files.min_expires_seconds": cfg.files.min_expires_seconds,
     }
     for key, value in positives.items():
         if value <= 0:
@@ -206,6 +223,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"exec.max_stdin_bytes must be within 0..{MAX_AGENT_STDIN}")
     if e.default_timeout_ms > e.max_timeout_ms or e.default_max_output > e.max_output:
         raise ConfigError("exec defaults must not exceed their maxima")
+    if cfg.files.min_expires_seconds > cfg.files.max_expires_seconds:
+        raise ConfigError("files.min_expires_seconds must not exceed max_expires_seconds")
+    if not 0.1 <= cfg.files.sweep_interval_s <= 3600:
+        raise ConfigError("files.sweep_interval_s must be within 0.1..3600")
     code = cfg.code
     if not 1 <= code.max_sessions <= MAX_AGENT_SESSIONS:
         raise ConfigError(f"code.max_sessions must be within 1..{MAX_AGENT_SESSIONS}")

@@ -17,9 +17,10 @@ from typing import Self
 from aiohttp import web
 
 from daemon.api.app import create_app, create_metrics_app
-from daemon.api.context import CODE
+from daemon.api.context import CODE, FILES
 from daemon.code import CodeService
 from daemon.config import Config, split_host_port
+from daemon.files import FileService
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
 from daemon.service import ContainerService
@@ -56,8 +57,9 @@ class Daemon:
         self.runtime: Runtime = self._make_runtime(config, state)
         self.shutdown = ShutdownControl()
         self.metrics = Metrics(self.runtime.name)
+        self.files = FileService(config.files, self.store, state / "blobs")
         self.service = ContainerService(
-            config, self.store, self.runtime, self.shutdown, self.metrics
+            config, self.store, self.runtime, self.shutdown, self.metrics, files=self.files
         )
         self.code = CodeService(config, self.service, self.store, self.runtime, self.shutdown)
         self.tasks = TaskSupervisor()
@@ -113,9 +115,12 @@ class Daemon:
         await reconcile(self.store, self.runtime, self.service, self.boot_id)
         reaper = IdleReaper(self.store, self.service, self.config.containers.reaper_interval_s)
         self.tasks.spawn("idle-reaper", reaper.run())
+        await self.files.start()
+        self.tasks.spawn("file-sweeper", self.files.run_sweeper())
         doc = resources.files("daemon").joinpath("openapi.json").read_bytes()
         app = create_app(self.config, self.service, doc, self.shutdown)
         app[CODE] = self.code
+        app[FILES] = self.files
         self._runner = web.AppRunner(
             app,
             handle_signals=False,

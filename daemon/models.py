@@ -39,6 +39,19 @@ class FileRecord:
 
 
 @dataclass(frozen=True)
+class UserFileRecord:
+    """A file uploaded through /v1/files (its bytes live in a blob under the state dir)."""
+
+    id: str
+    owner: str
+    filename: str
+    purpose: str
+    bytes: int
+    created_at: int
+    expires_at: int | None
+
+
+@dataclass(frozen=True)
 class EventRecord:
     created_at: int
     type: str  # created | oom_kill | pids_limit | expired | restarted_daemon | ...

@@ -27,9 +27,17 @@ from daemon.errors import (
     SandboxUnavailable,
     SessionBusy,
 )
+from daemon.files import FileService
 from daemon.logs import container_id as log_container_id
 from daemon.metrics import Metrics
-from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, Status
+from daemon.models import (
+    ContainerRecord,
+    EventRecord,
+    FileRecord,
+    Page,
+    Status,
+    UserFileRecord,
+)
 from daemon.shutdown import ShutdownControl
 from daemon.store import Store
 from sandbox.agent_client import ExecChunk
@@ -53,6 +61,7 @@ class CreateParams:
     name: str
     memory_limit: str
     expires_minutes: int
+    file_ids: tuple[str, ...] = ()  # /v1/files copied into /mnt/data before create returns
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,9 @@ class ContainerService:
         runtime: Runtime,
         shutdown: ShutdownControl,
         metrics: Metrics,
+        files: FileService | None = None,
     ) -> None:
+        self.files = files  # /v1/files, for file_ids and copies by file_id
         self._cfg = config
         self._store = store
         self._runtime = runtime
@@ -206,6 +217,8 @@ class ContainerService:
         limit = self._cfg.containers.max_containers_per_owner
         if await self._store.count_containers(caller.owner) >= limit:
             raise QuotaExceeded(f"At most {limit} containers per owner may exist at once.")
+        # Every file_id resolves (else 404) before anything exists.
+        sources = await self._user_files().resolve(caller, list(params.file_ids))
         now = _now()
         rec = ContainerRecord(
             id=ids.container_id(),
@@ -235,6 +248,17 @@ class ContainerService:
             raise
         elapsed = time.monotonic() - started
         self.metrics.create_seconds.labels(self._runtime.name, "miss").observe(elapsed)
+        try:
+            await self._copy_in(rec.id, sources)
+        except BaseException:
+            # All or nothing: a create whose files cannot be copied leaves no container.
+            self.metrics.create_failures.labels(self._runtime.name).inc()
+            try:
+                await self._runtime.destroy(rec.id)
+            except SandboxError as exc:
+                logger.error("cleanup after a failed create", extra={"error": str(exc)})
+            await self._store.delete_container(rec.id)
+            raise
         await self._store.set_status(rec.id, Status.RUNNING)
         await self.record_event(
             rec.id,
@@ -303,6 +327,34 @@ class ContainerService:
         await self._store.insert_file(rec)
         logger.info("file uploaded", extra={"bytes": size})
         return rec
+
+    def _user_files(self) -> FileService:
+        if self.files is None:
+            raise InvalidRequest("Files are not available in this daemon.", param="file_ids")
+        return self.files
+
+    async def _copy_in(self, cid: str, sources: list[UserFileRecord]) -> list[FileRecord]:
+        """Copy /v1/files blobs into /mnt/data through the agent (streamed, ` (1)` on a clash)."""
+        copied: list[FileRecord] = []
+        for src in sources:
+            files = self._user_files()
+            cap = max(src.bytes, 1)
+            with _translate("copy file"):
+                agent = self._runtime.agent(cid)
+                path, size = await agent.write_file(WORKSPACE, src.filename, files.chunks(src), cap)
+            rec = FileRecord(ids.container_file_id(), cid, path, "user", size, _now())
+            await self._store.insert_file(rec)
+            copied.append(rec)
+        if copied:
+            logger.info("files copied", extra={"count": len(copied)})
+        return copied
+
+    async def copy_file(self, caller: Caller, cid: str, file_id: str) -> FileRecord:
+        """POST /v1/containers/{id}/files with {"file_id"}: like an upload, from a stored file."""
+        sources = await self._user_files().resolve(caller, [file_id])
+        await self.running(caller, cid)
+        async with self.active(cid):  # no await since the status check
+            return (await self._copy_in(cid, sources))[0]
 
     async def list_files(
         self, caller: Caller, cid: str, after: str | None, limit: int, desc: bool

@@ -11,9 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, Status
+from daemon.models import (
+    ContainerRecord,
+    EventRecord,
+    FileRecord,
+    Page,
+    Status,
+    UserFileRecord,
+)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_EVENTS_PER_CONTAINER = 50
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -53,6 +60,40 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX container_events_container ON container_events (container_id, seq);
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    3: """
+    CREATE TABLE files (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        filename TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER
+    );
+    CREATE INDEX files_owner ON files (owner, seq);
+    CREATE INDEX files_expires ON files (expires_at) WHERE expires_at IS NOT NULL;
+    CREATE TABLE skills (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        owner TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        default_version INTEGER NOT NULL,
+        latest_version INTEGER NOT NULL
+    );
+    CREATE INDEX skills_owner ON skills (owner, seq);
+    CREATE TABLE skill_versions (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        skill_id TEXT NOT NULL REFERENCES skills (id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        UNIQUE (skill_id, version)
+    );
+    """,
 }
 
 _CONTAINER_COLS = (
@@ -60,6 +101,8 @@ _CONTAINER_COLS = (
     "runtime, status_reason"
 )
 _FILE_COLS = "id, container_id, path, source, bytes, created_at"
+_UPLOAD_COLS = "id, owner, filename, purpose, bytes, created_at, expires_at"
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
 
 
 def _container(row: tuple[Any, ...]) -> ContainerRecord:
@@ -322,6 +365,76 @@ class Store:
                 )
 
         await self._run(sync)
+
+    # --------------------------------------------------------- uploaded files (/v1/files)
+
+    async def insert_user_file(self, rec: UserFileRecord) -> None:
+        values = (
+            rec.id, rec.owner, rec.filename, rec.purpose, rec.bytes, rec.created_at,
+            rec.expires_at,
+        )  # fmt: skip
+        await self._run(
+            lambda db: db.execute(
+                f"INSERT INTO files ({_UPLOAD_COLS}) VALUES (?,?,?,?,?,?,?)", values
+            )
+        )
+
+    async def get_user_file(self, fid: str, now: int) -> UserFileRecord | None:
+        """The file, unless it has expired (an expired file is gone even before the sweep)."""
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT {_UPLOAD_COLS} FROM files WHERE id = ? AND {_LIVE}", (fid, now)
+            ).fetchone()
+        )
+        return UserFileRecord(*row) if row else None
+
+    async def list_user_files(
+        self,
+        owner: str | None,
+        purpose: str | None,
+        now: int,
+        after: str | None,
+        limit: int,
+        desc: bool,
+    ) -> Page[UserFileRecord]:
+        where: list[str] = [_LIVE]
+        args: list[Any] = [now]
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if purpose is not None:
+            where.append("purpose = ?")
+            args.append(purpose)
+        rows = await self._run(
+            lambda db: _page(db, "files", _UPLOAD_COLS, where, args, after, limit, desc)
+        )
+        return Page([UserFileRecord(*r) for r in rows[:limit]], len(rows) > limit)
+
+    async def user_file_usage(self, owner: str, now: int) -> tuple[int, int]:
+        """(live files, their total bytes) of one owner."""
+        row = await self._run(
+            lambda db: db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM files WHERE owner = ? AND {_LIVE}",
+                (owner, now),
+            ).fetchone()
+        )
+        return int(row[0]), int(row[1])
+
+    async def delete_user_file(self, fid: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM files WHERE id = ?", (fid,)))
+
+    async def expired_user_files(self, now: int, limit: int) -> list[str]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT id FROM files WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        )
+        return [str(r[0]) for r in rows]
+
+    async def user_file_ids(self) -> set[str]:
+        rows = await self._run(lambda db: db.execute("SELECT id FROM files").fetchall())
+        return {str(r[0]) for r in rows}
 
 
 def _page(

@@ -11,7 +11,7 @@ from aiohttp import web
 from daemon import ids
 from daemon import metrics as metrics_mod
 from daemon.api import code as code_api
-from daemon.api import containers, execute, files
+from daemon.api import containers, execute, files, files_api
 from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
 from daemon.api.identity import identify
 from daemon.config import Config
@@ -143,6 +143,11 @@ def create_app(
             web.post(f"{cid}/code", code_api.run),
             web.get(f"{cid}/code/sessions", code_api.list_sessions),
             web.delete(cid + "/code/sessions/{session_id}", code_api.delete_session),
+            web.post("/v1/files", files_api.create),
+            web.get("/v1/files", files_api.list_),
+            web.get("/v1/files/{file_id}", files_api.retrieve),
+            web.delete("/v1/files/{file_id}", files_api.delete),
+            web.get("/v1/files/{file_id}/content", files_api.content),
         ]
     )
     return app

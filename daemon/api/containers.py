@@ -20,6 +20,7 @@ from daemon.errors import InvalidRequest
 from daemon.service import CreateParams
 from sandbox.spec import MEMORY_TIERS
 
+MAX_FILE_IDS = 100
 CREATE_KEYS = {"name", "memory_limit", "expires_after", "network_policy", "file_ids", "skills"}
 
 
@@ -74,11 +75,27 @@ def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
         value = body.get(key)
         if value is not None and not isinstance(value, list):
             raise InvalidRequest(f"Invalid type for '{key}': expected an array.", param=key)
-        if value:
-            raise InvalidRequest(
-                f"'{key}' is not supported by this sandboxd yet; pass an empty list.", param=key
-            )
-    return CreateParams(name=name, memory_limit=memory_limit, expires_minutes=minutes)
+    if body.get("skills"):
+        raise InvalidRequest(
+            "'skills' is not supported by this sandboxd yet; pass an empty list.", param="skills"
+        )
+    return CreateParams(
+        name=name,
+        memory_limit=memory_limit,
+        expires_minutes=minutes,
+        file_ids=parse_file_ids(body.get("file_ids") or []),
+    )
+
+
+def parse_file_ids(value: list[Any]) -> tuple[str, ...]:
+    if len(value) > MAX_FILE_IDS:
+        raise InvalidRequest(f"At most {MAX_FILE_IDS} 'file_ids' are accepted.", param="file_ids")
+    for item in value:
+        if not isinstance(item, str) or not 1 <= len(item) <= 128:
+            raise InvalidRequest("Invalid 'file_ids': expected file id strings.", param="file_ids")
+    if len(set(value)) != len(value):
+        raise InvalidRequest("'file_ids' lists a file twice.", param="file_ids")
+    return tuple(value)
 
 
 async def create(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ from daemon.api.validation import parse_json_object
 from daemon.code import CodeService
 from daemon.config import Config
 from daemon.errors import PayloadTooLarge
+from daemon.files import FileService
 from daemon.service import Caller, ContainerService
 from daemon.shutdown import ShutdownControl
 
@@ -18,6 +19,7 @@ SERVICE = web.AppKey("service", ContainerService)
 OPENAPI = web.AppKey("openapi", bytes)
 SHUTDOWN = web.AppKey("shutdown", ShutdownControl)
 CODE = web.AppKey("code", CodeService)
+FILES = web.AppKey("files", FileService)
 CALLER = "sandboxd.caller"
 
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from aiohttp import BodyPartReader, web
 
 from daemon.api import serialize
-from daemon.api.context import CONFIG, caller_of, service_of
-from daemon.api.validation import query_list_params
+from daemon.api.context import CONFIG, caller_of, read_json, service_of
+from daemon.api.validation import get_str, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
 
 CHUNK = 256 << 10
@@ -19,10 +19,11 @@ async def upload(request: web.Request) -> web.Response:
     cid = request.match_info["container_id"]
     cap = request.app[CONFIG].containers.max_upload_bytes
     if request.content_type == "application/json":
-        raise InvalidRequest(
-            "Copying by 'file_id' is not supported by this sandboxd yet; upload 'file'.",
-            param="file_id",
-        )
+        body = await read_json(request)
+        reject_unknown(body, {"file_id"})
+        file_id = get_str(body, "file_id", max_len=128)
+        rec = await service_of(request).copy_file(caller_of(request), cid, file_id)
+        return web.json_response(serialize.container_file(rec))
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("Send a multipart/form-data body with a 'file' part.", param="file")
     if request.content_length is not None and request.content_length > cap + (64 << 10):

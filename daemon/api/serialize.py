@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from daemon.models import ContainerRecord, EventRecord, FileRecord, Page
+from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, UserFileRecord
 
 
 def container(rec: ContainerRecord) -> dict[str, Any]:
@@ -43,6 +43,20 @@ def container_file(rec: FileRecord) -> dict[str, Any]:
         "bytes": rec.bytes,
         "path": rec.path,
         "source": rec.source,
+    }
+
+
+def user_file(rec: UserFileRecord) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "object": "file",
+        "bytes": rec.bytes,
+        "created_at": rec.created_at,
+        "filename": rec.filename,
+        "purpose": rec.purpose,
+        "status": "processed",
+        "expires_at": rec.expires_at,
+        "status_details": None,
     }
 
 

@@ -88,6 +88,11 @@ cgroup_parent = "{cgroup_parent}"
 workspace_bytes = {64 << 20}
 max_upload_bytes = {8 << 20}
 max_containers_per_owner = 40
+[files]
+max_file_bytes = {4 << 20}
+max_owner_bytes = {10 << 20}
+min_expires_seconds = 1
+sweep_interval_s = 0.5
 """
     )
     log = root / "daemon.log"

@@ -49,7 +49,7 @@ def _assert_error(r: httpx2.Response, status: int, param: str | None = None) -> 
         (b'{"name": "x", "bogus": 1}', 400, "bogus"),
         (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": ["a.com"]}}',
          400, "network_policy.type"),
-        (b'{"name": "x", "file_ids": ["file-abc"]}', 400, "file_ids"),
+        (b'{"name": "x", "file_ids": ["file-abc"]}', 404, "file_id"),
         (b'{"name": "x", "skills": [{"type": "skill_reference", "skill_id": "s"}]}', 400,
          "skills"),
         (b'{"name": "x", "file_ids": "file-abc"}', 400, "file_ids"),
@@ -125,4 +125,4 @@ def test_upload_without_file_part(raw: httpx2.Client, container: str) -> None:
     r = raw.post(f"/v1/containers/{container}/files", files={"other": ("a.txt", b"x")})
     _assert_error(r, 400, "file")
     r = raw.post(f"/v1/containers/{container}/files", json={"file_id": "file-abc"})
-    _assert_error(r, 400, "file_id")
+    _assert_error(r, 404, "file_id")
