@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from daemon import keys
+from sandbox.skill_archive import SkillLimits
 from sandbox.spec import Limits
 
 EX_CONFIG = 78
@@ -120,6 +121,28 @@ class FilesConfig:
 
 
 @dataclass(frozen=True)
+class SkillsConfig:
+    """Skills (/v1/skills and `skills` at container create); see daemon/skill_archive.py."""
+
+    max_zip_bytes: int = 50 << 20  # an uploaded zip (or a directory upload in total)
+    max_files: int = 500  # files in one skill
+    max_file_bytes: int = 25 << 20  # one file, uncompressed
+    max_total_bytes: int = 100 << 20  # all files of one skill, uncompressed
+    max_compression_ratio: int = 100  # a zip entry (over 1 MiB) expanding more is a zip bomb
+    max_skills_per_owner: int = 500
+    max_skills_per_container: int = 32
+
+    def limits(self) -> SkillLimits:
+        return SkillLimits(
+            max_zip_bytes=self.max_zip_bytes,
+            max_files=self.max_files,
+            max_file_bytes=self.max_file_bytes,
+            max_total_bytes=self.max_total_bytes,
+            max_ratio=self.max_compression_ratio,
+        )
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = ""  # "HOST:PORT" for a /metrics-only listener (keep it on loopback)
 
@@ -135,6 +158,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
+    skills: SkillsConfig = field(default_factory=SkillsConfig)
 
 
 def _build[T](cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -208,6 +232,13 @@ def _validate(cfg: Config) -> None:
         "files.max_owner_bytes": cfg.files.max_owner_bytes,
         "files.max_files_per_owner": cfg.files.max_files_per_owner,
         "files.min_expires_seconds": cfg.files.min_expires_seconds,
+        "skills.max_zip_bytes": cfg.skills.max_zip_bytes,
+        "skills.max_files": cfg.skills.max_files,
+        "skills.max_file_bytes": cfg.skills.max_file_bytes,
+        "skills.max_total_bytes": cfg.skills.max_total_bytes,
+        "skills.max_compression_ratio": cfg.skills.max_compression_ratio,
+        "skills.max_skills_per_owner": cfg.skills.max_skills_per_owner,
+        "skills.max_skills_per_container": cfg.skills.max_skills_per_container,
     }
     for key, value in positives.items():
         if value <= 0:

@@ -17,7 +17,7 @@ from typing import Self
 from aiohttp import web
 
 from daemon.api.app import create_app, create_metrics_app
-from daemon.api.context import CODE, FILES
+from daemon.api.context import CODE, FILES, SKILLS
 from daemon.code import CodeService
 from daemon.config import Config, split_host_port
 from daemon.files import FileService
@@ -25,6 +25,7 @@ from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
 from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
+from daemon.skills import SkillService
 from daemon.store import Store
 from daemon.systemd import Notifier, SystemdEnv
 from daemon.tasks import TaskSupervisor
@@ -58,6 +59,7 @@ class Daemon:
         self.shutdown = ShutdownControl()
         self.metrics = Metrics(self.runtime.name)
         self.files = FileService(config.files, self.store, state / "blobs")
+        self.skills = SkillService(config.skills, self.store, state / "blobs")
         self.service = ContainerService(
             config, self.store, self.runtime, self.shutdown, self.metrics, files=self.files
         )
@@ -115,12 +117,14 @@ class Daemon:
         await reconcile(self.store, self.runtime, self.service, self.boot_id)
         reaper = IdleReaper(self.store, self.service, self.config.containers.reaper_interval_s)
         self.tasks.spawn("idle-reaper", reaper.run())
+        await self.skills.start()
         await self.files.start()
         self.tasks.spawn("file-sweeper", self.files.run_sweeper())
         doc = resources.files("daemon").joinpath("openapi.json").read_bytes()
         app = create_app(self.config, self.service, doc, self.shutdown)
         app[CODE] = self.code
         app[FILES] = self.files
+        app[SKILLS] = self.skills
         self._runner = web.AppRunner(
             app,
             handle_signals=False,

@@ -52,6 +52,30 @@ class UserFileRecord:
 
 
 @dataclass(frozen=True)
+class SkillVersionRecord:
+    """One immutable version of a skill (its normalised zip lives in a blob)."""
+
+    id: str
+    skill_id: str
+    version: int
+    created_at: int
+    name: str
+    description: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class SkillRecord:
+    id: str
+    owner: str
+    created_at: int
+    default_version: int
+    latest_version: int
+    name: str  # the default version's
+    description: str
+
+
+@dataclass(frozen=True)
 class EventRecord:
     created_at: int
     type: str  # created | oom_kill | pids_limit | expired | restarted_daemon | ...

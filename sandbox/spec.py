@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MEMORY_TIERS: Mapping[str, int] = {
     "1g": 1 << 30,
@@ -15,6 +16,7 @@ MEMORY_TIERS: Mapping[str, int] = {
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 WORKSPACE = "/mnt/data"
+SKILLS_DIR = "/mnt/skills"  # read-only; one folder per skill + index.json
 AGENT_DIR = "/.sandboxd"
 
 # moby's current masked and read-only /proc and /sys paths.
@@ -62,3 +64,12 @@ class SandboxSpec:
     memory_bytes: int
     limits: Limits = field(default_factory=Limits)
     hostname: str = "sandbox"
+
+
+@dataclass(frozen=True)
+class SkillFiles:
+    """A validated skill zip (one top-level folder named `name`) for /mnt/skills/<name>/."""
+
+    name: str
+    description: str
+    zip_path: Path

@@ -11,7 +11,7 @@ from aiohttp import web
 from daemon import ids
 from daemon import metrics as metrics_mod
 from daemon.api import code as code_api
-from daemon.api import containers, execute, files, files_api
+from daemon.api import containers, execute, files, files_api, skills
 from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
 from daemon.api.identity import identify
 from daemon.config import Config
@@ -148,6 +148,17 @@ def create_app(
             web.get("/v1/files/{file_id}", files_api.retrieve),
             web.delete("/v1/files/{file_id}", files_api.delete),
             web.get("/v1/files/{file_id}/content", files_api.content),
+            web.post("/v1/skills", skills.create),
+            web.get("/v1/skills", skills.list_),
+            web.get("/v1/skills/{skill_id}", skills.retrieve),
+            web.post("/v1/skills/{skill_id}", skills.update),
+            web.delete("/v1/skills/{skill_id}", skills.delete),
+            web.get("/v1/skills/{skill_id}/content", skills.content),
+            web.post("/v1/skills/{skill_id}/versions", skills.create_version),
+            web.get("/v1/skills/{skill_id}/versions", skills.list_versions),
+            web.get("/v1/skills/{skill_id}/versions/{version}", skills.retrieve_version),
+            web.delete("/v1/skills/{skill_id}/versions/{version}", skills.delete_version),
+            web.get("/v1/skills/{skill_id}/versions/{version}/content", skills.version_content),
         ]
     )
     return app

@@ -13,6 +13,7 @@ from daemon.errors import PayloadTooLarge
 from daemon.files import FileService
 from daemon.service import Caller, ContainerService
 from daemon.shutdown import ShutdownControl
+from daemon.skills import SkillService
 
 CONFIG = web.AppKey("config", Config)
 SERVICE = web.AppKey("service", ContainerService)
@@ -20,6 +21,7 @@ OPENAPI = web.AppKey("openapi", bytes)
 SHUTDOWN = web.AppKey("shutdown", ShutdownControl)
 CODE = web.AppKey("code", CodeService)
 FILES = web.AppKey("files", FileService)
+SKILLS = web.AppKey("skills", SkillService)
 CALLER = "sandboxd.caller"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.skill_archive import (
+from sandbox.skill_archive import (
     SkillArchiveError,
     SkillLimits,
     extract,
