@@ -35,17 +35,20 @@ class OciCli:
     async def _call(self, *args: str) -> subprocess.CompletedProcess[bytes]:
         argv = [*self._base(), *args]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor,
-            lambda: subprocess.run(
-                argv,
-                env=RUNTIME_ENV,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=CALL_TIMEOUT_S,
-                check=False,
-            ),
-        )
+        try:
+            return await loop.run_in_executor(
+                self._executor,
+                lambda: subprocess.run(
+                    argv,
+                    env=RUNTIME_ENV,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=CALL_TIMEOUT_S,
+                    check=False,
+                ),
+            )
+        except OSError as exc:  # e.g. the binary is gone: callers (destroy) expect our error
+            raise RuntimeFailure(f"cannot run {self._binary}: {exc.strerror}") from exc
 
     async def run_detached(self, container_id: str, bundle: Path, listen_fd: int) -> None:
         """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null.
@@ -79,7 +82,10 @@ class OciCli:
             _, status = os.waitpid(pid, 0)
             return os.waitstatus_to_exitcode(status)
 
-        code = await asyncio.get_running_loop().run_in_executor(self._executor, spawn_and_wait)
+        try:
+            code = await asyncio.get_running_loop().run_in_executor(self._executor, spawn_and_wait)
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot run {self._binary}: {exc.strerror}") from exc
         if code != 0:
             raise RuntimeFailure(f"{self._binary} run failed ({code}): {_log_tail(log)}")
 
