@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import re
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -149,6 +150,9 @@ def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         logger.error("bad configuration: %s", exc)
         return config_mod.EX_CONFIG
     logs.setup(cfg.log_level, journald)
+    # One idle agent connection per sandbox: let the daemon use its whole descriptor quota.
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     socket_path = cfg.server.socket or config_mod.default_socket(os.geteuid(), env)
     try:
         asyncio.run(_serve(cfg, socket_path, SystemdEnv.from_environ(env, os.getpid())))

@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 
 from daemon import keys
 from sandbox.skill_archive import SkillLimits
-from sandbox.spec import Limits
+from sandbox.spec import MEMORY_TIERS, Limits
 
 EX_CONFIG = 78
 MAX_AGENT_STDIN = 16 << 20  # the in-sandbox agent's own cap
@@ -109,6 +109,12 @@ class CodeConfig:
 
 
 @dataclass(frozen=True)
+class PoolConfig:
+    # Pre-started sandboxes kept ready per memory tier; a create of that tier claims one.
+    sizes: dict[str, int] = field(default_factory=lambda: {"1g": 2})
+
+
+@dataclass(frozen=True)
 class FilesConfig:
     """Files uploaded through /v1/files (what `file_ids` copies into containers)."""
 
@@ -156,6 +162,7 @@ class Config:
     containers: ContainerConfig = field(default_factory=ContainerConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
@@ -185,10 +192,12 @@ def _check(value: Any, hint: Any, key: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if origin is dict:
+        item = hint.__args__[1]
         if not isinstance(value, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            isinstance(k, str) and isinstance(v, item) and not isinstance(v, bool)
+            for k, v in value.items()
         ):
-            raise ConfigError(f"{key} must be a table of strings")
+            raise ConfigError(f"{key} must be a table of {item.__name__} values")
         return dict(value)
     if origin is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -243,6 +252,11 @@ def _validate(cfg: Config) -> None:
     for key, value in positives.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive")
+    for tier, size in cfg.pool.sizes.items():
+        if tier not in MEMORY_TIERS or not 0 <= size <= 64:
+            raise ConfigError(
+                f"pool.sizes.{tier}: tiers are {', '.join(MEMORY_TIERS)}, sizes 0..64"
+            )
     if not 0.1 <= c.reaper_interval_s <= 600:
         raise ConfigError("containers.reaper_interval_s must be within 0.1..600")
     stages = ("drain_timeout_s", "kill_grace_s", "cancel_timeout_s", "tasks_timeout_s")

@@ -58,6 +58,14 @@ class Metrics:
         self.kills = Counter(
             "sandboxd_kills_total", "Commands killed, by reason.", ["reason"], registry=r
         )
+        self.pool_depth = Gauge(
+            "sandboxd_pool_depth", "Ready pre-started sandboxes per memory tier.", ["tier"],
+            registry=r,
+        )  # fmt: skip
+        self.pool_claims = Counter(
+            "sandboxd_pool_claims_total", "Creates that found (hit) or missed a pooled sandbox.",
+            ["tier", "result"], registry=r,
+        )  # fmt: skip
         self.reaper_expired = Counter(
             "sandboxd_reaper_expired_total", "Containers expired for being idle.", registry=r
         )
@@ -88,6 +96,7 @@ class Metrics:
             self.kills.labels(reason)
         self.create_failures.labels(backend)
         self.create_seconds.labels(backend, "miss")
+        self.create_seconds.labels(backend, "hit")
 
     def count_command(self, outcome: CommandOutcome) -> None:
         self.exec_seconds.observe(outcome.duration_ms / 1000)

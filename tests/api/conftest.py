@@ -93,6 +93,8 @@ max_file_bytes = {4 << 20}
 max_owner_bytes = {10 << 20}
 min_expires_seconds = 1
 sweep_interval_s = 0.5
+[pool]
+sizes = {{}}
 """
     )
     log = root / "daemon.log"

@@ -33,6 +33,8 @@ class DaemonProcess:
         tables: dict[str, dict[str, Any]] = {
             "server": {"socket": self.socket},
             "runtime": {"runtime_root": f"{self.root}/runc", "cgroup_parent": self.cgroup_parent},
+            # No warm pool unless a test asks for one: host traces then equal the records.
+            "pool": {"sizes": {}},
         }
         for name, values in sections.items():
             tables.setdefault(name, {}).update(values)
@@ -151,6 +153,8 @@ class DaemonProcess:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + " }"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -57,6 +57,7 @@ def root() -> Iterator[Path]:
     (path / "config.toml").write_text(
         f'state_dir = "{path}/state"\n[server]\nsocket = "{path}/api.sock"\n'
         f'[runtime]\nruntime_root = "{path}/runc"\ncgroup_parent = "{parent}"\n'
+        "[pool]\nsizes = {}\n"
     )
     yield path
     for directory in CgroupLayout.detect().dirs(parent):
