@@ -61,7 +61,13 @@ class Daemon:
         self.files = FileService(config.files, self.store, state / "blobs")
         self.skills = SkillService(config.skills, self.store, state / "blobs")
         self.service = ContainerService(
-            config, self.store, self.runtime, self.shutdown, self.metrics, files=self.files
+            config,
+            self.store,
+            self.runtime,
+            self.shutdown,
+            self.metrics,
+            files=self.files,
+            skills=self.skills,
         )
         self.code = CodeService(config, self.service, self.store, self.runtime, self.shutdown)
         self.tasks = TaskSupervisor()

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
@@ -97,8 +98,11 @@ class FileService:
             removed = 0
             for d in (self._dir, self._tmp):
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            for entry in self._tmp.iterdir():
-                entry.unlink(missing_ok=True)
+            for entry in self._tmp.iterdir():  # uploads and skill staging dirs left by a crash
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
                 removed += 1
             for entry in self._dir.iterdir():
                 if entry.name not in known:

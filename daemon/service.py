@@ -39,13 +39,14 @@ from daemon.models import (
     UserFileRecord,
 )
 from daemon.shutdown import ShutdownControl
+from daemon.skills import SkillRef, SkillService
 from daemon.store import Store
 from sandbox.agent_client import ExecChunk
 from sandbox.cgroups import KillCounters
 from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable, SandboxError
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.runtime import Runtime
-from sandbox.spec import MEMORY_TIERS, WORKSPACE, SandboxSpec
+from sandbox.spec import MEMORY_TIERS, WORKSPACE, SandboxSpec, SkillFiles
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class CreateParams:
     memory_limit: str
     expires_minutes: int
     file_ids: tuple[str, ...] = ()  # /v1/files copied into /mnt/data before create returns
+    skills: tuple[SkillRef, ...] = ()  # installed read-only at /mnt/skills before it returns
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,10 @@ class ContainerService:
         shutdown: ShutdownControl,
         metrics: Metrics,
         files: FileService | None = None,
+        skills: SkillService | None = None,
     ) -> None:
         self.files = files  # /v1/files, for file_ids and copies by file_id
+        self.skills = skills  # /v1/skills, mounted at /mnt/skills by create
         self._cfg = config
         self._store = store
         self._runtime = runtime
@@ -214,11 +218,30 @@ class ContainerService:
     # ------------------------------------------------------------------ containers
 
     async def create(self, caller: Caller, params: CreateParams) -> ContainerRecord:
+        """Every file_id and skill resolves (else 404/400) before anything exists."""
+        sources: list[UserFileRecord] = []
+        if params.file_ids:
+            sources = await self._user_files().resolve(caller, list(params.file_ids))
+        if not params.skills:
+            return await self._create(caller, params, sources, [])
+        skills = self._skill_service()
+        staging = await skills.staging()  # inline skills are repacked here
+        try:
+            mounts = await skills.resolve(caller, list(params.skills), staging.tmp_dir)
+            return await self._create(caller, params, sources, mounts)
+        finally:
+            await skills.discard(staging)
+
+    async def _create(
+        self,
+        caller: Caller,
+        params: CreateParams,
+        sources: list[UserFileRecord],
+        mounts: list[SkillFiles],
+    ) -> ContainerRecord:
         limit = self._cfg.containers.max_containers_per_owner
         if await self._store.count_containers(caller.owner) >= limit:
             raise QuotaExceeded(f"At most {limit} containers per owner may exist at once.")
-        # Every file_id resolves (else 404) before anything exists.
-        sources = await self._user_files().resolve(caller, list(params.file_ids))
         now = _now()
         rec = ContainerRecord(
             id=ids.container_id(),
@@ -250,6 +273,9 @@ class ContainerService:
         self.metrics.create_seconds.labels(self._runtime.name, "miss").observe(elapsed)
         try:
             await self._copy_in(rec.id, sources)
+            if mounts:
+                with _translate("install skills"):
+                    await self._runtime.install_skills(rec.id, mounts)
         except BaseException:
             # All or nothing: a create whose files cannot be copied leaves no container.
             self.metrics.create_failures.labels(self._runtime.name).inc()
@@ -327,6 +353,11 @@ class ContainerService:
         await self._store.insert_file(rec)
         logger.info("file uploaded", extra={"bytes": size})
         return rec
+
+    def _skill_service(self) -> SkillService:
+        if self.skills is None:
+            raise InvalidRequest("Skills are not available in this daemon.", param="skills")
+        return self.skills
 
     def _user_files(self) -> FileService:
         if self.files is None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from sandbox.agent_client import AgentClient
 from sandbox.cgroups import CgroupCounters, KillCounters
-from sandbox.spec import SandboxSpec
+from sandbox.spec import SandboxSpec, SkillFiles
 
 
 class Runtime(Protocol):
@@ -42,6 +43,11 @@ class Runtime(Protocol):
 
     async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
         """Just the OOM-kill and pids-limit counters; cheap enough to read around every exec."""
+        ...
+
+    async def install_skills(self, sandbox_id: str, skills: Sequence[SkillFiles]) -> None:
+        """Unpack validated skill zips read-only at /mnt/skills/<name>/ and write
+        /mnt/skills/index.json; the sandbox exists already (pooled or fresh)."""
         ...
 
     async def close(self) -> None:

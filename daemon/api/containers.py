@@ -18,6 +18,7 @@ from daemon.api.validation import (
 from daemon.config import Config
 from daemon.errors import InvalidRequest
 from daemon.service import CreateParams
+from daemon.skills import SkillRef
 from sandbox.spec import MEMORY_TIERS
 
 MAX_FILE_IDS = 100
@@ -75,16 +76,58 @@ def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
         value = body.get(key)
         if value is not None and not isinstance(value, list):
             raise InvalidRequest(f"Invalid type for '{key}': expected an array.", param=key)
-    if body.get("skills"):
-        raise InvalidRequest(
-            "'skills' is not supported by this sandboxd yet; pass an empty list.", param="skills"
-        )
     return CreateParams(
         name=name,
         memory_limit=memory_limit,
         expires_minutes=minutes,
         file_ids=parse_file_ids(body.get("file_ids") or []),
+        skills=parse_skills(body.get("skills") or [], cfg.skills.max_skills_per_container),
     )
+
+
+def parse_skills(value: list[Any], cap: int) -> tuple[SkillRef, ...]:
+    if len(value) > cap:
+        raise InvalidRequest(f"At most {cap} 'skills' are accepted.", param="skills")
+    refs = []
+    for i, item in enumerate(value):
+        where = f"skills[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"Invalid type for '{where}': expected an object.", param=where)
+        kind = get_enum(
+            item, "type", default="", allowed=("skill_reference", "inline"), param=f"{where}.type"
+        )
+        if kind == "skill_reference":
+            reject_unknown(item, {"type", "skill_id", "version"}, f"{where}.")
+            skill_id = get_str(item, "skill_id", max_len=64, param=f"{where}.skill_id")
+            version = item.get("version")
+            if isinstance(version, int) and not isinstance(version, bool):
+                version = str(version)
+            if version is not None:
+                version = get_str(item, "version", max_len=20, param=f"{where}.version")
+            refs.append(SkillRef(skill_id=skill_id, version=version))
+            continue
+        reject_unknown(item, {"type", "name", "description", "source"}, f"{where}.")
+        get_str(item, "name", max_len=64, param=f"{where}.name")
+        get_str(item, "description", max_len=1024, param=f"{where}.description")
+        source = item.get("source")
+        if not isinstance(source, dict):
+            raise InvalidRequest(
+                f"Missing or invalid parameter: '{where}.source'.", param=f"{where}.source"
+            )
+        reject_unknown(source, {"type", "media_type", "data"}, f"{where}.source.")
+        get_enum(
+            source, "type", default="base64", allowed=("base64",), param=f"{where}.source.type"
+        )
+        get_enum(
+            source,
+            "media_type",
+            default="application/zip",
+            allowed=("application/zip",),
+            param=f"{where}.source.media_type",
+        )
+        data = get_str(source, "data", max_len=1 << 30, param=f"{where}.source.data")
+        refs.append(SkillRef(inline_zip=data))
+    return tuple(refs)
 
 
 def parse_file_ids(value: list[Any]) -> tuple[str, ...]:

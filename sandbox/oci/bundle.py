@@ -12,6 +12,7 @@ from sandbox.spec import (
     READONLY_PATHS,
     SANDBOX_GID,
     SANDBOX_UID,
+    SKILLS_DIR,
     WORKSPACE,
     SandboxSpec,
 )
@@ -31,6 +32,7 @@ class BundlePaths:
     agent_script: str
     interpreter_script: str  # started by the agent for code sessions
     binds: Sequence[tuple[str, str]]  # read-only host binds (source, destination)
+    skills: str = ""  # host dir bound read-only at /mnt/skills, filled after the start
 
 
 def _ro_bind(src: str, dst: str) -> dict[str, Any]:
@@ -114,6 +116,7 @@ def build_config(
             "source": paths.workspace,
             "options": ["rbind", "rw", "nosuid", "nodev", "rprivate"],
         },
+        *([_ro_bind(paths.skills, SKILLS_DIR)] if paths.skills else []),
     ]
     no_caps: dict[str, list[str]] = {
         k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")

@@ -11,7 +11,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +26,11 @@ from sandbox.cgroups import (
     children,
 )
 from sandbox.errors import RuntimeFailure
-from sandbox.oci import rootfs, workspace
+from sandbox.oci import rootfs, skills, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV, OciCli
-from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
+from sandbox.skill_archive import SkillArchiveError
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class OciRuntime:
         sdir = self._dir(sid)
         try:
             await self._in_thread(_make_sandbox_dir, sdir)
+            await self._in_thread(skills.make_dir, sdir / "skills")
             owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
             await self._in_thread(
                 workspace.create,
@@ -126,6 +128,7 @@ class OciRuntime:
                 agent_script=str(AGENT_SCRIPT),
                 interpreter_script=str(INTERPRETER_SCRIPT),
                 binds=self._binds,
+                skills=str(sdir / "skills"),
             )
             config = build_config(spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp)
             listener = await self._in_thread(_write_bundle, sdir, json.dumps(config))
@@ -143,6 +146,12 @@ class OciRuntime:
             logger.exception(
                 "cleanup of a failed create failed", extra={"container_id": sandbox_id}
             )
+
+    async def install_skills(self, sandbox_id: str, found: Sequence[SkillFiles]) -> None:
+        try:
+            await self._in_thread(skills.install, self._dir(sandbox_id) / "skills", list(found))
+        except (OSError, SkillArchiveError) as exc:
+            raise RuntimeFailure(f"installing skills in {sandbox_id} failed: {exc}") from exc
 
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""

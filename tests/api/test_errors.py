@@ -50,8 +50,8 @@ def _assert_error(r: httpx2.Response, status: int, param: str | None = None) -> 
         (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": ["a.com"]}}',
          400, "network_policy.type"),
         (b'{"name": "x", "file_ids": ["file-abc"]}', 404, "file_id"),
-        (b'{"name": "x", "skills": [{"type": "skill_reference", "skill_id": "s"}]}', 400,
-         "skills"),
+        (b'{"name": "x", "skills": [{"type": "skill_reference", "skill_id": "s"}]}', 404,
+         "skill_id"),
         (b'{"name": "x", "file_ids": "file-abc"}', 400, "file_ids"),
     ],
 )  # fmt: skip

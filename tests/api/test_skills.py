@@ -3,16 +3,19 @@ owner scoping and the validation rejections."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import stat
 import zipfile
 from collections.abc import Iterator
 
+import httpx2
 import openai
 import pytest
 
-from tests.api.conftest import DaemonHandle
+from tests.api.conftest import DaemonHandle, exec_
 
 pytestmark = pytest.mark.root
 
@@ -186,3 +189,110 @@ def test_foreign_skills_are_not_found(daemon: DaemonHandle) -> None:
             assert alice.skills.retrieve(s.id).name == "private"
         finally:
             alice.skills.delete(s.id)
+
+
+def _exec(raw: httpx2.Client, cid: str, command: str) -> tuple[str, int]:
+    out = exec_(raw, cid, command)["output"][0]  # type: ignore[index]
+    return out["stdout"] + out["stderr"], out["outcome"]["exit_code"]
+
+
+def test_skills_mount_read_only_with_an_index(
+    client: openai.OpenAI, raw: httpx2.Client, cleanup: list[str]
+) -> None:
+    s = client.skills.create(
+        files=[("pdf/SKILL.md", skill_md("pdf-kit", "Make PDFs.")), ("pdf/bin/run.sh", b"echo 1")]
+    )
+    cleanup.append(s.id)
+    v2 = client.skills.versions.create(s.id, files=[("p/SKILL.md", skill_md("pdf-kit", "v2"))])
+    other = client.skills.create(files=[("SKILL.md", skill_md("notes"))])
+    cleanup.append(other.id)
+    inline = base64.b64encode(make_zip({"x/SKILL.md": skill_md("inline-one", "Inline.")}))
+    box = client.containers.create(
+        name="skills",
+        skills=[
+            {"type": "skill_reference", "skill_id": s.id},
+            {"type": "skill_reference", "skill_id": other.id, "version": "latest"},
+            {
+                "type": "inline",
+                "name": "inline-one",
+                "description": "Inline.",
+                "source": {
+                    "type": "base64",
+                    "media_type": "application/zip",
+                    "data": inline.decode(),
+                },
+            },
+        ],
+    )
+    try:
+        text, code = _exec(raw, box.id, "cat /mnt/skills/index.json")
+        assert code == 0
+        index = json.loads(text)["skills"]
+        assert index == [
+            {"name": "pdf-kit", "description": "Make PDFs.", "path": "/mnt/skills/pdf-kit"},
+            {"name": "notes", "description": "Does a thing.", "path": "/mnt/skills/notes"},
+            {"name": "inline-one", "description": "Inline.", "path": "/mnt/skills/inline-one"},
+        ]
+        text, code = _exec(raw, box.id, "cat /mnt/skills/pdf-kit/bin/run.sh")
+        assert (text, code) == ("echo 1", 0)
+        text, code = _exec(raw, box.id, "touch /mnt/skills/pdf-kit/x 2>&1; echo > /mnt/skills/y")
+        assert code != 0 and "Read-only file system" in text
+        text, _ = _exec(
+            raw, box.id, "stat -c '%a' /mnt/skills/pdf-kit/SKILL.md /mnt/skills/pdf-kit"
+        )
+        assert text.split() == ["644", "755"]
+    finally:
+        client.containers.delete(box.id)
+    # An explicit version mounts that version.
+    box = client.containers.create(
+        name="v2", skills=[{"type": "skill_reference", "skill_id": s.id, "version": v2.version}]
+    )
+    try:
+        text, _ = _exec(raw, box.id, "cat /mnt/skills/index.json")
+        assert json.loads(text)["skills"][0]["description"] == "v2"
+        text, code = _exec(raw, box.id, "test -e /mnt/skills/pdf-kit/bin/run.sh")
+        assert code == 1
+    finally:
+        client.containers.delete(box.id)
+
+
+def _names(client: openai.OpenAI) -> list[str]:
+    return [c.name for c in client.containers.list(limit=100)]
+
+
+def test_bad_skill_references_create_nothing(
+    client: openai.OpenAI, daemon: DaemonHandle, cleanup: list[str]
+) -> None:
+    s = client.skills.create(files=[("SKILL.md", skill_md("real"))])
+    cleanup.append(s.id)
+    before = _names(client)
+    for refs in (
+        [{"type": "skill_reference", "skill_id": "skill_" + "0" * 32}],
+        [{"type": "skill_reference", "skill_id": s.id, "version": "7"}],
+        [{"type": "skill_reference", "skill_id": "nope"}],
+    ):
+        with pytest.raises(openai.NotFoundError):
+            client.containers.create(name="never", skills=refs)  # type: ignore[arg-type]
+    bad_inline = base64.b64encode(make_zip({"x/SKILL.md": b"no front matter"})).decode()
+    for refs, param in (
+        ([{"type": "inline", "name": "a", "description": "b",
+           "source": {"type": "base64", "media_type": "application/zip", "data": bad_inline}}],
+         "skills[0].source.data"),
+        ([{"type": "inline", "name": "a", "description": "b",
+           "source": {"type": "base64", "media_type": "application/zip", "data": "!!"}}],
+         "skills[0].source.data"),
+        ([{"type": "skill_reference", "skill_id": s.id}] * 2, "skills"),
+        ([{"type": "mystery"}], "skills[0].type"),
+    ):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as info:
+            client.containers.create(name="never", skills=refs)  # type: ignore[arg-type]
+        assert isinstance(info.value.body, dict) and info.value.body["param"] == param
+    assert _names(client) == before
+    assert list((daemon.root / "state" / "blobs" / "tmp").iterdir()) == []
+    url = daemon.tcp_url + "/v1"
+    with openai.OpenAI(base_url=url, api_key=daemon.keys["bob"], max_retries=0) as bob:
+        with pytest.raises(openai.NotFoundError):
+            bob.containers.create(
+                name="steal", skills=[{"type": "skill_reference", "skill_id": s.id}]
+            )
+        assert "steal" not in [c.name for c in bob.containers.list()]
