@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.api import serialize
 from daemon.api.context import CONFIG, FILES, caller_of
@@ -18,6 +20,16 @@ MAX_LIST_LIMIT = 10_000
 MAX_FIELD_BYTES = 1024  # purpose, expires_after[...]
 MAX_PARTS = 16
 FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
+
+
+@contextlib.contextmanager
+def malformed_multipart(param: str) -> Iterator[None]:
+    """aiohttp's multipart parser fails with ValueError or HttpProcessingError: a 400."""
+    try:
+        yield
+    except (ValueError, HttpProcessingError) as exc:
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "truncated"
+        raise InvalidRequest(f"Malformed multipart body: {message}", param=param) from None
 
 
 async def _field(part: BodyPartReader) -> str:
@@ -76,8 +88,28 @@ async def create(request: web.Request) -> web.Response:
         64 << 10
     ):
         raise PayloadTooLarge(f"The file exceeds {cfg.max_file_bytes} bytes.", param="file")
-    reader = await request.multipart()
     fields: dict[str, str] = {}
+    staged: StagedBlob | None = None
+    filename = ""
+    try:
+        with malformed_multipart("file"):
+            staged, filename = await _read_parts(request, fields)
+        if staged is None:
+            raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+        purpose, seconds = _parse_fields(fields, cfg)
+        rec = await service.commit(caller, staged, filename, purpose, seconds)
+    finally:
+        if staged is not None:
+            await service.discard(staged)
+    return web.json_response(serialize.user_file(rec))
+
+
+async def _read_parts(
+    request: web.Request, fields: dict[str, str]
+) -> tuple[StagedBlob | None, str]:
+    """The `file` part staged to disk (and its filename); small fields go into `fields`."""
+    service = request.app[FILES]
+    reader = await request.multipart()
     staged: StagedBlob | None = None
     filename = ""
     try:
@@ -93,21 +125,18 @@ async def create(request: web.Request) -> web.Response:
                 filename = part.filename or ""
                 if not filename:
                     raise InvalidRequest("The 'file' part needs a filename.", param="file")
-                staged = await service.receive(caller, _chunks(part))
+                staged = await service.receive(caller_of(request), _chunks(part))
             elif part.name in FIELDS:
                 fields[part.name] = await _field(part)
             else:
                 await part.release()
         else:
             raise InvalidRequest(f"At most {MAX_PARTS} parts are accepted.")
-        if staged is None:
-            raise InvalidRequest("Missing required parameter: 'file'.", param="file")
-        purpose, seconds = _parse_fields(fields, cfg)
-        rec = await service.commit(caller, staged, filename, purpose, seconds)
-    finally:
+    except BaseException:
         if staged is not None:
             await service.discard(staged)
-    return web.json_response(serialize.user_file(rec))
+        raise
+    return staged, filename
 
 
 async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from daemon.api.context import CONFIG, SKILLS, caller_of, read_json
+from daemon.api.files_api import malformed_multipart
 from daemon.api.validation import query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
 from daemon.models import SkillRecord, SkillVersionRecord
@@ -61,31 +62,37 @@ async def _receive(request: web.Request, service: SkillService) -> tuple[SkillUp
     upload = await service.staging()
     make_default = False
     try:
-        reader = await request.multipart()
-        total = 0
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequest("Nested multipart bodies are not accepted.", param="files")
-            if part.name in ("files", "files[]"):
-                if len(upload.parts) >= cfg.max_files:
-                    raise InvalidRequest(
-                        f"The skill holds more than {cfg.max_files} files.", param="files"
-                    )
-                upload.as_array = upload.as_array or part.name == "files[]" or bool(upload.parts)
-                path = upload.tmp_dir / f"part-{len(upload.parts)}"
-                total = await _stage(part, path, total, cap)
-                upload.parts.append((part.filename or "", path))
-            elif part.name == "default":
-                raw = await part.read_chunk(MAX_FIELD_BYTES)
-                make_default = raw.strip().lower() in (b"true", b"1")
-            else:
-                await part.release()
+        with malformed_multipart("files"):
+            make_default = await _read_parts(request, upload, cfg.max_files, cap)
         if any(not name for name, _ in upload.parts):
             raise InvalidRequest("Every 'files' part needs a filename.", param="files")
     except BaseException:
         await service.discard(upload)
         raise
     return upload, make_default
+
+
+async def _read_parts(request: web.Request, upload: SkillUpload, max_files: int, cap: int) -> bool:
+    """Stage every `files` / `files[]` part; returns the `default` field."""
+    make_default = False
+    reader = await request.multipart()
+    total = 0
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise InvalidRequest("Nested multipart bodies are not accepted.", param="files")
+        if part.name in ("files", "files[]"):
+            if len(upload.parts) >= max_files:
+                raise InvalidRequest(f"The skill holds more than {max_files} files.", param="files")
+            upload.as_array = upload.as_array or part.name == "files[]" or bool(upload.parts)
+            path = upload.tmp_dir / f"part-{len(upload.parts)}"
+            total = await _stage(part, path, total, cap)
+            upload.parts.append((part.filename or "", path))
+        elif part.name == "default":
+            raw = await part.read_chunk(MAX_FIELD_BYTES)
+            make_default = raw.strip().lower() in (b"true", b"1")
+        else:
+            await part.release()
+    return make_default
 
 
 async def _stage(part: BodyPartReader, path: Any, total: int, cap: int) -> int:

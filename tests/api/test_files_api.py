@@ -246,3 +246,29 @@ def test_list_paginates_and_delete(client: openai.OpenAI, daemon: DaemonHandle) 
 def test_blob_dir_is_private(daemon: DaemonHandle) -> None:
     blobs = Path(daemon.root / "state" / "blobs" / "files")
     assert blobs.stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/files", "/v1/skills"])
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b"garbage", "multipart/form-data"),
+        (b"--x\r\nnope\r\n\r\n", "multipart/form-data; boundary=x"),
+        (b"", "multipart/form-data; boundary=x"),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc',
+            "multipart/form-data; boundary=x",
+        ),
+        (
+            b'--x\r\nContent-Disposition: form-data; name="files"; filename="a"\r\n\r\nabc',
+            "multipart/form-data; boundary=x",
+        ),
+    ],
+)
+def test_malformed_multipart_is_400_and_keeps_nothing(
+    raw: httpx2.Client, daemon: DaemonHandle, path: str, body: bytes, content_type: str
+) -> None:
+    r = raw.post(path, content=body, headers={"Content-Type": content_type})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert _blobs(daemon, "tmp") == []
