@@ -272,3 +272,30 @@ def test_malformed_multipart_is_400_and_keeps_nothing(
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
     assert _blobs(daemon, "tmp") == []
+
+
+def test_a_copy_that_fails_destroys_the_new_container(
+    client: openai.OpenAI, daemon: DaemonHandle, uploaded: list[str]
+) -> None:
+    good = client.files.create(file=("good.txt", b"fine"), purpose="user_data")
+    bad = client.files.create(file=("bad.txt", b"blob goes missing"), purpose="user_data")
+    uploaded += [good.id, bad.id]
+    (daemon.root / "state" / "blobs" / "files" / bad.id).unlink()  # the copy will fail
+    sandboxes = daemon.root / "state" / "sandboxes"
+    before_dirs = sorted(p.name for p in sandboxes.iterdir())
+    before = _names(client)
+    with pytest.raises(openai.NotFoundError):
+        client.containers.create(name="rolled-back", file_ids=[good.id, bad.id])
+    assert _names(client) == before
+    assert sorted(p.name for p in sandboxes.iterdir()) == before_dirs
+
+
+def test_admin_sees_every_owners_files(daemon: DaemonHandle, client: openai.OpenAI) -> None:
+    url = daemon.tcp_url + "/v1"
+    with openai.OpenAI(base_url=url, api_key=daemon.keys["alice"], max_retries=0) as alice:
+        f = alice.files.create(file=("a.txt", b"a"), purpose="vision")
+        try:
+            assert f.id in [x.id for x in client.files.list(purpose="vision")]
+            assert client.files.retrieve(f.id).filename == "a.txt"
+        finally:
+            alice.files.delete(f.id)
