@@ -17,6 +17,7 @@ from bench.daemon import running_daemon
 from bench.docker import measure_docker
 from bench.report import Results, render
 from bench.sandboxd import Sizes, measure_api, server_side
+from bench.scale import CONCURRENT_CYCLES, DENSITY_TARGET, concurrent_cycles, density
 from bench.workdir import workdir
 
 FULL = Sizes(create=30, exec=200, baseline=30)
@@ -25,7 +26,9 @@ QUICK = Sizes(create=10, exec=50, baseline=10)
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N=10 creates, 50 execs")
+    parser.add_argument(
+        "--quick", action="store_true", help="N=10 creates, 50 execs, no scale runs"
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -39,11 +42,15 @@ def _terminate(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)  # unwinds through every cleanup
 
 
-def run(sizes: Sizes, command: str) -> Results:
+def run(sizes: Sizes, command: str, scale: bool) -> Results:
     described = machine.describe()
+    scale_runs = []
     with workdir() as work:
         with running_daemon(work) as daemon, Client(str(daemon.socket)) as client:
             api = measure_api(client, sizes)
+            if scale:
+                scale_runs.append(concurrent_cycles(str(daemon.socket), CONCURRENT_CYCLES))
+                scale_runs.append(density(str(daemon.socket), daemon.pid, DENSITY_TARGET))
         server = server_side(daemon.log, api, sizes.exec)
         baseline, components = measure_runc(work, sizes.baseline)
     return Results(
@@ -54,6 +61,8 @@ def run(sizes: Sizes, command: str) -> Results:
         baseline=baseline,
         docker=measure_docker(sizes.baseline),
         components=components,
+        scale=[f for r in scale_runs for f in r.figures],
+        scale_notes=[n for r in scale_runs for n in r.notes],
     )
 
 
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     command = shlex.join([".venv/bin/python", "-m", "bench", *sys.argv[1:]])
     try:
-        results = run(QUICK if args.quick else FULL, command)
+        results = run(QUICK if args.quick else FULL, command, scale=not args.quick)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1

@@ -55,3 +55,16 @@ class Client:
         if response.status != 200:
             raise BenchError(f"{method} {path}: HTTP {response.status}: {raw[:500]!r}")
         return json.loads(raw) if raw else None
+
+    def text(self, path: str) -> str:
+        """GET a non-JSON resource (e.g. /metrics) as text."""
+        try:
+            self._conn.request("GET", path)
+            response = self._conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._conn.close()
+            raise BenchError(f"GET {path}: {exc!r}") from exc
+        if response.status != 200:
+            raise BenchError(f"GET {path}: HTTP {response.status}")
+        return raw.decode()

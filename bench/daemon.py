@@ -18,11 +18,15 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
 
+MAX_CONTAINERS = 1000  # the density run keeps hundreds alive at once
+
+
 @dataclass(frozen=True)
 class RunningDaemon:
     socket: Path
     log: Path  # the daemon's stderr: one JSON object per line
     argv: tuple[str, ...]
+    pid: int
 
 
 def sandboxd_binary() -> Path:
@@ -68,7 +72,12 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def running_daemon(work: Path) -> Iterator[RunningDaemon]:
     """Start the daemon, wait for GET /healthz, and always SIGTERM it and wait on exit."""
     config = work / "sandboxd.toml"
-    config.write_text(f'[runtime]\nruntime_root = "{work / "runc"}"\n')
+    config.write_text(
+        f'[runtime]\nruntime_root = "{work / "runc"}"\n'
+        # 1g creates hit the warm pool; 4g creates (no pool) are the cold path.
+        "[pool]\nsizes = { 1g = 2 }\n"
+        f"[containers]\nmax_containers_per_owner = {MAX_CONTAINERS}\n"
+    )
     sock, log = work / "api.sock", work / "daemon.log"
     argv = (
         str(sandboxd_binary()),
@@ -93,6 +102,6 @@ def running_daemon(work: Path) -> Iterator[RunningDaemon]:
         )
     try:
         _wait_ready(proc, sock, log)
-        yield RunningDaemon(sock, log, argv)
+        yield RunningDaemon(sock, log, argv, proc.pid)
     finally:
         _stop(proc)

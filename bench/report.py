@@ -18,6 +18,7 @@ RATIOS = (
     ("sandboxd exec / docker exec", "exec", "docker_exec"),
     ("sandboxd create / runc run -d `sleep`", "create", "runc_start"),
     ("sandboxd create → first exec / runc run `/bin/true`", "to_exec", "runc_run"),
+    ("sandboxd pool hit → first exec / cold create → first exec", "pool_to_exec", "to_exec"),
     ("sandboxd create → first exec / docker run --rm", "to_exec", "docker_run"),
     ("sandboxd delete / runc delete --force", "delete", "runc_delete"),
     ("sandboxd delete / runc kill + delete", "delete", "runc_kill_delete"),
@@ -33,6 +34,8 @@ class Results:
     baseline: list[Summary]
     docker: DockerResult
     components: list[Summary]
+    scale: list[Summary]
+    scale_notes: list[str]
 
     def by_key(self) -> dict[str, Summary]:
         every = [*self.sandboxd, *self.server, *self.baseline, *self.docker.figures]
@@ -109,6 +112,7 @@ def render(r: Results) -> str:
         *_rows("baseline: plain runc, same bundle", r.baseline),
         *_rows("docker", r.docker.figures),
         *_rows("components of a create", r.components),
+        *(_rows("scale", r.scale) if r.scale else []),
         "",
         r.docker.note,
         "",
@@ -122,6 +126,8 @@ def render(r: Results) -> str:
         for label, a, b in RATIOS
         if a in f and b in f
     ]
+    if r.scale_notes:
+        lines += ["", "## Scale", "", *r.scale_notes]
     lines += ["", *_breakdown(f)]
     lines += [
         "## Machine",

@@ -14,6 +14,7 @@ from bench.stats import Summary, summarize, timed_ms
 
 CREATE_TARGET_MS = 60.0
 EXEC_TARGET_MS = 3.0
+POOL_TARGET_MS = 10.0
 WARMUP_CONTAINERS = 2
 WARMUP_EXECS = 20
 
@@ -32,8 +33,13 @@ class ApiRun:
     exec_id: str
 
 
-def _create(client: Client, name: str, live: set[str]) -> str:
-    body = client.call("POST", "/v1/containers", {"name": name})
+COLD_TIER = "4g"  # no warm pool for this tier in the bench's daemon: the cold path
+POOL_TIER = "1g"
+POOL_WAIT_S = 10.0
+
+
+def _create(client: Client, name: str, live: set[str], tier: str = COLD_TIER) -> str:
+    body = client.call("POST", "/v1/containers", {"name": name, "memory_limit": tier})
     cid = str(body["id"])
     live.add(cid)
     return cid
@@ -49,6 +55,22 @@ def _exec_true(client: Client, cid: str) -> None:
     outcome = body["output"][0]["outcome"]
     if outcome != {"type": "exit", "exit_code": 0}:
         raise BenchError(f"exec true in {cid}: unexpected outcome {outcome}")
+
+
+def pool_depth(client: Client, tier: str = POOL_TIER) -> int:
+    text = client.text("/metrics")
+    for line in text.splitlines():
+        if line.startswith(f'sandboxd_pool_depth{{tier="{tier}"}}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+def _wait_for_pool(client: Client) -> None:
+    deadline = time.monotonic() + POOL_WAIT_S
+    while pool_depth(client) < 1:
+        if time.monotonic() > deadline:
+            raise BenchError("the warm pool did not refill within 10 s")
+        time.sleep(0.02)
 
 
 def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
@@ -71,6 +93,17 @@ def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
         first.append((t2 - t1) * 1000)
         to_exec.append((t2 - t0) * 1000)
         delete.append((t3 - t2) * 1000)
+    hit, hit_to_exec = [], []
+    for i in range(sizes.create):
+        _wait_for_pool(client)
+        t0 = time.perf_counter()
+        cid = _create(client, f"bench-pool-{i}", live, POOL_TIER)
+        t1 = time.perf_counter()
+        _exec_true(client, cid)
+        t2 = time.perf_counter()
+        _delete(client, cid, live)
+        hit.append((t1 - t0) * 1000)
+        hit_to_exec.append((t2 - t0) * 1000)
     exec_id = _create(client, "bench-exec", live)
     for _ in range(WARMUP_EXECS):
         _exec_true(client, exec_id)
@@ -81,8 +114,17 @@ def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
     _delete(client, exec_id, live)
     return ApiRun(
         figures=[
-            summarize("create", "sandboxd create (POST /v1/containers)", create, CREATE_TARGET_MS),
-            summarize("to_exec", "sandboxd create → first exec `true` done", to_exec),
+            summarize("create", "sandboxd cold create (no pool)", create, CREATE_TARGET_MS),
+            summarize("to_exec", "sandboxd cold create → first exec `true` done", to_exec),
+            summarize(
+                "pool_create",
+                "sandboxd create, warm-pool hit (then exec is possible)",
+                hit,
+                POOL_TARGET_MS,
+            ),
+            summarize(
+                "pool_to_exec", "sandboxd create, pool hit → first exec `true` done", hit_to_exec
+            ),
             summarize("first_exec", "sandboxd first exec `true` (fresh container)", first),
             summarize("exec", "sandboxd exec `true` (warm container)", execs, EXEC_TARGET_MS),
             summarize("delete", "sandboxd delete", delete),
@@ -124,6 +166,7 @@ def server_side(log: Path, run: ApiRun, n_exec: int) -> list[Summary]:
             float(e["ms"])
             for e in entries
             if e.get("msg") == msg
+            and "ms" in e
             and e.get("container_id") in ids
             and (not method or e.get("method") == method)
             and str(e.get("path", "")).endswith(suffix)
@@ -137,7 +180,7 @@ def server_side(log: Path, run: ApiRun, n_exec: int) -> list[Summary]:
             "POST /v1/containers request",
             pick("request", ids, "POST", "/v1/containers"),
         ),
-        ("srv_runtime", "runtime create ('container created')", pick("container created", ids)),
+        ("srv_runtime", "runtime create (the `created` event)", pick("container event", ids)),
         ("srv_first_exec", "first exec request", pick("request", ids, "POST", "/exec")),
         ("srv_exec", "warm exec request", pick("request", exec_ids, "POST", "/exec")[-n_exec:]),
         (

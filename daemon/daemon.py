@@ -23,6 +23,7 @@ from daemon.config import Config, split_host_port
 from daemon.files import FileService
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
+from daemon.pool import WarmPool
 from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
@@ -74,6 +75,7 @@ class Daemon:
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
+        self.pool: WarmPool | None = None
         self._lock_fd: int | None = None
         self._owns_socket_path = False
         self._systemd = systemd or SystemdEnv()
@@ -126,6 +128,16 @@ class Daemon:
         await self.skills.start()
         await self.files.start()
         self.tasks.spawn("file-sweeper", self.files.run_sweeper())
+        if any(self.config.pool.sizes.values()):
+            self.pool = WarmPool(
+                self.runtime,
+                self.config.pool.sizes,
+                self.config.containers.limits(),
+                self.metrics,
+                busy=lambda: self.service.creating > 0,
+            )
+            self.service.pool = self.pool
+            self.tasks.spawn("warm-pool", self.pool.run())
         doc = resources.files("daemon").joinpath("openapi.json").read_bytes()
         app = create_app(self.config, self.service, doc, self.shutdown)
         app[CODE] = self.code
@@ -205,6 +217,9 @@ class Daemon:
             await self._metrics_runner.cleanup()
             self._metrics_runner = None
         await self.tasks.close(server.tasks_timeout_s)
+        if self.pool is not None:
+            self.service.pool = None
+            await self.pool.drain()
         await self.runtime.close()
         await self.store.close()
         if self._lock_fd is not None:

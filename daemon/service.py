@@ -38,6 +38,7 @@ from daemon.models import (
     Status,
     UserFileRecord,
 )
+from daemon.pool import WarmPool
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillRef, SkillService
 from daemon.store import Store
@@ -150,6 +151,8 @@ class ContainerService:
         self._shutdown = shutdown
         self.metrics = metrics
         self.open_operations = OpenOperations()
+        self.pool: WarmPool | None = None  # set by the composition root when configured
+        self.creating = 0  # cold creates using the runtime right now
         self._expiring: set[str] = set()  # being expired: no new operation may start
         self._touched: dict[str, int] = {}  # last second written per container
 
@@ -243,8 +246,10 @@ class ContainerService:
         if await self._store.count_containers(caller.owner) >= limit:
             raise QuotaExceeded(f"At most {limit} containers per owner may exist at once.")
         now = _now()
+        started = time.monotonic()
+        pooled = await self.pool.claim(params.memory_limit) if self.pool is not None else None
         rec = ContainerRecord(
-            id=ids.container_id(),
+            id=pooled or ids.container_id(),
             owner=caller.owner,
             name=params.name,
             created_at=now,
@@ -256,21 +261,16 @@ class ContainerService:
         )
         log_container_id.set(rec.id)
         await self._store.insert_container(rec)
-        spec = SandboxSpec(
-            sandbox_id=rec.id,
-            memory_bytes=MEMORY_TIERS[params.memory_limit],
-            limits=self._cfg.containers.limits(),
-        )
-        started = time.monotonic()
         try:
-            with _translate("create"):
-                await self._runtime.create(spec)
+            if pooled is None:
+                await self._cold_start(rec.id, params.memory_limit)
         except BaseException:
             self.metrics.create_failures.labels(self._runtime.name).inc()
             await self._store.delete_container(rec.id)
             raise
         elapsed = time.monotonic() - started
-        self.metrics.create_seconds.labels(self._runtime.name, "miss").observe(elapsed)
+        pool = "miss" if pooled is None else "hit"
+        self.metrics.create_seconds.labels(self._runtime.name, pool).observe(elapsed)
         try:
             await self._copy_in(rec.id, sources)
             if mounts:
@@ -290,9 +290,21 @@ class ContainerService:
             rec.id,
             "created",
             memory_limit=params.memory_limit,
+            pool=pool,
             ms=round(elapsed * 1000),
         )
         return dataclasses.replace(rec, status=Status.RUNNING)
+
+    async def _cold_start(self, cid: str, tier: str) -> None:
+        spec = SandboxSpec(
+            sandbox_id=cid, memory_bytes=MEMORY_TIERS[tier], limits=self._cfg.containers.limits()
+        )
+        self.creating += 1  # the warm pool does not refill while this is non-zero
+        try:
+            with _translate("create"):
+                await self._runtime.create(spec)
+        finally:
+            self.creating -= 1
 
     async def get(self, caller: Caller, cid: str, *, touch: bool = True) -> ContainerRecord:
         rec = await self._store.get_container(cid) if ids.CONTAINER_ID.fullmatch(cid) else None
