@@ -3,12 +3,17 @@ against our OpenAPI document. No 5xx, no hang, no state change on a rejected req
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import socket
+import stat
 import statistics
 import time
+import zipfile
 from collections.abc import Iterator
 from importlib.resources import files
+from pathlib import Path
 
 import httpx2
 import pytest
@@ -203,3 +208,47 @@ def test_slowloris_does_not_starve_the_api(daemon: DaemonHandle) -> None:
     finally:
         for conn in conns:
             conn.close()
+
+
+def _zip(entries: dict[str, bytes], links: dict[str, str] | None = None) -> str:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in entries.items():
+            z.writestr(name, data)
+        for name, target in (links or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, target)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+SKILL_MD = b"---\nname: evil\ndescription: Zip-slip.\n---\nbody\n"
+
+
+@pytest.mark.parametrize(
+    ("entries", "links"),
+    [
+        pytest.param({"x/SKILL.md": SKILL_MD, "x/../../../../tmp/zs-evil": b"x"}, {}, id="dotdot"),
+        pytest.param({"x/SKILL.md": SKILL_MD, "/tmp/zs-evil": b"x"}, {}, id="absolute"),
+        pytest.param({"x/SKILL.md": SKILL_MD}, {"x/etc": "/etc"}, id="symlink-abs"),
+        pytest.param({"x/SKILL.md": SKILL_MD}, {"x/up": "../../.."}, id="symlink-rel"),
+    ],
+)  # fmt: skip
+def test_zip_slip_through_inline_skills(
+    raw: httpx2.Client, daemon: DaemonHandle, entries: dict[str, bytes], links: dict[str, str]
+) -> None:
+    """An inline skill zip whose entries leave the skill folder is a 400 naming the field;
+    no container is created and nothing is written outside."""
+    before = len(raw.get("/v1/containers?limit=100").json()["data"])
+    skill = {
+        "type": "inline",
+        "name": "evil",
+        "description": "Zip-slip.",
+        "source": {"type": "base64", "media_type": "application/zip", "data": _zip(entries, links)},
+    }
+    r = raw.post("/v1/containers", json={"name": "zip-slip", "skills": [skill]})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "skills[0].source.data"
+    assert len(raw.get("/v1/containers?limit=100").json()["data"]) == before
+    assert not Path("/tmp/zs-evil").exists()
+    assert list(daemon.root.rglob("zs-evil")) == []

@@ -82,11 +82,6 @@ async def test_download_through_a_symlinked_directory_is_refused(
     assert exc.value.code == "outside_workspace"
 
 
-@pytest.mark.skip(reason="skills (zip upload into /mnt/skills) do not exist yet: zip-slip")
-async def test_zip_slip_through_skills() -> None:
-    raise AssertionError("unreachable")
-
-
 ZOMBIES = """
 import os, time
 for _ in range(300):
