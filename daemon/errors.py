@@ -50,6 +50,10 @@ class SessionBusy(DomainError):
     code = "session_busy"
 
 
+class StorageFull(DomainError):
+    code = "insufficient_storage"
+
+
 class SandboxUnavailable(DomainError):
     code = "sandbox_unavailable"
 
@@ -73,6 +77,7 @@ HTTP_ERRORS: dict[type[DomainError], tuple[int, str, bool]] = {
     QuotaExceeded: (429, "quota_exceeded", False),
     SandboxFailed: (500, "server_error", False),
     SandboxUnavailable: (503, "server_error", False),
+    StorageFull: (507, "server_error", False),
     ShuttingDown: (503, "server_error", True),
 }
 

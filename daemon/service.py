@@ -26,6 +26,7 @@ from daemon.errors import (
     SandboxFailed,
     SandboxUnavailable,
     SessionBusy,
+    StorageFull,
 )
 from daemon.files import FileService
 from daemon.logs import container_id as log_container_id
@@ -44,7 +45,13 @@ from daemon.skills import SkillRef, SkillService
 from daemon.store import Store
 from sandbox.agent_client import ExecChunk
 from sandbox.cgroups import KillCounters
-from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable, SandboxError
+from sandbox.errors import (
+    AgentError,
+    AgentProtocolError,
+    AgentUnavailable,
+    HostStorageFull,
+    SandboxError,
+)
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.runtime import Runtime
 from sandbox.spec import MEMORY_TIERS, WORKSPACE, SandboxSpec, SkillFiles
@@ -112,6 +119,8 @@ def _translate(action: str) -> Iterator[None]:
     """Turn sandbox-layer failures into domain errors (the one translation boundary)."""
     try:
         yield
+    except HostStorageFull as exc:
+        raise StorageFull("The host's disk is full: the sandbox could not be created.") from exc
     except AgentError as exc:
         cls, param = AGENT_ERRORS.get(exc.code, (SandboxFailed, None))
         raise cls(exc.message, param=param) from exc  # type: ignore[call-arg]

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from daemon.errors import StorageFull
 from daemon.models import (
     ContainerRecord,
     EventRecord,
@@ -133,8 +134,13 @@ class Store:
     async def _run[T](self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             assert self._db is not None, "store is closed"
-            with self._db:
-                return fn(self._db)
+            try:
+                with self._db:
+                    return fn(self._db)
+            except sqlite3.OperationalError as exc:
+                if "disk is full" in str(exc) or "disk I/O error" in str(exc):
+                    raise StorageFull("The daemon's state disk is full.") from exc
+                raise
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 

@@ -9,6 +9,10 @@ class RuntimeFailure(SandboxError):
     """The runtime (runc, mounts, cgroups) failed to do what was asked."""
 
 
+class HostStorageFull(RuntimeFailure):
+    """The host's state disk is full (workspace image, bundle, runtime state)."""
+
+
 class SandboxGone(SandboxError):
     """The sandbox no longer exists on the host."""
 

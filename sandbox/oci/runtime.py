@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ from sandbox.cgroups import (
     KillCounters,
     children,
 )
-from sandbox.errors import RuntimeFailure
+from sandbox.errors import HostStorageFull, RuntimeFailure
 from sandbox.oci import rootfs, skills, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV, OciCli
@@ -135,8 +136,10 @@ class OciRuntime:
             with listener:
                 await self._cli.run_detached(sid, sdir, listener.fileno())
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
-        except Exception:
+        except Exception as exc:
             await self._destroy_quietly(sid)
+            if _disk_full(exc):
+                raise HostStorageFull(f"no space left for sandbox {sid}") from exc
             raise
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
@@ -235,6 +238,12 @@ class OciRuntime:
             await agent.close()
         self._agents.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, RuntimeFailure) and "No space left on device" in str(exc)
 
 
 def _make_sandbox_dir(sdir: Path) -> None:

@@ -123,7 +123,8 @@ def test_disk_full_then_recovery(small_state: DaemonProcess) -> None:
         old = c.post("/v1/containers", json={"name": "old"}).json()["id"]
         filler = _fill(d)
         r = c.post("/v1/containers", json={"name": "full"})
-        assert r.status_code == 500, r.text
+        assert r.status_code == 507, r.text
+        assert r.json()["error"]["code"] == "insufficient_storage"
         assert c.get("/healthz").status_code == 200
         r = c.post(f"/v1/containers/{old}/exec", json={"commands": ["echo alive"]})
         assert r.status_code == 200, r.text
@@ -137,12 +138,6 @@ def test_disk_full_then_recovery(small_state: DaemonProcess) -> None:
     assert d.host_traces() == _empty_traces(d)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a create on a full state disk is an anonymous 500 'Internal error' "
-    "(sqlite3.OperationalError 'database or disk is full' escapes service.create), not a "
-    "typed error such as 507 insufficient_storage",
-)
 def test_disk_full_create_is_a_typed_error(small_state: DaemonProcess) -> None:
     with small_state.client() as c:
         _fill(small_state)
