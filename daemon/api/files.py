@@ -9,7 +9,7 @@ from aiohttp import BodyPartReader, web
 
 from daemon.api import serialize
 from daemon.api.context import CONFIG, caller_of, read_json, service_of
-from daemon.api.validation import get_str, query_list_params, reject_unknown
+from daemon.api.validation import get_str, malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
 
 CHUNK = 256 << 10
@@ -28,22 +28,27 @@ async def upload(request: web.Request) -> web.Response:
         raise InvalidRequest("Send a multipart/form-data body with a 'file' part.", param="file")
     if request.content_length is not None and request.content_length > cap + (64 << 10):
         raise PayloadTooLarge(f"The upload exceeds {cap} bytes.", param="file")
-    reader = await request.multipart()
-    while True:
-        part = await reader.next()
-        if part is None:
-            raise InvalidRequest("Missing required parameter: 'file'.", param="file")
-        if isinstance(part, BodyPartReader) and part.name == "file":
-            break
-        if isinstance(part, BodyPartReader):
-            await part.release()
+    with malformed_multipart("file"):
+        reader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+            if isinstance(part, BodyPartReader) and part.name == "file":
+                break
+            if isinstance(part, BodyPartReader):
+                await part.release()
     filename = part.filename
     if not filename:
         raise InvalidRequest("The 'file' part needs a filename.", param="file")
 
     async def chunks() -> AsyncIterator[bytes]:
         total = 0
-        while chunk := await part.read_chunk(CHUNK):
+        while True:
+            with malformed_multipart("file"):
+                chunk = await part.read_chunk(CHUNK)
+            if not chunk:
+                return
             total += len(chunk)
             if total > cap:
                 raise PayloadTooLarge(f"The upload exceeds {cap} bytes.", param="file")

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import BodyPartReader, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.api import serialize
 from daemon.api.context import CONFIG, FILES, caller_of
-from daemon.api.validation import query_list_params
+from daemon.api.validation import malformed_multipart, query_list_params
 from daemon.config import FilesConfig
 from daemon.errors import InvalidRequest, PayloadTooLarge
 from daemon.files import CHUNK, PURPOSES, StagedBlob
@@ -20,16 +18,6 @@ MAX_LIST_LIMIT = 10_000
 MAX_FIELD_BYTES = 1024  # purpose, expires_after[...]
 MAX_PARTS = 16
 FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
-
-
-@contextlib.contextmanager
-def malformed_multipart(param: str) -> Iterator[None]:
-    """aiohttp's multipart parser fails with ValueError or HttpProcessingError: a 400."""
-    try:
-        yield
-    except (ValueError, HttpProcessingError) as exc:
-        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "truncated"
-        raise InvalidRequest(f"Malformed multipart body: {message}", param=param) from None
 
 
 async def _field(part: BodyPartReader) -> str:

@@ -8,8 +8,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from daemon.api.context import CONFIG, SKILLS, caller_of, read_json
-from daemon.api.files_api import malformed_multipart
-from daemon.api.validation import query_list_params, reject_unknown
+from daemon.api.validation import malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
 from daemon.models import SkillRecord, SkillVersionRecord
 from daemon.skills import CHUNK, SkillService, SkillUpload, parse_version

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
+
+from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.errors import InvalidRequest, UnknownParameter
 
@@ -104,3 +107,13 @@ def query_list_params(
     if after is not None and len(after) > 128:
         raise InvalidRequest("Invalid value for 'after'.", param="after")
     return after, limit, order == "desc"
+
+
+@contextlib.contextmanager
+def malformed_multipart(param: str) -> Iterator[None]:
+    """aiohttp's multipart parser fails with ValueError or HttpProcessingError: a 400."""
+    try:
+        yield
+    except (ValueError, HttpProcessingError) as exc:
+        message = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "truncated"
+        raise InvalidRequest(f"Malformed multipart body: {message}", param=param) from None

@@ -4,7 +4,6 @@ no 5xx and no hang, and a rejected create leaves the container list as it was.""
 from __future__ import annotations
 
 import json
-import re
 from importlib.resources import files
 
 import httpx2
@@ -17,17 +16,7 @@ from tests.api.conftest import DaemonHandle
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 DOCUMENT = json.loads(files("daemon").joinpath("openapi.json").read_text())
-# Multipart uploads are left out until a malformed multipart body is a 400 (see
-# test_malformed_multipart_upload_is_a_400, an xfail on that bug).
-UPLOADS = sorted(
-    path
-    for path, item in DOCUMENT["paths"].items()
-    for op in item.values()
-    if "multipart/form-data" in op.get("requestBody", {}).get("content", {})
-)
-SCHEMA = schemathesis.openapi.from_dict(DOCUMENT).exclude(
-    method="POST", path_regex="^(" + "|".join(re.escape(p) for p in UPLOADS) + ")$"
-)
+SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)
 
 
 def _count(daemon: DaemonHandle) -> int:
@@ -73,12 +62,6 @@ def test_api_fuzz(case: schemathesis.Case, daemon: DaemonHandle) -> None:
         "multipart/form-data; boundary=abc",
         "multipart/mixed",
     ],
-)
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed multipart upload to /v1/containers/{id}/files (no boundary, or "
-    "a body without it) raises ValueError in aiohttp's MultipartReader, which "
-    "daemon/api/files.py does not catch: 500",
 )
 def test_malformed_multipart_upload_is_a_400(
     raw: httpx2.Client, container: str, content_type: str
