@@ -47,7 +47,8 @@ async def test_concurrent_execs_across_sandboxes(load_daemon: DaemonProcess) -> 
         async def create(i: int) -> str:
             async with gate:
                 r = await api.post("/v1/containers", json={"name": f"load-{i}"})
-            assert r.status_code == 200, r.text
+            errors = [ln for ln in load_daemon.log.read_text().splitlines() if '"error"' in ln]
+            assert r.status_code == 200, (r.text, errors[-3:])
             return str(r.json()["id"])
 
         started = time.monotonic()
