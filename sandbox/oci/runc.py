@@ -60,6 +60,10 @@ class OciCli:
             *self._base(log),
             "run",
             "--detach",
+            # No session keyring per sandbox: every sandbox's root is the same host uid, whose
+            # key quota (kernel.keys.maxkeys, 200) would cap a host at ~160 sandboxes. The
+            # sandbox cannot use keyrings anyway (keyctl/add_key/request_key are denied).
+            "--no-new-keyring",
             "--bundle",
             str(bundle),
             "--preserve-fds",
