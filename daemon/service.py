@@ -28,7 +28,7 @@ from daemon.errors import (
     SessionBusy,
     StorageFull,
 )
-from daemon.files import FileService
+from daemon.files import FileService, check_filename
 from daemon.logs import container_id as log_container_id
 from daemon.metrics import Metrics
 from daemon.models import (
@@ -364,7 +364,7 @@ class ContainerService:
         self, caller: Caller, cid: str, filename: str, data: AsyncIterator[bytes]
     ) -> FileRecord:
         await self.running(caller, cid)
-        _check_filename(filename)
+        check_filename(filename)
         cap = self._cfg.containers.max_upload_bytes
         async with self.active(cid):
             with _translate("upload"):
@@ -512,19 +512,3 @@ class ContainerService:
                 break
         # Files code wrote are discovered by the scan on list/retrieve, not on this hot path.
         return results
-
-
-def _check_filename(name: str) -> None:
-    if (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or len(name.encode("utf-8", "surrogateescape")) > 255
-        or name.startswith(".sandboxd-upload-")
-    ):
-        raise InvalidRequest(
-            f"Invalid file name {name[:100]!r}: use a plain name without '/' or '..'.",
-            param="file",
-        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
@@ -46,3 +47,21 @@ async def read_json(request: web.Request, cap: int | None = None) -> dict[str, A
         if len(raw) > cap:
             raise PayloadTooLarge(f"The request body exceeds {cap} bytes.")
     return parse_json_object(bytes(raw))
+
+
+async def stream_blob(
+    request: web.Request, chunks: AsyncIterator[bytes], headers: dict[str, str]
+) -> web.StreamResponse:
+    """Stream a stored blob; its first chunk is read before the headers go out, so a missing
+    blob still answers with an error instead of a truncated 200."""
+    first = await anext(chunks, b"")
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    try:
+        await response.write(first)
+        async for chunk in chunks:
+            await response.write(chunk)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+    await response.write_eof()
+    return response

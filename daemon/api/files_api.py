@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from daemon.api import serialize
-from daemon.api.context import CONFIG, FILES, caller_of
+from daemon.api.context import CONFIG, FILES, caller_of, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params
 from daemon.config import FilesConfig
 from daemon.errors import InvalidRequest, PayloadTooLarge
@@ -149,20 +149,8 @@ async def retrieve(request: web.Request) -> web.Response:
 async def content(request: web.Request) -> web.StreamResponse:
     service = request.app[FILES]
     rec = await service.get(caller_of(request), request.match_info["file_id"])
-    chunks = service.chunks(rec)
-    first = await anext(chunks, b"")  # a missing blob answers 404 before the headers go out
-    response = web.StreamResponse(
-        headers={"Content-Type": "application/octet-stream", "Content-Length": str(rec.bytes)}
-    )
-    await response.prepare(request)
-    try:
-        await response.write(first)
-        async for chunk in chunks:
-            await response.write(chunk)
-    finally:
-        await chunks.aclose()
-    await response.write_eof()
-    return response
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": str(rec.bytes)}
+    return await stream_blob(request, service.chunks(rec), headers)
 
 
 async def delete(request: web.Request) -> web.Response:

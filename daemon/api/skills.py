@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from daemon.api.context import CONFIG, SKILLS, caller_of, read_json
+from daemon.api.context import CONFIG, SKILLS, caller_of, read_json, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
 from daemon.models import SkillRecord, SkillVersionRecord
@@ -153,23 +153,11 @@ async def delete(request: web.Request) -> web.Response:
 async def _serve_zip(
     request: web.Request, service: SkillService, rec: SkillVersionRecord
 ) -> web.StreamResponse:
-    chunks = service.chunks(rec)
-    first = await anext(chunks, b"")
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/zip",
-            "Content-Disposition": f'attachment; filename="{rec.name}.zip"',
-        }
-    )
-    await response.prepare(request)
-    try:
-        await response.write(first)
-        async for chunk in chunks:
-            await response.write(chunk)
-    finally:
-        await chunks.aclose()
-    await response.write_eof()
-    return response
+    headers = {
+        "Content-Type": "application/zip",
+        "Content-Disposition": f'attachment; filename="{rec.name}.zip"',
+    }
+    return await stream_blob(request, service.chunks(rec), headers)
 
 
 async def content(request: web.Request) -> web.StreamResponse:
