@@ -296,3 +296,31 @@ def test_bad_skill_references_create_nothing(
                 name="steal", skills=[{"type": "skill_reference", "skill_id": s.id}]
             )
         assert "steal" not in [c.name for c in bob.containers.list()]
+
+
+def _bomb(expanded: int) -> bytes:
+    """A zip whose one entry expands to `expanded` zero bytes (about 1 MB on the wire)."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("s/SKILL.md", skill_md("bomb"))
+        with zf.open("s/zeros.bin", "w", force_zip64=True) as entry:
+            block = bytes(1 << 20)
+            for _ in range(expanded >> 20):
+                entry.write(block)
+    return buf.getvalue()
+
+
+@pytest.mark.slow
+def test_a_1_gib_zip_bomb_and_a_60_mb_zip_are_refused(
+    client: openai.OpenAI, daemon: DaemonHandle
+) -> None:
+    bomb = _bomb(1 << 30)
+    assert len(bomb) < 2 << 20
+    with pytest.raises(openai.BadRequestError, match=r"zip bomb|exceeds"):
+        client.skills.create(files=("bomb.zip", bomb, "application/zip"))
+    import os
+
+    with pytest.raises(openai.APIStatusError) as info:
+        client.skills.create(files=("big.zip", os.urandom(60 << 20), "application/zip"))
+    assert info.value.status_code == 413
+    assert list((daemon.root / "state" / "blobs" / "tmp").iterdir()) == []
