@@ -71,9 +71,9 @@ def test_idle_expiry_activity_and_open_streams(daemon: DaemonProcess) -> None:
             time.sleep(0.5)
         streamer.join(timeout=60)
         assert "done" in str(stream_result.get("text"))
-        # never early; late by at most one reaper interval (1 s), whole-second storage (1 s)
-        # and this loop's polling (0.5 s)
-        assert expired_at is not None and 60 <= expired_at <= 63, expired_at
+        # never early; late by at most one reaper interval (1 s), whole-second storage (1 s),
+        # this loop's polling (0.5 s) and a loaded CI machine's scheduling (1.5 s)
+        assert expired_at is not None and 60 <= expired_at <= 64, expired_at
         assert c.get(f"/v1/containers/{touched}").json()["status"] == "running"
         gone = c.get(f"/v1/containers/{idle}").json()
         assert gone["status"] == "expired" and "idle" in gone["status_reason"]
