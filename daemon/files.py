@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 
 from daemon import ids
 from daemon.config import FilesConfig
-from daemon.errors import InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
+from daemon.errors import DomainError, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from daemon.models import Page, UserFileRecord
 from daemon.store import Store
 
@@ -49,6 +49,19 @@ class StagedBlob:
     path: Path
     size: int
     committed: bool = False
+
+
+async def read_blob(path: Path, gone: DomainError) -> AsyncGenerator[bytes]:
+    """A stored blob's bytes, chunk by chunk, read on a thread; `gone` if it is missing."""
+    try:
+        f = await asyncio.to_thread(open, path, "rb")
+    except FileNotFoundError:
+        raise gone from None
+    try:
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(f.close)
 
 
 def check_filename(name: str) -> None:
@@ -208,17 +221,9 @@ class FileService:
         owner = None if caller.admin else caller.owner
         return await self._store.list_user_files(owner, purpose, _now(), after, limit, desc)
 
-    async def chunks(self, rec: UserFileRecord) -> AsyncGenerator[bytes]:
-        """The blob's bytes, chunk by chunk, read on a thread."""
-        try:
-            f = await asyncio.to_thread(open, self.blob_path(rec.id), "rb")
-        except FileNotFoundError:
-            raise NotFound(f"No such File object: '{rec.id}'.", param="file_id") from None
-        try:
-            while chunk := await asyncio.to_thread(f.read, CHUNK):
-                yield chunk
-        finally:
-            await asyncio.to_thread(f.close)
+    def chunks(self, rec: UserFileRecord) -> AsyncGenerator[bytes]:
+        gone = NotFound(f"No such File object: '{rec.id}'.", param="file_id")
+        return read_blob(self.blob_path(rec.id), gone)
 
     async def delete(self, caller: Owner, fid: str) -> None:
         rec = await self.get(caller, fid)

@@ -22,7 +22,7 @@ from pathlib import Path
 from daemon import ids
 from daemon.config import SkillsConfig
 from daemon.errors import InvalidRequest, NotFound, QuotaExceeded
-from daemon.files import Owner
+from daemon.files import Owner, read_blob
 from daemon.models import Page, SkillRecord, SkillVersionRecord
 from daemon.store import Store
 from sandbox.skill_archive import SkillArchiveError, SkillManifest, repack_files, repack_zip
@@ -223,16 +223,9 @@ class SkillService:
         await asyncio.to_thread(self.blob_path(rec.id).unlink, missing_ok=True)
         return rec
 
-    async def chunks(self, rec: SkillVersionRecord) -> AsyncGenerator[bytes]:
-        try:
-            f = await asyncio.to_thread(open, self.blob_path(rec.id), "rb")
-        except FileNotFoundError:
-            raise NotFound(f"Skill version '{rec.id}' is gone.", param="version") from None
-        try:
-            while chunk := await asyncio.to_thread(f.read, CHUNK):
-                yield chunk
-        finally:
-            await asyncio.to_thread(f.close)
+    def chunks(self, rec: SkillVersionRecord) -> AsyncGenerator[bytes]:
+        gone = NotFound(f"Skill version '{rec.id}' is gone.", param="version")
+        return read_blob(self.blob_path(rec.id), gone)
 
     # ------------------------------------------------------------- containers
 
