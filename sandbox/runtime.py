@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from sandbox.agent_client import AgentClient
@@ -31,6 +32,12 @@ class Runtime(Protocol):
 
     async def list_ids(self) -> list[str]:
         """Ids of every sandbox of ours that exists on the host (for reconciliation)."""
+        ...
+
+    def egress_dir(self, sandbox_id: str) -> Path:
+        """Host directory bound read-only at EGRESS_DIR in the sandbox, made by create():
+        owned by the host uid the sandbox's agent runs as, mode 0700, so only that agent
+        (and root) can reach a socket in it."""
         ...
 
     def agent(self, sandbox_id: str) -> AgentClient:

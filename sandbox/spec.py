@@ -18,6 +18,13 @@ SANDBOX_GID = 1000
 WORKSPACE = "/mnt/data"
 SKILLS_DIR = "/mnt/skills"  # read-only; one folder per skill + index.json
 AGENT_DIR = "/.sandboxd"
+# Egress (network_policy allowlist): the host directory Runtime.egress_dir() is bound here
+# read-only; the daemon puts the sandbox's proxy socket in it when the container's policy
+# allows egress, and the agent relays 127.0.0.1:3128 to that socket.
+EGRESS_DIR = f"{AGENT_DIR}/egress"
+EGRESS_SOCKET = f"{EGRESS_DIR}/proxy.sock"
+# Where SandboxSpec.trust_bundle is bound (Debian's system CA bundle path).
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
 # moby's current masked and read-only /proc and /sys paths.
 MASKED_PATHS = (
@@ -64,6 +71,9 @@ class SandboxSpec:
     memory_bytes: int
     limits: Limits = field(default_factory=Limits)
     hostname: str = "sandbox"
+    # Host PEM file bound read-only over SYSTEM_CA_BUNDLE (the host's CAs plus the egress
+    # proxy's CA); None leaves the image's own bundle.
+    trust_bundle: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,13 @@ from typing import Any
 
 from sandbox.spec import (
     AGENT_DIR,
+    EGRESS_DIR,
     MASKED_PATHS,
     READONLY_PATHS,
     SANDBOX_GID,
     SANDBOX_UID,
     SKILLS_DIR,
+    SYSTEM_CA_BUNDLE,
     WORKSPACE,
     SandboxSpec,
 )
@@ -33,6 +35,7 @@ class BundlePaths:
     interpreter_script: str  # started by the agent for code sessions
     binds: Sequence[tuple[str, str]]  # read-only host binds (source, destination)
     skills: str = ""  # host dir bound read-only at /mnt/skills, filled after the start
+    egress: str = ""  # host dir bound read-only at EGRESS_DIR (the proxy socket's home)
 
 
 def _ro_bind(src: str, dst: str) -> dict[str, Any]:
@@ -117,6 +120,8 @@ def build_config(
             "options": ["rbind", "rw", "nosuid", "nodev", "rprivate"],
         },
         *([_ro_bind(paths.skills, SKILLS_DIR)] if paths.skills else []),
+        *([_ro_bind(paths.egress, EGRESS_DIR)] if paths.egress else []),
+        *([_ro_bind(str(spec.trust_bundle), SYSTEM_CA_BUNDLE)] if spec.trust_bundle else []),
     ]
     no_caps: dict[str, list[str]] = {
         k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")

@@ -116,6 +116,7 @@ class OciRuntime:
             await self._in_thread(_make_sandbox_dir, sdir)
             await self._in_thread(skills.make_dir, sdir / "skills")
             owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
+            await self._in_thread(_make_private_dir, sdir / "egress", owner)
             await self._in_thread(
                 workspace.create,
                 sdir / "workspace.img",
@@ -130,6 +131,7 @@ class OciRuntime:
                 interpreter_script=str(INTERPRETER_SCRIPT),
                 binds=self._binds,
                 skills=str(sdir / "skills"),
+                egress=str(sdir / "egress"),
             )
             config = build_config(spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp)
             listener = await self._in_thread(_write_bundle, sdir, json.dumps(config))
@@ -210,6 +212,9 @@ class OciRuntime:
         ids.update(await self._in_thread(children, self._layout, self._s.cgroup_parent))
         return sorted(ids)
 
+    def egress_dir(self, sandbox_id: str) -> Path:
+        return self._dir(sandbox_id) / "egress"
+
     def agent(self, sandbox_id: str) -> AgentClient:
         agent = self._agents.get(sandbox_id)
         if agent is None:
@@ -249,6 +254,11 @@ def _disk_full(exc: BaseException) -> bool:
 def _make_sandbox_dir(sdir: Path) -> None:
     sdir.mkdir()
     sdir.chmod(0o711)
+
+
+def _make_private_dir(path: Path, owner: tuple[int, int]) -> None:
+    path.mkdir(mode=0o700)
+    os.chown(path, *owner)
 
 
 def _write_bundle(sdir: Path, config: str) -> socket.socket:
