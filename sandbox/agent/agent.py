@@ -3,7 +3,10 @@
 Runs as the first process (PID 1) of every sandbox, as the sandbox's unprivileged user, on
 the sandbox's own Python (3.9+, standard library only; it imports nothing from sandboxd).
 It serves the daemon over a listening unix socket that the daemon created on the host and
-handed over as file descriptor 3, so nothing inside the sandbox can replace it.
+handed over as file descriptor 3, so nothing inside the sandbox can replace it. A backend that
+cannot pass descriptors (docker) sets SANDBOXD_AGENT_SOCKET instead: the agent binds that path
+(in a host directory bind-mounted for it) before anything else runs, and the daemon then takes
+the directory away from the sandbox's uid, so sandbox code can neither reach nor replace it.
 
 Wire protocol (version 1), one request at a time per connection, many connections:
   frame  = type (1 byte) + length (4 bytes, big endian) + payload (<= MAX_FRAME bytes)
@@ -40,6 +43,7 @@ READ_CHUNK = 64 << 10
 WORKSPACE = "/mnt/data"
 UPLOAD_PREFIX = ".sandboxd-upload-"
 LISTEN_FD = 3
+LISTEN_PATH_ENV = "SANDBOXD_AGENT_SOCKET"
 PR_SET_DUMPABLE = 4
 DRAIN_GRACE_S = 0.2
 
@@ -952,14 +956,34 @@ def make_undumpable():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
 
 
+def open_listener():
+    """fd 3 from the daemon, or (no descriptor passing) a socket bound at $SANDBOXD_AGENT_SOCKET."""
+    path = os.environ.pop(LISTEN_PATH_ENV, "")
+    if not path:
+        listener = socket.socket(fileno=LISTEN_FD)
+        os.set_inheritable(LISTEN_FD, False)
+        return listener
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    old = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    return listener
+
+
 def main():
     # As PID 1, signals without a handler are ignored by the kernel: keep it that way.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGPIPE else signal.SIG_IGN)
     make_undumpable()
     os.chdir("/")
-    listener = socket.socket(fileno=LISTEN_FD)
-    os.set_inheritable(LISTEN_FD, False)
+    listener = open_listener()
     reaper = Reaper()
     sessions = Sessions(reaper)
     threading.Thread(target=reaper.run, name="reaper", daemon=True).start()

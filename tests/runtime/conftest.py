@@ -31,12 +31,17 @@ import pytest_asyncio
 
 from sandbox.agent_client import AgentClient, ExecChunk
 from sandbox.cgroups import CgroupLayout
+from sandbox.docker.container import ContainerArgs
+from sandbox.docker.engine import Engine
+from sandbox.docker.runtime import DockerRuntime, DockerSettings, instance_of
+from sandbox.errors import RuntimeFailure
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
 from sandbox.spec import MEMORY_TIERS, SandboxSpec
+from tests import dockerd
 
-BACKENDS = ["oci"]
+BACKENDS = ["oci", pytest.param("docker", marks=pytest.mark.docker)]
 SECCOMP_PROFILE = Path(__file__).resolve().parents[2] / "config" / "seccomp.json"
 STATE_PREFIX = "sbxd-rt-"
 GIB = MEMORY_TIERS["1g"]
@@ -118,6 +123,11 @@ class RunResources:
 
     cgroup_parent: str = field(default_factory=lambda: "/sandboxd-test-" + secrets.token_hex(4))
     state_dirs: list[Path] = field(default_factory=list)
+    engine_url: str = ""  # the docker tests' engine (set once a docker test asks for it)
+
+    @property
+    def docker_cgroup_parent(self) -> str:
+        return f"{self.cgroup_parent}-docker"
 
     def new_state_dir(self) -> Path:
         path = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
@@ -221,12 +231,77 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
         shutil.rmtree(state)
 
 
+def _docker_leftovers(settings: DockerSettings, engine_url: str, sandbox_id: str) -> list[str]:
+    sdir = settings.state_dir / "sandboxes" / sandbox_id
+    found = []
+    if sdir.exists():
+        found.append(f"sandbox dir {sdir}")
+    found += [f"mount {m}" for m in mounts_under(sdir)]
+    found += [f"loop device {d}" for d in loop_devices_backed_by(sdir)]
+    mine = dockerd.containers(engine_url, f"sandboxd.id={sandbox_id}")
+    found += [f"container {c['Id'][:12]} ({c.get('State')})" for c in mine]
+    # A container's cgroup is <parent>/<container id>: any group there whose container is
+    # gone was left behind (live containers of other tests may share the parent).
+    live = {c["Id"] for c in dockerd.containers(engine_url, "sandboxd.managed=1")}
+    for top in cgroup_dirs(settings.cgroup_parent):
+        found += [f"cgroup {d}" for d in top.iterdir() if d.is_dir() and d.name not in live]
+    return found
+
+
+class _FailingEngine(Engine):
+    """`refuse`: the engine refuses every create (an image it does not have);
+    `after_start`: the container starts, then the call reports a failure."""
+
+    def __init__(self, url: str, failure: str) -> None:
+        super().__init__(url, 4, 60.0)
+        self._failure = failure
+
+    async def run(self, name: str, args: ContainerArgs) -> str:
+        if self._failure == "refuse":
+            create = {**args.create, "image": "sandboxd/absent:none"}
+            return await super().run(name, dataclasses.replace(args, create=create))
+        await super().run(name, args)
+        raise RuntimeFailure("engine failed after the start")
+
+
+@contextlib.asynccontextmanager
+async def _open_docker(run: RunResources, failure: str | None) -> AsyncIterator[Harness]:
+    assert run.engine_url, "the docker_engine fixture first"
+    if failure not in (None, "refuse", "after_start"):
+        raise ValueError(failure)
+    state = run.new_state_dir()
+    settings = DockerSettings(
+        state_dir=state,
+        engine_url=run.engine_url,
+        cgroup_parent=run.docker_cgroup_parent,
+        threads=4,
+    )
+    seccomp = json.loads(SECCOMP_PROFILE.read_text())
+    engine = _FailingEngine(run.engine_url, failure) if failure else None
+    runtime = DockerRuntime(settings, seccomp, engine)
+    url = run.engine_url
+    try:
+        await runtime.start()
+        yield Harness(
+            "docker",
+            runtime,
+            run.docker_cgroup_parent,
+            lambda sid: _docker_leftovers(settings, url, sid),
+        )
+    finally:
+        try:
+            await _destroy_all(runtime)
+        finally:
+            await runtime.close()
+        shutil.rmtree(state)
+
+
 async def _destroy_all(runtime: Runtime) -> None:
     for sid in await runtime.list_ids():
         await runtime.destroy(sid)
 
 
-OPENERS = {"oci": _open_oci}
+OPENERS = {"oci": _open_oci, "docker": _open_docker}
 
 
 def open_backend(
@@ -257,7 +332,14 @@ def _force_cleanup(run: RunResources) -> list[str]:
         if state.exists():
             leaks.append(f"state dir {state}")
             shutil.rmtree(state, ignore_errors=True)
-    for top in CgroupLayout.detect().dirs(run.cgroup_parent):
+    if run.engine_url and dockerd.answers(run.engine_url.removeprefix("unix://")):
+        for state in run.state_dirs:
+            for c in dockerd.containers(run.engine_url, f"sandboxd.instance={instance_of(state)}"):
+                leaks.append(f"container {c['Id'][:12]}")
+                dockerd.remove_container(run.engine_url, c["Id"])
+    tops = [*CgroupLayout.detect().dirs(run.cgroup_parent)]
+    tops += CgroupLayout.detect().dirs(run.docker_cgroup_parent)
+    for top in tops:
         for dirpath, _, _ in sorted(os.walk(top), key=lambda w: len(w[0]), reverse=True):
             if dirpath != str(top):
                 leaks.append(f"cgroup {dirpath}")
@@ -272,14 +354,21 @@ def run_resources() -> Iterator[RunResources]:
     yield run
     leaks = _force_cleanup(run)
     remaining = cgroup_dirs(run.cgroup_parent) + [d for d in run.state_dirs if d.exists()]
+    remaining += cgroup_dirs(run.docker_cgroup_parent)
     assert not remaining, f"could not remove: {remaining}"
     assert not leaks, f"the runtime suite left these behind: {leaks}"
 
 
+def _needs_engine(name: str, request: pytest.FixtureRequest, run: RunResources) -> None:
+    if name == "docker" and not run.engine_url:
+        run.engine_url = request.getfixturevalue("docker_engine")
+
+
 @pytest.fixture(params=BACKENDS)
-def backend_name(request: pytest.FixtureRequest) -> str:
+def backend_name(request: pytest.FixtureRequest, run_resources: RunResources) -> str:
     """The backend under test, for tests that open their own (e.g. a failing) runtime."""
     name: str = request.param
+    _needs_engine(name, request, run_resources)
     return name
 
 
@@ -303,6 +392,7 @@ async def module_backend(
     request: pytest.FixtureRequest, run_resources: RunResources
 ) -> AsyncIterator[Harness]:
     """A runtime shared by a module (its tests need `asyncio(loop_scope="module")`)."""
+    _needs_engine(request.param, request, run_resources)
     async with open_backend(request.param, run_resources) as harness:
         yield harness
 

@@ -1,0 +1,1 @@
+"""The docker backend (the only user of the docker SDK: engine.py)."""
