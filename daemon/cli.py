@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 
 from daemon import config as config_mod
 from daemon import logs
-from daemon.clitool import commands
+from daemon.clitool import commands, image
 from daemon.clitool.client import Target
 from daemon.clitool.containers import Console
 from daemon.systemd import SystemdEnv
@@ -128,6 +129,7 @@ def _local_parsers(sub: Any) -> None:
     key_sub = key.add_subparsers(dest="key_command", required=True)
     new = key_sub.add_parser("new", help="make a key; print it and the config line to add")
     new.add_argument("owner", help="owner name for the key (letters, digits, - and _)")
+    image.add_parser(sub)
 
 
 def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
@@ -150,6 +152,10 @@ def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         logger.error("bad configuration: %s", exc)
         return config_mod.EX_CONFIG
     logs.setup(cfg.log_level, journald)
+    if not cfg.docker.engine_url and env.get("DOCKER_HOST"):
+        # DOCKER_HOST is the default of docker.engine_url (a configured value wins).
+        docker_cfg = dataclasses.replace(cfg.docker, engine_url=env["DOCKER_HOST"])
+        cfg = dataclasses.replace(cfg, docker=docker_cfg)
     # One idle agent connection per sandbox: let the daemon use its whole descriptor quota.
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -225,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         return commands.run_check(args, os.geteuid(), con)
     if args.command == "key":
         return _new_key(args.owner, con)
+    if args.command == "image":
+        return image.build(args, os.geteuid(), con)
     if args.command == "config":
         return commands.run_config_show(
             args.config, lambda cfg: config_mod.default_socket(os.geteuid(), env), con

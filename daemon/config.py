@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from daemon import keys
+from sandbox.images import NAME as IMAGE_NAME
 from sandbox.skill_archive import SkillLimits
 from sandbox.spec import MEMORY_TIERS, Limits
 
@@ -59,6 +60,17 @@ class RuntimeConfig:
     uid_base: int = 100_000
     cgroup_parent: str = "/sandboxd"
     seccomp_profile: str = ""  # "" = config/seccomp.json shipped with sandboxd
+    image: str = ""  # "" = the host's /usr in a skeleton; NAME = `sandboxd image build NAME`
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    """The docker backend (runtime.backend = "docker")."""
+
+    engine_url: str = ""  # "" = $DOCKER_HOST, else unix:///var/run/docker.sock
+    cgroup_parent: str = "/sandboxd-docker"  # containers' cgroups: <parent>/<container id>
+    threads: int = 8  # the SDK's own thread pool (never the event loop)
+    timeout_s: float = 60.0  # one engine API call
 
 
 @dataclass(frozen=True)
@@ -159,6 +171,7 @@ class Config:
     log_level: str = "info"
     server: ServerConfig = field(default_factory=ServerConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
     containers: ContainerConfig = field(default_factory=ContainerConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -209,8 +222,14 @@ def _check(value: Any, hint: Any, key: str) -> Any:
 
 
 def _validate(cfg: Config) -> None:
-    if cfg.runtime.backend not in ("oci",):
-        raise ConfigError(f"runtime.backend must be 'oci' (got {cfg.runtime.backend!r})")
+    if cfg.runtime.backend not in ("oci", "docker"):
+        raise ConfigError(f"runtime.backend must be oci or docker (got {cfg.runtime.backend!r})")
+    if cfg.runtime.image and not IMAGE_NAME.fullmatch(cfg.runtime.image):
+        raise ConfigError("runtime.image must be an image name (lowercase, digits, . _ -) or ''")
+    if not 1 <= cfg.docker.threads <= 64 or cfg.docker.timeout_s <= 0:
+        raise ConfigError("docker.threads must be within 1..64 and docker.timeout_s positive")
+    if cfg.docker.engine_url and not cfg.docker.engine_url.startswith(("unix://", "tcp://")):
+        raise ConfigError("docker.engine_url must be unix://PATH or tcp://HOST:PORT")
     if cfg.runtime.oci_binary not in ("runc", "crun") and not cfg.runtime.oci_binary.startswith(
         "/"
     ):

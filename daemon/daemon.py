@@ -30,6 +30,7 @@ from daemon.skills import SkillService
 from daemon.store import Store
 from daemon.systemd import Notifier, SystemdEnv
 from daemon.tasks import TaskSupervisor
+from sandbox.docker.runtime import DEFAULT_ENGINE_URL, DockerRuntime, DockerSettings
 from sandbox.errors import RuntimeFailure
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
@@ -56,7 +57,8 @@ class Daemon:
         self.socket_path = socket_path
         state = Path(config.state_dir)
         self.store = Store(state / "sandboxd.db")
-        self.runtime: Runtime = self._make_runtime(config, state)
+        self._backend = self._make_runtime(config, state)
+        self.runtime: Runtime = self._backend
         self.shutdown = ShutdownControl()
         self.metrics = Metrics(self.runtime.name)
         self.files = FileService(config.files, self.store, state / "blobs")
@@ -82,19 +84,31 @@ class Daemon:
         self.notifier = Notifier(self._systemd.notify_socket, self._systemd.watchdog_usec)
 
     @staticmethod
-    def _make_runtime(config: Config, state: Path) -> OciRuntime:
+    def _make_runtime(config: Config, state: Path) -> OciRuntime | DockerRuntime:
         rc = config.runtime
+        try:
+            seccomp = load_profile(Path(rc.seccomp_profile) if rc.seccomp_profile else None)
+        except SeccompProfileError as exc:
+            raise StartupError(str(exc)) from exc
+        if rc.backend == "docker":
+            dc = config.docker
+            docker = DockerSettings(
+                state_dir=state,
+                engine_url=dc.engine_url or DEFAULT_ENGINE_URL,
+                image=rc.image,
+                cgroup_parent=dc.cgroup_parent,
+                threads=dc.threads,
+                timeout_s=dc.timeout_s,
+            )
+            return DockerRuntime(docker, seccomp)
         settings = OciSettings(
             state_dir=state,
             runtime_root=Path(rc.runtime_root),
             binary=rc.oci_binary,
             uid_base=rc.uid_base,
             cgroup_parent=rc.cgroup_parent,
+            image=rc.image,
         )
-        try:
-            seccomp = load_profile(Path(rc.seccomp_profile) if rc.seccomp_profile else None)
-        except SeccompProfileError as exc:
-            raise StartupError(str(exc)) from exc
         return OciRuntime(settings, seccomp)
 
     async def __aenter__(self) -> Self:
@@ -117,9 +131,8 @@ class Daemon:
         if self._systemd.listen_fds == 0 and await _socket_alive(Path(self.socket_path)):
             raise StartupError(f"another daemon is serving {self.socket_path}")
         await self.store.open()
-        assert isinstance(self.runtime, OciRuntime)
         try:
-            await self.runtime.start()
+            await self._backend.start()
         except RuntimeFailure as exc:
             raise StartupError(str(exc)) from exc
         await reconcile(self.store, self.runtime, self.service, self.boot_id)

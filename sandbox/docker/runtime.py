@@ -48,12 +48,13 @@ AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
 INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
 AGENT_READY_TIMEOUT_S = 15.0
 REPOSITORY = "sandboxd"
+DEFAULT_ENGINE_URL = "unix:///var/run/docker.sock"
 
 
 @dataclass(frozen=True)
 class DockerSettings:
     state_dir: Path
-    engine_url: str = "unix:///var/run/docker.sock"
+    engine_url: str = DEFAULT_ENGINE_URL
     image: str = ""  # "" = the host's /usr in a skeleton; else an image of `sandboxd image build`
     cgroup_parent: str = "/sandboxd-docker"
     agent_connections: int = 16
@@ -228,7 +229,9 @@ class DockerRuntime:
     async def list_ids(self) -> list[str]:
         """Containers labelled as this daemon's, and every per-sandbox dir on the host."""
         labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: self._instance}
-        ids = {item[LABEL_ID] for item in await self._engine.list_labels(labels) if item.get(LABEL_ID)}
+        ids = {
+            item[LABEL_ID] for item in await self._engine.list_labels(labels) if item.get(LABEL_ID)
+        }
         with contextlib.suppress(FileNotFoundError):
             ids.update(p.name for p in (self._s.state_dir / "sandboxes").iterdir())
         return sorted(ids)

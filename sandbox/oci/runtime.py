@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox import images
 from sandbox.agent_client import AgentClient
 from sandbox.cgroups import (
     CgroupCounters,
@@ -49,6 +50,7 @@ class OciSettings:
     cgroup_parent: str = "/sandboxd"
     agent_connections: int = 16
     threads: int = 8
+    image: str = ""  # "" = the host skeleton (+ host binds); NAME = an image dir (no binds)
 
 
 class OciRuntime:
@@ -80,8 +82,15 @@ class OciRuntime:
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o711)
         await self._in_thread(_check_traversable, self._s.state_dir)
-        self._rootfs = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
-        self._binds = rootfs.host_binds()
+        if self._s.image:
+            try:
+                built = await self._in_thread(images.load, self._s.state_dir, self._s.image)
+            except images.ImageError as exc:
+                raise RuntimeFailure(str(exc)) from exc
+            self._rootfs, self._binds = built.rootfs, []
+        else:
+            skeleton = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
+            self._rootfs, self._binds = skeleton, rootfs.host_binds()
         logger.info(
             "oci runtime ready",
             extra={"binary": self._s.binary, "cgroup": self._layout.version.value},

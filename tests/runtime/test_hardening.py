@@ -30,7 +30,9 @@ async def test_unprivileged_user_in_a_user_namespace(
     assert status["Seccomp"] == "2"
     # oci: a user namespace maps the sandbox to uid_base..; docker has none per container
     # (userns-remap is engine-wide), so its uid 1000 is host uid 1000 (README, docker backend).
-    expected = ["0", "100000", "65536"] if module_backend.name == "oci" else ["0", "0", "4294967295"]
+    expected = (
+        ["0", "100000", "65536"] if module_backend.name == "oci" else ["0", "0", "4294967295"]
+    )
     for name in ("uid_map", "gid_map"):
         mapping = await check(rt, sid, f"cat /proc/self/{name}")
         assert mapping.split() == expected, name
