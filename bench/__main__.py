@@ -53,13 +53,14 @@ def run(sizes: Sizes, command: str, scale: bool) -> Results:
                 scale_runs.append(density(str(daemon.socket), daemon.pid, DENSITY_TARGET))
         server = server_side(daemon.log, api, sizes.exec)
         baseline, components = measure_runc(work, sizes.baseline)
+        docker = measure_docker(sizes.baseline, work)
     return Results(
         command=command,
         machine=described,
         sandboxd=api.figures,
         server=server,
         baseline=baseline,
-        docker=measure_docker(sizes.baseline),
+        docker=docker,
         components=components,
         scale=[f for r in scale_runs for f in r.figures],
         scale_notes=[n for r in scale_runs for n in r.notes],

@@ -69,11 +69,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_daemon(work: Path) -> Iterator[RunningDaemon]:
-    """Start the daemon, wait for GET /healthz, and always SIGTERM it and wait on exit."""
+def running_daemon(work: Path, engine_url: str = "") -> Iterator[RunningDaemon]:
+    """Start the daemon (the docker backend when given an engine URL), wait for GET /healthz,
+    and always SIGTERM it and wait on exit."""
     config = work / "sandboxd.toml"
+    backend = f'backend = "docker"\n[docker]\nengine_url = "{engine_url}"\n' if engine_url else ""
     config.write_text(
-        f'[runtime]\nruntime_root = "{work / "runc"}"\n'
+        f'[runtime]\nruntime_root = "{work / "runc"}"\n{backend}'
         # 1g creates hit the warm pool; 4g creates (no pool) are the cold path.
         "[pool]\nsizes = { 1g = 2 }\n"
         f"[containers]\nmax_containers_per_owner = {MAX_CONTAINERS}\n"

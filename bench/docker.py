@@ -1,16 +1,27 @@
-"""Docker figures, only when an engine answers `docker info` within 5 s (never starts one)."""
+"""Docker figures: sandboxd on its docker backend, and the plain engine in the same run.
+
+The engine is the host's when one answers, else a private `dockerd --bridge=none` started for
+the run (tests/dockerd.py; needs root and docker.io). No registry: the image is the one the
+docker backend imports from the host (`sandboxd/host:<tag>`, a skeleton whose /usr, /lib...
+are bound from the host), so the plain `docker run` gets the same read-only host binds.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+from bench.client import BenchError, Client
+from bench.daemon import running_daemon
 from bench.stats import Summary, summarize, timed_ms
+from sandbox.oci.rootfs import host_binds
+from tests import dockerd
 
-INFO_TIMEOUT_S = 5.0
-PREFERRED_IMAGES = ("busybox", "alpine", "debian", "ubuntu")
+COLD_TIER = "4g"  # no warm pool for this tier: the cold path
 
 
 @dataclass(frozen=True)
@@ -19,68 +30,86 @@ class DockerResult:
     note: str
 
 
-def _docker(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+def _cli(url: str, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": "/root"}
     return subprocess.run(
-        ["docker", *args],
+        ["docker", "-H", url, *args],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
         check=True,
+        env=env,
     )
 
 
-def _unavailable() -> str | None:
-    if shutil.which("docker") is None:
-        return "docker: not available (no docker CLI)"
-    try:
-        _docker("info", timeout=INFO_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return f"docker: not available (`docker info` did not answer within {INFO_TIMEOUT_S} s)"
-    except subprocess.CalledProcessError as exc:
-        reason = (exc.stderr or "").strip().splitlines()[-1:] or ["no output"]
-        return f"docker: not available (`docker info` failed: {reason[0][:160]})"
-    return None
-
-
-def _local_image() -> str | None:
-    listed = _docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
-    images = [i for i in listed if "<none>" not in i]
-    for prefix in PREFERRED_IMAGES:
-        for image in images:
-            if image.split("/")[-1].startswith(prefix):
-                return image
-    return images[0] if images else None
-
-
-def measure_docker(n: int) -> DockerResult:
-    reason = _unavailable()
+def measure_docker(n: int, work: Path) -> DockerResult:
+    reason = dockerd.why_unavailable()
     if reason is not None:
-        return DockerResult([], reason)
+        return DockerResult([], f"docker: not available ({reason})")
     try:
-        return _measure(n)
-    except (OSError, subprocess.SubprocessError) as exc:
+        with dockerd.engine() as url:
+            ours, image = _measure_sandboxd(n, work, url)
+            return DockerResult(
+                [*ours, *_measure_engine(n, url, image)],
+                f"docker: engine at {url}, image {image} (+ host binds)",
+            )
+    except (OSError, subprocess.SubprocessError, BenchError, RuntimeError) as exc:
         return DockerResult([], f"docker: reachable but the measurement failed: {exc}")
 
 
-def _measure(n: int) -> DockerResult:
-    image = _local_image()
-    if image is None:
-        return DockerResult([], "docker: engine reachable but no local image, skipped")
-    run = [
-        timed_ms(lambda: _docker("run", "--rm", "--network", "none", image, "true"))[1]
-        for _ in range(n + 1)
-    ][1:]
+def _measure_sandboxd(n: int, work: Path, url: str) -> tuple[list[Summary], str]:
+    dwork = work / "d"  # short: agent socket paths must stay < 108 bytes
+    dwork.mkdir()
+    with running_daemon(dwork, engine_url=url) as daemon, Client(str(daemon.socket)) as c:
+        create, to_exec, execs = [], [], []
+        for i in range(n + 1):
+            t0 = time.perf_counter()
+            body = c.call("POST", "/v1/containers", {"name": f"dk-{i}", "memory_limit": COLD_TIER})
+            t1 = time.perf_counter()
+            c.call("POST", f"/v1/containers/{body['id']}/exec", {"commands": ["true"]})
+            t2 = time.perf_counter()
+            c.call("DELETE", f"/v1/containers/{body['id']}")
+            if i:  # the first is a warm-up
+                create.append((t1 - t0) * 1000)
+                to_exec.append((t2 - t0) * 1000)
+        cid = c.call("POST", "/v1/containers", {"name": "dk-exec"})["id"]
+        path = f"/v1/containers/{cid}/exec"
+        for _ in range(20):
+            c.call("POST", path, {"commands": ["true"]})
+        execs = [
+            timed_ms(lambda: c.call("POST", path, {"commands": ["true"]}))[1] for _ in range(5 * n)
+        ]
+        c.call("DELETE", f"/v1/containers/{cid}")
+    images = _cli(url, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "sandboxd/host")
+    image = images.stdout.split()[0]
+    return [
+        summarize("dk_create", "sandboxd (docker backend) cold create", create),
+        summarize(
+            "dk_to_exec", "sandboxd (docker backend) create → first exec `true` done", to_exec
+        ),
+        summarize("dk_exec", "sandboxd (docker backend) exec `true` (warm container)", execs),
+    ], image
+
+
+def _binds() -> Iterator[str]:
+    for src, dst in host_binds():
+        yield from ("-v", f"{src}:{dst}:ro")
+
+
+def _measure_engine(n: int, url: str, image: str) -> list[Summary]:
+    binds = list(_binds())
+    run_argv = ("run", "--rm", "--network", "none", *binds, image, "true")
+    run = [timed_ms(lambda: _cli(url, *run_argv))[1] for _ in range(n + 1)][1:]
     name = f"sbxd-bench-{os.getpid()}"
-    _docker("run", "-d", "--rm", "--network", "none", "--name", name, image, "sleep", "infinity")
+    _cli(url, "run", "-d", "--rm", "--network", "none", "--name", name, *binds, image,
+         "sleep", "infinity")  # fmt: skip
     try:
-        execs = [timed_ms(lambda: _docker("exec", name, "true"))[1] for _ in range(n + 1)][1:]
+        execs = [timed_ms(lambda: _cli(url, "exec", name, "true"))[1] for _ in range(n + 1)][1:]
     finally:
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60, check=False)
-    return DockerResult(
-        [
-            summarize("docker_run", f"docker run --rm --network none {image} true", run),
-            summarize("docker_exec", "docker exec `true`", execs),
-        ],
-        f"docker: measured with local image {image}",
-    )
+        subprocess.run(["docker", "-H", url, "rm", "-f", name], capture_output=True, timeout=60,
+                       check=False)  # fmt: skip
+    return [
+        summarize("docker_run", f"docker run --rm --network none {image} true", run),
+        summarize("docker_exec", "docker exec `true`", execs),
+    ]

@@ -20,6 +20,8 @@ RATIOS = (
     ("sandboxd create → first exec / runc run `/bin/true`", "to_exec", "runc_run"),
     ("sandboxd pool hit → first exec / cold create → first exec", "pool_to_exec", "to_exec"),
     ("sandboxd create → first exec / docker run --rm", "to_exec", "docker_run"),
+    ("sandboxd on docker: exec / docker exec", "dk_exec", "docker_exec"),
+    ("sandboxd on docker: create → first exec / docker run --rm", "dk_to_exec", "docker_run"),
     ("sandboxd delete / runc delete --force", "delete", "runc_delete"),
     ("sandboxd delete / runc kill + delete", "delete", "runc_kill_delete"),
 )

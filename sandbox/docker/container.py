@@ -29,7 +29,7 @@ from sandbox.spec import (
 
 # The agent binds its listening socket here (a per-sandbox host dir), see agent.open_listener.
 AGENT_SOCKET_DIR = f"{AGENT_DIR}/sock"
-AGENT_SOCKET = f"{AGENT_SOCKET_DIR}/agent.sock"
+AGENT_SOCKET = f"{AGENT_SOCKET_DIR}/agent"  # short: the host path must stay < 108 bytes
 LABEL_MANAGED = "sandboxd.managed"
 LABEL_ID = "sandboxd.id"
 LABEL_INSTANCE = "sandboxd.instance"  # which daemon (state dir) owns it, on a shared engine

@@ -3,7 +3,7 @@
 Same contract as the oci backend, same agent, same per-sandbox host directory
 (<state_dir>/sandboxes/<id>/: workspace image and mount, skills, egress, the agent's socket
 dir). Docker cannot hand the agent a listening socket, so the agent binds one in a host
-directory bound at /.sandboxd/sock; once it answers, the daemon makes that directory root's
+directory (ctl/) bound at /.sandboxd/sock; once it answers, the daemon makes that directory root's
 (0700) so sandbox code can neither reach nor replace the socket (see agent.open_listener).
 
 Without a user namespace (docker's userns-remap is engine-wide) the sandbox's uid 1000 is
@@ -150,7 +150,7 @@ class DockerRuntime:
             await self._in_thread(_make_sandbox_dir, sdir)
             await self._in_thread(skills.make_dir, sdir / "skills")
             await self._in_thread(_make_private_dir, sdir / "egress", owner)
-            await self._in_thread(_make_private_dir, sdir / "sock", owner)
+            await self._in_thread(_make_private_dir, sdir / "ctl", owner)
             await self._in_thread(
                 workspace.create,
                 sdir / "workspace.img",
@@ -162,7 +162,7 @@ class DockerRuntime:
                 workspace=str(sdir / "data"),
                 agent_script=str(AGENT_SCRIPT),
                 interpreter_script=str(INTERPRETER_SCRIPT),
-                agent_socket_dir=str(sdir / "sock"),
+                agent_socket_dir=str(sdir / "ctl"),
                 skills=str(sdir / "skills"),
                 egress=str(sdir / "egress"),
                 binds=self._binds,
@@ -173,7 +173,7 @@ class DockerRuntime:
             )
             self._cids[sid] = await self._engine.run(sid, args)
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
-            await self._in_thread(_seal, sdir / "sock")
+            await self._in_thread(_seal, sdir / "ctl")
         except Exception as exc:
             await self._destroy_quietly(sid)
             if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -242,7 +242,7 @@ class DockerRuntime:
     def agent(self, sandbox_id: str) -> AgentClient:
         agent = self._agents.get(sandbox_id)
         if agent is None:
-            sock = self._dir(sandbox_id) / "sock" / "agent.sock"
+            sock = self._dir(sandbox_id) / "ctl" / "agent"
             agent = AgentClient(sock, self._s.agent_connections)
             self._agents[sandbox_id] = agent
         return agent

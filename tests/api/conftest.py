@@ -23,6 +23,8 @@ import pytest
 
 from daemon.keys import hash_key
 from sandbox.cgroups import CgroupLayout
+from sandbox.docker.runtime import instance_of
+from tests import dockerd
 
 pytestmark = pytest.mark.root
 
@@ -36,6 +38,8 @@ class DaemonHandle:
     log: Path
     cgroup_parent: str
     keys: dict[str, str]
+    backend: str = "oci"
+    engine_url: str = ""
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -62,10 +66,13 @@ def _wait_for_socket(path: str, proc: subprocess.Popen[bytes], log: Path) -> Non
     raise AssertionError(f"daemon did not listen: {log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def daemon() -> Iterator[DaemonHandle]:
+@pytest.fixture(scope="session", params=["oci", pytest.param("docker", marks=pytest.mark.docker)])
+def daemon(request: pytest.FixtureRequest) -> Iterator[DaemonHandle]:
+    """The session's daemon, once per backend (pytest groups the tests by backend)."""
     if os.geteuid() != 0:
         pytest.skip("needs root")
+    backend: str = request.param
+    engine_url = request.getfixturevalue("docker_engine") if backend == "docker" else ""
     root = Path(tempfile.mkdtemp(prefix="sbxd-"))
     root.chmod(0o755)
     port = _free_port()
@@ -82,8 +89,12 @@ socket_mode = 0o666
 tcp = "127.0.0.1:{port}"
 api_keys = {{ alice = "{hash_key(keys["alice"])}", bob = "{hash_key(keys["bob"])}" }}
 [runtime]
+backend = "{backend}"
 runtime_root = "{root}/runc"
 cgroup_parent = "{cgroup_parent}"
+[docker]
+engine_url = "{engine_url}"
+cgroup_parent = "{cgroup_parent}-docker"
 [containers]
 workspace_bytes = {64 << 20}
 max_upload_bytes = {8 << 20}
@@ -108,10 +119,25 @@ sizes = {{}}
     try:
         _wait_for_socket(sock, proc, log)
         yield DaemonHandle(
-            root, sock, f"http://127.0.0.1:{port}", proc.pid, log, cgroup_parent, keys
+            root,
+            sock,
+            f"http://127.0.0.1:{port}",
+            proc.pid,
+            log,
+            cgroup_parent,
+            keys,
+            backend,
+            engine_url,
         )
     finally:
         _teardown(proc, sock, root, log, cgroup_parent)
+        if engine_url:
+            left = dockerd.containers(
+                engine_url, f"sandboxd.instance={instance_of(root / 'state')}"
+            )
+            for c in left:
+                dockerd.remove_container(engine_url, c["Id"])
+            assert not left, f"docker containers left behind: {[c['Names'] for c in left]}"
 
 
 def _teardown(
@@ -132,8 +158,8 @@ def _teardown(
     leftovers = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
                  if str(root) in line]  # fmt: skip
     layout = CgroupLayout.detect()
-    for directory in layout.dirs(cgroup_parent):
-        with contextlib.suppress(FileNotFoundError):
+    for directory in [*layout.dirs(cgroup_parent), *layout.dirs(f"{cgroup_parent}-docker")]:
+        with contextlib.suppress(FileNotFoundError, OSError):
             directory.rmdir()
     shutil.rmtree(root, ignore_errors=True)
     assert not leftovers, f"mounts left behind: {leftovers}"

@@ -6,7 +6,7 @@ import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.conftest import exec_
+from tests.api.conftest import DaemonHandle, exec_
 
 pytestmark = pytest.mark.root
 
@@ -26,7 +26,7 @@ def _value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[ty
     return float(samples.get((name, tuple(sorted(labels.items()))), 0.0))
 
 
-def test_metrics_follow_a_workload(raw: httpx2.Client) -> None:
+def test_metrics_follow_a_workload(raw: httpx2.Client, daemon: DaemonHandle) -> None:
     before = _samples(raw)
     cid = raw.post("/v1/containers", json={"name": "metrics", "memory_limit": "4g"}).json()["id"]
     exec_(raw, cid, "true", "exit 3", "sleep 5", timeout_ms=500)
@@ -39,7 +39,9 @@ def test_metrics_follow_a_workload(raw: httpx2.Client) -> None:
     def moved(name: str, **labels: str) -> float:
         return _value(after, name, **labels) - _value(before, name, **labels)
 
-    assert moved("sandboxd_container_create_seconds_count", backend="oci", pool="miss") == 1
+    assert (
+        moved("sandboxd_container_create_seconds_count", backend=daemon.backend, pool="miss") == 1
+    )
     assert moved("sandboxd_exec_total", outcome="ok") >= 2  # `true` and the background start
     assert moved("sandboxd_exec_total", outcome="error") == 1
     assert moved("sandboxd_exec_total", outcome="timeout") == 1
@@ -52,7 +54,9 @@ def test_metrics_follow_a_workload(raw: httpx2.Client) -> None:
     route = "/v1/containers/{container_id}/exec"
     assert moved("sandboxd_api_requests_total", route=route, status="200") == 3
     assert moved("sandboxd_api_request_seconds_count", route=route) == 3
-    assert _value(after, "sandboxd_build_info", version="0.1.0", python=_py(after), backend="oci")
+    assert _value(
+        after, "sandboxd_build_info", version="0.1.0", python=_py(after), backend=daemon.backend
+    )
     # no container ids in any label
     assert not [k for k in after if any(v.startswith("cntr_") for _, v in k[1])]
 

@@ -30,12 +30,17 @@ class DaemonProcess:
         self.cgroup_parent = f"/sandboxd-e2e-{secrets.token_hex(4)}"
         self.log = self.root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
-        tables: dict[str, dict[str, Any]] = {
+        self._tables: dict[str, dict[str, Any]] = {
             "server": {"socket": self.socket},
             "runtime": {"runtime_root": f"{self.root}/runc", "cgroup_parent": self.cgroup_parent},
             # No warm pool unless a test asks for one: host traces then equal the records.
             "pool": {"sizes": {}},
         }
+        self.write_config(**sections)
+
+    def write_config(self, **sections: dict[str, Any]) -> None:
+        """Merge `sections` into the config file (before start)."""
+        tables = self._tables
         for name, values in sections.items():
             tables.setdefault(name, {}).update(values)
         lines = [f'state_dir = "{self.root}/state"']

@@ -44,6 +44,9 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
         "[containers]\ndefault_minutes = 0",
         "[server]\ntcp = '127.0.0.1:9'",
         "[runtime]\nbackend = 'lxc'",
+        "[runtime]\nimage = '../etc'",
+        "[docker]\nengine_url = 'ftp://x'",
+        "[docker]\nthreads = 0",
         "[server]\napi_keys = { a = 1 }",
         "[server]\napi_keys = { a = 'sk-plain-key-not-a-hash' }",
         "not toml at all [",
@@ -54,6 +57,12 @@ def test_bad_values_are_refused(tmp_path: Path, text: str) -> None:
     bad.write_text(text)
     with pytest.raises(ConfigError):
         load(bad)
+
+
+def test_docker_backend() -> None:
+    cfg = load(None, {"runtime.backend": "docker", "docker.engine_url": "unix:///x.sock"})
+    assert (cfg.runtime.backend, cfg.docker.engine_url) == ("docker", "unix:///x.sock")
+    assert cfg.docker.threads == 8 and cfg.runtime.image == ""
 
 
 def test_overrides_win() -> None:
