@@ -51,7 +51,7 @@ def run_checks(cfg: Config, euid: int, live: bool = True) -> list[Check]:
         ("workspace", workspace_tools),
         ("python", sandbox_python),
         ("state-dir", lambda: state_dir(Path(cfg.state_dir))),
-        ("docker", docker),
+        ("docker", lambda: docker(_engine_socket(cfg), required=cfg.runtime.backend == "docker")),
     ]
     results = []
     for name, probe in probes:
@@ -246,8 +246,14 @@ def state_dir(path: Path) -> Check:
     return Check("state-dir", OK, detail)
 
 
-def docker(path: str = DOCKER_SOCKET) -> Check:
-    optional = "optional: only the docker backend uses it"
+def _engine_socket(cfg: Config) -> str:
+    url = cfg.docker.engine_url
+    return url.removeprefix("unix://") if url.startswith("unix://") else DOCKER_SOCKET
+
+
+def docker(path: str = DOCKER_SOCKET, required: bool = False) -> Check:
+    optional = "runtime.backend is docker" if required else "optional: only the docker backend"
+    missing = FAIL if required else WARN
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(3.0)
@@ -255,8 +261,10 @@ def docker(path: str = DOCKER_SOCKET) -> Check:
             sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
             reply = sock.recv(4096).decode(errors="replace")
     except OSError as exc:
-        return Check("docker", WARN, f"{path}: not reachable ({exc.strerror or exc}; {optional})")
+        return Check(
+            "docker", missing, f"{path}: not reachable ({exc.strerror or exc}; {optional})"
+        )
     status = reply.split("\r\n", 1)[0]
     if " 200 " not in f"{status} ":
-        return Check("docker", WARN, f"{path}: /_ping answered {status!r} ({optional})")
+        return Check("docker", missing, f"{path}: /_ping answered {status!r} ({optional})")
     return Check("docker", OK, f"{path}: engine answers /_ping ({optional})")

@@ -139,6 +139,8 @@ def create_args(
         "sysctls": {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.lo.disable_ipv6": "0"},
     }
     # HostConfig fields the SDK has no keyword for: our own masked and read-only /proc and
-    # /sys lists (they replace the engine's defaults, which vary by engine version).
-    raw_host = {"MaskedPaths": list(MASKED_PATHS), "ReadonlyPaths": list(READONLY_PATHS)}
+    # /sys lists (they replace the engine's defaults, which vary by engine version). Docker
+    # also mounts a (read-only) cgroupfs, which the oci backend never does: mask it too.
+    masked = [*MASKED_PATHS, "/sys/fs/cgroup"]
+    raw_host = {"MaskedPaths": masked, "ReadonlyPaths": list(READONLY_PATHS)}
     return ContainerArgs(create, host, raw_host)

@@ -75,9 +75,10 @@ class Engine:
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, run)
 
-    async def version(self) -> str:
-        info: Mapping[str, Any] = await self._call("ping", lambda c: c.version())
-        return str(info.get("Version", "?"))
+    async def info(self) -> tuple[str, str]:
+        """(engine version, cgroup driver)."""
+        info: Mapping[str, Any] = await self._call("engine info", lambda c: c.info())
+        return str(info.get("ServerVersion", "?")), str(info.get("CgroupDriver", "?"))
 
     async def has_image(self, ref: str) -> bool:
         try:

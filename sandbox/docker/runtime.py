@@ -88,7 +88,14 @@ class DockerRuntime:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:
-        version = await self._engine.version()
+        version, driver = await self._engine.info()
+        if driver != "cgroupfs":
+            # With the systemd driver a container's group is a transient scope under a slice;
+            # reading its OOM/pids counters from there is not implemented yet.
+            raise RuntimeFailure(
+                f"the docker backend needs an engine with the cgroupfs cgroup driver, this one "
+                f"uses {driver!r} (dockerd --exec-opt native.cgroupdriver=cgroupfs)"
+            )
         for path in (self._s.state_dir, self._s.state_dir / "sandboxes"):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(0o711)

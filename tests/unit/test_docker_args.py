@@ -45,7 +45,7 @@ def test_every_control_is_explicit() -> None:
         "core": 0,
     }
     assert "size=268435456" in host["tmpfs"]["/tmp"]
-    assert a.raw_host["MaskedPaths"] == list(MASKED_PATHS)
+    assert a.raw_host["MaskedPaths"] == [*MASKED_PATHS, "/sys/fs/cgroup"]
     create = a.create
     assert create["user"] == "1000:1000"
     assert create["command"] == AGENT_ARGV
