@@ -56,7 +56,8 @@ def load(state_dir: Path, name: str) -> BuiltImage:
         ) from exc
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", build_id) or not (base / "rootfs").is_dir():
         raise ImageError(f"image {name!r} at {base} is malformed")
-    return BuiltImage(name, base / "rootfs", build_id)
+    # Resolved: runc refuses a rootfs path that is (or passes through) a symlink.
+    return BuiltImage(name, (base / "rootfs").resolve(), build_id)
 
 
 def write_tar(root: Path, out: Path) -> None:

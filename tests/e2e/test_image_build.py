@@ -9,6 +9,7 @@ fresh build.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,7 @@ async def test_oci_runs_on_the_built_image(image: Path, run_resources: RunResour
         await _probe(runtime)
     finally:
         await runtime.close()
+        shutil.rmtree(state)
 
 
 @pytest.mark.docker
@@ -103,3 +105,4 @@ async def test_docker_imports_and_runs_the_built_image(
         await _probe(runtime)
     finally:
         await runtime.close()
+        shutil.rmtree(state)
