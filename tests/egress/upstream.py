@@ -85,7 +85,7 @@ class Upstream:
     names: tuple[str, ...]
     port: int = 443
     requests: list[dict[str, Any]] = field(default_factory=list)
-    connections: int = 0
+    files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # path -> (type, body)
 
 
 class Upstreams:
@@ -119,6 +119,9 @@ class Upstreams:
     async def _serve(self, upstream: Upstream, ctx: ssl.SSLContext, redirect_to: str) -> None:
         async def echo(request: web.Request) -> web.StreamResponse:
             upstream.requests.append(record := await _describe(request))
+            if request.path in upstream.files:
+                content_type, body = upstream.files[request.path]
+                return web.Response(body=body, content_type=content_type)
             if redirect_to and request.path == "/redirect":
                 raise web.HTTPFound(redirect_to)
             if request.path == "/echo-auth":
