@@ -7,6 +7,7 @@ config/sandboxd.example.toml.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +167,27 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """The egress proxy (containers with network_policy allowlist); see EGRESS notes in docs."""
+
+    enabled: bool = True
+    user: str = "sandboxd-proxy"  # unprivileged user it runs as ("nobody" if missing)
+    intercept: str = "secrets"  # "secrets": TLS interception only for secret domains; "all"
+    memory_bytes: int = 2 << 30  # RLIMIT_AS of the proxy process
+    nofile: int = 8192  # RLIMIT_NOFILE of the proxy process
+    max_connections: int = 64  # concurrent connections per sandbox
+    max_head_bytes: int = 64 << 10  # one request head
+    header_timeout_s: float = 10.0  # to send the first request head
+    idle_timeout_s: float = 120.0  # a connection with no traffic either way is closed
+    max_body_bytes: int = 8 << 20  # intercepted request bodies (scanned for placeholders)
+    health_interval_s: float = 2.0  # health check; 3 missed answers restart the proxy
+    # Diagnostics for offline testing only (off by default; never needed in production):
+    hosts: dict[str, str] = field(default_factory=dict)  # name -> "addr[,addr...]", not DNS
+    allow_upstreams: list[str] = field(default_factory=list)  # "ip:port" dialable anyway
+    upstream_ca_bundle: str = ""  # extra CA file trusted for upstream certificates
+
+
+@dataclass(frozen=True)
 class Config:
     state_dir: str = "/var/lib/sandboxd"
     log_level: str = "info"
@@ -179,6 +201,7 @@ class Config:
     code: CodeConfig = field(default_factory=CodeConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
 def _build[T](cls: type[T], data: dict[str, Any], where: str) -> T:
@@ -291,6 +314,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("files.min_expires_seconds must not exceed max_expires_seconds")
     if not 0.1 <= cfg.files.sweep_interval_s <= 3600:
         raise ConfigError("files.sweep_interval_s must be within 0.1..3600")
+    _validate_proxy(cfg.proxy)
     code = cfg.code
     if not 1 <= code.max_sessions <= MAX_AGENT_SESSIONS:
         raise ConfigError(f"code.max_sessions must be within 1..{MAX_AGENT_SESSIONS}")
@@ -298,6 +322,33 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"code.max_code_bytes must be within 1..{MAX_AGENT_CODE}")
     if not 1 <= code.default_timeout_ms <= code.max_timeout_ms:
         raise ConfigError("code.default_timeout_ms must be within 1..max_timeout_ms")
+
+
+def _validate_proxy(p: ProxyConfig) -> None:
+    if p.intercept not in ("secrets", "all"):
+        raise ConfigError("proxy.intercept must be 'secrets' or 'all'")
+    for key in ("memory_bytes", "nofile", "max_connections", "max_head_bytes", "max_body_bytes"):
+        if getattr(p, key) <= 0:
+            raise ConfigError(f"proxy.{key} must be positive")
+    for key in ("header_timeout_s", "idle_timeout_s", "health_interval_s"):
+        if not 0.1 <= getattr(p, key) <= 3600:
+            raise ConfigError(f"proxy.{key} must be within 0.1..3600")
+    for name, addresses in p.hosts.items():
+        for address in addresses.split(","):
+            if not _ip(address.strip()):
+                raise ConfigError(f"proxy.hosts.{name}: {address!r} is not an IP address")
+    for pair in p.allow_upstreams:
+        host, sep, port = pair.rpartition(":")
+        if not (sep and _ip(host.strip("[]")) and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"proxy.allow_upstreams: {pair!r} is not IP:PORT")
+
+
+def _ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _host_port(value: str) -> bool:

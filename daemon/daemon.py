@@ -19,17 +19,21 @@ from aiohttp import web
 from daemon.api.app import create_app, create_metrics_app
 from daemon.api.context import CODE, FILES, SKILLS
 from daemon.code import CodeService
-from daemon.config import Config, split_host_port
+from daemon.config import Config, ProxyConfig, split_host_port
+from daemon.egress import EgressProxy, EgressUnavailable, ProxySettings
 from daemon.files import FileService
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
+from daemon.network import ContainerEgress
 from daemon.pool import WarmPool
+from daemon.secretbox import SecretBox, SecretBoxError
 from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
 from daemon.store import Store
 from daemon.systemd import Notifier, SystemdEnv
 from daemon.tasks import TaskSupervisor
+from proxy.state import Limits as ProxyLimits
 from sandbox.docker.runtime import DEFAULT_ENGINE_URL, DockerRuntime, DockerSettings
 from sandbox.errors import RuntimeFailure
 from sandbox.oci.runtime import OciRuntime, OciSettings
@@ -37,6 +41,8 @@ from sandbox.runtime import Runtime
 from sandbox.seccomp import SeccompProfileError, load_profile
 
 logger = logging.getLogger(__name__)
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 class StartupError(Exception):
@@ -74,6 +80,13 @@ class Daemon:
         )
         self.code = CodeService(config, self.service, self.store, self.runtime, self.shutdown)
         self.tasks = TaskSupervisor()
+        self.proxy: EgressProxy | None = None
+        if config.proxy.enabled:
+            self.proxy = EgressProxy(
+                _proxy_settings(config.proxy, state / "proxy", config.log_level),
+                self.metrics,
+                self.tasks,
+            )
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
@@ -131,6 +144,7 @@ class Daemon:
         if self._systemd.listen_fds == 0 and await _socket_alive(Path(self.socket_path)):
             raise StartupError(f"another daemon is serving {self.socket_path}")
         await self.store.open()
+        await self._start_egress(state)
         try:
             await self._backend.start()
         except RuntimeFailure as exc:
@@ -148,6 +162,7 @@ class Daemon:
                 self.config.containers.limits(),
                 self.metrics,
                 busy=lambda: self.service.creating > 0,
+                trust_bundle=self.service.trust_bundle,
             )
             self.service.pool = self.pool
             self.tasks.spawn("warm-pool", self.pool.run())
@@ -181,6 +196,22 @@ class Daemon:
             "sandboxd serving",
             extra={"socket": self.socket_path, "tcp": self.config.server.tcp or None},
         )
+
+    async def _start_egress(self, state: Path) -> None:
+        """Secret key, CA and proxy process; every sandbox then trusts the proxy's CA."""
+        if self.proxy is None:
+            self.service.egress = ContainerEgress(None, None, self.store, self.runtime)
+            return
+        try:
+            box = await asyncio.to_thread(SecretBox.open_or_create, state / "secrets.key")
+            await self.proxy.start()
+        except (SecretBoxError, EgressUnavailable, OSError) as exc:
+            raise StartupError(f"egress proxy: {exc}") from exc
+        assert self.proxy.ca_cert is not None
+        self.service.trust_bundle = await asyncio.to_thread(
+            _write_trust_bundle, state / "trust-bundle.pem", self.proxy.ca_cert
+        )
+        self.service.egress = ContainerEgress(self.proxy, box, self.store, self.runtime)
 
     async def _listen_unix(self, runner: web.AppRunner) -> None:
         sock = self._systemd.activated_socket()  # socket activation: systemd owns the path
@@ -233,12 +264,51 @@ class Daemon:
         if self.pool is not None:
             self.service.pool = None
             await self.pool.drain()
+        if self.proxy is not None:
+            await self.proxy.close()
         await self.runtime.close()
         await self.store.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
         logger.info("sandboxd stopped")
+
+
+def _proxy_settings(cfg: ProxyConfig, state: Path, log_level: str) -> ProxySettings:
+    upstreams = []
+    for pair in cfg.allow_upstreams:
+        host, port = split_host_port(pair)
+        upstreams.append((host, port))
+    return ProxySettings(
+        state_dir=state,
+        user=cfg.user,
+        memory_bytes=cfg.memory_bytes,
+        nofile=cfg.nofile,
+        intercept_all=cfg.intercept == "all",
+        health_interval_s=cfg.health_interval_s,
+        hosts={k: [a.strip() for a in v.split(",")] for k, v in cfg.hosts.items()},
+        allow_upstreams=tuple(upstreams),
+        upstream_ca_bundle=cfg.upstream_ca_bundle,
+        limits=ProxyLimits(
+            max_connections=cfg.max_connections,
+            max_head_bytes=cfg.max_head_bytes,
+            header_timeout_s=cfg.header_timeout_s,
+            idle_timeout_s=cfg.idle_timeout_s,
+            max_body_bytes=cfg.max_body_bytes,
+        ),
+        log_level=log_level,
+    )
+
+
+def _write_trust_bundle(path: Path, ca_cert: Path) -> Path:
+    """The host's CA bundle plus the proxy's CA: bound over the system bundle in sandboxes."""
+    host = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
+    data = host.rstrip(b"\n") + b"\n" + ca_cert.read_bytes()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    tmp.rename(path)
+    return path
 
 
 def _lock_state_dir(state: Path) -> int:

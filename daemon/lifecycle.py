@@ -7,7 +7,10 @@ import logging
 import time
 from pathlib import Path
 
-from daemon.models import Status
+from daemon.egress import EgressUnavailable
+from daemon.models import ContainerRecord, Status
+from daemon.network import ContainerEgress
+from daemon.secretbox import SecretBoxError
 from daemon.service import ContainerService
 from daemon.store import Store
 from sandbox.errors import SandboxError
@@ -55,8 +58,11 @@ async def reconcile(
         if alive:
             running.add(rec.id)
             await service.record_event(rec.id, "restarted_daemon")
+            if service.egress is not None:
+                await _restore_egress(service.egress, rec)
             continue
         await _destroy(runtime, rec.id)
+        await store.delete_secrets(rec.id)
         reason = REASON_REBOOT if rebooted else REASON_GONE
         await store.set_status(rec.id, Status.EXPIRED, reason)
         await service.record_event(rec.id, "expired", reason=reason)
@@ -65,6 +71,17 @@ async def reconcile(
             await _destroy(runtime, sid)
             logger.info("reconcile: destroyed orphan sandbox", extra={"container_id": sid})
     await store.set_meta("boot_id", boot_id)
+
+
+async def _restore_egress(egress: ContainerEgress, rec: ContainerRecord) -> None:
+    """A running container keeps its egress across a daemon restart; if the new proxy will
+    not take its policy, the container stays without a path out (fail closed) and says so."""
+    try:
+        await egress.restore(rec)
+    except (EgressUnavailable, SecretBoxError, ValueError) as exc:
+        logger.error(
+            "reconcile: egress not restored", extra={"container_id": rec.id, "error": str(exc)}
+        )
 
 
 class IdleReaper:

@@ -12,6 +12,7 @@ import platform
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from proxy.state import REASONS as EGRESS_REASONS
 from sandbox.execution import CommandOutcome
 from sandbox.spec import MEMORY_TIERS
 
@@ -80,6 +81,22 @@ class Metrics:
             "sandboxd_api_request_seconds", "API request duration by route.", ["route"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.egress_decisions = Counter(
+            "sandboxd_egress_decisions_total",
+            "Egress proxy decisions by reason (relay/intercept/substituted allow; the rest deny).",
+            ["reason"], registry=r,
+        )  # fmt: skip
+        self.egress_substitutions = Counter(
+            "sandboxd_egress_secret_substitutions_total",
+            "Secrets substituted into requests by the egress proxy.", registry=r,
+        )  # fmt: skip
+        self.proxy_restarts = Counter(
+            "sandboxd_proxy_restarts_total", "Egress proxy process restarts.", registry=r
+        )
+        self.proxy_up = Gauge(
+            "sandboxd_proxy_up", "1 while the egress proxy process answers its health check.",
+            registry=r,
+        )  # fmt: skip
         build = Gauge(
             "sandboxd_build_info", "Build information (always 1).",
             ["version", "python", "backend"], registry=r,
@@ -94,6 +111,8 @@ class Metrics:
             self.exec_total.labels(outcome)
         for reason in KILL_REASONS:
             self.kills.labels(reason)
+        for reason in EGRESS_REASONS:
+            self.egress_decisions.labels(reason)
         self.create_failures.labels(backend)
         self.create_seconds.labels(backend, "miss")
         self.create_seconds.labels(backend, "hit")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -26,6 +26,17 @@ class ContainerRecord:
     expires_minutes: int
     runtime: str
     status_reason: str | None = None
+    network_policy: str | None = None  # public JSON of an allowlist policy; None = disabled
+
+
+@dataclass(frozen=True)
+class SealedSecret:
+    """A domain secret as stored: its value sealed with AES-GCM (daemon/secretbox.py)."""
+
+    name: str
+    domain: str
+    placeholder: str
+    sealed: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)

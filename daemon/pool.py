@@ -13,6 +13,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from daemon import ids
 from daemon.metrics import Metrics
@@ -34,8 +35,10 @@ class WarmPool:
         limits: Limits,
         metrics: Metrics,
         busy: Callable[[], bool],
+        trust_bundle: Path | None = None,
     ) -> None:
         self._runtime = runtime
+        self._trust_bundle = trust_bundle
         self._sizes = {tier: n for tier, n in sizes.items() if n > 0}
         self._limits = limits
         self._metrics = metrics
@@ -98,7 +101,9 @@ class WarmPool:
                 await asyncio.sleep(0.05)
                 continue
             sid = ids.container_id()
-            spec = SandboxSpec(sid, MEMORY_TIERS[tier], self._limits)
+            spec = SandboxSpec(
+                sid, MEMORY_TIERS[tier], self._limits, trust_bundle=self._trust_bundle
+            )
             try:
                 await self._runtime.create(spec)
             except SandboxError as exc:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from daemon import ids
 from daemon.activity import OpenOperations
 from daemon.config import Config
+from daemon.egress import EgressUnavailable
 from daemon.errors import (
     ContainerExpired,
     InvalidRequest,
@@ -39,6 +42,7 @@ from daemon.models import (
     Status,
     UserFileRecord,
 )
+from daemon.network import ContainerEgress
 from daemon.pool import WarmPool
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillRef, SkillService
@@ -53,6 +57,7 @@ from sandbox.errors import (
     SandboxError,
 )
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
+from sandbox.policy import NetworkPolicy
 from sandbox.runtime import Runtime
 from sandbox.spec import MEMORY_TIERS, WORKSPACE, SandboxSpec, SkillFiles
 
@@ -72,6 +77,7 @@ class CreateParams:
     expires_minutes: int
     file_ids: tuple[str, ...] = ()  # /v1/files copied into /mnt/data before create returns
     skills: tuple[SkillRef, ...] = ()  # installed read-only at /mnt/skills before it returns
+    network: NetworkPolicy | None = None  # allowlist egress; None = no network
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,9 @@ def _translate(action: str) -> Iterator[None]:
         raise cls(exc.message, param=param) from exc  # type: ignore[call-arg]
     except AgentUnavailable as exc:
         raise SandboxUnavailable(f"The sandbox is not reachable ({action}).") from exc
+    except EgressUnavailable as exc:
+        logger.error("egress proxy failed", extra={"action": action, "error": str(exc)})
+        raise SandboxUnavailable("The egress proxy is unavailable; try again.") from exc
     except AgentProtocolError as exc:
         logger.warning("agent protocol violation", extra={"action": action, "error": str(exc)})
         raise SandboxFailed(f"The sandbox misbehaved ({action}).") from exc
@@ -161,6 +170,8 @@ class ContainerService:
         self.metrics = metrics
         self.open_operations = OpenOperations()
         self.pool: WarmPool | None = None  # set by the composition root when configured
+        self.egress: ContainerEgress | None = None  # set by the composition root
+        self.trust_bundle: Path | None = None  # host CAs + the egress proxy's, for every sandbox
         self.creating = 0  # cold creates using the runtime right now
         self._expiring: set[str] = set()  # being expired: no new operation may start
         self._touched: dict[str, int] = {}  # last second written per container
@@ -205,6 +216,9 @@ class ContainerService:
         try:
             await self._store.set_status(cid, Status.EXPIRED, reason)
             self._touched.pop(cid, None)
+            if self.egress is not None:
+                await self.egress.release(cid)
+            await self._store.delete_secrets(cid)  # an expired container never runs again
             try:
                 await self._runtime.destroy(cid)
             except SandboxError as exc:
@@ -251,6 +265,12 @@ class ContainerService:
         sources: list[UserFileRecord],
         mounts: list[SkillFiles],
     ) -> ContainerRecord:
+        if params.network is not None and (self.egress is None or not self.egress.enabled):
+            raise InvalidRequest(
+                "network_policy 'allowlist' needs the egress proxy, which is disabled in this "
+                "sandboxd's configuration ([proxy] enabled = false).",
+                param="network_policy.type",
+            )
         limit = self._cfg.containers.max_containers_per_owner
         if await self._store.count_containers(caller.owner) >= limit:
             raise QuotaExceeded(f"At most {limit} containers per owner may exist at once.")
@@ -267,6 +287,7 @@ class ContainerService:
             memory_limit=params.memory_limit,
             expires_minutes=params.expires_minutes,
             runtime=self._runtime.name,
+            network_policy=json.dumps(params.network.public()) if params.network else None,
         )
         log_container_id.set(rec.id)
         await self._store.insert_container(rec)
@@ -285,9 +306,15 @@ class ContainerService:
             if mounts:
                 with _translate("install skills"):
                     await self._runtime.install_skills(rec.id, mounts)
+            if params.network is not None:
+                assert self.egress is not None
+                with _translate("egress"):
+                    await self.egress.setup(rec.id, params.network)
         except BaseException:
             # All or nothing: a create whose files cannot be copied leaves no container.
             self.metrics.create_failures.labels(self._runtime.name).inc()
+            if self.egress is not None and params.network is not None:
+                await self.egress.release(rec.id)
             try:
                 await self._runtime.destroy(rec.id)
             except SandboxError as exc:
@@ -306,7 +333,10 @@ class ContainerService:
 
     async def _cold_start(self, cid: str, tier: str) -> None:
         spec = SandboxSpec(
-            sandbox_id=cid, memory_bytes=MEMORY_TIERS[tier], limits=self._cfg.containers.limits()
+            sandbox_id=cid,
+            memory_bytes=MEMORY_TIERS[tier],
+            limits=self._cfg.containers.limits(),
+            trust_bundle=self.trust_bundle,
         )
         self.creating += 1  # the warm pool does not refill while this is non-zero
         try:
@@ -343,6 +373,8 @@ class ContainerService:
     async def delete(self, caller: Caller, cid: str) -> None:
         rec = await self.get(caller, cid, touch=False)
         await self._store.set_status(rec.id, Status.DELETING)
+        if self.egress is not None:
+            await self.egress.release(rec.id)
         with _translate("delete"):
             await self._runtime.destroy(rec.id)
         await self._store.delete_container(rec.id)

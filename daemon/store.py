@@ -17,13 +17,14 @@ from daemon.models import (
     EventRecord,
     FileRecord,
     Page,
+    SealedSecret,
     SkillRecord,
     SkillVersionRecord,
     Status,
     UserFileRecord,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MAX_EVENTS_PER_CONTAINER = 50
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -97,11 +98,22 @@ MIGRATIONS: dict[int, str] = {
         UNIQUE (skill_id, version)
     );
     """,
+    4: """
+    ALTER TABLE containers ADD COLUMN network_policy TEXT;
+    CREATE TABLE container_secrets (
+        container_id TEXT NOT NULL REFERENCES containers (id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        placeholder TEXT NOT NULL,
+        sealed BLOB NOT NULL,
+        PRIMARY KEY (container_id, name)
+    );
+    """,
 }
 
 _CONTAINER_COLS = (
     "id, owner, name, created_at, last_active_at, status, memory_limit, expires_minutes, "
-    "runtime, status_reason"
+    "runtime, status_reason, network_policy"
 )
 _FILE_COLS = "id, container_id, path, source, bytes, created_at"
 _UPLOAD_COLS = "id, owner, filename, purpose, bytes, created_at, expires_at"
@@ -115,9 +127,9 @@ _SKILL_SELECT = (
 
 
 def _container(row: tuple[Any, ...]) -> ContainerRecord:
-    cid, owner, name, created, active, status, memory, minutes, runtime, reason = row
+    cid, owner, name, created, active, status, memory, minutes, runtime, reason, policy = row
     return ContainerRecord(
-        cid, owner, name, created, active, Status(status), memory, minutes, runtime, reason
+        cid, owner, name, created, active, Status(status), memory, minutes, runtime, reason, policy
     )
 
 
@@ -177,11 +189,37 @@ class Store:
         values = (
             rec.id, rec.owner, rec.name, rec.created_at, rec.last_active_at, str(rec.status),
             rec.memory_limit, rec.expires_minutes, rec.runtime, rec.status_reason,
+            rec.network_policy,
         )  # fmt: skip
         await self._run(
             lambda db: db.execute(
-                f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values
+                f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                values,
             )
+        )
+
+    async def insert_secrets(self, cid: str, rows: list[SealedSecret]) -> None:
+        await self._run(
+            lambda db: db.executemany(
+                "INSERT INTO container_secrets (container_id, name, domain, placeholder, sealed) "
+                "VALUES (?,?,?,?,?)",
+                [(cid, r.name, r.domain, r.placeholder, r.sealed) for r in rows],
+            )
+        )
+
+    async def secrets_of(self, cid: str) -> list[SealedSecret]:
+        rows = await self._run(
+            lambda db: db.execute(
+                "SELECT name, domain, placeholder, sealed FROM container_secrets "
+                "WHERE container_id = ? ORDER BY name",
+                (cid,),
+            ).fetchall()
+        )
+        return [SealedSecret(n, d, p, bytes(s)) for n, d, p, s in rows]
+
+    async def delete_secrets(self, cid: str) -> None:
+        await self._run(
+            lambda db: db.execute("DELETE FROM container_secrets WHERE container_id = ?", (cid,))
         )
 
     async def get_container(self, cid: str) -> ContainerRecord | None:

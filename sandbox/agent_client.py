@@ -287,6 +287,18 @@ class AgentClient:
             raise AgentProtocolError("malformed write reply")
         return path, size
 
+    async def configure(self, env: Mapping[str, str], egress_socket: str | None) -> None:
+        """Environment for every later command; with `egress_socket`, start the relay from
+        127.0.0.1:3128 inside the sandbox to that (in-sandbox) unix socket path."""
+        async with self.connection() as conn:
+            await conn.send_json(
+                {"op": "configure", "env": dict(env), "egress_socket": egress_socket}
+            )
+            msg = await conn.recv_json()
+        raise_if_error(msg)
+        if egress_socket is not None and msg.get("egress") is not True:
+            raise AgentProtocolError("the agent did not start its egress relay")
+
     async def delete_file(self, path: str) -> None:
         async with self.connection() as conn:
             await conn.send_json({"op": "delete", "path": path})

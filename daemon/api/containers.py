@@ -19,6 +19,7 @@ from daemon.config import Config
 from daemon.errors import InvalidRequest
 from daemon.service import CreateParams
 from daemon.skills import SkillRef
+from sandbox.policy import PolicyError, parse_network_policy
 from sandbox.spec import MEMORY_TIERS
 
 MAX_FILE_IDS = 100
@@ -52,26 +53,10 @@ def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
             hi=cfg.containers.max_minutes,
             param="expires_after.minutes",
         )
-    policy = body.get("network_policy")
-    if policy is not None:
-        if not isinstance(policy, dict):
-            raise InvalidRequest(
-                "Invalid type for 'network_policy': expected an object.", param="network_policy"
-            )
-        kind = get_enum(
-            policy,
-            "type",
-            default="",
-            allowed=("disabled", "allowlist"),
-            param="network_policy.type",
-        )
-        if kind == "allowlist":
-            raise InvalidRequest(
-                "network_policy type 'allowlist' is not supported by this sandboxd yet; "
-                "containers have no network.",
-                param="network_policy.type",
-            )
-        reject_unknown(policy, {"type"}, "network_policy.")
+    try:
+        network = parse_network_policy(body.get("network_policy"))
+    except PolicyError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
     for key in ("file_ids", "skills"):
         value = body.get(key)
         if value is not None and not isinstance(value, list):
@@ -82,6 +67,7 @@ def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
         expires_minutes=minutes,
         file_ids=parse_file_ids(body.get("file_ids") or []),
         skills=parse_skills(body.get("skills") or [], cfg.skills.max_skills_per_container),
+        network=network,
     )
 
 

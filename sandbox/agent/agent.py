@@ -15,7 +15,10 @@ On accept the agent sends J{"v": 1, "agent": "sandboxd-agent", ...}. Requests ar
 with an "op"; see the handle_* functions for each op and its replies. Errors are
 J{"error": {"code": ..., "message": ...}}.
 
-Ops: ping, exec, list, read, write, delete, and (additive) code, sessions, session_delete.
+Ops: ping, exec, list, read, write, delete, and (additive) code, sessions, session_delete,
+configure (environment for every later command, and the egress relay: a listener on
+127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
+socket bound into /.sandboxd/egress; the sandbox has no other way out).
 `code` runs Python in a persistent session: one interpreter.py process per session, next to
 this file, talking over pipes (its own framing, see interpreter.py). Like exec it streams O/E
 frames and ends with one J result; the daemon may send J{"op": "interrupt"|"kill"} meanwhile.
@@ -47,6 +50,7 @@ LISTEN_PATH_ENV = "SANDBOXD_AGENT_SOCKET"
 PR_SET_DUMPABLE = 4
 DRAIN_GRACE_S = 0.2
 
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/tmp",
@@ -55,7 +59,21 @@ BASE_ENV = {
     "LOGNAME": "sandbox",
     "SHELL": "/bin/sh",
     "TMPDIR": "/tmp",
+    # The system bundle holds the host's CAs and the egress proxy's: every TLS stack in the
+    # sandbox trusts it, whichever of these it reads.
+    "SSL_CERT_FILE": SYSTEM_CA_BUNDLE,
+    "REQUESTS_CA_BUNDLE": SYSTEM_CA_BUNDLE,
+    "CURL_CA_BUNDLE": SYSTEM_CA_BUNDLE,
+    "NODE_EXTRA_CA_CERTS": SYSTEM_CA_BUNDLE,
+    "GIT_SSL_CAINFO": SYSTEM_CA_BUNDLE,
+    "PIP_CERT": SYSTEM_CA_BUNDLE,
 }
+# Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
+CONFIG_ENV = {}
+MAX_CONFIG_ENV = 256
+EGRESS_LISTEN = ("127.0.0.1", 3128)
+EGRESS_MAX_CONNECTIONS = 256
+EGRESS_BUFFER = 64 << 10
 CHILD_DEFAULT_SIGNALS = (
     signal.SIGPIPE,
     signal.SIGINT,
@@ -221,7 +239,7 @@ def handle_exec(reaper, conn, req):
         raise OpError("bad_request", "cwd must be a string")
     if not os.path.isdir(cwd):
         raise OpError("bad_cwd", "working directory does not exist: %s" % cwd)
-    env = dict(BASE_ENV)
+    env = dict(BASE_ENV, **CONFIG_ENV)
     for key, value in env_extra.items():
         if not isinstance(key, str) or not isinstance(value, str) or "=" in key or "\0" in key:
             raise OpError("bad_request", "env must map names to strings")
@@ -619,7 +637,8 @@ class Sessions:
             # Above 4, so the posix_spawn dup2s onto 0..4 cannot collide with a source fd.
             for fd in (out_w, err_w, req_r, rep_w):
                 child.append(fcntl.fcntl(fd, F_DUPFD_CLOEXEC, 10))
-            env = dict(BASE_ENV, MPLBACKEND="Agg")
+            env = dict(BASE_ENV, **CONFIG_ENV)
+            env["MPLBACKEND"] = "Agg"
             argv = [sys.executable or "/usr/bin/python3", "-I", "-B", INTERPRETER]
             try:
                 pid, waiter = self.reaper.spawn(argv, env, WORKSPACE, enumerate(child), wake_w)
@@ -905,6 +924,162 @@ def handle_sessions(sessions, conn, req):
         send_json(conn, {"ok": True})
 
 
+# ----------------------------------------------------------------------------- egress
+
+
+class EgressRelay(threading.Thread):
+    """127.0.0.1:3128 inside the sandbox -> the proxy's unix socket, one selector thread.
+
+    Bounded: at most EGRESS_MAX_CONNECTIONS relayed connections (later ones are closed at
+    once) and EGRESS_BUFFER bytes in flight per direction (a full buffer stops reading).
+    """
+
+    def __init__(self, target):
+        super().__init__(name="egress", daemon=True)
+        self.target = target
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(EGRESS_LISTEN)
+        self.listener.listen(128)
+        self.listener.setblocking(False)
+        self.sel = selectors.DefaultSelector()
+        self.peer = {}  # socket -> its other end
+        self.pending = {}  # socket -> bytes waiting to be written to it
+        self.events = {}  # socket -> the selector events it is registered for
+
+    def run(self):
+        self.sel.register(self.listener, selectors.EVENT_READ)
+        while True:
+            for key, _ in self.sel.select():
+                sock = key.fileobj
+                try:
+                    if sock is self.listener:
+                        self.accept()
+                    else:
+                        self.pump(sock)
+                except OSError:
+                    self.drop(sock)
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # e.g. out of fds: later connections get their turn
+            if len(self.peer) >= 2 * EGRESS_MAX_CONNECTIONS:
+                client.close()
+                continue
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                upstream.connect(self.target)  # a unix connect completes (or fails) at once
+            except OSError:
+                client.close()
+                upstream.close()
+                continue
+            for sock in (client, upstream):
+                sock.setblocking(False)
+                self.pending[sock] = bytearray()
+            self.peer[client], self.peer[upstream] = upstream, client
+            for sock in (client, upstream):
+                self.sel.register(sock, selectors.EVENT_READ)
+                self.events[sock] = selectors.EVENT_READ
+
+    def watch(self, sock):
+        """Read while the other end's buffer has room, write while ours has bytes."""
+        if sock not in self.peer:
+            return
+        events = 0
+        if len(self.pending[self.peer[sock]]) < EGRESS_BUFFER:
+            events |= selectors.EVENT_READ
+        if self.pending[sock]:
+            events |= selectors.EVENT_WRITE
+        registered = self.events.get(sock, 0)
+        if events == registered:
+            return
+        if not events:
+            self.sel.unregister(sock)  # the other end's buffer is full: wait for it to drain
+        elif not registered:
+            self.sel.register(sock, events)
+        else:
+            self.sel.modify(sock, events)
+        self.events[sock] = events
+
+    def pump(self, sock):
+        other = self.peer.get(sock)
+        if other is None:
+            return
+        if self.pending[sock]:
+            sent = sock.send(self.pending[sock])
+            del self.pending[sock][:sent]
+        if len(self.pending[other]) < EGRESS_BUFFER:
+            try:
+                data = sock.recv(EGRESS_BUFFER - len(self.pending[other]))
+            except (BlockingIOError, InterruptedError):
+                data = None
+            if data == b"":
+                self.drop(sock)
+                return
+            if data:
+                self.pending[other] += data
+                try:
+                    sent = other.send(self.pending[other])
+                    del self.pending[other][:sent]
+                except (BlockingIOError, InterruptedError):
+                    pass
+        self.watch(sock)
+        self.watch(other)
+
+    def drop(self, sock):
+        """Close both ends (after a last attempt to flush what is already buffered)."""
+        other = self.peer.pop(sock, None)
+        if other is not None:
+            self.peer.pop(other, None)
+        for s in (sock, other):
+            if s is None:
+                continue
+            buffered = self.pending.pop(s, None)
+            if buffered:
+                try:
+                    s.send(buffered)
+                except OSError:
+                    pass
+            if self.events.pop(s, 0):
+                self.sel.unregister(s)
+            s.close()
+
+
+class Config:
+    lock = threading.Lock()
+    relay = None
+
+
+def handle_configure(conn, req):
+    env = req.get("env") or {}
+    egress = req.get("egress_socket")
+    if not isinstance(env, dict) or len(env) > MAX_CONFIG_ENV:
+        raise OpError("bad_request", "env must be an object of at most %d names" % MAX_CONFIG_ENV)
+    for key, value in env.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
+            raise OpError("bad_request", "env must map names to strings")
+        if "\0" in key or "\0" in value:
+            raise OpError("bad_request", "env must not contain NUL")
+    if egress is not None and not isinstance(egress, str):
+        raise OpError("bad_request", "egress_socket must be a path")
+    with Config.lock:
+        if egress and Config.relay is None:
+            try:
+                relay = EgressRelay(egress)
+            except OSError as exc:
+                raise OpError("egress_failed", "egress listener: %s" % exc) from None
+            relay.start()
+            Config.relay = relay
+        CONFIG_ENV.clear()
+        CONFIG_ENV.update(env)
+    send_json(conn, {"ok": True, "egress": Config.relay is not None})
+
+
 # ----------------------------------------------------------------------------- server
 
 
@@ -934,6 +1109,8 @@ def serve_connection(reaper, sessions, conn):
                     handle_exec(reaper, conn, req)
                 elif op == "code":
                     handle_code(sessions, conn, req)
+                elif op == "configure":
+                    handle_configure(conn, req)
                 elif op in ("sessions", "session_delete"):
                     handle_sessions(sessions, conn, req)
                 elif op in ("kill", "interrupt"):

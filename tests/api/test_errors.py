@@ -47,8 +47,25 @@ def _assert_error(r: httpx2.Response, status: int, param: str | None = None) -> 
         (b'{"name": "x", "expires_after": {"anchor": "last_active_at", "minutes": 99999}}', 400,
          "expires_after.minutes"),
         (b'{"name": "x", "bogus": 1}', 400, "bogus"),
-        (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": ["a.com"]}}',
-         400, "network_policy.type"),
+        (b'{"name": "x", "network_policy": {"type": "open"}}', 400, "network_policy.type"),
+        (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": ["*.com"]}}',
+         400, "network_policy.allowed_domains[0]"),
+        (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": '
+         b'["a.example.com", "10.0.0.1"]}}', 400, "network_policy.allowed_domains[1]"),
+        (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": []}}',
+         400, "network_policy.allowed_domains"),
+        (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": '
+         b'["a.example.com"], "domain_secrets": '
+         b'[{"name": "K", "domain": "a.example.com", "value": "v\\r\\nX: y"}]}}',
+         400, "network_policy.domain_secrets[0].value"),
+        (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": '
+         b'["a.example.com"], "domain_secrets": '
+         b'[{"name": "K", "domain": "b.example.com", "value": "v"}]}}',
+         400, "network_policy.domain_secrets[0].domain"),
+        (b'{"name": "x", "network_policy": {"type": "allowlist", "allowed_domains": '
+         b'["a.example.com"], "domain_secrets": '
+         b'[{"name": "HTTPS_PROXY", "domain": "a.example.com", "value": "v"}]}}',
+         400, "network_policy.domain_secrets[0].name"),
         (b'{"name": "x", "file_ids": ["file-abc"]}', 404, "file_id"),
         (b'{"name": "x", "skills": [{"type": "skill_reference", "skill_id": "s"}]}', 404,
          "skill_id"),

@@ -1,0 +1,99 @@
+"""Containers with `network_policy: allowlist`: secrets, placeholders, proxy and agent setup.
+
+At create: each domain secret gets a random placeholder (the only thing the container ever
+sees, as env `NAME`), its value is sealed into the store, the proxy is handed the sandbox's
+socket with the policy and the values, and the agent is told the environment and starts its
+relay from 127.0.0.1:3128. After a daemon restart the proxy is a new process: `restore`
+attaches every running container again from the store.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from typing import Any
+
+from daemon.egress import EgressProxy
+from daemon.models import ContainerRecord, SealedSecret
+from daemon.secretbox import SecretBox
+from daemon.store import Store
+from proxy.secrets import PLACEHOLDER_PREFIX
+from sandbox.policy import NetworkPolicy, parse_network_policy
+from sandbox.runtime import Runtime
+from sandbox.spec import EGRESS_SOCKET
+
+logger = logging.getLogger(__name__)
+
+PROXY_URL = "http://127.0.0.1:3128"
+PROXY_ENV = {
+    **dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"), PROXY_URL),
+    **dict.fromkeys(("http_proxy", "https_proxy", "all_proxy"), PROXY_URL),
+    "NO_PROXY": "",
+    "no_proxy": "",
+}
+
+
+def new_placeholder() -> str:
+    """Fixed prefix + 160 random bits as 32 lowercase base32 characters."""
+    return PLACEHOLDER_PREFIX + base64.b32encode(secrets.token_bytes(20)).decode().lower()
+
+
+class ContainerEgress:
+    def __init__(
+        self, proxy: EgressProxy | None, box: SecretBox | None, store: Store, runtime: Runtime
+    ) -> None:
+        self._proxy = proxy
+        self._box = box
+        self._store = store
+        self._runtime = runtime
+
+    @property
+    def enabled(self) -> bool:
+        return self._proxy is not None and self._box is not None
+
+    async def setup(self, cid: str, policy: NetworkPolicy) -> None:
+        """Attach the (running) sandbox to the proxy and configure its agent."""
+        assert self._proxy is not None
+        assert self._box is not None
+        rows, pushed = [], []
+        for secret in policy.secrets:
+            placeholder = new_placeholder()
+            rows.append(
+                SealedSecret(
+                    secret.name,
+                    secret.domain,
+                    placeholder,
+                    self._box.seal(f"{cid}/{secret.name}", secret.value),
+                )
+            )
+            pushed.append(_pushed(secret.name, secret.domain, placeholder, secret.value))
+        await self._store.insert_secrets(cid, rows)
+        await self._proxy.attach(cid, self._runtime.egress_dir(cid), policy.public(), pushed)
+        env = dict(PROXY_ENV)
+        env.update({row.name: row.placeholder for row in rows})
+        await self._runtime.agent(cid).configure(env, EGRESS_SOCKET)
+
+    async def restore(self, rec: ContainerRecord) -> None:
+        """Hand a running container's socket and policy to this daemon's proxy again."""
+        if rec.network_policy is None or self._proxy is None or self._box is None:
+            return
+        policy = parse_network_policy(json.loads(rec.network_policy))
+        if policy is None:
+            return
+        pushed = [
+            _pushed(
+                s.name, s.domain, s.placeholder, self._box.unseal(f"{rec.id}/{s.name}", s.sealed)
+            )
+            for s in await self._store.secrets_of(rec.id)
+        ]
+        await self._proxy.attach(rec.id, self._runtime.egress_dir(rec.id), policy.public(), pushed)
+
+    async def release(self, cid: str) -> None:
+        if self._proxy is not None:
+            await self._proxy.detach(cid)
+
+
+def _pushed(name: str, domain: str, placeholder: str, value: str) -> dict[str, Any]:
+    return {"name": name, "domain": domain, "placeholder": placeholder, "value": value}

