@@ -631,3 +631,18 @@ async def test_decisions_are_counted(proxy_harness: ProxyHarness, test_ca: Throw
             if line.startswith(f'sandboxd_egress_decisions_total{{reason="{reason}"}}')
         )
         assert float(line.split()[-1]) >= 1
+
+
+async def test_keepalive_tunnel_reuses_its_upstream_connection(
+    proxy_harness: ProxyHarness,
+    seen,  # type: ignore[no-untyped-def]
+) -> None:
+    sbx = await secret_sandbox(proxy_harness)
+    reader, writer, reply = await connect(sbx.socket_path, "api.allowed.test:443")
+    assert reply.status == 200
+    await writer.start_tls(mitm(proxy_harness), server_hostname="api.allowed.test")
+    for i in range(12):  # more than mitmproxy's 5 server connections per client connection
+        writer.write(f"GET /k{i} HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n".encode())
+        assert (await read_reply(reader)).status == 200
+    writer.close()
+    assert [r["path"] for r in seen("api.allowed.test")] == [f"/k{i}" for i in range(12)]
