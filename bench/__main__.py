@@ -15,6 +15,7 @@ from bench.baseline import measure_runc
 from bench.client import BenchError, Client
 from bench.daemon import running_daemon
 from bench.docker import measure_docker
+from bench.proxy import measure_proxy
 from bench.report import Results, render
 from bench.sandboxd import Sizes, measure_api, server_side
 from bench.scale import CONCURRENT_CYCLES, DENSITY_TARGET, concurrent_cycles, density
@@ -64,6 +65,7 @@ def run(sizes: Sizes, command: str, scale: bool) -> Results:
         components=components,
         scale=[f for r in scale_runs for f in r.figures],
         scale_notes=[n for r in scale_runs for n in r.notes],
+        proxy=measure_proxy(sizes.exec),
     )
 
 

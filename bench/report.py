@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.docker import DockerResult
 from bench.machine import Machine
+from bench.proxy import added_latency
 from bench.stats import Summary
 
 CLIENT = (
@@ -38,6 +39,7 @@ class Results:
     components: list[Summary]
     scale: list[Summary]
     scale_notes: list[str]
+    proxy: list[Summary] = field(default_factory=list)
 
     def by_key(self) -> dict[str, Summary]:
         every = [*self.sandboxd, *self.server, *self.baseline, *self.docker.figures]
@@ -115,6 +117,14 @@ def render(r: Results) -> str:
         *_rows("docker", r.docker.figures),
         *_rows("components of a create", r.components),
         *(_rows("scale", r.scale) if r.scale else []),
+        *(
+            _rows(
+                "egress proxy (python -m bench.proxy, in a private network namespace)",
+                [*r.proxy, *added_latency(r.proxy)],
+            )
+            if r.proxy
+            else []
+        ),
         "",
         r.docker.note,
         "",

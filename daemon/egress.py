@@ -341,13 +341,17 @@ def _bind(path: Path) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # Bound through the directory's fd: sun_path holds 107 bytes, a deep state dir more.
+    dir_fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        listener.bind(str(path))
+        listener.bind(f"/proc/self/fd/{dir_fd}/{path.name}")
         os.chmod(path, 0o666)  # noqa: S103 - the 0700 directory is what keeps others out
         listener.listen(512)
     except OSError:
         listener.close()
         raise
+    finally:
+        os.close(dir_fd)
     return listener
 
 

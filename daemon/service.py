@@ -181,7 +181,13 @@ class ContainerService:
         now = _now()
         if self._touched.get(cid, 0) < now:
             self._touched[cid] = now
-            await self._store.touch(cid, now)
+            try:
+                await self._store.touch(cid, now)
+            except StorageFull:
+                # Bookkeeping only: a full state disk must not stop running sandboxes. The
+                # open operation itself keeps the container from being reaped meanwhile.
+                self._touched.pop(cid, None)
+                logger.warning("last_active_at not recorded: state disk full")
         return now
 
     @contextlib.asynccontextmanager

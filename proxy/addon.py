@@ -76,12 +76,18 @@ class EgressAddon:
     # ------------------------------------------------------------------ bookkeeping
 
     def _audit(self, conn: Connection | None, decision: str, reason: str, **extra: Any) -> None:
+        """Count the decision; log a line per refusal and per allowed tunnel (a substituted
+        request is counted, and logged only at debug level: it is the hot path)."""
         self._registry.decisions[reason] += 1
         fields: dict[str, Any] = {"decision": decision, "reason": reason, **extra}
         if conn is not None:
             fields["container_id"] = conn.sandbox.sandbox_id
-        level = logging.INFO if decision == "allow" else logging.WARNING
-        logger.log(level, "egress %s", decision, extra=fields)
+        if decision != "allow":
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if reason == "substituted" else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(level, "egress %s", decision, extra=fields)
 
     def _deny_flow(
         self, flow: http.HTTPFlow, conn: Connection | None, status: int, reason: str, **extra: Any
@@ -177,10 +183,7 @@ class EgressAddon:
                 and conn.connect_host is not None
                 and bool(conn.addresses)
                 and target is not None
-                and (
-                    canonical_host(str(target[0])) == conn.connect_host
-                    or str(target[0]) in conn.addresses
-                )
+                and canonical_host(str(target[0])) == conn.connect_host
                 and target[1] == conn.port
                 and data.server.via is None
             )
@@ -192,7 +195,8 @@ class EgressAddon:
                 self._audit(conn, "deny", "no_vetted_tunnel")
             data.server.error = "sandboxd egress: refused"
             return
-        data.server.address = (conn.addresses[0], conn.port)
+        # The dial resolves the name through Resolver.dial_getaddrinfo: only the addresses
+        # vetted at CONNECT. The address stays the name, so connections are reused.
         data.server.sni = conn.connect_host
 
     # ------------------------------------------------------------------ requests

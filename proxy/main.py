@@ -82,13 +82,13 @@ class ProxyProcess:
         self._registry = Registry()
         self._front = Front(self._registry, self._limits)
         self._intercept_all = bool(config.get("intercept_all", False))
-        resolver = Resolver(
+        self._resolver = Resolver(
             hosts={k: list(v) for k, v in config.get("hosts", {}).items()},
             allow_upstreams=frozenset(
                 (str(a), int(p)) for a, p in config.get("allow_upstreams", [])
             ),
         )
-        self._addon = EgressAddon(self._registry, resolver, self._limits)
+        self._addon = EgressAddon(self._registry, self._resolver, self._limits)
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Future[None]] = set()
 
@@ -134,6 +134,7 @@ class ProxyProcess:
         self._front.set_handler(ServerInstance.make("regular", server))
         drop_privileges(*user)  # before the first byte from the daemon or a sandbox is read
         loop = asyncio.get_running_loop()
+        self._resolver.install(loop)
         self._control.setblocking(False)
         loop.add_reader(self._control.fileno(), self._on_control)
         runner = asyncio.ensure_future(master.run())

@@ -9,7 +9,6 @@ only non-global addresses it may dial are the `allow_upstreams` pairs listed her
 from __future__ import annotations
 
 import asyncio
-import inspect
 import secrets
 import shutil
 import socket
@@ -56,15 +55,7 @@ def in_private_netns() -> bool:
     return [name for _, name in socket.if_nameindex()] == ["lo"]
 
 
-def _is_async(item: pytest.Item) -> bool:
-    return inspect.iscoroutinefunction(getattr(item, "function", None))
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/egress/" in str(item.fspath) and _is_async(item):
-            # One event loop for the whole egress session: the proxy is started once.
-            item.add_marker(pytest.mark.asyncio(loop_scope="session"))
     if in_private_netns() or not items:
         return
     why = "egress tests run only in a private network namespace (scripts/test: unshare --net)"

@@ -26,6 +26,9 @@ from tests.egress.conftest import (
 )
 from tests.egress.upstream import ThrowawayCA, Upstreams, header
 
+# One event loop for the module and the session-scoped proxy it shares.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
 SECRET = "real-secret-value-0123456789"
 OTHER_SECRET = "other-secret-value-9876543210"
 
@@ -479,3 +482,167 @@ async def test_unknown_origin_is_refused(proxy_harness: ProxyHarness) -> None:
 
 def _unused(r: Reply) -> None:  # keep the import used for type checkers
     del r
+
+
+# 16
+async def test_16_http2_authority_checked_and_substituted(
+    proxy_harness: ProxyHarness, seen
+) -> None:  # type: ignore[no-untyped-def]
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    sbx = await secret_sandbox(proxy_harness)
+    ph = sbx.placeholders["API_KEY"]
+    ctx = mitm(proxy_harness)
+    ctx.set_alpn_protocols(["h2"])
+
+    async def h2_get(authority: str) -> tuple[int, bytes]:
+        reader, writer, reply = await connect(sbx.socket_path, "api.allowed.test:443")
+        assert reply.status == 200
+        await writer.start_tls(ctx, server_hostname="api.allowed.test")
+        ssl_obj = writer.get_extra_info("ssl_object")
+        assert ssl_obj.selected_alpn_protocol() == "h2"
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(
+            1,
+            [
+                (":method", "GET"),
+                (":scheme", "https"),
+                (":path", "/h2"),
+                (":authority", authority),
+                ("authorization", f"Bearer {ph}"),
+            ],
+            end_stream=True,
+        )
+        writer.write(conn.data_to_send())
+        status, body = 0, b""
+        try:
+            while True:
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = int(dict(event.headers)[b":status"])
+                    elif isinstance(event, h2.events.DataReceived):
+                        body += event.data
+                        conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                        return status, body
+                writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+        return status, body
+
+    status, _ = await h2_get("api.allowed.test")
+    assert status == 200
+    got = seen("api.allowed.test")[-1]
+    assert header(got, "Authorization") == [f"Bearer {SECRET}"]
+    status, _ = await h2_get("other.allowed.test")
+    assert status == 421
+    assert len(seen("api.allowed.test")) == 1
+
+
+async def endless_head(writer: asyncio.StreamWriter, limit: int = 256 << 20) -> int:
+    """Send header lines without end until the proxy cuts the connection; bytes sent."""
+    sent = 0
+    chunk = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    try:
+        while sent < limit:
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), 5)
+            sent += len(chunk)
+    except (ConnectionError, ssl.SSLError):
+        pass
+    return sent
+
+
+# 21
+async def test_21_endless_head_is_cut(proxy_harness: ProxyHarness) -> None:
+    sbx = await proxy_harness.sandbox(["api.allowed.test"])
+    reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
+    writer.write(b"CONNECT api.allowed.test:443 HTTP/1.1\r\n")
+    sent = await endless_head(writer)
+    try:
+        head = await asyncio.wait_for(reader.read(4096), 5)
+    except ConnectionError:
+        head = b""
+    assert head.startswith(b"HTTP/1.1 431") or head == b""
+    assert sent < 4 << 20  # cut long before the whole head was sent
+    writer.close()
+
+
+async def test_21_endless_head_inside_an_intercepted_tunnel_is_cut(
+    proxy_harness: ProxyHarness,
+) -> None:
+    sbx = await secret_sandbox(proxy_harness)
+    _, writer, reply = await connect(sbx.socket_path, "api.allowed.test:443")
+    assert reply.status == 200
+    await writer.start_tls(mitm(proxy_harness), server_hostname="api.allowed.test")
+    writer.write(b"GET / HTTP/1.1\r\nHost: api.allowed.test\r\n")
+    assert await endless_head(writer) < 4 << 20
+    writer.close()
+
+
+async def test_21_slowloris_is_cut_after_the_header_timeout(proxy_harness: ProxyHarness) -> None:
+    sbx = await proxy_harness.sandbox(["api.allowed.test"])
+    reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
+    writer.write(b"CONNECT api.allowed.test:443 HTTP/1.1\r\n")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    reply = await asyncio.wait_for(read_reply(reader), 10)  # the harness's timeout is 2 s
+    assert reply.status == 408
+    assert 1.5 < loop.time() - start < 6
+    writer.close()
+
+
+async def test_21_connection_cap_per_sandbox(
+    proxy_harness: ProxyHarness, test_ca: ThrowawayCA
+) -> None:
+    a = await proxy_harness.sandbox(["api.allowed.test"])
+    b = await proxy_harness.sandbox(["api.allowed.test"])
+    held = []
+    for _ in range(200):  # the harness allows 64 per sandbox
+        _, w = await asyncio.open_unix_connection(str(a.socket_path))
+        w.write(b"CONNECT api.allowed.test:443 HTTP/1.1\r\n")
+        held.append(w)
+    await asyncio.sleep(0.2)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    reply = await https_request(b.socket_path, "api.allowed.test", client_tls(test_ca))
+    assert reply.status == 200
+    assert loop.time() - start < 1.0
+    for w in held:
+        w.close()
+
+
+async def test_decisions_are_counted(proxy_harness: ProxyHarness, test_ca: ThrowawayCA) -> None:
+    sbx = await proxy_harness.sandbox(["api.allowed.test"])
+    await https_request(sbx.socket_path, "evil.test", client_tls(test_ca))
+    await https_request(sbx.socket_path, "api.allowed.test", client_tls(test_ca))
+    await asyncio.sleep(1.2)  # two health checks: the counters come with the ping replies
+    text = proxy_harness.metrics.render().decode()
+    for reason in ("not_allowed", "relay"):
+        line = next(
+            line
+            for line in text.splitlines()
+            if line.startswith(f'sandboxd_egress_decisions_total{{reason="{reason}"}}')
+        )
+        assert float(line.split()[-1]) >= 1
+
+
+async def test_keepalive_tunnel_reuses_its_upstream_connection(
+    proxy_harness: ProxyHarness,
+    seen,  # type: ignore[no-untyped-def]
+) -> None:
+    sbx = await secret_sandbox(proxy_harness)
+    reader, writer, reply = await connect(sbx.socket_path, "api.allowed.test:443")
+    assert reply.status == 200
+    await writer.start_tls(mitm(proxy_harness), server_hostname="api.allowed.test")
+    for i in range(12):  # more than mitmproxy's 5 server connections per client connection
+        writer.write(f"GET /k{i} HTTP/1.1\r\nHost: api.allowed.test\r\n\r\n".encode())
+        assert (await read_reply(reader)).status == 200
+    writer.close()
+    assert [r["path"] for r in seen("api.allowed.test")] == [f"/k{i}" for i in range(12)]

@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.egress.conftest import ProxyHarness, client_tls, https_request
 from tests.egress.upstream import ThrowawayCA, Upstreams
+
+# One event loop for the module and the session-scoped proxy it shares.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
 async def test_relay_reaches_allowed_host(

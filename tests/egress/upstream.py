@@ -146,6 +146,7 @@ class Upstreams:
         asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
 
 async def _describe(request: web.Request) -> dict[str, Any]:

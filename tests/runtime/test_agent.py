@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sandbox.errors import AgentError, SandboxError
-from tests.runtime.conftest import MIB, Harness, check, chunks_of, read_all, sh
+from tests.runtime.conftest import MIB, Harness, check, chunks_of, read_all, sh, spec
 
 pytestmark = pytest.mark.root
 
@@ -168,6 +168,7 @@ async def test_environment(backend: Harness, sid: str) -> None:
         for line in (await check(rt, sid, "exec env -0", env={"X": "1"})).split("\0")
         if line
     )
+    bundle = "/etc/ssl/certs/ca-certificates.crt"  # the system bundle every TLS stack trusts
     assert env == {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/tmp",
@@ -190,7 +191,37 @@ async def test_environment(backend: Harness, sid: str) -> None:
         ),
         "PWD": "/mnt/data",  # exported by the shell itself
         "X": "1",
+        **dict.fromkeys(
+            (
+                "SSL_CERT_FILE",
+                "REQUESTS_CA_BUNDLE",
+                "CURL_CA_BUNDLE",
+                "NODE_EXTRA_CA_CERTS",
+                "GIT_SSL_CAINFO",
+                "PIP_CERT",
+            ),
+            bundle,
+        ),
     }
+
+
+async def test_configure_sets_the_environment_of_later_commands(backend: Harness) -> None:
+    rt = backend.runtime
+    s = spec()
+    await rt.create(s)
+    try:
+        await rt.agent(s.sandbox_id).configure({"API_KEY": "sbxd_ph_x", "HTTPS_PROXY": "h"}, None)
+        out = await check(rt, s.sandbox_id, 'printf "%s|%s" "$API_KEY" "$HTTPS_PROXY"')
+        assert out == "sbxd_ph_x|h"
+        # No egress relay was asked for: nothing listens on 3128.
+        out = await check(
+            rt, s.sandbox_id,
+            "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", 3128))' "
+            "2>&1 | tail -1",
+        )  # fmt: skip
+        assert "ConnectionRefusedError" in out
+    finally:
+        await rt.destroy(s.sandbox_id)
 
 
 async def test_working_directory(backend: Harness, sid: str) -> None:
