@@ -177,18 +177,6 @@ async def test_environment(backend: Harness, sid: str) -> None:
         "LOGNAME": "sandbox",
         "SHELL": "/bin/sh",
         "TMPDIR": "/tmp",
-        # Every TLS stack reads the system bundle (host CAs + the egress proxy's CA).
-        **dict.fromkeys(
-            (
-                "SSL_CERT_FILE",
-                "REQUESTS_CA_BUNDLE",
-                "CURL_CA_BUNDLE",
-                "NODE_EXTRA_CA_CERTS",
-                "GIT_SSL_CAINFO",
-                "PIP_CERT",
-            ),
-            "/etc/ssl/certs/ca-certificates.crt",
-        ),
         "PWD": "/mnt/data",  # exported by the shell itself
         "X": "1",
         **dict.fromkeys(
