@@ -158,6 +158,8 @@ def test_shutdown_with_execs_in_flight() -> None:
 
 
 @pytest.mark.slow
+# 50 daemon starts, each now with its egress proxy: ~110 s on a quiet 2-core host.
+@pytest.mark.timeout(300)
 # The daemon is SIGKILLed under live client connections: the HTTP client's pool may drop a
 # dead connection's socket to the garbage collector. That is the client, not sandboxd.
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
