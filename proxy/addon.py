@@ -62,9 +62,11 @@ def _authority_host(value: str) -> tuple[str, int | None] | None:
         rest = ":" + rest
     if not rest:
         return host, None
-    if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
+    digits = rest[1:]
+    if not rest.startswith(":") or not (digits.isascii() and digits.isdigit()) or len(digits) > 5:
         return None
-    return host, int(rest[1:])
+    port = int(digits)
+    return (host, port) if 0 < port < 65536 else None
 
 
 class EgressAddon:
