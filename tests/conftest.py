@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# SECURITY.md's tables: one JSON line per security case when SANDBOXD_SECURITY_RESULTS is set.
+pytest_plugins = ["tests.security_report"]
+
 STRIPPED_ENV = ("NOTIFY_SOCKET", "DOCKER_HOST", "JOURNAL_STREAM")
 
 
