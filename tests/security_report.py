@@ -100,10 +100,9 @@ def backend_of(item: pytest.Item) -> str:
     marker = item.get_closest_marker("security_backend")
     if marker and marker.args:
         return str(marker.args[0])
-    names = getattr(item, "fixturenames", ())
-    if "proxy_harness" in names:
+    if suite_of(item.nodeid) == "egress" and "daemon" not in getattr(item, "fixturenames", ()):
         return "proxy"  # proxy-level case: the proxy process alone, no sandbox backend
-    return DEFAULT_BACKEND
+    return DEFAULT_BACKEND  # the daemon's backend
 
 
 def case_of(item: pytest.Item, backend: str) -> str:

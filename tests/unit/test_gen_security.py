@@ -269,10 +269,23 @@ def test_records(security_record):
     security_record("b", "EPERM", "OK", False, backend="docker")
 ''',
             "tests/other/test_y.py": "def test_ignored():\n    pass\n",
+            "tests/egress/test_e.py": """
+import pytest
+
+@pytest.fixture
+def daemon():
+    return None
+
+def test_proxy_level():
+    pass
+
+def test_through_a_daemon(daemon):
+    pass
+""",
         }
     )
     result = pytester.runpytest_subprocess("-p", "tests.security_report", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=5, failed=1, skipped=1)
+    result.assert_outcomes(passed=7, failed=1, skipped=1)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert rows[0]["kind"] == "session"
     cases = {r["case"]: r for r in rows[1:]}
@@ -283,7 +296,9 @@ def test_records(security_record):
         "test_holds",
         "test_param[1]",
         "test_param[2]",
+        "test_proxy_level",
         "test_skipped",
+        "test_through_a_daemon",
     ]
     assert cases["test_holds"]["description"] == "Something holds."
     assert cases["test_holds"]["figures"] == {"output": "figure: 42"}
@@ -301,3 +316,9 @@ def test_records(security_record):
         "try a",
     )
     assert (b["outcome"], b["backend"]) == ("FAILED", "docker")
+    # egress: the proxy alone, or the backend of the daemon the case ran against
+    assert (cases["test_proxy_level"]["suite"], cases["test_proxy_level"]["backend"]) == (
+        "egress",
+        "proxy",
+    )
+    assert cases["test_through_a_daemon"]["backend"] == "oci"
