@@ -339,7 +339,7 @@ def _validate_proxy(p: ProxyConfig) -> None:
                 raise ConfigError(f"proxy.hosts.{name}: {address!r} is not an IP address")
     for pair in p.allow_upstreams:
         host, sep, port = pair.rpartition(":")
-        if not (sep and _ip(host.strip("[]")) and port.isdigit() and 0 < int(port) < 65536):
+        if not (sep and _ip(host.strip("[]")) and _port(port)):
             raise ConfigError(f"proxy.allow_upstreams: {pair!r} is not IP:PORT")
 
 
@@ -351,9 +351,13 @@ def _ip(value: str) -> bool:
     return True
 
 
+def _port(text: str) -> bool:
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
 def _host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    return bool(sep and host and _port(port))
 
 
 def split_host_port(value: str) -> tuple[str, int]:

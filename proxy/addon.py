@@ -24,7 +24,7 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
 from proxy.resolver import ResolveError, Resolver
-from proxy.secrets import Redactor, Secret
+from proxy.secrets import PLACEHOLDER_LEN, Redactor, Secret, SecretSet
 from proxy.state import Connection, Limits, Registry
 from sandbox.policy import canonical_host, is_ip_literal
 
@@ -62,9 +62,44 @@ def _authority_host(value: str) -> tuple[str, int | None] | None:
         rest = ":" + rest
     if not rest:
         return host, None
-    if not rest.startswith(":") or not rest[1:].isdigit() or len(rest) > 6:
+    digits = rest[1:]
+    if not rest.startswith(":") or not (digits.isascii() and digits.isdigit()) or len(digits) > 5:
         return None
-    return host, int(rest[1:])
+    port = int(digits)
+    return (host, port) if 0 < port < 65536 else None
+
+
+class BodyGuard:
+    """A streamed request body (no declared length): forwarded chunk by chunk once scanned
+    for placeholders that may not go to `host` (a placeholder split across chunks is seen),
+    at most `cap` bytes. On a violation the rest of the body is dropped, so the placeholder
+    never leaves, and the client's answer becomes the refusal."""
+
+    def __init__(self, secrets: SecretSet, host: str, cap: int) -> None:
+        self._secrets = secrets
+        self._host = host
+        self._cap = cap
+        self._seen = 0
+        self._tail = b""
+        self.violation = ""
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if self.violation:
+            return b""
+        self._seen += len(chunk)
+        if self._seen > self._cap:
+            self.violation = "body_too_large"
+            return b""
+        data = self._tail + chunk
+        if self._secrets.foreign(self._host, [data]) is not None:
+            self.violation = "placeholder"
+            return b""
+        if not chunk:  # end of the body
+            self._tail = b""
+            return data
+        keep = min(len(data), PLACEHOLDER_LEN - 1)
+        self._tail = data[len(data) - keep :]
+        return data[: len(data) - keep]
 
 
 class EgressAddon:
@@ -249,6 +284,18 @@ class EgressAddon:
         foreign = secrets.foreign(host, texts)
         if foreign is not None:
             return self._deny_flow(flow, conn, 403, "placeholder", secret=foreign.name)
+        length = req.headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) > self._limits.max_body_bytes:
+            # Cut at once: answering would mean reading (buffering) the whole body first.
+            self._deny_flow(flow, conn, 413, "body_too_large")
+            flow.kill()  # type: ignore[no-untyped-call]
+            return None
+        if (not length and "transfer-encoding" in req.headers) or req.is_http2:
+            # No declared length: mitmproxy would buffer without bound. Stream it through a
+            # guard that scans it (up to the cap) and drops the rest on a violation.
+            guard = BodyGuard(secrets, host, self._limits.max_body_bytes)
+            req.stream = guard
+            flow.metadata["sandboxd_guard"] = guard
         for name in PROXY_HEADERS:
             req.headers.pop(name, None)
         self._substitute(flow, conn, host)
@@ -281,7 +328,7 @@ class EgressAddon:
 
     def request(self, flow: http.HTTPFlow) -> None:
         """The whole (buffered, size-capped) body is here: no foreign placeholder in it."""
-        if flow.response is not None or flow.request.method == "CONNECT":
+        if flow.response is not None or flow.request.method == "CONNECT" or flow.request.stream:
             return
         conn = self._registry.of(flow.client_conn.id)
         try:
@@ -299,8 +346,19 @@ class EgressAddon:
     # ------------------------------------------------------------------ responses
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            return
+        guard: BodyGuard | None = flow.metadata.get("sandboxd_guard")
+        if guard is not None and guard.violation:
+            return  # the whole answer is replaced in `response`
+        length = flow.response.headers.get("content-length", "")
+        small = (
+            length.isascii() and length.isdigit() and int(length) <= self._limits.max_redact_bytes
+        )
         used: list[Secret] = flow.metadata.get("sandboxd_substituted") or []
-        if not used or flow.response is None:
+        if not used:
+            if not small:
+                flow.response.stream = True  # large or unknown: never buffered here
             return
         redactor = Redactor(used)
         fields = [
@@ -309,12 +367,17 @@ class EgressAddon:
         flow.response.headers.clear()
         for name, value in fields:
             flow.response.headers.add(name, value)
-        length = flow.response.headers.get("content-length", "")
-        if not (length.isdigit() and int(length) <= self._limits.max_redact_bytes):
+        if not small:
             flow.response.stream = redactor
         flow.metadata["sandboxd_redactor"] = redactor
 
     def response(self, flow: http.HTTPFlow) -> None:
+        guard: BodyGuard | None = flow.metadata.get("sandboxd_guard")
+        if guard is not None and guard.violation:
+            conn = self._registry.of(flow.client_conn.id)
+            status = 413 if guard.violation == "body_too_large" else 403
+            self._deny_flow(flow, conn, status, guard.violation)
+            return
         redactor: Redactor | None = flow.metadata.get("sandboxd_redactor")
         if redactor is None or flow.response is None or flow.response.stream:
             return

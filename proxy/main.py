@@ -104,7 +104,6 @@ class ProxyProcess:
             "websocket": True,
             "rawtcp": False,
             "tcp_timeout": int(self._limits.idle_timeout_s),
-            "body_size_limit": str(self._limits.max_body_bytes),
         }
         extra = self._config.get("upstream_ca_bundle")
         if extra:

@@ -45,15 +45,14 @@ class SecretSet:
         return any(matches(s.domain, host) for s in self._by_placeholder.values())
 
     def found_in(self, text: str | bytes) -> list[Secret]:
-        """Secrets whose placeholder occurs in `text` (plain, or in a Basic credential)."""
-        if isinstance(text, bytes):
-            hits = {m.decode() for m in _PLACEHOLDER_RE_B.findall(text)}
-            text = text.decode("latin-1")
-        else:
-            hits = set(_PLACEHOLDER_RE.findall(text))
-        decoded = _basic_credential(text)
-        if decoded is not None:
-            hits.update(_PLACEHOLDER_RE.findall(decoded))
+        """Secrets whose placeholder occurs in `text`, plainly or inside any `Basic`
+        credential in it (a header line, a header value, a body)."""
+        data = text.encode("utf-8", "surrogateescape") if isinstance(text, str) else text
+        hits = {m.decode() for m in _PLACEHOLDER_RE_B.findall(data)}
+        for token in _BASIC_RE.findall(data):
+            decoded = _b64(token)
+            if decoded is not None:
+                hits.update(m.decode() for m in _PLACEHOLDER_RE_B.findall(decoded))
         return [self._by_placeholder[h] for h in sorted(hits) if h in self._by_placeholder]
 
     def foreign(self, host: str, texts: Iterable[str | bytes]) -> Secret | None:
@@ -76,50 +75,59 @@ class SecretSet:
             return secret.value
 
         out = _PLACEHOLDER_RE.sub(swap, value)
-        scheme, _, token = out.partition(" ")
+        scheme, _, token = out.strip().partition(" ")
         if scheme.lower() == "basic" and token:
-            decoded = _basic_credential(out)
-            if decoded is not None:
-                swapped = _PLACEHOLDER_RE.sub(swap, decoded)
-                if swapped != decoded:
-                    out = f"{scheme} {base64.b64encode(swapped.encode()).decode()}"
+            raw = _b64(token.strip().encode("latin-1", "replace"))
+            if raw is not None:
+                # Bytes in, bytes out: a credential that is not UTF-8 stays what it was.
+                text = raw.decode("utf-8", "surrogateescape")
+                swapped = _PLACEHOLDER_RE.sub(swap, text)
+                if swapped != text:
+                    encoded = base64.b64encode(swapped.encode("utf-8", "surrogateescape"))
+                    out = f"{scheme} {encoded.decode()}"
         return out, used
 
 
-def _basic_credential(value: str) -> str | None:
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "basic" or not token:
-        return None
+_BASIC_RE = re.compile(rb"(?i)\bbasic[ \t]+([A-Za-z0-9+/=]+)")
+
+
+def _b64(token: bytes) -> bytes | None:
     try:
-        return base64.b64decode(token.strip(), validate=True).decode("utf-8", "replace")
+        return base64.b64decode(token, validate=True)
     except (binascii.Error, ValueError):
         return None
 
 
 class Redactor:
-    """Turns secret values back into their placeholders in a response body, chunk by chunk:
-    keeps the last len(longest value)-1 bytes back so a value split across chunks is seen."""
+    """Turns secret values back into their placeholders in a response body, chunk by chunk.
+
+    A match is only taken once the longest value would have fitted after its start, so a
+    value that is a prefix of another can never hide the longer one across a chunk boundary.
+    """
 
     def __init__(self, used: Iterable[Secret]) -> None:
         pairs = {s.value.encode(): s.placeholder.encode() for s in used}
-        self._pairs = sorted(pairs.items(), key=lambda kv: -len(kv[0]))
+        self._map = pairs
+        longest_first = sorted(pairs, key=len, reverse=True)
+        self._re = re.compile(b"|".join(re.escape(v) for v in longest_first) or b"(?!)")
         self._keep = max((len(v) for v in pairs), default=1) - 1
-        self._tail = b""
+        self._buf = b""
 
     def whole(self, data: bytes) -> bytes:
-        for value, placeholder in self._pairs:
-            data = data.replace(value, placeholder)
-        return data
+        return self._re.sub(lambda m: self._map[m.group(0)], data)
 
     def __call__(self, chunk: bytes) -> bytes:
-        if not chunk:  # end of the body
-            out, self._tail = self.whole(self._tail), b""
-            return out
-        data = self.whole(self._tail + chunk)
-        if self._keep and len(data) > self._keep:
-            out, self._tail = data[: -self._keep], data[-self._keep :]
-        elif self._keep:
-            out, self._tail = b"", data
-        else:
-            out = data
-        return out
+        """The next chunk of the body; b"" ends it (and flushes what was held back)."""
+        buf = self._buf + chunk
+        limit = len(buf) if not chunk else len(buf) - self._keep  # matches may start before
+        out = bytearray()
+        pos = 0
+        for match in self._re.finditer(buf):
+            if match.start() >= limit:
+                break
+            out += buf[pos : match.start()] + self._map[match.group(0)]
+            pos = match.end()
+        end = max(pos, limit)
+        out += buf[pos:end]
+        self._buf = buf[end:]
+        return bytes(out)

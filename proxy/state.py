@@ -21,7 +21,7 @@ DENY_REASONS = (
     "unknown_origin", "internal_error", "second_connect", "ip_literal", "bad_host", "port",
     "not_allowed", "resolve_failed", "non_global_address", "sni_mismatch", "no_vetted_tunnel",
     "placeholder", "plain_http", "duplicate_host", "host_mismatch", "missing_host",
-    "connection_limit", "header_timeout", "head_too_large",
+    "connection_limit", "header_timeout", "head_too_large", "body_too_large",
 )  # fmt: skip
 REASONS = ALLOW_REASONS + DENY_REASONS
 

@@ -64,8 +64,8 @@ def decode(
             raise WireError("too many fds in one control message")
         try:
             message = json.loads(data)
-        except ValueError as exc:
-            raise WireError(f"control message is not JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:
+            raise WireError(f"control message is not JSON: {type(exc).__name__}") from None
         if not isinstance(message, dict):
             raise WireError("control message is not an object")
     except WireError:

@@ -9,6 +9,9 @@ import pytest
 
 from tests import dockerd
 
+# SECURITY.md's tables: one JSON line per security case when SANDBOXD_SECURITY_RESULTS is set.
+pytest_plugins = ["tests.security_report"]
+
 STRIPPED_ENV = ("NOTIFY_SOCKET", "DOCKER_HOST", "JOURNAL_STREAM")
 # The runtime contract suite runs whole on docker. Of the API and adversarial suites (the same
 # code above the runtime seam on both backends), the default run takes these modules on

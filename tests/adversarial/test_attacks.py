@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.runtime.conftest import Harness, check, sh
+from tests.security_report import SecurityRecord
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio(loop_scope="module")]
 
@@ -103,6 +104,84 @@ EXPECTED = {
 }
 
 
+# attack -> what it tries (SECURITY.md's attack table, generated from this suite's results).
+TRIES = {
+    "proc1_root_read": "read a host file through /proc/1/root",
+    "proc1_cwd_list": "list /proc/1/cwd",
+    "host_pid_environ": "read a host process's /proc/<pid>/environ",
+    "host_pid_root": "list a host process's /proc/<pid>/root",
+    "proc_pids": "see host processes in /proc (prints the lowest pid)",
+    "kill_host_pid": "signal a host process by its pid",
+    "kill_init": "SIGKILL PID 1 (the agent)",
+    "pidfd_open_host_pid": "pidfd_open a host process",
+    "ptrace_attach_init": "ptrace(ATTACH) PID 1",
+    "process_vm_readv_init": "read PID 1's memory (process_vm_readv)",
+    "open_by_handle_at": "open_by_handle_at (shocker)",
+    "name_to_handle_at": "name_to_handle_at on /",
+    "mount_tmpfs": "mount a tmpfs over the workspace",
+    "remount_root_rw": "remount / read-write",
+    "bind_mount_proc": "bind-mount /proc",
+    "umount_workspace": "unmount the workspace",
+    "umount_proc_masks": "unmount a /proc mask (/proc/kcore)",
+    "pivot_root": "pivot_root",
+    "fsopen": "fsopen a new tmpfs (new mount API)",
+    "open_tree": "open_tree / (new mount API)",
+    "unshare_mnt": "unshare a mount namespace",
+    "unshare_pid": "unshare a pid namespace",
+    "clone3": "clone3 (flags seccomp cannot inspect)",
+    "setns_own_net": "setns into a network namespace",
+    "open_init_ns_mnt": "open PID 1's mount namespace",
+    "raw_socket": "open a raw IP socket",
+    "packet_socket": "open a packet socket",
+    "netlink_route_socket": "open an rtnetlink socket (read-only use is allowed)",
+    "netlink_newlink_dummy": "create a dummy interface over rtnetlink",
+    "netlink_newlink_veth": "create a veth pair over rtnetlink",
+    "netlink_audit_socket": "open a netlink audit socket",
+    "vsock_socket": "open a vsock socket",
+    "alg_socket": "open an AF_ALG (kernel crypto) socket",
+    "lo_down": "take lo down (SIOCSIFFLAGS)",
+    "tuntap": "open /dev/net/tun",
+    "connect_docker_tcp": "connect to Docker's TCP port on 127.0.0.1:2375",
+    "connect_docker_bridge": "connect to the Docker bridge 172.17.0.1:2375",
+    "connect_proxy_gateway": "connect to a proxy at the gateway 10.0.2.2:3128",
+    "connect_metadata": "connect to the metadata service 169.254.169.254:80",
+    "udp_dns": "send DNS to 8.8.8.8:53 over UDP",
+    "connect_docker_sock": "connect to /var/run/docker.sock",
+    "connect_run_docker_sock": "connect to /run/docker.sock",
+    "connect_sandboxd_sock": "connect to sandboxd's API socket",
+    "init_module": "load a kernel module (init_module)",
+    "finit_module": "load a kernel module (finit_module)",
+    "delete_module": "unload a kernel module",
+    "kexec_load": "kexec_load a new kernel",
+    "reboot": "reboot the host",
+    "swapon": "swapon",
+    "acct": "turn on process accounting",
+    "iopl": "raise the I/O privilege level (iopl)",
+    "ioperm": "get I/O port access (ioperm)",
+    "syslog_read": "read the kernel log (syslog)",
+    "perf_event_open": "perf_event_open",
+    "add_key": "add a key to a keyring",
+    "request_key": "request a key from a keyring",
+    "clock_settime": "set the system clock (clock_settime)",
+    "settimeofday": "set the time of day",
+    "adjtimex_set": "adjust the clock (adjtimex)",
+    "setdomainname": "set the domain name",
+    "write_proc_sys": "write /proc/sys/kernel/domainname",
+    "write_sys": "write /sys/kernel/uevent_helper",
+    "write_cgroup": "write a cgroup limit (pids.max)",
+    "mkdir_root": "mkdir /evil in the root",
+    "rename_in_usr": "rename a file in /usr/bin",
+    "mknod_tmp_char": "mknod a char device (/dev/mem) in /tmp",
+    "mknod_tmp_block": "mknod a block device in /tmp",
+    "hardlink_agent": "hard-link the agent into the workspace",
+    "hardlink_etc_passwd_to_tmp": "hard-link /etc/passwd into /tmp",
+    "chown_to_root": "chown the workspace to root",
+    "setuid_bits_kept": "set the setuid bit on an own file",
+    "setgroups_root": "setgroups([0])",
+    "setresuid_root": "setresuid(0, 0, 0)",
+}
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def probe_results(module_backend: Harness, shared_sandbox: str) -> dict[str, str]:
     rt, sid = module_backend.runtime, shared_sandbox
@@ -114,11 +193,19 @@ async def probe_results(module_backend: Harness, shared_sandbox: str) -> dict[st
 
 
 async def test_probe_covers_exactly_the_expected_attacks(probe_results: dict[str, str]) -> None:
-    assert sorted(probe_results) == sorted(EXPECTED)
+    assert sorted(probe_results) == sorted(EXPECTED) == sorted(TRIES)
 
 
 @pytest.mark.parametrize("attack", sorted(EXPECTED))
-async def test_attack(probe_results: dict[str, str], attack: str) -> None:
+async def test_attack(
+    probe_results: dict[str, str],
+    attack: str,
+    security_record: SecurityRecord,
+) -> None:
+    observed = probe_results.get(attack)
+    security_record(
+        attack, EXPECTED[attack], observed, observed == EXPECTED[attack], description=TRIES[attack]
+    )
     assert probe_results.get(attack) == EXPECTED[attack]
 
 

@@ -646,3 +646,53 @@ async def test_keepalive_tunnel_reuses_its_upstream_connection(
         assert (await read_reply(reader)).status == 200
     writer.close()
     assert [r["path"] for r in seen("api.allowed.test")] == [f"/k{i}" for i in range(12)]
+
+
+async def test_large_download_through_an_intercepted_tunnel(
+    proxy_harness: ProxyHarness, upstreams: Upstreams
+) -> None:
+    """Responses above the buffering cap stream (never refused, never held whole)."""
+    big = bytes(range(256)) * (48 << 10)  # 12 MiB, more than max_body_bytes (8 MiB)
+    upstreams.servers["api.allowed.test"].files["/big"] = ("application/octet-stream", big)
+    sbx = await secret_sandbox(proxy_harness)
+    reply = await https_request(
+        sbx.socket_path,
+        "api.allowed.test",
+        mitm(proxy_harness),
+        req("api.allowed.test", path="/big"),
+    )
+    assert reply.status == 200
+    assert reply.body == big
+
+
+async def test_declared_body_over_the_cap_is_refused(proxy_harness: ProxyHarness, seen) -> None:  # type: ignore[no-untyped-def]
+    sbx = await secret_sandbox(proxy_harness)
+    head = (
+        "POST / HTTP/1.1\r\nHost: api.allowed.test\r\nContent-Length: 9000000\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        # cut before the body is read: the proxy never buffers what it would refuse
+        await https_request(sbx.socket_path, "api.allowed.test", mitm(proxy_harness), head.encode())
+    assert seen("api.allowed.test") == []
+
+
+@pytest.mark.parametrize("split", [0, 10, 20])
+async def test_chunked_body_with_a_foreign_placeholder_is_not_forwarded(
+    proxy_harness: ProxyHarness,
+    split: int,
+    seen,  # type: ignore[no-untyped-def]
+) -> None:
+    sbx = await secret_sandbox(proxy_harness)
+    ph = sbx.placeholders["API_KEY"]  # for api.allowed.test, sent to other.allowed.test
+    body = f"token={ph}&x=1".encode()
+    chunks = [body[:split], body[split:]] if split else [body]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c) + b"0\r\n\r\n"
+    request = (
+        b"POST /upload HTTP/1.1\r\nHost: other.allowed.test\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n" + chunked
+    )
+    reply = await https_request(sbx.socket_path, "other.allowed.test", mitm(proxy_harness), request)
+    assert (reply.status, reply.headers["x-egress-deny"]) == (403, "placeholder")
+    for record in seen("other.allowed.test"):
+        assert ph not in record["body"]

@@ -128,13 +128,6 @@ def test_foreign(host: str, texts: list[str | bytes], expected: Secret | None) -
     assert SECRETS.foreign(host, texts) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: found_in only decodes a Basic credential when the whole text is "
-    "'Basic <b64>'; the addon passes header lines 'name: value' (and, outside interception, "
-    "all lines joined), so a placeholder inside a Basic credential headed to a foreign host "
-    "is not refused",
-)
 def test_foreign_sees_basic_credential_in_a_header_line() -> None:
     line = f"Authorization: {basic(f'user:{PH_API}')}"
     assert SECRETS.foreign("evil.test", [line]) == API
@@ -204,11 +197,6 @@ def test_substitute_basic_keeps_scheme_spelling() -> None:
     assert used == [API]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: substitute decodes a Basic credential with errors='replace' and re-encodes "
-    "it as UTF-8, so non-UTF-8 bytes around the placeholder become U+FFFD (EF BF BD)",
-)
 def test_substitute_basic_keeps_non_utf8_bytes() -> None:
     out, _ = SECRETS.substitute("api.x.test", basic(b"\xffuser:" + PH_API.encode()))
     assert unbasic(out) == b"\xffuser:" + API.value.encode()
@@ -299,13 +287,6 @@ def test_redactor_is_reusable_after_flush() -> None:
     assert first == second == V1.placeholder.encode()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when one secret value is a prefix of another ('AB' / 'ABCD'), streaming "
-    "redaction replaces the shorter one at the end of a chunk window before the rest of the "
-    "longer one arrives: b'xxAB'+b'CDyy' gives ph(AB)+b'CDyy' (a suffix of the longer value "
-    "passes through) while whole() gives ph(ABCD)",
-)
 def test_redactor_stream_prefix_values() -> None:
     short = Secret("S", "r.test", ph("g"), "AB")
     long = Secret("L", "r.test", ph("h"), "ABCD")
@@ -640,12 +621,6 @@ def test_wire_decode_good_packet_keeps_its_fd(pipe: Pipe) -> None:
     assert os.read(pipe.r, 1) == b"x"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decode catches only ValueError from json.loads; a deeply nested packet "
-    "(b'[' * 100000, well under MAX_MESSAGE) raises RecursionError instead of WireError, and "
-    "the fds received with it are not closed",
-)
 def test_wire_deeply_nested_packet(pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     a.send(b"[" * 100_000)
@@ -748,12 +723,6 @@ def test_proxy_bad_values(tmp_path: Path, body: str) -> None:
         _load(tmp_path, f"[proxy]\n{body}\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the port check uses str.isdigit(), which accepts '²' that int() rejects, so "
-    "allow_upstreams = ['127.0.0.2:²'] raises ValueError instead of ConfigError (same in "
-    "_host_port for server.tcp / metrics.listen)",
-)
 def test_proxy_allow_upstreams_superscript_port(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         _load(tmp_path, '[proxy]\nallow_upstreams = ["127.0.0.2:\u00b2"]\n')
@@ -839,20 +808,9 @@ def test_authority_host(value: str, expected: tuple[str, int | None] | None) -> 
     assert _authority_host(value) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the port check uses str.isdigit(); _authority_host('host:\u00b2') raises "
-    "ValueError from int() instead of returning None (the hook's catch-all refuses it as "
-    "internal_error)",
-)
 def test_authority_host_superscript_port() -> None:
     assert _authority_host("host:\u00b2") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (harmless: callers accept only 443): _authority_host('host:99999') returns "
-    "port 99999, out of range, instead of None",
-)
 def test_authority_host_out_of_range_port() -> None:
     assert _authority_host("host:99999") is None
