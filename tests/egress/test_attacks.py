@@ -247,8 +247,8 @@ async def test_10_placeholder_substituted_for_its_host(proxy_harness: ProxyHarne
 
 
 async def test_10b_echoed_value_turned_back(proxy_harness: ProxyHarness) -> None:
-    """A value echoed back by the upstream is turned back into the placeholder (headers and body).
-
+    """A value echoed back by the upstream is turned back into the placeholder (headers and
+    body)."""
     sbx = await secret_sandbox(proxy_harness)
     ph = sbx.placeholders["API_KEY"]
     reply = await https_request(
@@ -289,7 +289,8 @@ async def test_11b_intercept_all_config_refuses_placeholder_to_secretless_host(
     test_ca: ThrowawayCA,
     upstreams: Upstreams,  # type: ignore[no-untyped-def]
 ) -> None:
-    """With intercept = all, a placeholder to an allowed host without that secret: 403 placeholder.
+    """With intercept = all, a placeholder to an allowed host without that secret: 403
+    placeholder."""
 
     import tempfile
     from pathlib import Path
