@@ -70,6 +70,7 @@ def mitm(h: ProxyHarness) -> ssl.SSLContext:
 async def test_01_connect_to_unlisted_host(
     proxy_harness: ProxyHarness, test_ca: ThrowawayCA, seen
 ) -> None:  # type: ignore[no-untyped-def]
+    """CONNECT to a host not on the list: 403 at CONNECT, zero upstream dials."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     reply = await https_request(sbx.socket_path, "evil.test", client_tls(test_ca))
     assert (reply.status, reply.headers["x-egress-deny"]) == (403, "not_allowed")
@@ -78,6 +79,7 @@ async def test_01_connect_to_unlisted_host(
 
 # 2
 async def test_02_absolute_form_plain_http(proxy_harness: ProxyHarness, seen) -> None:  # type: ignore[no-untyped-def]
+    """Absolute-form `GET http://...` (listed or not): 403, nothing reaches an upstream."""
     sbx = await proxy_harness.sandbox(["api.allowed.test", "evil.test"])
     for target in ("http://evil.test/", "http://api.allowed.test/"):
         reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
@@ -93,6 +95,8 @@ async def test_02_absolute_form_plain_http(proxy_harness: ProxyHarness, seen) ->
 async def test_03_sni_of_another_host(
     proxy_harness: ProxyHarness, test_ca: ThrowawayCA, with_secret: bool, seen
 ) -> None:  # type: ignore[no-untyped-def]
+    """Allowlisted CONNECT with another host's SNI, or none (relayed and intercepted): refused,
+    nothing relayed."""
     sbx = await (
         secret_sandbox(proxy_harness)
         if with_secret
@@ -111,6 +115,7 @@ async def test_03_sni_of_another_host(
 
 # 4
 async def test_04_inner_host_differs(proxy_harness: ProxyHarness, seen) -> None:  # type: ignore[no-untyped-def]
+    """Inner Host / absolute URL differing from the CONNECT host in an intercepted tunnel: 421."""
     sbx = await secret_sandbox(proxy_harness)
     for host_header in ("other.allowed.test", "evil.test", "api.allowed.test:8443"):
         reply = await https_request(
@@ -133,6 +138,7 @@ async def test_04_inner_host_differs(proxy_harness: ProxyHarness, seen) -> None:
 async def test_05_case_and_trailing_dot(
     proxy_harness: ProxyHarness, test_ca: ThrowawayCA, variant: str, seen
 ) -> None:  # type: ignore[no-untyped-def]
+    """Case and trailing-dot variants of an allowed host: allowed."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     reader, writer, reply = await connect(sbx.socket_path, f"{variant}:443")
     assert reply.status == 200
@@ -158,6 +164,7 @@ async def test_05_case_and_trailing_dot(
     ],
 )
 async def test_06_ip_literals(proxy_harness: ProxyHarness, authority: str) -> None:
+    """IP-literal CONNECTs in every spelling: 403."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     _, writer, reply = await connect(sbx.socket_path, authority)
     writer.close()
@@ -179,6 +186,8 @@ async def test_06_ip_literals(proxy_harness: ProxyHarness, authority: str) -> No
 async def test_07_names_resolving_to_private_addresses(
     proxy_harness: ProxyHarness, host: str
 ) -> None:
+    """Allowlisted names resolving to loopback, RFC1918, CGNAT, metadata, ::1, mapped v4: refused,
+    no dial."""
     sbx = await proxy_harness.sandbox(["*.allowed.test"])
     _, writer, reply = await connect(sbx.socket_path, f"{host}:443")
     writer.close()
@@ -191,6 +200,7 @@ async def test_08_rebinding_dials_only_the_vetted_address(
     test_ca: ThrowawayCA,
     seen,  # type: ignore[no-untyped-def]
 ) -> None:
+    """Resolver answers public first, loopback second: only the vetted address is dialled."""
     sbx = await proxy_harness.sandbox(["rebind.allowed.test"])
     for _ in range(3):
         reply = await https_request(sbx.socket_path, "rebind.allowed.test", client_tls(test_ca))
@@ -202,6 +212,7 @@ async def test_08_rebinding_dials_only_the_vetted_address(
 async def test_09_redirect_to_unlisted_host(
     proxy_harness: ProxyHarness, test_ca: ThrowawayCA, seen
 ) -> None:  # type: ignore[no-untyped-def]
+    """Upstream 302 to a host not on the list: 302 relayed, the follow-up CONNECT gets 403."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     reply = await https_request(
         sbx.socket_path,
@@ -217,6 +228,8 @@ async def test_09_redirect_to_unlisted_host(
 
 # 10
 async def test_10_placeholder_substituted_for_its_host(proxy_harness: ProxyHarness, seen) -> None:  # type: ignore[no-untyped-def]
+    """Own placeholder in Authorization (and in a Basic credential) to the secret's host: upstream
+    sees the real value."""
     sbx = await secret_sandbox(proxy_harness)
     ph = sbx.placeholders["API_KEY"]
     basic = base64.b64encode(f"user:{ph}".encode()).decode()
@@ -234,6 +247,8 @@ async def test_10_placeholder_substituted_for_its_host(proxy_harness: ProxyHarne
 
 
 async def test_10b_echoed_value_turned_back(proxy_harness: ProxyHarness) -> None:
+    """A value echoed back by the upstream is turned back into the placeholder (headers and
+    body)."""
     sbx = await secret_sandbox(proxy_harness)
     ph = sbx.placeholders["API_KEY"]
     reply = await https_request(
@@ -254,6 +269,8 @@ async def test_11_placeholder_to_another_intercepted_host(
     where: str,
     seen,  # type: ignore[no-untyped-def]
 ) -> None:
+    """Own placeholder to another intercepted allowlisted host (header, body, URL): 403
+    placeholder, not forwarded."""
     sbx = await secret_sandbox(proxy_harness)
     ph = sbx.placeholders["API_KEY"]  # its domain is api.allowed.test
     if where == "header":
@@ -272,6 +289,9 @@ async def test_11b_intercept_all_config_refuses_placeholder_to_secretless_host(
     test_ca: ThrowawayCA,
     upstreams: Upstreams,  # type: ignore[no-untyped-def]
 ) -> None:
+    """With intercept = all, a placeholder to an allowed host without that secret: 403
+    placeholder."""
+
     import tempfile
     from pathlib import Path
 
@@ -313,6 +333,7 @@ async def test_11b_intercept_all_config_refuses_placeholder_to_secretless_host(
 async def test_12_placeholder_in_query_is_not_substituted(
     proxy_harness: ProxyHarness, seen
 ) -> None:  # type: ignore[no-untyped-def]
+    """Placeholder in the query string to its own host: forwarded verbatim, never substituted."""
     sbx = await secret_sandbox(proxy_harness)
     ph = sbx.placeholders["API_KEY"]
     reply = await https_request(
@@ -331,6 +352,7 @@ async def test_12_placeholder_in_query_is_not_substituted(
 async def test_13_placeholder_through_relayed_tunnel(
     proxy_harness: ProxyHarness, test_ca: ThrowawayCA, seen
 ) -> None:  # type: ignore[no-untyped-def]
+    """Placeholder through a relayed (no-secret) tunnel: upstream sees only the placeholder."""
     sbx = await proxy_harness.sandbox(
         ["api.allowed.test", "index.allowed.test"],
         [{"name": "API_KEY", "domain": "api.allowed.test", "value": SECRET}],
@@ -349,6 +371,7 @@ async def test_13_placeholder_through_relayed_tunnel(
 
 # 14
 async def test_14_placeholder_over_plain_http(proxy_harness: ProxyHarness, seen) -> None:  # type: ignore[no-untyped-def]
+    """Placeholder over plain HTTP: 403."""
     sbx = await secret_sandbox(proxy_harness)
     ph = sbx.placeholders["API_KEY"]
     reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
@@ -374,6 +397,7 @@ async def test_14_placeholder_over_plain_http(proxy_harness: ProxyHarness, seen)
     ids=["cl-te", "duplicate-host", "obs-fold"],
 )
 async def test_15_smuggling_shapes(proxy_harness: ProxyHarness, raw: str, seen) -> None:  # type: ignore[no-untyped-def]
+    """CL+TE smuggling, duplicate Host, obs-fold headers: 400/421 or cut, not forwarded."""
     sbx = await secret_sandbox(proxy_harness)
     try:
         reply = await https_request(
@@ -388,6 +412,7 @@ async def test_15_smuggling_shapes(proxy_harness: ProxyHarness, raw: str, seen) 
 # 17
 @pytest.mark.parametrize("port", [22, 80, 8443, 0, 65535])
 async def test_17_other_ports(proxy_harness: ProxyHarness, port: int) -> None:
+    """CONNECT to an allowed host on any port but 443: refused."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     _, writer, reply = await connect(sbx.socket_path, f"api.allowed.test:{port}")
     writer.close()
@@ -407,6 +432,8 @@ async def test_17_other_ports(proxy_harness: ProxyHarness, port: int) -> None:
 async def test_19_wildcard(
     proxy_harness: ProxyHarness, test_ca: ThrowawayCA, host: str, allowed: bool
 ) -> None:
+    """`*.wild.test` policy: apex, lookalike suffix and suffix-embedding hosts 403; deeper names
+    allowed."""
     sbx = await proxy_harness.sandbox(["*.wild.test"])
     _, writer, reply = await connect(sbx.socket_path, f"{host}:443")
     writer.close()
@@ -418,6 +445,7 @@ async def test_19_wildcard(
     "host", ["\u0430pi.allowed.test", "api.allowed.t\u00e9st", "xn--pi-8kc.allowed.test"]
 )
 async def test_20_non_ascii_and_homoglyph(proxy_harness: ProxyHarness, host: str) -> None:
+    """Non-ASCII, homoglyph and punycode-lookalike hosts: refused."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
     writer.write(f"CONNECT {host}:443 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
@@ -433,6 +461,7 @@ async def test_20_non_ascii_and_homoglyph(proxy_harness: ProxyHarness, host: str
 # 22
 @pytest.mark.parametrize("target", ["http://mitm.it/", "http://mitm.it/cert/pem"])
 async def test_22_proxy_ui_paths(proxy_harness: ProxyHarness, target: str) -> None:
+    """`http://mitm.it/` and other proxy UI paths: 403."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
     writer.write(f"GET {target} HTTP/1.1\r\nHost: mitm.it\r\n\r\n".encode())
@@ -442,6 +471,7 @@ async def test_22_proxy_ui_paths(proxy_harness: ProxyHarness, target: str) -> No
 
 
 async def test_22b_mitm_it_inside_a_tunnel(proxy_harness: ProxyHarness) -> None:
+    """`mitm.it` as a CONNECT target: refused (never served by the proxy)."""
     sbx = await proxy_harness.sandbox(["mitm.it"])
     _, writer, reply = await connect(sbx.socket_path, "mitm.it:443")
     writer.close()
@@ -450,6 +480,8 @@ async def test_22b_mitm_it_inside_a_tunnel(proxy_harness: ProxyHarness) -> None:
 
 # 23
 async def test_23_placeholder_of_another_sandbox(proxy_harness: ProxyHarness, seen) -> None:  # type: ignore[no-untyped-def]
+    """Sandbox A's placeholder or proxy credentials used from sandbox B: never substituted;
+    identity is the socket."""
     a = await secret_sandbox(proxy_harness)
     b = await secret_sandbox(proxy_harness)
     reply = await https_request(
@@ -488,6 +520,7 @@ def _unused(r: Reply) -> None:  # keep the import used for type checkers
 async def test_16_http2_authority_checked_and_substituted(
     proxy_harness: ProxyHarness, seen
 ) -> None:  # type: ignore[no-untyped-def]
+    """HTTP/2 to an allowed host: works, :authority checked (421), header substituted."""
     import h2.config
     import h2.connection
     import h2.events
@@ -561,6 +594,7 @@ async def endless_head(writer: asyncio.StreamWriter, limit: int = 256 << 20) -> 
 
 # 21
 async def test_21_endless_head_is_cut(proxy_harness: ProxyHarness) -> None:
+    """Endless request head before CONNECT: cut (431) after a bounded size."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
     writer.write(b"CONNECT api.allowed.test:443 HTTP/1.1\r\n")
@@ -577,6 +611,7 @@ async def test_21_endless_head_is_cut(proxy_harness: ProxyHarness) -> None:
 async def test_21_endless_head_inside_an_intercepted_tunnel_is_cut(
     proxy_harness: ProxyHarness,
 ) -> None:
+    """Endless request head inside an intercepted tunnel: cut after a bounded size."""
     sbx = await secret_sandbox(proxy_harness)
     _, writer, reply = await connect(sbx.socket_path, "api.allowed.test:443")
     assert reply.status == 200
@@ -587,6 +622,7 @@ async def test_21_endless_head_inside_an_intercepted_tunnel_is_cut(
 
 
 async def test_21_slowloris_is_cut_after_the_header_timeout(proxy_harness: ProxyHarness) -> None:
+    """Slowloris head: 408 and cut after the header timeout."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     reader, writer = await asyncio.open_unix_connection(str(sbx.socket_path))
     writer.write(b"CONNECT api.allowed.test:443 HTTP/1.1\r\n")
@@ -601,6 +637,7 @@ async def test_21_slowloris_is_cut_after_the_header_timeout(proxy_harness: Proxy
 async def test_21_connection_cap_per_sandbox(
     proxy_harness: ProxyHarness, test_ca: ThrowawayCA
 ) -> None:
+    """Connection flood from one sandbox over its cap: another sandbox still served within 1 s."""
     a = await proxy_harness.sandbox(["api.allowed.test"])
     b = await proxy_harness.sandbox(["api.allowed.test"])
     held = []
@@ -619,6 +656,7 @@ async def test_21_connection_cap_per_sandbox(
 
 
 async def test_decisions_are_counted(proxy_harness: ProxyHarness, test_ca: ThrowawayCA) -> None:
+    """Every decision is counted by reason in the daemon's metrics."""
     sbx = await proxy_harness.sandbox(["api.allowed.test"])
     await https_request(sbx.socket_path, "evil.test", client_tls(test_ca))
     await https_request(sbx.socket_path, "api.allowed.test", client_tls(test_ca))
@@ -637,6 +675,7 @@ async def test_keepalive_tunnel_reuses_its_upstream_connection(
     proxy_harness: ProxyHarness,
     seen,  # type: ignore[no-untyped-def]
 ) -> None:
+    """Keep-alive requests in one tunnel reuse one upstream connection (no leak, no stall)."""
     sbx = await secret_sandbox(proxy_harness)
     reader, writer, reply = await connect(sbx.socket_path, "api.allowed.test:443")
     assert reply.status == 200
@@ -666,6 +705,7 @@ async def test_large_download_through_an_intercepted_tunnel(
 
 
 async def test_declared_body_over_the_cap_is_refused(proxy_harness: ProxyHarness, seen) -> None:  # type: ignore[no-untyped-def]
+    """A declared request body over the cap: cut unread, nothing forwarded."""
     sbx = await secret_sandbox(proxy_harness)
     head = (
         "POST / HTTP/1.1\r\nHost: api.allowed.test\r\nContent-Length: 9000000\r\n"
@@ -683,6 +723,8 @@ async def test_chunked_body_with_a_foreign_placeholder_is_not_forwarded(
     split: int,
     seen,  # type: ignore[no-untyped-def]
 ) -> None:
+    """A chunked body carrying a foreign placeholder (split across chunks): 403, the placeholder
+    never leaves."""
     sbx = await secret_sandbox(proxy_harness)
     ph = sbx.placeholders["API_KEY"]  # for api.allowed.test, sent to other.allowed.test
     body = f"token={ph}&x=1".encode()
