@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import secrets
 import signal
 import time
 import zipfile
@@ -22,6 +23,8 @@ from typing import Any
 import httpx2
 import pytest
 
+from sandbox.docker.runtime import instance_of
+from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 from tests.egress.conftest import HOSTS, PRIVATE_HOSTS
 from tests.egress.upstream import ThrowawayCA, Upstreams, header
@@ -47,14 +50,36 @@ def daemon_config(test_ca: ThrowawayCA, **proxy: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module", params=["oci", pytest.param("docker", marks=pytest.mark.docker)])
+def module_backend(request: pytest.FixtureRequest) -> str:
+    """The runtime backend of this module's daemon: every case runs on each backend."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def daemon(test_ca: ThrowawayCA, upstreams: Upstreams) -> Iterator[DaemonProcess]:
-    d = DaemonProcess(**daemon_config(test_ca))
+def daemon(
+    request: pytest.FixtureRequest, module_backend: str, test_ca: ThrowawayCA, upstreams: Upstreams
+) -> Iterator[DaemonProcess]:
+    sections = daemon_config(test_ca)
+    engine_url = ""
+    if module_backend == "docker":
+        engine_url = request.getfixturevalue("docker_engine")
+        sections["runtime"] = {"backend": "docker"}
+        sections["docker"] = {
+            "engine_url": engine_url,
+            "cgroup_parent": f"/sandboxd-egress-{secrets.token_hex(4)}-docker",
+        }
+    d = DaemonProcess(**sections)
     try:
         d.start()
         yield d
     finally:
+        state = d.root / "state"
         d.cleanup()
+        if engine_url:  # what a failed test may have left on the engine
+            label = f"sandboxd.instance={instance_of(state)}"
+            for container in dockerd.containers(engine_url, label):
+                dockerd.remove_container(engine_url, container["Id"])
 
 
 @pytest.fixture(scope="module")
