@@ -30,7 +30,7 @@ from daemon.secretbox import SecretBox, SecretBoxError
 from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
-from daemon.store import Store
+from daemon.store import Store, StoreUnavailable
 from daemon.systemd import Notifier, SystemdEnv
 from daemon.tasks import TaskSupervisor
 from proxy.state import Limits as ProxyLimits
@@ -148,7 +148,10 @@ class Daemon:
         self._lock_fd = await asyncio.to_thread(_lock_state_dir, state)
         if self._systemd.listen_fds == 0 and await _socket_alive(Path(self.socket_path)):
             raise StartupError(f"another daemon is serving {self.socket_path}")
-        await self.store.open()
+        try:
+            await self.store.open()
+        except StoreUnavailable as exc:
+            raise StartupError(f"state database unusable, left as it is: {exc}") from exc
         await self._start_egress(state)
         try:
             await self._backend.start()

@@ -137,6 +137,11 @@ def _file(row: tuple[Any, ...]) -> FileRecord:
     return FileRecord(*row)
 
 
+class StoreUnavailable(Exception):
+    """The state database cannot be opened (corrupt, locked by another process, unreadable).
+    Nothing is changed: the file is left for the operator (or a later start) as it is."""
+
+
 class Store:
     def __init__(self, path: Path) -> None:
         self._path = path
@@ -175,7 +180,10 @@ class Store:
                     db.executescript(f"BEGIN;{MIGRATIONS[v]};PRAGMA user_version={v};COMMIT;")
             return db
 
-        self._db = await asyncio.get_running_loop().run_in_executor(self._executor, do_open)
+        try:
+            self._db = await asyncio.get_running_loop().run_in_executor(self._executor, do_open)
+        except sqlite3.DatabaseError as exc:  # corrupt ("not a database"), locked, unreadable
+            raise StoreUnavailable(f"{self._path}: {exc}") from exc
 
     async def close(self) -> None:
         if self._db is not None:

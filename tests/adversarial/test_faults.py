@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -176,5 +177,68 @@ def test_agent_killed_from_the_host() -> None:
             c.delete(f"/v1/containers/{r.json()['id']}")
         assert d.stop() == 0
         assert d.host_traces() == _empty_traces(d)
+    finally:
+        d.cleanup()
+
+
+def _runc_ids(d: DaemonProcess) -> set[str]:
+    out = subprocess.run(
+        ["runc", "--root", f"{d.root}/runc", "list", "-q"],
+        capture_output=True, text=True, check=False,
+    ).stdout  # fmt: skip
+    return set(out.split())
+
+
+def test_corrupt_database_at_start_is_refused_and_left_alone() -> None:
+    """A corrupt state database stops the start with a clear error, touches nothing (the
+    running sandbox keeps running) and, once the file is restored, nothing is lost."""
+    d = DaemonProcess()
+    try:
+        d.start()
+        with d.client() as c:
+            cid = c.post("/v1/containers", json={"name": "kept"}).json()["id"]
+        assert d.stop() == 0
+        db = d.root / "state" / "sandboxd.db"
+        good = db.read_bytes()
+        db.write_bytes(b"this is not a database" * 512)
+        with pytest.raises(AssertionError, match="state database unusable"):
+            d.start()
+        assert cid in _runc_ids(d)  # no reconcile ran: the sandbox was not touched
+        db.write_bytes(good)
+        d.start()
+        with d.client() as c:
+            r = c.post(f"/v1/containers/{cid}/exec", json={"commands": ["echo still here"]})
+            assert r.status_code == 200, r.text
+            assert r.json()["output"][0]["stdout"] == "still here\n"
+            assert c.delete(f"/v1/containers/{cid}").status_code == 200
+        assert d.stop() == 0
+    finally:
+        d.cleanup()
+
+
+def test_locked_database_at_start_fails_clearly_then_recovers() -> None:
+    """Another process holding the database's write lock: the start fails within the busy
+    timeout with a clear error; once the lock is gone the next start serves everything."""
+    d = DaemonProcess()
+    try:
+        d.start()
+        with d.client() as c:
+            cid = c.post("/v1/containers", json={"name": "kept"}).json()["id"]
+        assert d.stop() == 0
+        holder = sqlite3.connect(d.root / "state" / "sandboxd.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.monotonic()
+            with pytest.raises(AssertionError, match="locked"):
+                d.start(timeout_s=60)
+            assert time.monotonic() - started < 30
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        d.start()
+        with d.client() as c:
+            assert c.get(f"/v1/containers/{cid}").json()["status"] == "running"
+            assert c.delete(f"/v1/containers/{cid}").status_code == 200
+        assert d.stop() == 0
     finally:
         d.cleanup()
