@@ -314,9 +314,6 @@ class EgressProxy:
             with contextlib.suppress(EgressUnavailable):
                 await self._rpc({"op": "detach", "sandbox": sandbox_id})
 
-    def attached(self) -> set[str]:
-        return set(self._attached)
-
     async def _send_attach(self, sandbox_id: str, attachment: _Attachment) -> None:
         loop = asyncio.get_running_loop()
         listener = await loop.run_in_executor(
