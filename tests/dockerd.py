@@ -49,49 +49,72 @@ def why_unavailable() -> str | None:
     return None
 
 
+class PrivateDockerd:
+    """`dockerd --bridge=none --iptables=false` with everything under a short /tmp dir."""
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="sbxd-dockerd-"))
+        self.sock = self.root / "docker.sock"
+        self.log = self.root / "dockerd.log"
+        self.url = f"unix://{self.sock}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [
+            "dockerd", "--bridge=none", "--iptables=false", "--ip-masq=false",
+            "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+            "-H", self.url, "--pidfile", str(self.root / "dockerd.pid"),
+        ]  # fmt: skip
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=out, env=env, start_new_session=True
+            )
+        deadline = time.monotonic() + 60
+        while not answers(str(self.sock)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL of the engine (dockerd and the containerd it runs), as a crash looks to
+        sandboxd. The containerd pidfile goes too: an orphan that nobody reaps would look
+        alive to the next dockerd, which would wait for it."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.proc = None
+        containerd = self.root / "exec" / "containerd"
+        subprocess.run(["pkill", "-KILL", "-f", f"containerd --config {containerd}"], check=False)
+        with contextlib.suppress(FileNotFoundError):
+            (containerd / "containerd.pid").unlink()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        for point in _mounts_under(self.root):
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def engine() -> Iterator[str]:
     """Yield an engine URL (unix://...) for the duration of the block."""
     if answers(HOST_SOCKET):
         yield f"unix://{HOST_SOCKET}"
         return
-    root = Path(tempfile.mkdtemp(prefix="sbxd-dockerd-"))
-    sock = root / "docker.sock"
-    log = root / "dockerd.log"
-    argv = [
-        "dockerd",
-        "--bridge=none",
-        "--iptables=false",
-        "--ip-masq=false",
-        "--data-root",
-        str(root / "data"),
-        "--exec-root",
-        str(root / "exec"),
-        "-H",
-        f"unix://{sock}",
-        "--pidfile",
-        str(root / "dockerd.pid"),
-    ]
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=out, env=env, start_new_session=True)
+    private = PrivateDockerd()
     try:
-        deadline = time.monotonic() + 60
-        while not answers(str(sock)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"dockerd did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield f"unix://{sock}"
+        private.start()
+        yield private.url
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        for point in _mounts_under(root):
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        private.stop()
 
 
 def _mounts_under(prefix: Path) -> list[str]:

@@ -151,7 +151,11 @@ class DaemonProcess:
         for sid in children(layout, self.cgroup_parent):
             with contextlib.suppress(Exception):
                 layout.reader(f"{self.cgroup_parent}/{sid}").remove()
-        for directory in layout.dirs(self.cgroup_parent):
+        # ...and the parent docker-backend tests give the engine (`<parent>-docker`)
+        for directory in [
+            *layout.dirs(self.cgroup_parent),
+            *layout.dirs(f"{self.cgroup_parent}-docker"),
+        ]:
             with contextlib.suppress(OSError):
                 directory.rmdir()
         shutil.rmtree(self.root, ignore_errors=True)

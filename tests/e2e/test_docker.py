@@ -90,3 +90,41 @@ def test_sigkill_between_engine_create_and_record(
         assert c.delete(f"/v1/containers/{cid}").status_code == 200
     assert daemon.stop() == 0
     assert _traces(daemon, docker_engine) == {"containers": [], "dirs": [], "mounts": []}
+
+
+@pytest.mark.slow
+def test_dockerd_killed_under_the_daemon() -> None:
+    """SIGKILL of the engine: sandboxd stays up and answers, a create during the outage fails
+    cleanly (no record, nothing on the host); once the engine is back, creates work again and
+    the older container is either alive or cleanly deletable."""
+    engine = dockerd.PrivateDockerd()
+    d = DaemonProcess(runtime={"backend": "docker"})
+    d.write_config(docker={"engine_url": engine.url, "cgroup_parent": f"{d.cgroup_parent}-docker"})
+    try:
+        engine.start()
+        d.start()
+        with d.client() as c:
+            old = c.post("/v1/containers", json={"name": "old"}).json()["id"]
+            engine.kill()
+            assert c.get("/healthz").status_code == 200
+            r = c.post("/v1/containers", json={"name": "during"})
+            assert r.status_code in (500, 503), r.text
+            assert "Internal error" not in r.text
+            names = [x["name"] for x in c.get("/v1/containers?limit=100").json()["data"]]
+            assert "during" not in names
+            engine.start()
+            new = c.post("/v1/containers", json={"name": "after"})
+            assert new.status_code == 200, new.text
+            r = c.post(f"/v1/containers/{new.json()['id']}/exec", json={"commands": ["echo ok"]})
+            assert r.json()["output"][0]["stdout"] == "ok\n"
+            for cid in (old, new.json()["id"]):
+                assert c.delete(f"/v1/containers/{cid}").status_code == 200
+                assert c.get(f"/v1/containers/{cid}").status_code == 404
+        assert d.stop() == 0
+        assert _traces(d, engine.url) == {"containers": [], "dirs": [], "mounts": []}
+    finally:
+        if engine.proc is not None:
+            for c in _containers(d, engine.url):
+                dockerd.remove_container(engine.url, c["Id"])
+        d.cleanup()
+        engine.stop()
