@@ -173,12 +173,12 @@ class EgressAddon:
         if not conn.sandbox.policy.allows(host):
             return self._deny_flow(flow, conn, 403, "not_allowed")
         try:
-            addresses = await self._resolver.resolve(host, flow.request.port)
+            await self._resolver.resolve(host, flow.request.port)  # pins the vetted addresses
         except ResolveError as exc:
             return self._deny_flow(flow, conn, 403, exc.reason)
         if not conn.usable:
             return self._deny_flow(flow, conn, 403, "unknown_origin")
-        conn.connect_host, conn.port, conn.addresses = host, flow.request.port, addresses
+        conn.connect_host, conn.port = host, flow.request.port
         conn.intercept = conn.sandbox.intercepts(host)
         self._audit(conn, "allow", "intercept" if conn.intercept else "relay", host=host)
         return None
@@ -216,7 +216,6 @@ class EgressAddon:
                 and conn.usable
                 and conn.tunnel_ok
                 and conn.connect_host is not None
-                and bool(conn.addresses)
                 and target is not None
                 and canonical_host(str(target[0])) == conn.connect_host
                 and target[1] == conn.port

@@ -8,7 +8,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.secrets import Secret, SecretSet
+from proxy.secrets import SecretSet
 from sandbox.policy import NetworkPolicy
 
 # The peername mitmproxy sees for a connection that came through a sandbox's socket: a
@@ -59,11 +59,9 @@ class Connection:
     writer: Any = None  # the asyncio StreamWriter, to cut the connection on detach
     connect_host: str | None = None
     port: int = 0
-    addresses: list[str] = field(default_factory=list)
     intercept: bool = False
     tunnel_ok: bool = False  # CONNECT vetted and the ClientHello's SNI matched it
     refused: bool = False
-    substituted: list[Secret] = field(default_factory=list)
 
     @property
     def usable(self) -> bool:

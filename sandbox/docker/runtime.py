@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import hashlib
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,15 +36,23 @@ from sandbox.docker.container import (
 )
 from sandbox.docker.engine import Engine
 from sandbox.errors import HostStorageFull, RuntimeFailure, SandboxError
+from sandbox.hostdirs import (
+    AGENT_READY_TIMEOUT_S,
+    AGENT_SCRIPT,
+    INTERPRETER_SCRIPT,
+    all_or_nothing,
+    disk_full,
+    make_private_dir,
+    make_sandbox_dir,
+    remove_sandbox_dir,
+    sandbox_dir,
+)
 from sandbox.oci import rootfs, skills, workspace
 from sandbox.skill_archive import SkillArchiveError
 from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
 
 logger = logging.getLogger(__name__)
 
-AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
-INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
-AGENT_READY_TIMEOUT_S = 15.0
 REPOSITORY = "sandboxd"
 DEFAULT_ENGINE_URL = "unix:///var/run/docker.sock"
 
@@ -129,9 +135,7 @@ class DockerRuntime:
         return built.rootfs, built.name, built.build_id, []
 
     def _dir(self, sandbox_id: str) -> Path:
-        if "/" in sandbox_id or sandbox_id in ("", ".", ".."):
-            raise ValueError("bad sandbox id")
-        return self._s.state_dir / "sandboxes" / sandbox_id
+        return sandbox_dir(self._s.state_dir, sandbox_id)
 
     def _cgroup(self, container_id: str) -> str:
         return f"{self._s.cgroup_parent}/{container_id}"
@@ -140,24 +144,17 @@ class DockerRuntime:
         """All or nothing, even when cancelled: the steps finish in their own task (threads
         cannot be interrupted), then a cancelled create is undone."""
         assert self._image_ref, "start() first"
-        task = asyncio.ensure_future(self._create(spec))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-            await asyncio.shield(self._destroy_quietly(spec.sandbox_id))
-            raise
+        await all_or_nothing(self._create(spec), lambda: self._destroy_quietly(spec.sandbox_id))
 
     async def _create(self, spec: SandboxSpec) -> None:
         sid = spec.sandbox_id
         sdir = self._dir(sid)
         owner = (SANDBOX_UID, SANDBOX_GID)
         try:
-            await self._in_thread(_make_sandbox_dir, sdir)
+            await self._in_thread(make_sandbox_dir, sdir)
             await self._in_thread(skills.make_dir, sdir / "skills")
-            await self._in_thread(_make_private_dir, sdir / "egress", owner)
-            await self._in_thread(_make_private_dir, sdir / "ctl", owner)
+            await self._in_thread(make_private_dir, sdir / "egress", owner)
+            await self._in_thread(make_private_dir, sdir / "ctl", owner)
             await self._in_thread(
                 workspace.create,
                 sdir / "workspace.img",
@@ -183,9 +180,7 @@ class DockerRuntime:
             await self._in_thread(_seal, sdir / "ctl")
         except Exception as exc:
             await self._destroy_quietly(sid)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise HostStorageFull(f"no space left for sandbox {sid}") from exc
-            if isinstance(exc, RuntimeFailure) and "No space left on device" in str(exc):
+            if disk_full(exc):
                 raise HostStorageFull(f"no space left for sandbox {sid}") from exc
             raise
 
@@ -217,7 +212,7 @@ class DockerRuntime:
             errors.append(exc)
         for step, args in (
             (workspace.destroy, (sdir / "workspace.img", sdir / "data")),
-            (_remove_sandbox_dir, (sdir,)),
+            (remove_sandbox_dir, (sdir,)),
         ):
             try:
                 await self._in_thread(step, *args)
@@ -301,16 +296,6 @@ def instance_of(state_dir: Path) -> str:
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
 
 
-def _make_sandbox_dir(sdir: Path) -> None:
-    sdir.mkdir()
-    sdir.chmod(0o711)
-
-
-def _make_private_dir(path: Path, owner: tuple[int, int]) -> None:
-    path.mkdir(mode=0o700)
-    os.chown(path, *owner)
-
-
 def _make_empty_file(path: Path) -> None:
     path.write_bytes(b"")
     path.chmod(0o444)
@@ -325,9 +310,3 @@ def _seal(path: Path) -> None:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _remove_sandbox_dir(sdir: Path) -> None:
-    if workspace.is_mounted(sdir / "data"):
-        raise RuntimeFailure(f"{sdir / 'data'} is still mounted; not removing {sdir}")
-    shutil.rmtree(sdir, ignore_errors=True)

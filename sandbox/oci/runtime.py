@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -28,6 +27,17 @@ from sandbox.cgroups import (
     children,
 )
 from sandbox.errors import HostStorageFull, RuntimeFailure
+from sandbox.hostdirs import (
+    AGENT_READY_TIMEOUT_S,
+    AGENT_SCRIPT,
+    INTERPRETER_SCRIPT,
+    all_or_nothing,
+    disk_full,
+    make_private_dir,
+    make_sandbox_dir,
+    remove_sandbox_dir,
+    sandbox_dir,
+)
 from sandbox.oci import rootfs, skills, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV, OciCli
@@ -35,10 +45,6 @@ from sandbox.skill_archive import SkillArchiveError
 from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
 
 logger = logging.getLogger(__name__)
-
-AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
-INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
-AGENT_READY_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,7 @@ class OciRuntime:
         )
 
     def _dir(self, sandbox_id: str) -> Path:
-        if "/" in sandbox_id or sandbox_id in ("", ".", ".."):
-            raise ValueError("bad sandbox id")
-        return self._s.state_dir / "sandboxes" / sandbox_id
+        return sandbox_dir(self._s.state_dir, sandbox_id)
 
     def _cgroup(self, sandbox_id: str) -> str:
         return f"{self._s.cgroup_parent}/{sandbox_id}"
@@ -108,24 +112,18 @@ class OciRuntime:
         """All or nothing, even when the caller is cancelled: the steps run to completion
         in their own task (threads cannot be interrupted), then a cancelled create is undone."""
         assert self._rootfs is not None, "start() first"
-        # Scoped, not background: awaited here whatever happens.
-        task = asyncio.ensure_future(self._create(spec, self._rootfs))
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-            await asyncio.shield(self._destroy_quietly(spec.sandbox_id))
-            raise
+        await all_or_nothing(
+            self._create(spec, self._rootfs), lambda: self._destroy_quietly(spec.sandbox_id)
+        )
 
     async def _create(self, spec: SandboxSpec, root: Path) -> None:
         sid = spec.sandbox_id
         sdir = self._dir(sid)
         try:
-            await self._in_thread(_make_sandbox_dir, sdir)
+            await self._in_thread(make_sandbox_dir, sdir)
             await self._in_thread(skills.make_dir, sdir / "skills")
             owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
-            await self._in_thread(_make_private_dir, sdir / "egress", owner)
+            await self._in_thread(make_private_dir, sdir / "egress", owner)
             await self._in_thread(
                 workspace.create,
                 sdir / "workspace.img",
@@ -149,7 +147,7 @@ class OciRuntime:
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
         except Exception as exc:
             await self._destroy_quietly(sid)
-            if _disk_full(exc):
+            if disk_full(exc):
                 raise HostStorageFull(f"no space left for sandbox {sid}") from exc
             raise
 
@@ -182,7 +180,7 @@ class OciRuntime:
         for step, args in (
             (workspace.destroy, (sdir / "workspace.img", sdir / "data")),
             (self._remove_cgroup, (sandbox_id,)),
-            (_remove_sandbox_dir, (sdir,)),
+            (remove_sandbox_dir, (sdir,)),
         ):
             try:
                 await self._in_thread(step, *args)
@@ -254,22 +252,6 @@ class OciRuntime:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, RuntimeFailure) and "No space left on device" in str(exc)
-
-
-def _make_sandbox_dir(sdir: Path) -> None:
-    sdir.mkdir()
-    sdir.chmod(0o711)
-
-
-def _make_private_dir(path: Path, owner: tuple[int, int]) -> None:
-    path.mkdir(mode=0o700)
-    os.chown(path, *owner)
-
-
 def _write_bundle(sdir: Path, config: str) -> socket.socket:
     """Write config.json and bind the agent's listening socket (handed to runc as fd 3)."""
     (sdir / "config.json").write_text(config)
@@ -283,12 +265,6 @@ def _write_bundle(sdir: Path, config: str) -> socket.socket:
         listener.close()
         raise
     return listener
-
-
-def _remove_sandbox_dir(sdir: Path) -> None:
-    if workspace.is_mounted(sdir / "data"):
-        raise RuntimeFailure(f"{sdir / 'data'} is still mounted; not removing {sdir}")
-    shutil.rmtree(sdir, ignore_errors=True)
 
 
 def _check_traversable(path: Path) -> None:
