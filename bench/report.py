@@ -69,7 +69,7 @@ def _breakdown(f: dict[str, Summary]) -> list[str]:
     runtime = f["srv_runtime"].median
     python = max(0.0, f["python_start"].median - f["runc_run"].median)
     parts = [
-        ("workspace image: mkfs.ext4 + loop mount", f["ws_create"].median),
+        ("workspace image: template copy + loop mount", f["ws_create"].median),
         ("`runc run -d` of the bundle", f["runc_start"].median),
         ("agent's python3 start in the sandbox (python run minus `true` run)", python),
     ]

@@ -26,6 +26,7 @@ from daemon.models import (
 
 SCHEMA_VERSION = 4
 MAX_EVENTS_PER_CONTAINER = 50
+MAX_CACHED_RECORDS = 4096  # container records kept in memory (emptied when full)
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE containers (
@@ -147,6 +148,10 @@ class Store:
         self._path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="store")
         self._db: sqlite3.Connection | None = None
+        # Container rows as last read, so the exec hot path skips the thread hop. Filled by
+        # reads and dropped by every write of that row, both on the one store thread, in
+        # order; a write therefore never leaves a stale entry behind.
+        self._records: dict[str, ContainerRecord] = {}
 
     async def _run[T](self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -231,31 +236,49 @@ class Store:
         )
 
     async def get_container(self, cid: str) -> ContainerRecord | None:
-        row = await self._run(
-            lambda db: db.execute(
+        cached = self._records.get(cid)
+        if cached is not None:
+            return cached
+
+        def read(db: sqlite3.Connection) -> ContainerRecord | None:
+            row = db.execute(
                 f"SELECT {_CONTAINER_COLS} FROM containers WHERE id = ?", (cid,)
             ).fetchone()
-        )
-        return _container(row) if row else None
+            if row is None:
+                return None
+            rec = _container(row)
+            if len(self._records) >= MAX_CACHED_RECORDS:
+                self._records.clear()
+            self._records[cid] = rec
+            return rec
+
+        return await self._run(read)
+
+    async def _write_container(self, cid: str, sql: str, params: tuple[object, ...]) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            try:
+                db.execute(sql, params)
+            finally:
+                self._records.pop(cid, None)
+
+        await self._run(write)
 
     async def set_status(self, cid: str, status: Status, reason: str | None = None) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE containers SET status = ?, status_reason = ? WHERE id = ?",
-                (str(status), reason, cid),
-            )
+        await self._write_container(
+            cid,
+            "UPDATE containers SET status = ?, status_reason = ? WHERE id = ?",
+            (str(status), reason, cid),
         )
 
     async def touch(self, cid: str, now: int) -> None:
-        await self._run(
-            lambda db: db.execute(
-                "UPDATE containers SET last_active_at = MAX(last_active_at, ?) WHERE id = ?",
-                (now, cid),
-            )
+        await self._write_container(
+            cid,
+            "UPDATE containers SET last_active_at = MAX(last_active_at, ?) WHERE id = ?",
+            (now, cid),
         )
 
     async def delete_container(self, cid: str) -> None:
-        await self._run(lambda db: db.execute("DELETE FROM containers WHERE id = ?", (cid,)))
+        await self._write_container(cid, "DELETE FROM containers WHERE id = ?", (cid,))
 
     async def count_containers(self, owner: str) -> int:
         row = await self._run(

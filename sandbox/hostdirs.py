@@ -6,18 +6,90 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
+import logging
 import os
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from sandbox.errors import RuntimeFailure
 from sandbox.oci import workspace
+from sandbox.spec import AGENT_DIR, AGENT_PYCACHE
+
+logger = logging.getLogger(__name__)
 
 AGENT_SCRIPT = Path(__file__).resolve().parent / "agent" / "agent.py"
 INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
 AGENT_READY_TIMEOUT_S = 15.0
+SANDBOX_PYTHON = "/usr/bin/python3"  # the host's, which the host skeleton binds in
+# Run by the sandbox's Python: checked-hash bytecode (validated against the bound source at
+# every import, so a stale file can only be ignored, never run).
+_COMPILE = (
+    "import py_compile, sys\n"
+    "src, out, shown = sys.argv[1:]\n"
+    "py_compile.compile(src, cfile=f'{out}/agent.{sys.implementation.cache_tag}.pyc', "
+    "dfile=shown, doraise=True, "
+    "invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)\n"
+)
+
+
+def agent_pycache(state_dir: Path, root: Path) -> str:
+    """The host dir to bind at AGENT_PYCACHE for sandboxes on `root`, or "" (no bind) if
+    the root predates that mount point or no bytecode could be made."""
+    if not (root / AGENT_PYCACHE.lstrip("/")).is_dir():
+        return ""
+    found = agent_bytecode(state_dir)
+    return "" if found is None else str(found)
+
+
+def agent_bytecode(state_dir: Path, python: str = SANDBOX_PYTHON) -> Path | None:
+    """Compile the agent with the sandbox's Python into <state>/agent-bytecode/<digest>/
+    (bound at AGENT_PYCACHE), or None (logged) when that Python cannot: the agent then
+    compiles itself at each start, as it would without this (~13 ms a sandbox here).
+
+    Content-addressed and never rewritten: sandboxes that outlive a daemon upgrade keep
+    the directory they were started with. Blocking: call off the event loop."""
+    base = state_dir / "agent-bytecode"
+    base.mkdir(mode=0o755, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=base, prefix=".tmp-") as tmp:
+        try:
+            subprocess.run(
+                [
+                    python,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _COMPILE,
+                    str(AGENT_SCRIPT),
+                    tmp,
+                    f"{AGENT_DIR}/agent.py",
+                ],
+                env={"PATH": "/usr/bin:/bin"},
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            logger.warning(
+                "agent bytecode not compiled", extra={"python": python, "error": str(exc)}
+            )
+            return None
+        digest = hashlib.sha256()
+        for item in sorted(Path(tmp).iterdir()):
+            digest.update(item.name.encode() + b"\0" + item.read_bytes())
+        target = base / digest.hexdigest()[:16]
+        if not target.is_dir():
+            for item in Path(tmp).iterdir():
+                item.chmod(0o644)
+            os.chmod(tmp, 0o755)  # noqa: S103 - read by the sandbox user through the bind
+            os.rename(tmp, target)
+            os.mkdir(tmp)  # for TemporaryDirectory's cleanup
+    return target
 
 
 def sandbox_dir(state_dir: Path, sandbox_id: str) -> Path:

@@ -24,6 +24,7 @@ from pathlib import Path
 from sandbox.images import STAMP, ImageError, image_dir
 from sandbox.spec import (
     AGENT_DIR,
+    AGENT_PYCACHE,
     EGRESS_DIR,
     SANDBOX_GID,
     SANDBOX_UID,
@@ -32,7 +33,7 @@ from sandbox.spec import (
     WORKSPACE,
 )
 
-LAYOUT_VERSION = "1"
+LAYOUT_VERSION = "2"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"
 # What every image has (documented in README, "Images"): Python with pip and venv, TLS roots,
@@ -63,7 +64,9 @@ DATA_PACKAGES = ("python3-numpy", "python3-pandas", "python3-matplotlib", "fonts
 TOOL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 # Mount targets the runtimes bind over; they must exist in a read-only shared tree.
 EMPTY_FILES = (f"{AGENT_DIR}/agent.py", f"{AGENT_DIR}/interpreter.py", SYSTEM_CA_BUNDLE)
-EMPTY_DIRS = (WORKSPACE, SKILLS_DIR, EGRESS_DIR, f"{AGENT_DIR}/sock", "/tmp", "/run", "/home")
+EMPTY_DIRS = (
+    WORKSPACE, SKILLS_DIR, EGRESS_DIR, AGENT_PYCACHE, f"{AGENT_DIR}/sock", "/tmp", "/run", "/home"
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

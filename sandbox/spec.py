@@ -18,6 +18,9 @@ SANDBOX_GID = 1000
 WORKSPACE = "/mnt/data"
 SKILLS_DIR = "/mnt/skills"  # read-only; one folder per skill + index.json
 AGENT_DIR = "/.sandboxd"
+# The agent's bytecode, compiled once per daemon start by the sandbox's Python (see
+# sandbox/hostdirs.py), bound here read-only: the agent then starts without compiling itself.
+AGENT_PYCACHE = f"{AGENT_DIR}/__pycache__"
 # Egress (network_policy allowlist): the host directory Runtime.egress_dir() is bound here
 # read-only; the daemon puts the sandbox's proxy socket in it when the container's policy
 # allows egress, and the agent relays 127.0.0.1:3128 to that socket.

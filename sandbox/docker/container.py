@@ -16,6 +16,7 @@ from typing import Any
 from sandbox.oci.bundle import AGENT_ARGV, AGENT_ENV
 from sandbox.spec import (
     AGENT_DIR,
+    AGENT_PYCACHE,
     EGRESS_DIR,
     MASKED_PATHS,
     READONLY_PATHS,
@@ -56,6 +57,7 @@ class HostPaths:
     binds: Sequence[tuple[str, str]]  # extra read-only binds (the host trees, for "host")
     # An empty file over /etc/resolv.conf: docker otherwise copies the host's nameservers in.
     empty_file: str
+    agent_pycache: str = ""  # the agent's bytecode ("": none), see sandbox/hostdirs.py
 
 
 def _bind(src: str, dst: str, mode: str = "ro") -> dict[str, Any]:
@@ -84,6 +86,7 @@ def create_args(
         *(_bind(src, dst) for src, dst in paths.binds),
         _bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
         _bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
+        *([_bind(paths.agent_pycache, AGENT_PYCACHE)] if paths.agent_pycache else []),
         _bind(paths.agent_socket_dir, AGENT_SOCKET_DIR, "rw"),
         _bind(paths.workspace, WORKSPACE, "rw"),
         _bind(paths.skills, SKILLS_DIR),

@@ -40,6 +40,7 @@ from sandbox.hostdirs import (
     AGENT_READY_TIMEOUT_S,
     AGENT_SCRIPT,
     INTERPRETER_SCRIPT,
+    agent_pycache,
     all_or_nothing,
     disk_full,
     make_private_dir,
@@ -84,7 +85,9 @@ class DockerRuntime:
         self._cids: dict[str, str] = {}  # sandbox id -> container id (names its cgroup)
         self._image_ref = ""
         self._binds: list[tuple[str, str]] = []
+        self._pycache = ""
         self._instance = instance_of(settings.state_dir)
+        self._workspaces = workspace.Workspaces(settings.state_dir / "templates")
 
     @property
     def image_ref(self) -> str:
@@ -122,6 +125,7 @@ class DockerRuntime:
             logger.info("docker image imported", extra={"image": ref})
         self._image_ref = ref
         self._binds = binds
+        self._pycache = await self._in_thread(agent_pycache, self._s.state_dir, root)
         logger.info(
             "docker runtime ready",
             extra={"engine": version, "image": ref, "cgroup": self._layout.version.value},
@@ -156,7 +160,7 @@ class DockerRuntime:
             await self._in_thread(make_private_dir, sdir / "egress", owner)
             await self._in_thread(make_private_dir, sdir / "ctl", owner)
             await self._in_thread(
-                workspace.create,
+                self._workspaces.create,
                 sdir / "workspace.img",
                 sdir / "data",
                 spec.limits.workspace_bytes,
@@ -170,6 +174,7 @@ class DockerRuntime:
                 skills=str(sdir / "skills"),
                 egress=str(sdir / "egress"),
                 binds=self._binds,
+                agent_pycache=self._pycache,
                 empty_file=str(self._s.state_dir / "docker-empty"),
             )
             args = create_args(

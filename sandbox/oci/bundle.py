@@ -8,6 +8,7 @@ from typing import Any
 
 from sandbox.spec import (
     AGENT_DIR,
+    AGENT_PYCACHE,
     EGRESS_DIR,
     MASKED_PATHS,
     READONLY_PATHS,
@@ -21,7 +22,15 @@ from sandbox.spec import (
 
 ID_RANGE = 65536
 CPU_PERIOD_US = 100_000
-AGENT_ARGV = ["/usr/bin/python3", "-I", "-S", "-B", f"{AGENT_DIR}/agent.py"]
+# Imported (not run as a script) so that a matching __pycache__/agent.*.pyc is used.
+AGENT_ARGV = [
+    "/usr/bin/python3",
+    "-I",
+    "-S",
+    "-B",
+    "-c",
+    f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import agent; agent.main()",
+]
 AGENT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 # The six standard character devices runc creates (null, zero, full, random, urandom, tty).
 STANDARD_DEVICES = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)]
@@ -36,6 +45,7 @@ class BundlePaths:
     binds: Sequence[tuple[str, str]]  # read-only host binds (source, destination)
     skills: str = ""  # host dir bound read-only at /mnt/skills, filled after the start
     egress: str = ""  # host dir bound read-only at EGRESS_DIR (the proxy socket's home)
+    agent_pycache: str = ""  # host dir of the agent's bytecode, bound read-only at AGENT_PYCACHE
 
 
 def _ro_bind(src: str, dst: str) -> dict[str, Any]:
@@ -113,6 +123,7 @@ def build_config(
         *(_ro_bind(src, dst) for src, dst in paths.binds),
         _ro_bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
         _ro_bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
+        *([_ro_bind(paths.agent_pycache, AGENT_PYCACHE)] if paths.agent_pycache else []),
         {
             "destination": WORKSPACE,
             "type": "bind",

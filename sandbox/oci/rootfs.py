@@ -12,9 +12,16 @@ import os
 import shutil
 from pathlib import Path
 
-from sandbox.spec import AGENT_DIR, EGRESS_DIR, SANDBOX_GID, SANDBOX_UID, WORKSPACE
+from sandbox.spec import (
+    AGENT_DIR,
+    AGENT_PYCACHE,
+    EGRESS_DIR,
+    SANDBOX_GID,
+    SANDBOX_UID,
+    WORKSPACE,
+)
 
-SKELETON_VERSION = "4"
+SKELETON_VERSION = "5"
 # Host trees bound read-only; a host top-level symlink (merged /usr) is mirrored instead.
 SYSTEM_TREES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Public, non-secret host /etc entries bound read-only when present (fontconfig's and, on
@@ -104,6 +111,7 @@ def ensure_skeleton(base: Path, host_root: Path = Path("/")) -> Path:
     (tmp / WORKSPACE.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (tmp / AGENT_DIR.lstrip("/")).mkdir()
     (tmp / EGRESS_DIR.lstrip("/")).mkdir()
+    (tmp / AGENT_PYCACHE.lstrip("/")).mkdir()
     for script in AGENT_SCRIPTS:
         (tmp / AGENT_DIR.lstrip("/") / script).touch()
     for path in [tmp, *tmp.rglob("*")]:

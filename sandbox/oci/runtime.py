@@ -31,6 +31,7 @@ from sandbox.hostdirs import (
     AGENT_READY_TIMEOUT_S,
     AGENT_SCRIPT,
     INTERPRETER_SCRIPT,
+    agent_pycache,
     all_or_nothing,
     disk_full,
     make_private_dir,
@@ -71,6 +72,8 @@ class OciRuntime:
         self._agents: dict[str, AgentClient] = {}
         self._rootfs: Path | None = None
         self._binds: list[tuple[str, str]] = []
+        self._pycache = ""
+        self._workspaces = workspace.Workspaces(settings.state_dir / "templates")
 
     @property
     def cgroup_layout(self) -> CgroupLayout:
@@ -97,6 +100,7 @@ class OciRuntime:
         else:
             skeleton = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
             self._rootfs, self._binds = skeleton, rootfs.host_binds()
+        self._pycache = await self._in_thread(agent_pycache, self._s.state_dir, self._rootfs)
         logger.info(
             "oci runtime ready",
             extra={"binary": self._s.binary, "cgroup": self._layout.version.value},
@@ -125,7 +129,7 @@ class OciRuntime:
             owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
             await self._in_thread(make_private_dir, sdir / "egress", owner)
             await self._in_thread(
-                workspace.create,
+                self._workspaces.create,
                 sdir / "workspace.img",
                 sdir / "data",
                 spec.limits.workspace_bytes,
@@ -139,6 +143,7 @@ class OciRuntime:
                 binds=self._binds,
                 skills=str(sdir / "skills"),
                 egress=str(sdir / "egress"),
+                agent_pycache=self._pycache,
             )
             config = build_config(spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp)
             listener = await self._in_thread(_write_bundle, sdir, json.dumps(config))

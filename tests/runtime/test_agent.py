@@ -139,6 +139,17 @@ async def test_oversized_request_is_a_typed_error(backend: Harness, sid: str) ->
     await backend.runtime.agent(sid).ping()
 
 
+async def test_the_agent_starts_from_its_read_only_bytecode(backend: Harness, sid: str) -> None:
+    rt = backend.runtime
+    py = "python3 -I -S -c 'import sys; print(sys.implementation.cache_tag)'"
+    tag = (await sh(rt, sid, py))[0].strip()
+    out, _, outcome = await sh(rt, sid, "ls /.sandboxd/__pycache__")
+    assert (out, outcome.exit_code) == (f"agent.{tag}.pyc\n", 0)
+    _, err, outcome = await sh(rt, sid, f"echo x >> /.sandboxd/__pycache__/agent.{tag}.pyc")
+    assert outcome.exit_code != 0
+    assert "Read-only file system" in err or "Permission denied" in err
+
+
 # ------------------------------------------------------------------------------ exec
 
 
