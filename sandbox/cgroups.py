@@ -84,7 +84,7 @@ def _parse_uint(text: str) -> int | None:
     return int(text)
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path | str) -> str | None:
     """Contents of a cgroup file, or None if it (or its group) does not exist."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -114,7 +114,7 @@ def _read_uint(path: Path) -> int | None:
     return None if text is None else _parse_uint(text.strip())
 
 
-def _read_key(path: Path, key: str) -> int:
+def _read_key(path: Path | str, key: str) -> int:
     """Value of ``key`` in a flat-keyed file (``"key N"`` lines); 0 if missing or malformed."""
     return _key_value(_read(path) or "", key)
 
@@ -183,12 +183,13 @@ class CgroupLayout:
 class CgroupReader:
     """Counters and lifecycle of one sandbox's group; holds no open files."""
 
-    __slots__ = ("_layout", "_parts", "path")
+    __slots__ = ("_kill_files", "_layout", "_parts", "path")
 
     def __init__(self, layout: CgroupLayout, cgroups_path: str) -> None:
         self._parts = _check_path(cgroups_path)
         self._layout = layout
         self.path = cgroups_path
+        self._kill_files: tuple[str, str] | None = None
 
     def _group(self, controller: str) -> Path:
         return self._layout._hierarchy(controller).joinpath(*self._parts)
@@ -199,15 +200,18 @@ class CgroupReader:
     def kill_counters(self) -> KillCounters | None:
         """(oom kills, pids-limit hits) only: two small reads, cheap enough for every exec.
         None if the group is gone."""
-        mem = self._group("memory")
-        events = (
-            "memory.events" if self._layout.version is CgroupVersion.V2 else ("memory.oom_control")
-        )
-        oom_text = _read(mem / events)
+        if self._kill_files is None:  # on the exec hot path: paths built once per reader
+            v2 = self._layout.version is CgroupVersion.V2
+            events = "memory.events" if v2 else "memory.oom_control"
+            self._kill_files = (
+                str(self._group("memory") / events),
+                str(self._group("pids") / "pids.events"),
+            )
+        oom_file, pids_file = self._kill_files
+        oom_text = _read(oom_file)
         if oom_text is None:
             return None
-        oom = _key_value(oom_text, "oom_kill")
-        return KillCounters(oom, _read_key(self._group("pids") / "pids.events", "max"))
+        return KillCounters(_key_value(oom_text, "oom_kill"), _read_key(pids_file, "max"))
 
     def counters(self) -> CgroupCounters:
         mem, pids = self._group("memory"), self._group("pids")

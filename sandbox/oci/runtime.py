@@ -23,6 +23,7 @@ from sandbox.cgroups import (
     CgroupCounters,
     CgroupError,
     CgroupLayout,
+    CgroupReader,
     KillCounters,
     children,
 )
@@ -70,6 +71,7 @@ class OciRuntime:
         self._cli = OciCli(settings.binary, settings.runtime_root, self._executor)
         self._layout = CgroupLayout.detect()
         self._agents: dict[str, AgentClient] = {}
+        self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
         self._rootfs: Path | None = None
         self._binds: list[tuple[str, str]] = []
         self._pycache = ""
@@ -173,6 +175,7 @@ class OciRuntime:
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""
         sdir = self._dir(sandbox_id)
+        self._readers.pop(sandbox_id, None)
         agent = self._agents.pop(sandbox_id, None)
         if agent is not None:
             await agent.close()
@@ -246,7 +249,10 @@ class OciRuntime:
         # Two reads of kernel pseudo-files (no disk I/O, microseconds): done on the loop,
         # since a thread hop would cost more than the reads on the exec hot path.
         try:
-            return self._layout.reader(self._cgroup(sandbox_id)).kill_counters()
+            reader = self._readers.get(sandbox_id)
+            if reader is None:
+                reader = self._readers[sandbox_id] = self._layout.reader(self._cgroup(sandbox_id))
+            return reader.kill_counters()
         except CgroupError:
             return None
 
