@@ -176,6 +176,9 @@ class ContainerService:
         self._expiring: set[str] = set()  # being expired: no new operation may start
         self._touched: dict[str, int] = {}  # last second written per container
 
+    def _touch_due(self, cid: str) -> bool:
+        return self._touched.get(cid, 0) < _now()
+
     async def _touch(self, cid: str) -> int:
         """Record activity now; a burst of calls within one second writes once."""
         now = _now()
@@ -203,7 +206,8 @@ class ContainerService:
             yield
         finally:
             self.open_operations.leave(cid)
-            await asyncio.shield(self._touch(cid))
+            if self._touch_due(cid):  # a shielded task costs loop turns: only when it writes
+                await asyncio.shield(self._touch(cid))
 
     async def record_event(self, cid: str, kind: str, **detail: str | int | None) -> None:
         """Append to the container's event history and log it (one line per event)."""

@@ -11,14 +11,12 @@ until its timeout) and reported as such.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from sandbox.agent_client import AgentClient, CodeResult, EventStream, ExecChunk
 from sandbox.cgroups import KillCounters
-from sandbox.errors import AgentUnavailable
 
 WATCH_INTERVAL_S = 0.2
 # How long past the command's own timeout we wait for the agent before giving up on it.
@@ -81,37 +79,54 @@ async def _pump[T](
 ) -> tuple[T, str | None]:
     """Relay output until the final event; kill on a pids-limit hit, stop on shutdown.
 
-    Returns the final event and what we killed it for ("pids", "shutdown" or None)."""
+    Returns the final event and what we killed it for ("pids", "shutdown" or None).
+
+    The checks run every WATCH_INTERVAL_S from a timer, in a task of their own only when it
+    fires: a command that ends sooner (most of them) costs no task and no extra loop turns.
+    The events are awaited directly; if that is cancelled mid-frame, the stream is left
+    unfinished and its connection is closed, not reused.
+    """
+    loop = asyncio.get_running_loop()
     killed: str | None = None
-    pending: asyncio.Future[ExecChunk | T] | None = None
+    check: asyncio.Task[None] | None = None
+    timer: asyncio.TimerHandle
+
+    async def watchdog() -> None:
+        nonlocal killed
+        if killed is None and stop is not None and stop.is_set():
+            killed = "shutdown"
+            if interrupt_on_stop:
+                await stream.interrupt("shutdown")
+            else:
+                await stream.kill("shutdown")
+        if killed is None and await watch.pids_hit():
+            killed = "pids"
+            await stream.kill("pids")
+
+    def tick() -> None:
+        nonlocal check, timer
+        if check is None or check.done():
+            check = loop.create_task(watchdog())
+        timer = loop.call_later(WATCH_INTERVAL_S, tick)
+
+    timer = loop.call_later(WATCH_INTERVAL_S, tick)
+    ended = False
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(stream.next_event())
-            done, _ = await asyncio.wait({pending}, timeout=WATCH_INTERVAL_S)
-            if not done:
-                if killed is None and stop is not None and stop.is_set():
-                    killed = "shutdown"
-                    if interrupt_on_stop:
-                        await stream.interrupt("shutdown")
-                    else:
-                        await stream.kill("shutdown")
-                if killed is None and await watch.pids_hit():
-                    killed = "pids"
-                    await stream.kill("pids")
-                continue
-            event = pending.result()
-            pending = None
+            event = await stream.next_event()
             if not isinstance(event, ExecChunk):
-                return event, killed
+                ended = True
+                break
             await sink(event)
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            await asyncio.wait({pending})  # a cancellation of *this* task still propagates
-            if not pending.cancelled():
-                with contextlib.suppress(AgentUnavailable):
-                    pending.result()
+        timer.cancel()
+        if check is not None:
+            # A kill frame it is sending must be out before the connection can be reused.
+            await asyncio.wait({check})
+            failure = None if check.cancelled() else check.exception()
+            if failure is not None and ended:
+                raise failure
+    return event, killed
 
 
 async def run_command(

@@ -26,6 +26,7 @@ AGENT_SCRIPT = Path(__file__).resolve().parent / "agent" / "agent.py"
 INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
 AGENT_READY_TIMEOUT_S = 15.0
 SANDBOX_PYTHON = "/usr/bin/python3"  # the host's, which the host skeleton binds in
+AGENT_SHOWN_AS = f"{AGENT_DIR}/agent.py"  # the file name in the agent's tracebacks
 # Run by the sandbox's Python: checked-hash bytecode (validated against the bound source at
 # every import, so a stale file can only be ignored, never run).
 _COMPILE = (
@@ -55,19 +56,12 @@ def agent_bytecode(state_dir: Path, python: str = SANDBOX_PYTHON) -> Path | None
     the directory they were started with. Blocking: call off the event loop."""
     base = state_dir / "agent-bytecode"
     base.mkdir(mode=0o755, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=base, prefix=".tmp-") as tmp:
+    tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+    try:
+        argv = [python, "-I", "-S", "-c", _COMPILE, str(AGENT_SCRIPT), str(tmp), AGENT_SHOWN_AS]
         try:
             subprocess.run(
-                [
-                    python,
-                    "-I",
-                    "-S",
-                    "-c",
-                    _COMPILE,
-                    str(AGENT_SCRIPT),
-                    tmp,
-                    f"{AGENT_DIR}/agent.py",
-                ],
+                argv,
                 env={"PATH": "/usr/bin:/bin"},
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
@@ -80,16 +74,16 @@ def agent_bytecode(state_dir: Path, python: str = SANDBOX_PYTHON) -> Path | None
             )
             return None
         digest = hashlib.sha256()
-        for item in sorted(Path(tmp).iterdir()):
+        for item in sorted(tmp.iterdir()):
             digest.update(item.name.encode() + b"\0" + item.read_bytes())
+            item.chmod(0o644)
         target = base / digest.hexdigest()[:16]
         if not target.is_dir():
-            for item in Path(tmp).iterdir():
-                item.chmod(0o644)
-            os.chmod(tmp, 0o755)  # noqa: S103 - read by the sandbox user through the bind
-            os.rename(tmp, target)
-            os.mkdir(tmp)  # for TemporaryDirectory's cleanup
-    return target
+            tmp.chmod(0o755)  # read by the sandbox user through the bind
+            tmp.rename(target)
+        return target
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # already gone if it became the target
 
 
 def sandbox_dir(state_dir: Path, sandbox_id: str) -> Path:

@@ -1,0 +1,69 @@
+"""The store's in-memory container records: reads skip the database thread, yet no write of
+a row (even one that fails to commit) can leave a stale record behind."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from daemon import store as store_mod
+from daemon.models import ContainerRecord, Status
+from daemon.store import Store
+
+
+def _rec(cid: str, status: Status = Status.RUNNING) -> ContainerRecord:
+    return ContainerRecord(cid, "owner", "name", 100, 100, status, "1g", 20, "oci")
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = Store(tmp_path / "state.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_every_write_is_seen_by_the_next_read(store: Store) -> None:
+    await store.insert_container(_rec("c1", Status.CREATING))
+    assert (await store.get_container("c1")).status is Status.CREATING  # type: ignore[union-attr]
+    await store.set_status("c1", Status.RUNNING)
+    assert (await store.get_container("c1")).status is Status.RUNNING  # type: ignore[union-attr]
+    await store.touch("c1", 500)
+    assert (await store.get_container("c1")).last_active_at == 500  # type: ignore[union-attr]
+    await store.set_status("c1", Status.EXPIRED, "idle")
+    rec = await store.get_container("c1")
+    assert rec is not None and (rec.status, rec.status_reason) == (Status.EXPIRED, "idle")
+    await store.delete_container("c1")
+    assert await store.get_container("c1") is None
+
+
+async def test_a_cached_read_does_not_touch_the_database(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.insert_container(_rec("c1"))
+    first = await store.get_container("c1")
+
+    async def no_db(fn: object) -> object:
+        raise AssertionError("went to the database")
+
+    monkeypatch.setattr(store, "_run", no_db)
+    assert await store.get_container("c1") is first
+
+
+async def test_a_write_that_fails_still_drops_the_record(store: Store) -> None:
+    await store.insert_container(_rec("c1"))
+    await store.get_container("c1")
+    with pytest.raises(sqlite3.Error):
+        await store._write_container("c1", "UPDATE no_such_table SET x = 1", ())
+    assert "c1" not in store._records
+
+
+async def test_the_cache_is_bounded(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "MAX_CACHED_RECORDS", 3)
+    for i in range(5):
+        await store.insert_container(_rec(f"c{i}"))
+        await store.get_container(f"c{i}")
+        assert len(store._records) <= 3
