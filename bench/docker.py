@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bench.client import BenchError, Client
 from bench.daemon import running_daemon
+from bench.sandboxd import POOL_TIER, wait_for_pool
 from bench.stats import Summary, summarize, timed_ms
 from sandbox.oci.rootfs import host_binds
 from tests import dockerd
@@ -73,6 +74,19 @@ def _measure_sandboxd(n: int, work: Path, url: str) -> tuple[list[Summary], str]
             if i:  # the first is a warm-up
                 create.append((t1 - t0) * 1000)
                 to_exec.append((t2 - t0) * 1000)
+        hit, hit_to_exec = [], []
+        for i in range(n):
+            wait_for_pool(c)
+            t0 = time.perf_counter()
+            body = c.call(
+                "POST", "/v1/containers", {"name": f"dk-pool-{i}", "memory_limit": POOL_TIER}
+            )
+            t1 = time.perf_counter()
+            c.call("POST", f"/v1/containers/{body['id']}/exec", {"commands": ["true"]})
+            t2 = time.perf_counter()
+            c.call("DELETE", f"/v1/containers/{body['id']}")
+            hit.append((t1 - t0) * 1000)
+            hit_to_exec.append((t2 - t0) * 1000)
         cid = c.call("POST", "/v1/containers", {"name": "dk-exec"})["id"]
         path = f"/v1/containers/{cid}/exec"
         for _ in range(20):
@@ -87,6 +101,12 @@ def _measure_sandboxd(n: int, work: Path, url: str) -> tuple[list[Summary], str]
         summarize("dk_create", "sandboxd (docker backend) cold create", create),
         summarize(
             "dk_to_exec", "sandboxd (docker backend) create → first exec `true` done", to_exec
+        ),
+        summarize("dk_pool_create", "sandboxd (docker backend) create, warm-pool hit", hit),
+        summarize(
+            "dk_pool_to_exec",
+            "sandboxd (docker backend) create, pool hit → first exec `true` done",
+            hit_to_exec,
         ),
         summarize("dk_exec", "sandboxd (docker backend) exec `true` (warm container)", execs),
     ], image

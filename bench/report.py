@@ -23,6 +23,11 @@ RATIOS = (
     ("sandboxd create → first exec / docker run --rm", "to_exec", "docker_run"),
     ("sandboxd on docker: exec / docker exec", "dk_exec", "docker_exec"),
     ("sandboxd on docker: create → first exec / docker run --rm", "dk_to_exec", "docker_run"),
+    (
+        "sandboxd on docker: pool hit → first exec / docker run --rm",
+        "dk_pool_to_exec",
+        "docker_run",
+    ),
     ("sandboxd delete / runc delete --force", "delete", "runc_delete"),
     ("sandboxd delete / runc kill + delete", "delete", "runc_kill_delete"),
 )

@@ -65,7 +65,7 @@ def pool_depth(client: Client, tier: str = POOL_TIER) -> int:
     return 0
 
 
-def _wait_for_pool(client: Client) -> None:
+def wait_for_pool(client: Client) -> None:
     deadline = time.monotonic() + POOL_WAIT_S
     while pool_depth(client) < 1:
         if time.monotonic() > deadline:
@@ -95,7 +95,7 @@ def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
         delete.append((t3 - t2) * 1000)
     hit, hit_to_exec = [], []
     for i in range(sizes.create):
-        _wait_for_pool(client)
+        wait_for_pool(client)
         t0 = time.perf_counter()
         cid = _create(client, f"bench-pool-{i}", live, POOL_TIER)
         t1 = time.perf_counter()

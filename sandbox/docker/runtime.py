@@ -26,7 +26,7 @@ from typing import Any
 
 from sandbox import images
 from sandbox.agent_client import AgentClient
-from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout, KillCounters
+from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout, CgroupReader, KillCounters
 from sandbox.docker.container import (
     LABEL_ID,
     LABEL_INSTANCE,
@@ -83,6 +83,7 @@ class DockerRuntime:
         self._layout = CgroupLayout.detect()
         self._agents: dict[str, AgentClient] = {}
         self._cids: dict[str, str] = {}  # sandbox id -> container id (names its cgroup)
+        self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
         self._image_ref = ""
         self._binds: list[tuple[str, str]] = []
         self._pycache = ""
@@ -206,6 +207,7 @@ class DockerRuntime:
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""
         sdir = self._dir(sandbox_id)
+        self._readers.pop(sandbox_id, None)
         agent = self._agents.pop(sandbox_id, None)
         if agent is not None:
             await agent.close()
@@ -279,11 +281,14 @@ class DockerRuntime:
 
     async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
         # Kernel pseudo-file reads (microseconds) on the loop, as on the oci backend.
-        cid = await self._container_id(sandbox_id)
-        if cid is None:
-            return None
+        reader = self._readers.get(sandbox_id)
+        if reader is None:
+            cid = await self._container_id(sandbox_id)
+            if cid is None:
+                return None
+            reader = self._readers[sandbox_id] = self._layout.reader(self._cgroup(cid))
         try:
-            return self._layout.reader(self._cgroup(cid)).kill_counters()
+            return reader.kill_counters()
         except CgroupError:
             return None
 
