@@ -24,18 +24,25 @@ this file, talking over pipes (its own framing, see interpreter.py). Like exec i
 frames and ends with one J result; the daemon may send J{"op": "interrupt"|"kill"} meanwhile.
 """
 
+# Only C modules, besides os and sys: this file starts every sandbox, and the pure-Python
+# modules it would otherwise use (socket, signal, selectors, threading, json -> re, enum,
+# functools, collections) take ~20 ms to import here against under 1 ms for these.
+import _signal as signal
+import _socket
+import _stat as stat
+import _struct as struct
+import _thread
 import ctypes
 import fcntl
-import json
 import os
-import selectors
-import signal
-import socket
-import stat
-import struct
+import select
 import sys
-import threading
 import time
+
+try:
+    from _json import encode_basestring, encode_basestring_ascii, make_encoder, make_scanner
+except ImportError:  # not CPython: fall back on the json module below
+    make_scanner = None
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
@@ -88,6 +95,137 @@ class ProtocolError(Exception):
     pass
 
 
+# ----------------------------------------------------------------------------- JSON, threads
+
+
+class _DecodeContext:
+    """What _json's scanner reads from json.JSONDecoder, with standard JSON only."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    memo = None
+
+    @staticmethod
+    def parse_constant(name):
+        raise ValueError("not JSON: %s" % name)
+
+
+def _not_serializable(obj):
+    raise TypeError("%s is not JSON serializable" % type(obj).__name__)
+
+
+if make_scanner is not None:
+    _scan = make_scanner(_DecodeContext)
+    _encoders = {
+        ascii_only: make_encoder(None, _not_serializable, quote, None, ":", ",", False, False, True)
+        for ascii_only, quote in ((True, encode_basestring_ascii), (False, encode_basestring))
+    }
+
+    def json_loads(text):
+        """Like json.loads (ValueError on anything but one JSON value and whitespace)."""
+        start = len(text) - len(text.lstrip(" \t\n\r"))
+        try:
+            obj, end = _scan(text, start)
+        except StopIteration as exc:
+            raise ValueError("expecting a value at %d" % exc.value) from None
+        if text[end:].strip(" \t\n\r"):
+            raise ValueError("extra data at %d" % end)
+        return obj
+
+    def json_dumps(obj, ensure_ascii=True):
+        """Like json.dumps(obj, separators=(",", ":"), ensure_ascii=...)."""
+        return "".join(_encoders[ensure_ascii](obj, 0))
+
+else:
+    import json
+
+    def json_loads(text):
+        return json_loads(text)
+
+    def json_dumps(obj, ensure_ascii=True):
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=ensure_ascii)
+
+
+def start_thread(target, *args):
+    """A daemon thread (the agent never waits for one); RuntimeError if none can be had."""
+    _thread.start_new_thread(target, args)
+
+
+EVENT_READ, EVENT_WRITE = 1, 2
+
+
+class SelectorKey:
+    __slots__ = ("data", "events", "fd", "fileobj")
+
+    def __init__(self, fileobj, fd, events, data):
+        self.fileobj, self.fd, self.events, self.data = fileobj, fd, events, data
+
+
+class Poller:
+    """The part of selectors.DefaultSelector this agent uses, on epoll directly."""
+
+    def __init__(self):
+        self._epoll = select.epoll()
+        self._keys = {}
+
+    @staticmethod
+    def _fd(fileobj):
+        return fileobj if isinstance(fileobj, int) else fileobj.fileno()
+
+    @staticmethod
+    def _mask(events):
+        return (select.EPOLLIN if events & EVENT_READ else 0) | (
+            select.EPOLLOUT if events & EVENT_WRITE else 0
+        )
+
+    def register(self, fileobj, events, data=None):
+        fd = self._fd(fileobj)
+        if fd in self._keys:
+            raise KeyError("%r is already registered" % (fileobj,))
+        self._epoll.register(fd, self._mask(events))
+        self._keys[fd] = SelectorKey(fileobj, fd, events, data)
+
+    def modify(self, fileobj, events):
+        key = self._keys[self._fd(fileobj)]
+        self._epoll.modify(key.fd, self._mask(events))
+        key.events = events
+
+    def unregister(self, fileobj):
+        key = self._keys.pop(self._fd(fileobj))
+        try:
+            self._epoll.unregister(key.fd)
+        except OSError:  # already closed
+            pass
+
+    def select(self, timeout=None):
+        """[(key, events)], errors and hang-ups counting as both ways ready (as selectors)."""
+        ready = self._epoll.poll(-1 if timeout is None else max(timeout, 0.0))
+        out = []
+        for fd, flags in ready:
+            key = self._keys.get(fd)
+            if key is None:
+                continue
+            events = (EVENT_WRITE if flags & ~select.EPOLLIN else 0) | (
+                EVENT_READ if flags & ~select.EPOLLOUT else 0
+            )
+            if events & key.events:
+                out.append((key, events & key.events))
+        return out
+
+    def close(self):
+        self._epoll.close()
+        self._keys.clear()
+
+
+def accept(listener):
+    """listener.accept() for a _socket.socket: (connection, address), close-on-exec."""
+    fd, address = listener._accept()
+    return _socket.socket(fileno=fd), address
+
+
 class OpError(Exception):
     def __init__(self, code, message):
         super().__init__(message)
@@ -122,7 +260,7 @@ def recv_json(sock):
     kind, payload = recv_frame(sock)
     if kind != b"J":
         raise ProtocolError("expected a JSON frame")
-    msg = json.loads(payload.decode("utf-8"))
+    msg = json_loads(payload.decode("utf-8"))
     if not isinstance(msg, dict):
         raise ProtocolError("expected a JSON object")
     return msg
@@ -133,7 +271,7 @@ def send_frame(sock, kind, payload=b""):
 
 
 def send_json(sock, obj):
-    send_frame(sock, b"J", json.dumps(obj, separators=(",", ":")).encode())
+    send_frame(sock, b"J", json_dumps(obj).encode())
 
 
 def send_error(sock, code, message):
@@ -147,8 +285,11 @@ class Reaper:
     """Reaps every child (PID 1 inherits orphans) and hands statuses to their waiters."""
 
     def __init__(self):
-        self.lock = threading.Lock()
-        self.spawned = threading.Condition(self.lock)
+        self.lock = _thread.allocate_lock()
+        # Released by each spawn, taken by the reaper when it has no child to wait for: a
+        # spawn is never missed, and the reaper looks again at least every second anyway.
+        self.spawned = _thread.allocate_lock()
+        self.spawned.acquire()
         self.waiters = {}
 
     def run(self):
@@ -156,8 +297,7 @@ class Reaper:
             try:
                 pid, status = os.wait()
             except ChildProcessError:
-                with self.spawned:
-                    self.spawned.wait(timeout=1.0)
+                self.spawned.acquire(timeout=1.0)
                 continue
             with self.lock:
                 waiter = self.waiters.pop(pid, None)
@@ -169,7 +309,7 @@ class Reaper:
     def spawn(self, argv, env, cwd, fds, wake_fd):
         """posix_spawn under the lock so the reaper cannot miss the registration."""
         waiter = {"status": None, "wake": wake_fd}
-        with self.spawned:
+        with self.lock:
             os.chdir(cwd)
             try:
                 file_actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in fds]
@@ -185,7 +325,10 @@ class Reaper:
             finally:
                 os.chdir("/")
             self.waiters[pid] = waiter
-            self.spawned.notify_all()
+            try:
+                self.spawned.release()
+            except RuntimeError:
+                pass  # already released: the reaper has not looked since the last spawn
         try:
             # Let the OOM killer pick sandbox code before the agent.
             with open("/proc/%d/oom_score_adj" % pid, "w") as f:
@@ -285,14 +428,14 @@ def handle_exec(reaper, conn, req):
 
 
 def pump_exec(conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, deadline):
-    sel = selectors.DefaultSelector()
-    sel.register(out_r, selectors.EVENT_READ, b"O")
-    sel.register(err_r, selectors.EVENT_READ, b"E")
-    sel.register(wake_r, selectors.EVENT_READ, None)
-    sel.register(conn, selectors.EVENT_READ, "conn")
+    sel = Poller()
+    sel.register(out_r, EVENT_READ, b"O")
+    sel.register(err_r, EVENT_READ, b"E")
+    sel.register(wake_r, EVENT_READ, None)
+    sel.register(conn, EVENT_READ, "conn")
     if stdin_bytes:
         os.set_blocking(in_w, False)
-        sel.register(in_w, selectors.EVENT_WRITE, "stdin")
+        sel.register(in_w, EVENT_WRITE, "stdin")
         stdin_open = True
     else:
         os.close(in_w)
@@ -321,7 +464,7 @@ def pump_exec(conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, d
                 tag = key.data
                 if tag == "conn":
                     kind, payload = recv_frame(conn)
-                    msg = json.loads(payload.decode("utf-8")) if kind == b"J" else {}
+                    msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
                     if isinstance(msg, dict) and msg.get("op") == "kill":
                         killed_by_request = str(msg.get("reason") or "request")
                         kill_group(pid)
@@ -592,7 +735,7 @@ class Session:
     def __init__(self, sid):
         self.id = sid
         self.created_at = self.last_used_at = int(time.time())
-        self.busy = threading.Lock()  # one call at a time
+        self.busy = _thread.allocate_lock()  # one call at a time
         self.proc = None  # {"pid", "waiter", fds...} of the live interpreter
         self.lost = None  # why the previous interpreter died; reported by the next call
         self.deleted = False
@@ -603,7 +746,7 @@ class Sessions:
 
     def __init__(self, reaper):
         self.reaper = reaper
-        self.lock = threading.Lock()
+        self.lock = _thread.allocate_lock()
         self.table = {}
 
     def acquire(self, sid, cap):
@@ -772,18 +915,18 @@ def death_reason(status):
 def pump_code(conn, s, code, deadline, cap):
     """Send one cell, relay its output, enforce the deadline; the result without files."""
     p = s.proc
-    data = json.dumps({"code": code}, ensure_ascii=False).encode()
+    data = json_dumps({"code": code}, ensure_ascii=False).encode()
     pending = memoryview(struct.pack(">I", len(data)) + data)
     try:
         while os.read(p["rep"], READ_CHUNK):
             pass  # stale bytes (something in the sandbox wrote to the reply pipe)
     except BlockingIOError:
         pass
-    sel = selectors.DefaultSelector()
+    sel = Poller()
     for key, tag in (("out", b"O"), ("err", b"E"), ("rep", "rep"), ("wake", "wake")):
-        sel.register(p[key], selectors.EVENT_READ, tag)
-    sel.register(p["req"], selectors.EVENT_WRITE, "req")
-    sel.register(conn, selectors.EVENT_READ, "conn")
+        sel.register(p[key], EVENT_READ, tag)
+    sel.register(p["req"], EVENT_WRITE, "req")
+    sel.register(conn, EVENT_READ, "conn")
     reply, buf, status = None, bytearray(), None
     stop, interrupted_at, killed = None, None, False
     sent, truncated, relay = 0, False, True
@@ -837,7 +980,7 @@ def pump_code(conn, s, code, deadline, cap):
                 if tag == "conn":
                     try:
                         kind, payload = recv_frame(conn)
-                        msg = json.loads(payload.decode("utf-8")) if kind == b"J" else {}
+                        msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
                     except (EOFError, OSError, ProtocolError, ValueError):
                         # The daemon went away: stop the cell, keep the session if we can.
                         sel.unregister(conn)
@@ -895,7 +1038,7 @@ def pump_code(conn, s, code, deadline, cap):
 
 def parse_reply(data):
     try:
-        msg = json.loads(data.decode("utf-8"))
+        msg = json_loads(data.decode("utf-8"))
     except ValueError:
         return None
     if not isinstance(msg, dict) or msg.get("status") not in ("ok", "error"):
@@ -927,7 +1070,7 @@ def handle_sessions(sessions, conn, req):
 # ----------------------------------------------------------------------------- egress
 
 
-class EgressRelay(threading.Thread):
+class EgressRelay:
     """127.0.0.1:3128 inside the sandbox -> the proxy's unix socket, one selector thread.
 
     Bounded: at most EGRESS_MAX_CONNECTIONS relayed connections (later ones are closed at
@@ -935,20 +1078,22 @@ class EgressRelay(threading.Thread):
     """
 
     def __init__(self, target):
-        super().__init__(name="egress", daemon=True)
         self.target = target
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
+        self.listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         self.listener.bind(EGRESS_LISTEN)
         self.listener.listen(128)
         self.listener.setblocking(False)
-        self.sel = selectors.DefaultSelector()
+        self.sel = Poller()
         self.peer = {}  # socket -> its other end
         self.pending = {}  # socket -> bytes waiting to be written to it
         self.events = {}  # socket -> the selector events it is registered for
 
+    def start(self):
+        start_thread(self.run)
+
     def run(self):
-        self.sel.register(self.listener, selectors.EVENT_READ)
+        self.sel.register(self.listener, EVENT_READ)
         while True:
             for key, _ in self.sel.select():
                 sock = key.fileobj
@@ -963,7 +1108,7 @@ class EgressRelay(threading.Thread):
     def accept(self):
         while True:
             try:
-                client, _ = self.listener.accept()
+                client, _ = accept(self.listener)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -971,7 +1116,7 @@ class EgressRelay(threading.Thread):
             if len(self.peer) >= 2 * EGRESS_MAX_CONNECTIONS:
                 client.close()
                 continue
-            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
                 upstream.connect(self.target)  # a unix connect completes (or fails) at once
             except OSError:
@@ -983,8 +1128,8 @@ class EgressRelay(threading.Thread):
                 self.pending[sock] = bytearray()
             self.peer[client], self.peer[upstream] = upstream, client
             for sock in (client, upstream):
-                self.sel.register(sock, selectors.EVENT_READ)
-                self.events[sock] = selectors.EVENT_READ
+                self.sel.register(sock, EVENT_READ)
+                self.events[sock] = EVENT_READ
 
     def watch(self, sock):
         """Read while the other end's buffer has room, write while ours has bytes."""
@@ -992,9 +1137,9 @@ class EgressRelay(threading.Thread):
             return
         events = 0
         if len(self.pending[self.peer[sock]]) < EGRESS_BUFFER:
-            events |= selectors.EVENT_READ
+            events |= EVENT_READ
         if self.pending[sock]:
-            events |= selectors.EVENT_WRITE
+            events |= EVENT_WRITE
         registered = self.events.get(sock, 0)
         if events == registered:
             return
@@ -1051,7 +1196,7 @@ class EgressRelay(threading.Thread):
 
 
 class Config:
-    lock = threading.Lock()
+    lock = _thread.allocate_lock()
     relay = None
 
 
@@ -1137,10 +1282,10 @@ def open_listener():
     """fd 3 from the daemon, or (no descriptor passing) a socket bound at $SANDBOXD_AGENT_SOCKET."""
     path = os.environ.pop(LISTEN_PATH_ENV, "")
     if not path:
-        listener = socket.socket(fileno=LISTEN_FD)
+        listener = _socket.socket(fileno=LISTEN_FD)
         os.set_inheritable(LISTEN_FD, False)
         return listener
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -1163,20 +1308,17 @@ def main():
     listener = open_listener()
     reaper = Reaper()
     sessions = Sessions(reaper)
-    threading.Thread(target=reaper.run, name="reaper", daemon=True).start()
+    start_thread(reaper.run)
     while True:
         try:
-            conn, _ = listener.accept()
+            conn, _ = accept(listener)
         except InterruptedError:
             continue
         except OSError:
             time.sleep(0.05)
             continue
-        conn.set_inheritable(False)
         try:
-            threading.Thread(
-                target=serve_connection, args=(reaper, sessions, conn), daemon=True
-            ).start()
+            start_thread(serve_connection, reaper, sessions, conn)
         except RuntimeError:
             # No thread to be had (the sandbox's pids limit is full): refuse this connection
             # and stay alive; the daemon sees a closed connection and may retry.
