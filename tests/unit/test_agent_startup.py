@@ -1,0 +1,92 @@
+"""The agent's lean start: it imports no pure-Python module that costs start-up time, and its
+JSON (built on the _json accelerator) answers exactly as the json module would.
+
+Run under /usr/bin/python3, the sandbox's own Python on the host root, as the agent is."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandbox.hostdirs import AGENT_SCRIPT, SANDBOX_PYTHON
+
+pytestmark = pytest.mark.skipif(not Path(SANDBOX_PYTHON).exists(), reason="no /usr/bin/python3")
+
+# Imported by the modules the agent avoided; any of them back means ~5-20 ms per sandbox.
+HEAVY = {
+    "socket",
+    "selectors",
+    "threading",
+    "json",
+    "re",
+    "enum",
+    "functools",
+    "collections",
+    "signal",
+}
+
+
+def _run(code: str) -> str:
+    prelude = f"import sys; sys.path.insert(0, {str(AGENT_SCRIPT.parent)!r}); import agent\n"
+    proc = subprocess.run(
+        [SANDBOX_PYTHON, "-I", "-S", "-B", "-c", prelude + code],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    return proc.stdout
+
+
+def test_importing_the_agent_loads_none_of_the_heavy_modules() -> None:
+    loaded = set(_run("print('\\n'.join(sorted(sys.modules)))").split())
+    assert "agent" in loaded
+    assert not (loaded & HEAVY), loaded & HEAVY
+
+
+CASES = [
+    {"op": "exec", "cmd": "echo 'hi' \u00e9 \U0001f600 \\ \"q\"", "env": {"A": "1"}, "n": -3},
+    {"nested": [1, 2.5, None, True, False, {"k": []}], "big": 2**70, "e": "", "ctl": "\t\n\x01"},
+    [],
+    "plain",
+]
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_encoding_matches_the_json_module(ascii_only: bool) -> None:
+    for case in CASES:
+        code = (
+            "import json as j\n"
+            f"obj = j.loads({json.dumps(json.dumps(case))})\n"
+            f"print(agent.json_dumps(obj, ensure_ascii={ascii_only}) == "
+            f"j.dumps(obj, separators=(',', ':'), ensure_ascii={ascii_only}))"
+        )
+        assert _run(code).strip() == "True", case
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ('{"a": [1, 2, {"b": null}]}', True),
+        ('  {"a": "\\u00e9\\ud83d\\ude00"}\n', True),
+        ("[1, 2.5e3, -0, true, false]", True),
+        ('{"a": 1} x', False),  # trailing data
+        ("", False),
+        ("NaN", False),  # not JSON, whatever Python's json allows
+        ('{"a": "\x01"}', False),  # control character in a string
+        ("{'a': 1}", False),
+        ('{"a": 1', False),
+    ],
+)
+def test_decoding_matches_the_json_module_or_refuses(text: str, ok: bool) -> None:
+    code = (
+        "import json as j\n"
+        f"text = {text!r}\n"
+        "try:\n"
+        "    got = agent.json_loads(text)\n"
+        "except ValueError:\n"
+        "    print('refused')\n"
+        "else:\n"
+        "    print('same' if got == j.loads(text) else 'different')\n"
+    )
+    assert _run(code).strip() == ("same" if ok else "refused")
