@@ -24,9 +24,9 @@ this file, talking over pipes (its own framing, see interpreter.py). Like exec i
 frames and ends with one J result; the daemon may send J{"op": "interrupt"|"kill"} meanwhile.
 """
 
-# Only C modules, besides os and sys: this file starts every sandbox, and the pure-Python
-# modules it would otherwise use (socket, signal, selectors, threading, json -> re, enum,
-# functools, collections) take ~20 ms to import here against under 1 ms for these.
+# C modules only, besides os, sys and ctypes (for prctl): this file starts every sandbox,
+# and the pure-Python modules it would otherwise use (socket, signal, selectors, threading,
+# json -> re, enum, functools, collections) take ~20 ms to import, against under 1 ms.
 import _signal as signal
 import _socket
 import _stat as stat
@@ -106,7 +106,6 @@ class _DecodeContext:
     object_pairs_hook = None
     parse_float = float
     parse_int = int
-    memo = None
 
     @staticmethod
     def parse_constant(name):
