@@ -24,15 +24,14 @@ this file, talking over pipes (its own framing, see interpreter.py). Like exec i
 frames and ends with one J result; the daemon may send J{"op": "interrupt"|"kill"} meanwhile.
 """
 
-# C modules only, besides os, sys and ctypes (for prctl): this file starts every sandbox,
-# and the pure-Python modules it would otherwise use (socket, signal, selectors, threading,
-# json -> re, enum, functools, collections) take ~20 ms to import, against under 1 ms.
+# C modules only, besides os and sys: this file starts every sandbox, and the pure-Python
+# modules it would otherwise use (socket, signal, selectors, threading, json -> re, enum,
+# functools, collections, ctypes) take ~25 ms to import, against about 1 ms for these.
 import _signal as signal
 import _socket
 import _stat as stat
 import _struct as struct
 import _thread
-import ctypes
 import fcntl
 import os
 import select
@@ -1271,10 +1270,33 @@ def serve_connection(reaper, sessions, conn):
         conn.close()
 
 
+def libc_prctl():
+    """(prctl, get_errno), built from _ctypes as the ctypes package builds them (importing
+    the package costs ~4 ms of every sandbox's start); the package itself if that fails."""
+    try:
+        import _ctypes
+
+        class CInt(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class CFunction(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = CInt
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, os.RTLD_NOW)
+
+        return CFunction(("prctl", Libc)), _ctypes.get_errno
+    except (ImportError, AttributeError, TypeError, OSError):  # private: fall back on the public
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl, ctypes.get_errno
+
+
 def make_undumpable():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE) failed")
+    prctl, get_errno = libc_prctl()
+    if prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(get_errno(), "prctl(PR_SET_DUMPABLE) failed")
 
 
 def open_listener():

@@ -126,29 +126,7 @@ class OciRuntime:
         sid = spec.sandbox_id
         sdir = self._dir(sid)
         try:
-            await self._in_thread(make_sandbox_dir, sdir)
-            await self._in_thread(skills.make_dir, sdir / "skills")
-            owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
-            await self._in_thread(make_private_dir, sdir / "egress", owner)
-            await self._in_thread(
-                self._workspaces.create,
-                sdir / "workspace.img",
-                sdir / "data",
-                spec.limits.workspace_bytes,
-                owner,
-            )
-            paths = BundlePaths(
-                rootfs=str(root),
-                workspace=str(sdir / "data"),
-                agent_script=str(AGENT_SCRIPT),
-                interpreter_script=str(INTERPRETER_SCRIPT),
-                binds=self._binds,
-                skills=str(sdir / "skills"),
-                egress=str(sdir / "egress"),
-                agent_pycache=self._pycache,
-            )
-            config = build_config(spec, paths, self._s.uid_base, self._cgroup(sid), self._seccomp)
-            listener = await self._in_thread(_write_bundle, sdir, json.dumps(config))
+            listener = await self._in_thread(self._prepare, spec, sdir, root)
             with listener:
                 await self._cli.run_detached(sid, sdir, listener.fileno())
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
@@ -157,6 +135,31 @@ class OciRuntime:
             if disk_full(exc):
                 raise HostStorageFull(f"no space left for sandbox {sid}") from exc
             raise
+
+    def _prepare(self, spec: SandboxSpec, sdir: Path, root: Path) -> socket.socket:
+        """Everything on the host before `runc run`, in one thread hop: the sandbox dir, its
+        skills and egress dirs, the workspace, config.json and the agent's listening socket."""
+        make_sandbox_dir(sdir)
+        skills.make_dir(sdir / "skills")
+        owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
+        make_private_dir(sdir / "egress", owner)
+        self._workspaces.create(
+            sdir / "workspace.img", sdir / "data", spec.limits.workspace_bytes, owner
+        )
+        paths = BundlePaths(
+            rootfs=str(root),
+            workspace=str(sdir / "data"),
+            agent_script=str(AGENT_SCRIPT),
+            interpreter_script=str(INTERPRETER_SCRIPT),
+            binds=self._binds,
+            skills=str(sdir / "skills"),
+            egress=str(sdir / "egress"),
+            agent_pycache=self._pycache,
+        )
+        config = build_config(
+            spec, paths, self._s.uid_base, self._cgroup(spec.sandbox_id), self._seccomp
+        )
+        return _write_bundle(sdir, json.dumps(config))
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:

@@ -44,6 +44,16 @@ def test_importing_the_agent_loads_none_of_the_heavy_modules() -> None:
     assert not (loaded & HEAVY), loaded & HEAVY
 
 
+def test_the_agent_makes_itself_undumpable_without_the_ctypes_package() -> None:
+    code = (
+        "agent.make_undumpable()\n"
+        "print('ctypes' in sys.modules)\n"
+        "import ctypes\n"
+        "print(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))\n"  # PR_GET_DUMPABLE
+    )
+    assert _run(code).split() == ["False", "0"]
+
+
 CASES = [
     {"op": "exec", "cmd": "echo 'hi' \u00e9 \U0001f600 \\ \"q\"", "env": {"A": "1"}, "n": -3},
     {"nested": [1, 2.5, None, True, False, {"k": []}], "big": 2**70, "e": "", "ctl": "\t\n\x01"},
