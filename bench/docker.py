@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.client import BenchError, Client
 from bench.daemon import running_daemon
-from bench.sandboxd import POOL_TIER, wait_for_pool
+from bench.sandboxd import COLD_TIER, cycle, pool_cycles
 from bench.stats import Summary, summarize, timed_ms
 from sandbox.oci.rootfs import host_binds
 from tests import dockerd
-
-COLD_TIER = "4g"  # no warm pool for this tier: the cold path
 
 
 @dataclass(frozen=True)
@@ -63,30 +60,9 @@ def _measure_sandboxd(n: int, work: Path, url: str) -> tuple[list[Summary], str]
     dwork = work / "d"  # short: agent socket paths must stay < 108 bytes
     dwork.mkdir()
     with running_daemon(dwork, engine_url=url) as daemon, Client(str(daemon.socket)) as c:
-        create, to_exec, execs = [], [], []
-        for i in range(n + 1):
-            t0 = time.perf_counter()
-            body = c.call("POST", "/v1/containers", {"name": f"dk-{i}", "memory_limit": COLD_TIER})
-            t1 = time.perf_counter()
-            c.call("POST", f"/v1/containers/{body['id']}/exec", {"commands": ["true"]})
-            t2 = time.perf_counter()
-            c.call("DELETE", f"/v1/containers/{body['id']}")
-            if i:  # the first is a warm-up
-                create.append((t1 - t0) * 1000)
-                to_exec.append((t2 - t0) * 1000)
-        hit, hit_to_exec = [], []
-        for i in range(n):
-            wait_for_pool(c)
-            t0 = time.perf_counter()
-            body = c.call(
-                "POST", "/v1/containers", {"name": f"dk-pool-{i}", "memory_limit": POOL_TIER}
-            )
-            t1 = time.perf_counter()
-            c.call("POST", f"/v1/containers/{body['id']}/exec", {"commands": ["true"]})
-            t2 = time.perf_counter()
-            c.call("DELETE", f"/v1/containers/{body['id']}")
-            hit.append((t1 - t0) * 1000)
-            hit_to_exec.append((t2 - t0) * 1000)
+        live: set[str] = set()
+        cold = [cycle(c, f"dk-{i}", COLD_TIER, live) for i in range(n + 1)][1:]  # 1 warm-up
+        hits = pool_cycles(c, n, "dk-pool", live)
         cid = c.call("POST", "/v1/containers", {"name": "dk-exec"})["id"]
         path = f"/v1/containers/{cid}/exec"
         for _ in range(20):
@@ -98,15 +74,21 @@ def _measure_sandboxd(n: int, work: Path, url: str) -> tuple[list[Summary], str]
     images = _cli(url, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "sandboxd/host")
     image = images.stdout.split()[0]
     return [
-        summarize("dk_create", "sandboxd (docker backend) cold create", create),
+        summarize("dk_create", "sandboxd (docker backend) cold create", [x.create for x in cold]),
         summarize(
-            "dk_to_exec", "sandboxd (docker backend) create → first exec `true` done", to_exec
+            "dk_to_exec",
+            "sandboxd (docker backend) create → first exec `true` done",
+            [x.to_exec for x in cold],
         ),
-        summarize("dk_pool_create", "sandboxd (docker backend) create, warm-pool hit", hit),
+        summarize(
+            "dk_pool_create",
+            "sandboxd (docker backend) create, warm-pool hit",
+            [x.create for x in hits],
+        ),
         summarize(
             "dk_pool_to_exec",
             "sandboxd (docker backend) create, pool hit → first exec `true` done",
-            hit_to_exec,
+            [x.to_exec for x in hits],
         ),
         summarize("dk_exec", "sandboxd (docker backend) exec `true` (warm container)", execs),
     ], image

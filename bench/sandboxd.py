@@ -73,37 +73,47 @@ def wait_for_pool(client: Client) -> None:
         time.sleep(0.02)
 
 
+@dataclass(frozen=True)
+class Cycle:
+    """One create, exec `true`, delete, timed from the client (ms)."""
+
+    cid: str
+    create: float
+    first_exec: float
+    delete: float
+
+    @property
+    def to_exec(self) -> float:
+        return self.create + self.first_exec
+
+
+def cycle(client: Client, name: str, tier: str, live: set[str]) -> Cycle:
+    t0 = time.perf_counter()
+    cid = _create(client, name, live, tier)
+    t1 = time.perf_counter()
+    _exec_true(client, cid)
+    t2 = time.perf_counter()
+    _delete(client, cid, live)
+    t3 = time.perf_counter()
+    return Cycle(cid, (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000)
+
+
+def pool_cycles(client: Client, n: int, prefix: str, live: set[str]) -> list[Cycle]:
+    """n cycles of the pooled tier, each once the pool has refilled: n warm-pool hits."""
+    hits = []
+    for i in range(n):
+        wait_for_pool(client)
+        hits.append(cycle(client, f"{prefix}-{i}", POOL_TIER, live))
+    return hits
+
+
 def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
     for i in range(WARMUP_CONTAINERS):
         cid = _create(client, f"bench-warmup-{i}", live)
         _exec_true(client, cid)
         _delete(client, cid, live)
-    create, first, to_exec, delete = [], [], [], []
-    create_ids: set[str] = set()
-    for i in range(sizes.create):
-        t0 = time.perf_counter()
-        cid = _create(client, f"bench-{i}", live)
-        t1 = time.perf_counter()
-        _exec_true(client, cid)
-        t2 = time.perf_counter()
-        _delete(client, cid, live)
-        t3 = time.perf_counter()
-        create_ids.add(cid)
-        create.append((t1 - t0) * 1000)
-        first.append((t2 - t1) * 1000)
-        to_exec.append((t2 - t0) * 1000)
-        delete.append((t3 - t2) * 1000)
-    hit, hit_to_exec = [], []
-    for i in range(sizes.create):
-        wait_for_pool(client)
-        t0 = time.perf_counter()
-        cid = _create(client, f"bench-pool-{i}", live, POOL_TIER)
-        t1 = time.perf_counter()
-        _exec_true(client, cid)
-        t2 = time.perf_counter()
-        _delete(client, cid, live)
-        hit.append((t1 - t0) * 1000)
-        hit_to_exec.append((t2 - t0) * 1000)
+    cold = [cycle(client, f"bench-{i}", COLD_TIER, live) for i in range(sizes.create)]
+    hits = pool_cycles(client, sizes.create, "bench-pool", live)
     exec_id = _create(client, "bench-exec", live)
     for _ in range(WARMUP_EXECS):
         _exec_true(client, exec_id)
@@ -114,24 +124,39 @@ def _measure(client: Client, sizes: Sizes, live: set[str]) -> ApiRun:
     _delete(client, exec_id, live)
     return ApiRun(
         figures=[
-            summarize("create", "sandboxd cold create (no pool)", create, CREATE_TARGET_MS),
-            summarize("to_exec", "sandboxd cold create → first exec `true` done", to_exec),
+            summarize(
+                "create",
+                "sandboxd cold create (no pool)",
+                [c.create for c in cold],
+                CREATE_TARGET_MS,
+            ),
+            summarize(
+                "to_exec",
+                "sandboxd cold create → first exec `true` done",
+                [c.to_exec for c in cold],
+            ),
             summarize(
                 "pool_create",
                 "sandboxd create, warm-pool hit (then exec is possible)",
-                hit,
+                [c.create for c in hits],
                 POOL_TARGET_MS,
             ),
             summarize(
-                "pool_to_exec", "sandboxd create, pool hit → first exec `true` done", hit_to_exec
+                "pool_to_exec",
+                "sandboxd create, pool hit → first exec `true` done",
+                [c.to_exec for c in hits],
             ),
-            summarize("first_exec", "sandboxd first exec `true` (fresh container)", first),
+            summarize(
+                "first_exec",
+                "sandboxd first exec `true` (fresh container)",
+                [c.first_exec for c in cold],
+            ),
             summarize("exec", "sandboxd exec `true` (warm container)", execs, EXEC_TARGET_MS),
-            summarize("delete", "sandboxd delete", delete),
+            summarize("delete", "sandboxd delete", [c.delete for c in cold]),
             summarize("get", "sandboxd GET container (store read + touch)", gets),
             summarize("files", "sandboxd GET files (agent listing + store sync)", files),
         ],
-        create_ids=frozenset(create_ids),
+        create_ids=frozenset(c.cid for c in cold),
         exec_id=exec_id,
     )
 
