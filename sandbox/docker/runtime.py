@@ -13,20 +13,16 @@ dirs. Run sandboxd's docker backend on hosts where uid 1000 is not a login (READ
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandbox import images
-from sandbox.agent_client import AgentClient
-from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout, CgroupReader, KillCounters
 from sandbox.docker.container import (
     LABEL_ID,
     LABEL_INSTANCE,
@@ -35,22 +31,18 @@ from sandbox.docker.container import (
     create_args,
 )
 from sandbox.docker.engine import Engine
-from sandbox.errors import HostStorageFull, RuntimeFailure, SandboxError
+from sandbox.errors import RuntimeFailure, SandboxError
 from sandbox.hostdirs import (
     AGENT_READY_TIMEOUT_S,
     AGENT_SCRIPT,
     INTERPRETER_SCRIPT,
-    agent_pycache,
     all_or_nothing,
-    disk_full,
     make_private_dir,
     make_sandbox_dir,
-    remove_sandbox_dir,
-    sandbox_dir,
 )
-from sandbox.oci import rootfs, skills, workspace
-from sandbox.skill_archive import SkillArchiveError
-from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
+from sandbox.hostruntime import HostRuntime
+from sandbox.oci import rootfs, skills
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
 logger = logging.getLogger(__name__)
 
@@ -69,33 +61,27 @@ class DockerSettings:
     timeout_s: float = 60.0
 
 
-class DockerRuntime:
+class DockerRuntime(HostRuntime):
     name = "docker"
 
     def __init__(
         self, settings: DockerSettings, seccomp: Mapping[str, Any], engine: Engine | None = None
     ) -> None:
+        # Host-side file work (mkfs, mount, rmtree) has its own threads, not the engine's.
+        super().__init__(
+            settings.state_dir, settings.threads, "docker-host", settings.agent_connections
+        )
         self._s = settings
         self._seccomp = seccomp
         self._engine = engine or Engine(settings.engine_url, settings.threads, settings.timeout_s)
-        # Host-side file work (mkfs, mount, rmtree) stays off the engine's threads.
-        self._executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="docker-host")
-        self._layout = CgroupLayout.detect()
-        self._agents: dict[str, AgentClient] = {}
         self._cids: dict[str, str] = {}  # sandbox id -> container id (names its cgroup)
-        self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
         self._image_ref = ""
         self._binds: list[tuple[str, str]] = []
-        self._pycache = ""
         self._instance = instance_of(settings.state_dir)
-        self._workspaces = workspace.Workspaces(settings.state_dir / "templates")
 
     @property
     def image_ref(self) -> str:
         return self._image_ref
-
-    async def _in_thread(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:
         version, driver = await self._engine.info()
@@ -106,9 +92,7 @@ class DockerRuntime:
                 f"the docker backend needs an engine with the cgroupfs cgroup driver, this one "
                 f"uses {driver!r} (dockerd --exec-opt native.cgroupdriver=cgroupfs)"
             )
-        for path in (self._s.state_dir, self._s.state_dir / "sandboxes"):
-            path.mkdir(parents=True, exist_ok=True)
-            path.chmod(0o711)
+        self._make_state_dirs()
         await self._in_thread(_make_empty_file, self._s.state_dir / "docker-empty")
         try:
             root, repo, tag, binds = await self._in_thread(self._resolve_image)
@@ -126,7 +110,7 @@ class DockerRuntime:
             logger.info("docker image imported", extra={"image": ref})
         self._image_ref = ref
         self._binds = binds
-        self._pycache = await self._in_thread(agent_pycache, self._s.state_dir, root)
+        await self._compile_agent(root)
         logger.info(
             "docker runtime ready",
             extra={"engine": version, "image": ref, "cgroup": self._layout.version.value},
@@ -138,9 +122,6 @@ class DockerRuntime:
             return skeleton, "host", skeleton.name.removeprefix("rootfs-"), rootfs.host_binds()
         built = images.load(self._s.state_dir, self._s.image)
         return built.rootfs, built.name, built.build_id, []
-
-    def _dir(self, sandbox_id: str) -> Path:
-        return sandbox_dir(self._s.state_dir, sandbox_id)
 
     def _cgroup(self, container_id: str) -> str:
         return f"{self._s.cgroup_parent}/{container_id}"
@@ -185,48 +166,19 @@ class DockerRuntime:
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
             await self._in_thread(_seal, sdir / "ctl")
         except Exception as exc:
-            await self._destroy_quietly(sid)
-            if disk_full(exc):
-                raise HostStorageFull(f"no space left for sandbox {sid}") from exc
+            await self._create_failed(sid, exc)
             raise
-
-    async def _destroy_quietly(self, sandbox_id: str) -> None:
-        try:
-            await self.destroy(sandbox_id)
-        except Exception:
-            logger.exception(
-                "cleanup of a failed create failed", extra={"container_id": sandbox_id}
-            )
-
-    async def install_skills(self, sandbox_id: str, found: Sequence[SkillFiles]) -> None:
-        try:
-            await self._in_thread(skills.install, self._dir(sandbox_id) / "skills", list(found))
-        except (OSError, SkillArchiveError) as exc:
-            raise RuntimeFailure(f"installing skills in {sandbox_id} failed: {exc}") from exc
 
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""
-        sdir = self._dir(sandbox_id)
-        self._readers.pop(sandbox_id, None)
-        agent = self._agents.pop(sandbox_id, None)
-        if agent is not None:
-            await agent.close()
+        await self._forget(sandbox_id)
         errors: list[Exception] = []
         try:
             await self._engine.remove(sandbox_id)
             self._cids.pop(sandbox_id, None)
         except SandboxError as exc:
             errors.append(exc)
-        for step, args in (
-            (workspace.destroy, (sdir / "workspace.img", sdir / "data")),
-            (remove_sandbox_dir, (sdir,)),
-        ):
-            try:
-                await self._in_thread(step, *args)
-            except (RuntimeFailure, OSError) as exc:
-                errors.append(exc)
-        if errors:
-            raise RuntimeFailure(f"destroy of {sandbox_id} incomplete: {errors[0]}") from errors[0]
+        await self._finish_destroy(sandbox_id, errors)
 
     async def is_running(self, sandbox_id: str) -> bool:
         state = await self._engine.state(sandbox_id)
@@ -245,16 +197,8 @@ class DockerRuntime:
             ids.update(p.name for p in (self._s.state_dir / "sandboxes").iterdir())
         return sorted(ids)
 
-    def egress_dir(self, sandbox_id: str) -> Path:
-        return self._dir(sandbox_id) / "egress"
-
-    def agent(self, sandbox_id: str) -> AgentClient:
-        agent = self._agents.get(sandbox_id)
-        if agent is None:
-            sock = self._dir(sandbox_id) / "ctl" / "agent"
-            agent = AgentClient(sock, self._s.agent_connections)
-            self._agents[sandbox_id] = agent
-        return agent
+    def _agent_socket(self, sandbox_id: str) -> Path:
+        return self._dir(sandbox_id) / "ctl" / "agent"
 
     async def _container_id(self, sandbox_id: str) -> str | None:
         cid = self._cids.get(sandbox_id)
@@ -268,36 +212,13 @@ class DockerRuntime:
             cid = self._cids[sandbox_id] = state.container_id
         return cid
 
-    async def counters(self, sandbox_id: str) -> CgroupCounters | None:
+    async def _cgroup_of(self, sandbox_id: str) -> str | None:
         cid = await self._container_id(sandbox_id)
-        if cid is None:
-            return None
-        reader = self._layout.reader(self._cgroup(cid))
-        try:
-            counters: CgroupCounters = await self._in_thread(reader.counters)
-        except CgroupError:
-            return None
-        return counters
-
-    async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
-        # Kernel pseudo-file reads (microseconds) on the loop, as on the oci backend.
-        reader = self._readers.get(sandbox_id)
-        if reader is None:
-            cid = await self._container_id(sandbox_id)
-            if cid is None:
-                return None
-            reader = self._readers[sandbox_id] = self._layout.reader(self._cgroup(cid))
-        try:
-            return reader.kill_counters()
-        except CgroupError:
-            return None
+        return None if cid is None else self._cgroup(cid)
 
     async def close(self) -> None:
-        for agent in self._agents.values():
-            await agent.close()
-        self._agents.clear()
+        await super().close()
         await self._engine.close()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def instance_of(state_dir: Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -11,40 +10,30 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sandbox import images
-from sandbox.agent_client import AgentClient
 from sandbox.cgroups import (
-    CgroupCounters,
     CgroupError,
-    CgroupLayout,
-    CgroupReader,
-    KillCounters,
     children,
 )
-from sandbox.errors import HostStorageFull, RuntimeFailure
+from sandbox.errors import RuntimeFailure
 from sandbox.hostdirs import (
     AGENT_READY_TIMEOUT_S,
     AGENT_SCRIPT,
     INTERPRETER_SCRIPT,
-    agent_pycache,
     all_or_nothing,
-    disk_full,
     make_private_dir,
     make_sandbox_dir,
-    remove_sandbox_dir,
-    sandbox_dir,
 )
-from sandbox.oci import rootfs, skills, workspace
+from sandbox.hostruntime import HostRuntime
+from sandbox.oci import rootfs, skills
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV, OciCli
-from sandbox.skill_archive import SkillArchiveError
-from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
+from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
 logger = logging.getLogger(__name__)
 
@@ -61,37 +50,22 @@ class OciSettings:
     image: str = ""  # "" = the host skeleton (+ host binds); NAME = an image dir (no binds)
 
 
-class OciRuntime:
+class OciRuntime(HostRuntime):
     name = "oci"
 
     def __init__(self, settings: OciSettings, seccomp: Mapping[str, Any]) -> None:
+        super().__init__(settings.state_dir, settings.threads, "oci", settings.agent_connections)
         self._s = settings
         self._seccomp = seccomp
-        self._executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="oci")
         self._cli = OciCli(settings.binary, settings.runtime_root, self._executor)
-        self._layout = CgroupLayout.detect()
-        self._agents: dict[str, AgentClient] = {}
-        self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
         self._rootfs: Path | None = None
         self._binds: list[tuple[str, str]] = []
-        self._pycache = ""
-        self._workspaces = workspace.Workspaces(settings.state_dir / "templates")
-
-    @property
-    def cgroup_layout(self) -> CgroupLayout:
-        return self._layout
-
-    async def _in_thread[T](self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def start(self) -> None:
         if shutil.which(self._s.binary, path=RUNTIME_ENV["PATH"]) is None:
             raise RuntimeFailure(f"OCI runtime {self._s.binary!r}: not found or not executable")
         self._s.runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The sandbox's mapped root must traverse (not list) the way to its rootfs and binds.
-        for path in (self._s.state_dir, self._s.state_dir / "sandboxes"):
-            path.mkdir(parents=True, exist_ok=True)
-            path.chmod(0o711)
+        self._make_state_dirs()
         await self._in_thread(_check_traversable, self._s.state_dir)
         if self._s.image:
             try:
@@ -102,17 +76,20 @@ class OciRuntime:
         else:
             skeleton = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
             self._rootfs, self._binds = skeleton, rootfs.host_binds()
-        self._pycache = await self._in_thread(agent_pycache, self._s.state_dir, self._rootfs)
+        await self._compile_agent(self._rootfs)
         logger.info(
             "oci runtime ready",
             extra={"binary": self._s.binary, "cgroup": self._layout.version.value},
         )
 
-    def _dir(self, sandbox_id: str) -> Path:
-        return sandbox_dir(self._s.state_dir, sandbox_id)
-
     def _cgroup(self, sandbox_id: str) -> str:
         return f"{self._s.cgroup_parent}/{sandbox_id}"
+
+    async def _cgroup_of(self, sandbox_id: str) -> str:
+        return self._cgroup(sandbox_id)
+
+    def _agent_socket(self, sandbox_id: str) -> Path:
+        return self._dir(sandbox_id) / "agent.sock"
 
     async def create(self, spec: SandboxSpec) -> None:
         """All or nothing, even when the caller is cancelled: the steps run to completion
@@ -131,9 +108,7 @@ class OciRuntime:
                 await self._cli.run_detached(sid, sdir, listener.fileno())
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
         except Exception as exc:
-            await self._destroy_quietly(sid)
-            if disk_full(exc):
-                raise HostStorageFull(f"no space left for sandbox {sid}") from exc
+            await self._create_failed(sid, exc)
             raise
 
     def _prepare(self, spec: SandboxSpec, sdir: Path, root: Path) -> socket.socket:
@@ -161,44 +136,20 @@ class OciRuntime:
         )
         return _write_bundle(sdir, json.dumps(config))
 
-    async def _destroy_quietly(self, sandbox_id: str) -> None:
-        try:
-            await self.destroy(sandbox_id)
-        except Exception:
-            logger.exception(
-                "cleanup of a failed create failed", extra={"container_id": sandbox_id}
-            )
-
-    async def install_skills(self, sandbox_id: str, found: Sequence[SkillFiles]) -> None:
-        try:
-            await self._in_thread(skills.install, self._dir(sandbox_id) / "skills", list(found))
-        except (OSError, SkillArchiveError) as exc:
-            raise RuntimeFailure(f"installing skills in {sandbox_id} failed: {exc}") from exc
-
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""
-        sdir = self._dir(sandbox_id)
-        self._readers.pop(sandbox_id, None)
-        agent = self._agents.pop(sandbox_id, None)
-        if agent is not None:
-            await agent.close()
+        await self._forget(sandbox_id)
         errors: list[Exception] = []
         try:
             await self._cli.delete_force(sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
             await self._in_thread(self._kill_cgroup, sandbox_id)
-        for step, args in (
-            (workspace.destroy, (sdir / "workspace.img", sdir / "data")),
-            (self._remove_cgroup, (sandbox_id,)),
-            (remove_sandbox_dir, (sdir,)),
-        ):
-            try:
-                await self._in_thread(step, *args)
-            except (RuntimeFailure, OSError) as exc:
-                errors.append(exc)
-        if errors:
-            raise RuntimeFailure(f"destroy of {sandbox_id} incomplete: {errors[0]}") from errors[0]
+        try:
+            await self._in_thread(self._remove_cgroup, sandbox_id)
+        except RuntimeFailure as exc:
+            errors.append(exc)
+        await self._finish_destroy(sandbox_id, errors)
 
     def _kill_cgroup(self, sandbox_id: str) -> None:
         """Fallback when the OCI runtime cannot delete: SIGKILL whatever is in the cgroup."""
@@ -229,41 +180,6 @@ class OciRuntime:
             ids.update(p.name for p in (self._s.state_dir / "sandboxes").iterdir())
         ids.update(await self._in_thread(children, self._layout, self._s.cgroup_parent))
         return sorted(ids)
-
-    def egress_dir(self, sandbox_id: str) -> Path:
-        return self._dir(sandbox_id) / "egress"
-
-    def agent(self, sandbox_id: str) -> AgentClient:
-        agent = self._agents.get(sandbox_id)
-        if agent is None:
-            agent = AgentClient(self._dir(sandbox_id) / "agent.sock", self._s.agent_connections)
-            self._agents[sandbox_id] = agent
-        return agent
-
-    async def counters(self, sandbox_id: str) -> CgroupCounters | None:
-        reader = self._layout.reader(self._cgroup(sandbox_id))
-        try:
-            counters: CgroupCounters = await self._in_thread(reader.counters)
-        except CgroupError:
-            return None
-        return counters
-
-    async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
-        # Two reads of kernel pseudo-files (no disk I/O, microseconds): done on the loop,
-        # since a thread hop would cost more than the reads on the exec hot path.
-        try:
-            reader = self._readers.get(sandbox_id)
-            if reader is None:
-                reader = self._readers[sandbox_id] = self._layout.reader(self._cgroup(sandbox_id))
-            return reader.kill_counters()
-        except CgroupError:
-            return None
-
-    async def close(self) -> None:
-        for agent in self._agents.values():
-            await agent.close()
-        self._agents.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _write_bundle(sdir: Path, config: str) -> socket.socket:
