@@ -163,13 +163,17 @@ def cgroup_dirs(parent: str, sandbox_id: str | None = None) -> list[Path]:
     return [d for d in CgroupLayout.detect().dirs(path) if d.is_dir()]
 
 
-def _oci_leftovers(settings: OciSettings, sandbox_id: str) -> list[str]:
-    sdir = settings.state_dir / "sandboxes" / sandbox_id
-    found = []
-    if sdir.exists():
-        found.append(f"sandbox dir {sdir}")
+def _host_leftovers(state_dir: Path, sandbox_id: str) -> list[str]:
+    """What either backend leaves on the host: the sandbox dir, its mounts, loop devices."""
+    sdir = state_dir / "sandboxes" / sandbox_id
+    found = [f"sandbox dir {sdir}"] if sdir.exists() else []
     found += [f"mount {m}" for m in mounts_under(sdir)]
     found += [f"loop device {d}" for d in loop_devices_backed_by(sdir)]
+    return found
+
+
+def _oci_leftovers(settings: OciSettings, sandbox_id: str) -> list[str]:
+    found = _host_leftovers(settings.state_dir, sandbox_id)
     if CgroupLayout.detect().reader(f"{settings.cgroup_parent}/{sandbox_id}").exists():
         found.append("memory cgroup")
     found += [f"cgroup dir {d}" for d in cgroup_dirs(settings.cgroup_parent, sandbox_id)]
@@ -232,12 +236,7 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
 
 
 def _docker_leftovers(settings: DockerSettings, engine_url: str, sandbox_id: str) -> list[str]:
-    sdir = settings.state_dir / "sandboxes" / sandbox_id
-    found = []
-    if sdir.exists():
-        found.append(f"sandbox dir {sdir}")
-    found += [f"mount {m}" for m in mounts_under(sdir)]
-    found += [f"loop device {d}" for d in loop_devices_backed_by(sdir)]
+    found = _host_leftovers(settings.state_dir, sandbox_id)
     mine = dockerd.containers(engine_url, f"sandboxd.id={sandbox_id}")
     found += [f"container {c['Id'][:12]} ({c.get('State')})" for c in mine]
     # A container's cgroup is <parent>/<container id>: any group there whose container is
