@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from daemon import keys
+from sandbox.idranges import IdRangeSettings
 from sandbox.images import NAME as IMAGE_NAME
 from sandbox.skill_archive import SkillLimits
 from sandbox.spec import MEMORY_TIERS, Limits
 
 EX_CONFIG = 78
+INSTANCE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 MAX_AGENT_STDIN = 16 << 20  # the in-sandbox agent's own cap
 MAX_AGENT_SESSIONS = 64  # the agent's own caps on code sessions and cell size
 MAX_AGENT_CODE = 4 << 20
@@ -57,11 +60,19 @@ class ServerConfig:
 class RuntimeConfig:
     backend: str = "oci"
     oci_binary: str = "runc"
-    runtime_root: str = "/run/sandboxd/runc"
-    uid_base: int = 100_000
-    cgroup_parent: str = "/sandboxd"
+    runtime_root: str = "/run/sandboxd/runc"  # runc's state: <runtime_root>/<instance>/
+    cgroup_parent: str = "/sandboxd"  # sandboxes' cgroups: <cgroup_parent>/<instance>/<id>
     seccomp_profile: str = ""  # "" = config/seccomp.json shipped with sandboxd
     image: str = ""  # "" = the host's /usr in a skeleton; NAME = `sandboxd image build NAME`
+    # Every host-wide name carries this; "" = a hash of the state dir.
+    instance: str = ""
+    # Host uid/gid ranges, one per live sandbox (claimed host-wide, in /run/sandboxd/ids).
+    uid_base: int = IdRangeSettings.base
+    uid_range_size: int = IdRangeSettings.size
+    uid_ranges: int = IdRangeSettings.count
+
+    def id_ranges(self) -> IdRangeSettings:
+        return IdRangeSettings(self.uid_base, self.uid_range_size, self.uid_ranges)
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,8 @@ class DockerConfig:
     """The docker backend (runtime.backend = "docker")."""
 
     engine_url: str = ""  # "" = $DOCKER_HOST, else unix:///var/run/docker.sock
-    cgroup_parent: str = "/sandboxd-docker"  # containers' cgroups: <parent>/<container id>
+    # containers' cgroups: <parent>/<instance>/<container id>
+    cgroup_parent: str = "/sandboxd-docker"
     threads: int = 8  # the SDK's own thread pool (never the event loop)
     timeout_s: float = 60.0  # one engine API call
 
@@ -247,6 +259,12 @@ def _check(value: Any, hint: Any, key: str) -> Any:
 def _validate(cfg: Config) -> None:
     if cfg.runtime.backend not in ("oci", "docker"):
         raise ConfigError(f"runtime.backend must be oci or docker (got {cfg.runtime.backend!r})")
+    if cfg.runtime.instance and not INSTANCE.fullmatch(cfg.runtime.instance):
+        raise ConfigError("runtime.instance must be 1-32 of a-z, 0-9 and '-' (or '')")
+    try:
+        cfg.runtime.id_ranges().check()
+    except ValueError as exc:
+        raise ConfigError(f"runtime.uid_base/uid_range_size/uid_ranges: {exc}") from None
     if cfg.runtime.image and not IMAGE_NAME.fullmatch(cfg.runtime.image):
         raise ConfigError("runtime.image must be an image name (lowercase, digits, . _ -) or ''")
     if not 1 <= cfg.docker.threads <= 64 or cfg.docker.timeout_s <= 0:

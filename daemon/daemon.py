@@ -117,15 +117,18 @@ class Daemon:
                 cgroup_parent=dc.cgroup_parent,
                 threads=dc.threads,
                 timeout_s=dc.timeout_s,
+                instance=rc.instance,
+                ids=rc.id_ranges(),
             )
             return DockerRuntime(docker, seccomp)
         settings = OciSettings(
             state_dir=state,
             runtime_root=Path(rc.runtime_root),
             binary=rc.oci_binary,
-            uid_base=rc.uid_base,
             cgroup_parent=rc.cgroup_parent,
             image=rc.image,
+            instance=rc.instance,
+            ids=rc.id_ranges(),
         )
         return OciRuntime(settings, seccomp)
 

@@ -6,9 +6,11 @@ any deviation closes the connection and surfaces as AgentProtocolError.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import json
+import socket
 import struct
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -366,6 +368,46 @@ class AgentClient:
         for conn in self._idle:
             conn.close()
         self._idle.clear()
+
+
+def hand_over_work_group(
+    socket_path: Path, mode: str, fds: tuple[int, ...], timeout_s: float = 10.0
+) -> None:
+    """Give the agent the cgroup files that put what it starts into the sandbox's work group
+    (the `cgroup` op; see sandbox.cgroups.WorkGroup). Descriptors cannot travel over asyncio's
+    streams, so this is one blocking connection of its own: call it off the event loop."""
+
+    def recv_json(sock: socket.socket) -> dict[str, Any]:
+        header = _recv_exactly(sock, 5)
+        (length,) = struct.unpack(">I", header[1:])
+        if header[:1] != b"J" or length > MAX_JSON:
+            raise AgentProtocolError("expected a JSON frame from the agent")
+        return decode_json(_recv_exactly(sock, length))
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(socket_path))
+            hello = recv_json(sock)
+            if hello.get("v") != PROTOCOL_VERSION:
+                raise AgentProtocolError("agent speaks an unsupported protocol version")
+            payload = json.dumps({"op": "cgroup", "mode": mode}).encode()
+            sock.sendall(b"J" + struct.pack(">I", len(payload)) + payload)
+            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+            sock.sendmsg([b"C"], rights)
+            raise_if_error(recv_json(sock))
+    except (OSError, EOFError) as exc:
+        raise AgentUnavailable(f"cannot hand the agent its cgroup: {exc}") from exc
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("agent closed the connection")
+        buf += chunk
+    return bytes(buf)
 
 
 async def _send_data(conn: AgentConnection, data: bytes) -> None:

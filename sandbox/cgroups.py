@@ -6,8 +6,13 @@ host runc 1.1 creates ``<root>/<hierarchy>/<path>`` in *every* mounted hierarchy
 named ``systemd`` one and, on hybrid hosts, the cgroup2 mount at ``<root>/unified``; so
 ``dirs()``/``remove()`` cover all of them, while counters come from ``memory`` and ``pids``.
 
-All I/O is small synchronous reads of kernel pseudo-files; callers on an event loop may want
-``asyncio.to_thread``. Nothing here writes to cgroupfs except ``rmdir``.
+A sandbox's group holds its agent; everything the agent starts runs in the sub-group
+``work`` (see ``make_work_group``), whose memory limit is the sandbox's tier while the group's
+own limit leaves the agent a reserve above it. An OOM in ``work`` picks its victim among
+sandbox code only, so the agent survives whatever its tenant does with memory and priorities.
+
+All I/O is small synchronous reads and writes of kernel pseudo-files; callers on an event loop
+may want ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
@@ -27,8 +32,13 @@ __all__ = [
     "CgroupReader",
     "CgroupVersion",
     "KillCounters",
+    "WorkGroup",
     "children",
+    "make_work_group",
 ]
+
+WORK = "work"  # the sub-group of sandbox code (everything but the agent)
+AGENT = "agent"  # v2 only: the agent's own leaf (a v2 group with sub-groups holds no process)
 
 _V1_UNLIMITED = 2**62  # v1 reports "no limit" as PAGE_COUNTER_MAX * PAGE_SIZE (~2**63)
 _MAX_READ = 1 << 20  # cgroup files are tiny; cap what we read from any of them
@@ -189,7 +199,7 @@ class CgroupReader:
         self._parts = _check_path(cgroups_path)
         self._layout = layout
         self.path = cgroups_path
-        self._kill_files: tuple[str, str] | None = None
+        self._kill_files: tuple[str, str, str] | None = None
 
     def _group(self, controller: str) -> Path:
         return self._layout._hierarchy(controller).joinpath(*self._parts)
@@ -206,23 +216,33 @@ class CgroupReader:
             self._kill_files = (
                 str(self._group("memory") / events),
                 str(self._group("pids") / "pids.events"),
+                # v1 counts an OOM kill only in the group that ran out (v2's are hierarchical).
+                "" if v2 else str(self._group("memory") / WORK / events),
             )
-        oom_file, pids_file = self._kill_files
+        oom_file, pids_file, work_file = self._kill_files
         oom_text = _read(oom_file)
         if oom_text is None:
             return None
-        return KillCounters(_key_value(oom_text, "oom_kill"), _read_key(pids_file, "max"))
+        oom_kills = _key_value(oom_text, "oom_kill")
+        if work_file:
+            oom_kills += _read_key(work_file, "oom_kill")
+        return KillCounters(oom_kills, _read_key(pids_file, "max"))
 
     def counters(self) -> CgroupCounters:
         mem, pids = self._group("memory"), self._group("pids")
+        work = mem / WORK
+        # The limit sandbox code runs under: the work group's where there is one.
         if self._layout.version is CgroupVersion.V2:
             oom_kills = _read_key(mem / "memory.events", "oom_kill")
             memory_bytes = _read_uint(mem / "memory.current") or 0
-            memory_limit = _read_uint(mem / "memory.max")  # "max" -> None
+            memory_limit = _read_uint(work / "memory.max") or _read_uint(mem / "memory.max")
         else:
             oom_kills = _read_key(mem / "memory.oom_control", "oom_kill")
+            oom_kills += _read_key(work / "memory.oom_control", "oom_kill")
             memory_bytes = _read_uint(mem / "memory.usage_in_bytes") or 0
-            memory_limit = _read_uint(mem / "memory.limit_in_bytes")
+            memory_limit = _read_uint(work / "memory.limit_in_bytes") or _read_uint(
+                mem / "memory.limit_in_bytes"
+            )
             if memory_limit is not None and memory_limit >= _V1_UNLIMITED:
                 memory_limit = None
         counters = CgroupCounters(
@@ -238,9 +258,13 @@ class CgroupReader:
         return counters
 
     def pids(self) -> list[int]:
-        text = _read(self._group("memory") / "cgroup.procs")
-        found = (_parse_uint(line.strip()) for line in (text or "").splitlines())
-        return [pid for pid in found if pid]
+        """Every process of the group and its sub-groups."""
+        found: list[int] = []
+        for dirpath, _, _ in os.walk(self._group("memory")):
+            text = _read(Path(dirpath) / "cgroup.procs")
+            numbers = (_parse_uint(line.strip()) for line in (text or "").splitlines())
+            found += [pid for pid in numbers if pid]
+        return found
 
     def remove(self) -> None:
         """rmdir the group (and any sub-groups, deepest first) in every hierarchy.
@@ -266,3 +290,74 @@ def children(layout: CgroupLayout, parent: str) -> list[str]:
     """Names of the immediate sub-groups of ``parent``; [] if it does not exist."""
     parts = _check_path(parent, allow_root=True)
     return _list_subdirs(layout._hierarchy("memory").joinpath(*parts))
+
+
+@dataclass(frozen=True)
+class WorkGroup:
+    """How the agent puts what it starts into the work group, and the files it writes for
+    that (open for writing; the kernel checks a migration against the opener's credentials,
+    so the agent needs no access of its own to cgroupfs, which it cannot see anyway).
+
+    - ``tasks`` (v1): fds of ``work/tasks`` and of the group's own ``tasks``; the spawning
+      thread writes "0" to the first, spawns (the child is born in ``work``), then writes
+      "0" to the second. No window in which sandbox code runs outside ``work``.
+    - ``procs`` (v2, where a process's threads share one group): the fd of
+      ``work/cgroup.procs``; the agent writes each child's pid right after spawning it.
+    """
+
+    mode: str
+    fds: tuple[int, ...]
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror}") from exc
+
+
+def _open_for_writing(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CgroupError(f"cannot open {path}: {exc.strerror}") from exc
+
+
+def make_work_group(layout: CgroupLayout, cgroups_path: str, memory_bytes: int) -> WorkGroup:
+    """Make ``<group>/work`` with a memory (and memory+swap) limit of `memory_bytes`; on v2
+    first move the group's processes (the agent) into ``<group>/agent``. Idempotent."""
+    group = layout.root.joinpath(*_check_path(cgroups_path))
+    if layout.version is CgroupVersion.V1:
+        group = layout.root.joinpath("memory", *_check_path(cgroups_path))
+        work = group / WORK
+        work.mkdir(exist_ok=True)
+        _write(work / "memory.limit_in_bytes", str(memory_bytes))  # memsw >= limit, always
+        if (work / "memory.memsw.limit_in_bytes").exists():
+            _write(work / "memory.memsw.limit_in_bytes", str(memory_bytes))
+        fds = [_open_for_writing(work / "tasks")]
+        try:
+            fds.append(_open_for_writing(group / "tasks"))
+        except CgroupError:
+            os.close(fds[0])
+            raise
+        return WorkGroup("tasks", tuple(fds))
+    agent, work = group / AGENT, group / WORK
+    agent.mkdir(exist_ok=True)
+    for pid in (_parse_uint(line) for line in (_read(group / "cgroup.procs") or "").split()):
+        if pid:
+            _write(agent / "cgroup.procs", str(pid))
+    if "memory" not in (_read(group / "cgroup.subtree_control") or "").split():
+        _write(group / "cgroup.subtree_control", "+memory")
+    work.mkdir(exist_ok=True)
+    _write(work / "memory.max", str(memory_bytes))
+    if (work / "memory.swap.max").exists():
+        _write(work / "memory.swap.max", "0")
+    return WorkGroup("procs", (_open_for_writing(work / "cgroup.procs"),))

@@ -1,62 +1,120 @@
 """The part of a runtime backend that lives on the host, the same for oci and docker: the
-thread pool for blocking host work, the per-sandbox dir and workspace, the agent clients, the
-cgroup readers, skills, and the host side of a destroy. A backend adds how a sandbox is
-started, stopped and found (runc or the engine), and where its agent socket and cgroup are."""
+thread pool for blocking host work, the sandbox's uid range and its dir and workspace, the
+agent clients, the cgroup readers and the work group, skills, and the host side of a destroy.
+A backend adds how a sandbox is started, stopped and found (runc or the engine), and where
+its agent socket and cgroup are.
+
+The host boundary (DESIGN.md §4): every sandbox gets a uid range of its own, claimed in the
+host-wide registry (sandbox/idranges.py) before anything else exists; everything it owns on
+the host is 0700 to root and that range; its processes run in the work sub-group of its
+cgroup, below the agent (sandbox/cgroups.py); and every host-wide name carries the daemon's
+instance id, so this daemon never reconciles another one's sandboxes away.
+"""
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from sandbox.agent_client import AgentClient
-from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout, CgroupReader, KillCounters
+from sandbox.agent_client import AgentClient, hand_over_work_group
+from sandbox.cgroups import (
+    CgroupCounters,
+    CgroupError,
+    CgroupLayout,
+    CgroupReader,
+    KillCounters,
+    make_work_group,
+)
 from sandbox.errors import HostStorageFull, RuntimeFailure
-from sandbox.hostdirs import agent_pycache, disk_full, remove_sandbox_dir, sandbox_dir
+from sandbox.hostdirs import (
+    agent_pycache,
+    disk_full,
+    instance_of,
+    make_private_dir,
+    make_sandbox_dir,
+    make_state_dirs,
+    remove_sandbox_dir,
+    sandbox_dir,
+)
+from sandbox.idranges import IdRanges, IdRangeSettings
 from sandbox.oci import skills, workspace
 from sandbox.skill_archive import SkillArchiveError
-from sandbox.spec import SkillFiles
+from sandbox.spec import AGENT_OOM_SCORE_ADJ, SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class HostSettings:
+    """What both backends need on the host."""
+
+    state_dir: Path
+    threads: int = 8
+    agent_connections: int = 16
+    instance: str = ""  # "" = derived from the state dir (hostdirs.instance_of)
+    ids: IdRangeSettings = field(default_factory=IdRangeSettings)
+
+
+@dataclass(frozen=True)
+class SandboxHome:
+    """A sandbox's place on the host: its dir and the first host id of its range."""
+
+    dir: Path
+    first_id: int
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        """The host uid and gid the sandbox's user (SANDBOX_UID inside) is."""
+        return self.first_id + SANDBOX_UID, self.first_id + SANDBOX_GID
+
+
 class HostRuntime(abc.ABC):
-    def __init__(
-        self, state_dir: Path, threads: int, thread_prefix: str, agent_connections: int
-    ) -> None:
-        self._state_dir = state_dir
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=thread_prefix)
+    def __init__(self, host: HostSettings, thread_prefix: str) -> None:
+        self._state_dir = host.state_dir
+        self.instance = host.instance or instance_of(host.state_dir)
+        self._executor = ThreadPoolExecutor(host.threads, thread_name_prefix=thread_prefix)
         self._layout = CgroupLayout.detect()
-        self._agent_connections = agent_connections
+        self._agent_connections = host.agent_connections
+        self._ids = IdRanges(host.ids, self.instance)
+        self._id_range_size = host.ids.size
         self._agents: dict[str, AgentClient] = {}
         self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
-        self._workspaces = workspace.Workspaces(state_dir / "templates")
+        self._workspaces = workspace.Workspaces(host.state_dir / "templates")
         self._pycache = ""  # host dir bound at AGENT_PYCACHE ("": none), set by start()
+        self._pin_refused = False
 
     @property
     def cgroup_layout(self) -> CgroupLayout:
         return self._layout
 
-    async def _in_thread(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    async def _in_thread[**P, T](self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    def _make_state_dirs(self) -> None:
-        """The state dir and sandboxes/: the sandboxes' uids must traverse (not list) them on
-        the way to their binds."""
-        for path in (self._state_dir, self._state_dir / "sandboxes"):
-            path.mkdir(parents=True, exist_ok=True)
-            path.chmod(0o711)
+    async def _start_host(self) -> None:
+        """The state dirs (0700) and this instance's id-range claims (after a restart)."""
+        await self._in_thread(make_state_dirs, self._state_dir)
+        await self._in_thread(self._ids.load)
 
     async def _compile_agent(self, root: Path) -> None:
         """The agent's bytecode for sandboxes on `root` (see hostdirs.agent_pycache)."""
         self._pycache = await self._in_thread(agent_pycache, self._state_dir, root)
 
     def _dir(self, sandbox_id: str) -> Path:
-        return sandbox_dir(self._state_dir, sandbox_id)
+        """<state>/sandboxes/<first id of its range>; a sandbox made before ranges were
+        claimed (adopted after an upgrade) keeps <state>/sandboxes/<sandbox id>."""
+        first = self._ids.lookup(sandbox_id)
+        return sandbox_dir(self._state_dir, sandbox_id if first is None else str(first))
+
+    def first_host_id(self, sandbox_id: str) -> int | None:
+        """The first host id of the sandbox's uid range (None: it has none, or is older)."""
+        return self._ids.lookup(sandbox_id)
 
     def egress_dir(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "egress"
@@ -72,12 +130,62 @@ class HostRuntime(abc.ABC):
     @abc.abstractmethod
     async def destroy(self, sandbox_id: str) -> None: ...
 
+    @abc.abstractmethod
+    async def agent_pid(self, sandbox_id: str) -> int | None:
+        """The host pid of the sandbox's agent (its init), None if it is not running."""
+
     def agent(self, sandbox_id: str) -> AgentClient:
         agent = self._agents.get(sandbox_id)
         if agent is None:
             agent = AgentClient(self._agent_socket(sandbox_id), self._agent_connections)
             self._agents[sandbox_id] = agent
         return agent
+
+    def _make_home(self, spec: SandboxSpec) -> SandboxHome:
+        """Claim the sandbox's uid range, then make its dir (0700 root), skills (0750, its
+        group), egress dir (0700, its user) and workspace. Blocking."""
+        first = self._ids.claim(spec.sandbox_id)
+        home = SandboxHome(self._dir(spec.sandbox_id), first)
+        make_sandbox_dir(home.dir)
+        make_private_dir(home.dir / "skills", (0, home.owner[1]), 0o750)
+        make_private_dir(home.dir / "egress", home.owner)
+        self._workspaces.create(home.dir / "data", spec.limits.workspace_bytes, home.owner)
+        return home
+
+    async def _confine(self, spec: SandboxSpec) -> None:
+        """The last step of a create, the agent answering: sandbox code goes to the work
+        group (its memory limit is the tier), and the agent's oom_score_adj is pinned."""
+        sid = spec.sandbox_id
+        path, pid = await self._cgroup_of(sid), await self.agent_pid(sid)
+        if path is None or pid is None:
+            raise RuntimeFailure(f"sandbox {sid} stopped while starting")
+
+        def confine() -> None:
+            try:
+                group = make_work_group(self._layout, path, spec.memory_bytes)
+            except CgroupError as exc:
+                raise RuntimeFailure(f"work group of {sid}: {exc}") from exc
+            try:
+                hand_over_work_group(self._agent_socket(sid), group.mode, group.fds)
+            finally:
+                group.close()
+            self._pin_agent(pid)
+
+        await self._in_thread(confine)
+
+    def _pin_agent(self, pid: int) -> None:
+        """Lower the agent's oom_score_adj (and with it the floor its children inherit,
+        which the agent raises back to 0 for each). Needs CAP_SYS_RESOURCE: without it the
+        work group alone keeps the agent out of the sandbox's OOMs."""
+        try:
+            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
+                f.write(str(AGENT_OOM_SCORE_ADJ))
+        except PermissionError:
+            if not self._pin_refused:
+                self._pin_refused = True
+                logger.warning("agents' oom_score_adj not pinned: no CAP_SYS_RESOURCE")
+        except FileNotFoundError as exc:
+            raise RuntimeFailure("the agent exited while starting") from exc
 
     async def _create_failed(self, sandbox_id: str, exc: Exception) -> None:
         """Undo a failed create; a full disk becomes HostStorageFull, anything else is the
@@ -107,30 +215,47 @@ class HostRuntime(abc.ABC):
         if agent is not None:
             await agent.close()
 
-    async def _finish_destroy(self, sandbox_id: str, errors: list[Exception]) -> None:
-        """The last steps of a destroy, each attempted: unmount and delete the workspace,
-        remove the sandbox dir; then raise the first of `errors` (the backend's) and theirs."""
+    async def _finish_destroy(
+        self, sandbox_id: str, errors: list[Exception], processes_gone: bool
+    ) -> None:
+        """The last steps of a destroy, each attempted: unmount the workspace and remove the
+        sandbox dir; once no process (`processes_gone`, the backend knows) and no dir of the
+        sandbox is left, give its uid range back. Then raise the first error (the backend's
+        in `errors`, then these steps')."""
         sdir = self._dir(sandbox_id)
-        for step, args in (
-            (workspace.destroy, (sdir / "workspace.img", sdir / "data")),
-            (remove_sandbox_dir, (sdir,)),
-        ):
+        dir_gone = True
+        for step, path in ((workspace.destroy, sdir / "data"), (remove_sandbox_dir, sdir)):
             try:
-                await self._in_thread(step, *args)
+                await self._in_thread(step, path)
             except (RuntimeFailure, OSError) as exc:
                 errors.append(exc)
+                dir_gone = False
+        if processes_gone and dir_gone:
+            await self._in_thread(self._ids.release, sandbox_id)
         if errors:
             raise RuntimeFailure(f"destroy of {sandbox_id} incomplete: {errors[0]}") from errors[0]
+
+    async def _host_ids(self) -> set[str]:
+        """Sandboxes this daemon has on the host by its own records: its id-range claims,
+        and the dirs of sandboxes made before ranges were claimed (named by their id)."""
+        found = set(await self._in_thread(self._ids.load))
+
+        def legacy_dirs() -> set[str]:
+            with contextlib.suppress(FileNotFoundError):
+                names = [p.name for p in (self._state_dir / "sandboxes").iterdir()]
+                return {n for n in names if not n.isdigit()}
+            return set()
+
+        return found | await self._in_thread(legacy_dirs)
 
     async def counters(self, sandbox_id: str) -> CgroupCounters | None:
         path = await self._cgroup_of(sandbox_id)
         if path is None:
             return None
         try:
-            counters: CgroupCounters = await self._in_thread(self._layout.reader(path).counters)
+            return await self._in_thread(self._layout.reader(path).counters)
         except CgroupError:
             return None
-        return counters
 
     async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
         # Two reads of kernel pseudo-files (no disk I/O, microseconds) on the exec hot path:

@@ -44,6 +44,10 @@ MASKED_PATHS = (
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
     "/sys/devices/system/cpu/cpu0/thermal_throttle",
+    # Block devices are global: every sandbox's workspace loop device (and the host path
+    # behind it) would be listed here.
+    "/sys/block",
+    "/sys/devices/virtual/block",
 )
 READONLY_PATHS = (
     "/proc/bus",
@@ -52,6 +56,32 @@ READONLY_PATHS = (
     "/proc/sys",
     "/proc/sysrq-trigger",
 )
+
+
+# The agent's own memory, above the tier: sandbox code runs in a sub-group limited to the
+# tier (sandbox/cgroups.py), the sandbox's group gets the tier plus this, so an OOM inside the
+# tier never has the agent to choose.
+AGENT_RESERVE_BYTES = 64 << 20
+# The agent's oom_score_adj, set from the host where the daemon may lower it (a host-wide
+# OOM then takes sandbox code, which starts at 0, before any agent).
+AGENT_OOM_SCORE_ADJ = -998
+
+
+def ipc_sysctls(memory_bytes: int) -> dict[str, str]:
+    """Limits of the sandbox's own IPC namespace: shared memory nobody holds is freed with
+    its last process (shm_rmid_forced), and no segment or queue outgrows the tier."""
+    return {
+        "kernel.shm_rmid_forced": "1",
+        "kernel.shmmax": str(memory_bytes),
+        "kernel.shmall": str(memory_bytes // 4096),
+        "kernel.shmmni": "256",
+        "kernel.msgmni": "64",
+        "kernel.msgmnb": str(64 << 10),
+        "kernel.msgmax": str(8 << 10),
+        "fs.mqueue.queues_max": "16",
+        "fs.mqueue.msg_max": "10",
+        "fs.mqueue.msgsize_max": str(8 << 10),
+    }
 
 
 @dataclass(frozen=True)

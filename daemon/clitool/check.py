@@ -179,7 +179,7 @@ def runtime(cfg: Config, euid: int, live: bool) -> Check:
         why = "not root" if euid != 0 else "--no-live"
         return Check("runtime", WARN, f"{found}: {version}; live test skipped ({why})")
     try:
-        elapsed_ms = live_sandbox(binary, cfg.runtime.uid_base, cfg.runtime.seccomp_profile)
+        elapsed_ms = live_sandbox(binary, cfg.runtime.id_ranges(), cfg.runtime.seccomp_profile)
     except LiveCheckFailed as exc:
         fix = 'see the message; `crun` may refuse hybrid cgroups, try oci_binary = "runc"'
         return Check("runtime", FAIL, f"{found}: {version}; a test sandbox failed: {exc}", fix)

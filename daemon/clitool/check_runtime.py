@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sandbox.cgroups import CgroupLayout
 from sandbox.errors import SandboxError
+from sandbox.idranges import IdRangeSettings
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.seccomp import load_profile
 from sandbox.spec import MEMORY_TIERS, Limits, SandboxSpec
@@ -30,7 +31,7 @@ class LiveCheckFailed(Exception):
     """The sandbox could not be started (or not removed); the message says where."""
 
 
-def live_sandbox(binary: str, uid_base: int, seccomp_profile: str) -> float:
+def live_sandbox(binary: str, ids: IdRangeSettings, seccomp_profile: str) -> float:
     """Start one sandbox until its agent answers, remove it; return the start time in ms."""
     root = Path(tempfile.mkdtemp(prefix="sbxd-check-"))
     root.chmod(0o711)  # sandboxes run as unprivileged uids and must traverse to their rootfs
@@ -38,7 +39,7 @@ def live_sandbox(binary: str, uid_base: int, seccomp_profile: str) -> float:
     try:
         return asyncio.run(
             asyncio.wait_for(
-                _start_and_remove(root, parent, binary, uid_base, seccomp_profile), TIMEOUT_S
+                _start_and_remove(root, parent, binary, ids, seccomp_profile), TIMEOUT_S
             )
         )
     except TimeoutError:
@@ -48,7 +49,7 @@ def live_sandbox(binary: str, uid_base: int, seccomp_profile: str) -> float:
 
 
 async def _start_and_remove(
-    root: Path, parent: str, binary: str, uid_base: int, seccomp_profile: str
+    root: Path, parent: str, binary: str, ids: IdRangeSettings, seccomp_profile: str
 ) -> float:
     try:
         seccomp = load_profile(Path(seccomp_profile) if seccomp_profile else None)
@@ -56,8 +57,9 @@ async def _start_and_remove(
             state_dir=root / "state",
             runtime_root=root / "runc",
             binary=binary,
-            uid_base=uid_base,
             cgroup_parent=parent,
+            instance=f"check-{secrets.token_hex(4)}",
+            ids=ids,
             agent_connections=1,
             threads=2,
         )
@@ -93,8 +95,7 @@ def _first_line(text: str) -> str:
 
 def _cleanup(root: Path, parent: str, binary: str) -> None:
     """Best effort, after the runtime's own destroy: runtime state, mounts, cgroups, files."""
-    runc_root = root / "runc"
-    if runc_root.is_dir():
+    for runc_root in (root / "runc").glob("*/state"):
         for sid in [p.name for p in runc_root.iterdir() if p.is_dir()]:
             subprocess.run(
                 [binary, "--root", str(runc_root), "delete", "--force", sid],
@@ -103,6 +104,7 @@ def _cleanup(root: Path, parent: str, binary: str) -> None:
     with open("/proc/self/mountinfo") as f:
         mounts = [line.split()[4] for line in f]
     for mountpoint in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
+        # The root's bind under runc/<instance>/ and the workspace under state/.
         subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False, timeout=30)
     with contextlib.suppress(Exception):
         layout = CgroupLayout.detect()

@@ -16,7 +16,9 @@ with an "op"; see the handle_* functions for each op and its replies. Errors are
 J{"error": {"code": ..., "message": ...}}.
 
 Ops: ping, exec, list, read, write, delete, and (additive) code, sessions, session_delete,
-configure (environment for every later command, and the egress relay: a listener on
+cgroup (the daemon hands over, as SCM_RIGHTS on the one byte after the request, the cgroup
+files that put everything the agent starts into the sandbox's work group, see
+Reaper.spawn), configure (environment for every later command, and the egress relay: a listener on
 127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 `code` runs Python in a persistent session: one interpreter.py process per session, next to
@@ -289,6 +291,18 @@ class Reaper:
         self.spawned = _thread.allocate_lock()
         self.spawned.acquire()
         self.waiters = {}
+        # From the cgroup op: ("tasks", (work, home)) or ("procs", (work,)); None: no group.
+        self.work_group = None
+
+    def adopt_work_group(self, mode, fds):
+        """Check the files work (v1: this thread moves in and back), then use them."""
+        if mode == "tasks":
+            os.write(fds[0], b"0")
+            os.write(fds[1], b"0")
+        with self.lock:
+            old, self.work_group = self.work_group, (mode, fds)
+        for fd in old[1] if old else ():
+            os.close(fd)
 
     def run(self):
         while True:
@@ -305,9 +319,17 @@ class Reaper:
                         os.write(waiter["wake"], b"x")
 
     def spawn(self, argv, env, cwd, fds, wake_fd):
-        """posix_spawn under the lock so the reaper cannot miss the registration."""
+        """posix_spawn under the lock so the reaper cannot miss the registration.
+
+        The child starts in the sandbox's work group, where an OOM never picks the agent:
+        on cgroup v1 this thread moves itself there for the spawn (the child is born in it)
+        and back; on v2 the child is moved as soon as it exists."""
         waiter = {"status": None, "wake": wake_fd}
         with self.lock:
+            mode, group = self.work_group or ("", ())
+            if mode == "tasks":
+                os.write(group[0], b"0")
+            pid = None
             os.chdir(cwd)
             try:
                 file_actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in fds]
@@ -320,17 +342,26 @@ class Reaper:
                     setsigdef=CHILD_DEFAULT_SIGNALS,
                     setsigmask=(),
                 )
+                if mode == "procs":
+                    os.write(group[0], b"%d" % pid)
+            except OSError:
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)  # never let it run beside the agent
+                    self.waiters[pid] = {"status": None, "wake": None}  # reaped, dropped
+                raise
             finally:
                 os.chdir("/")
+                if mode == "tasks":
+                    os.write(group[1], b"0")
             self.waiters[pid] = waiter
             try:
                 self.spawned.release()
             except RuntimeError:
                 pass  # already released: the reaper has not looked since the last spawn
         try:
-            # Let the OOM killer pick sandbox code before the agent.
+            # The agent's own score is pinned low from the host; what it starts begins at 0.
             with open("/proc/%d/oom_score_adj" % pid, "w") as f:
-                f.write("1000")
+                f.write("0")
         except OSError:
             pass
         return pid, waiter
@@ -1226,6 +1257,32 @@ def handle_configure(conn, req):
 # ----------------------------------------------------------------------------- server
 
 
+def handle_cgroup(reaper, conn, req):
+    """The work-group files ride on the one byte after this request (see Reaper.spawn)."""
+    mode = req.get("mode")
+    wanted = {"tasks": 2, "procs": 1}.get(mode)
+    if wanted is None:
+        raise OpError("bad_request", "unknown cgroup mode")
+    space = _socket.CMSG_SPACE(4 * wanted)
+    data, ancillary, _flags, _address = conn.recvmsg(1, space, _socket.MSG_CMSG_CLOEXEC)
+    fds = []
+    for level, kind, payload in ancillary:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(struct.unpack("%di" % (usable // 4), payload[:usable]))
+    if data != b"C" or len(fds) != wanted:
+        for fd in fds:
+            os.close(fd)
+        raise ProtocolError("cgroup op without its descriptors")
+    try:
+        reaper.adopt_work_group(mode, tuple(fds))
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        raise OpError("cgroup_failed", "cannot use the work group: %s" % exc.strerror) from None
+    send_json(conn, {"ok": True})
+
+
 def serve_connection(reaper, sessions, conn):
     handlers = {
         "list": handle_list,
@@ -1254,6 +1311,8 @@ def serve_connection(reaper, sessions, conn):
                     handle_code(sessions, conn, req)
                 elif op == "configure":
                     handle_configure(conn, req)
+                elif op == "cgroup":
+                    handle_cgroup(reaper, conn, req)
                 elif op in ("sessions", "session_delete"):
                     handle_sessions(sessions, conn, req)
                 elif op in ("kill", "interrupt"):

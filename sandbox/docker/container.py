@@ -17,15 +17,15 @@ from sandbox.oci.bundle import AGENT_ARGV, AGENT_ENV
 from sandbox.spec import (
     AGENT_DIR,
     AGENT_PYCACHE,
+    AGENT_RESERVE_BYTES,
     EGRESS_DIR,
     MASKED_PATHS,
     READONLY_PATHS,
-    SANDBOX_GID,
-    SANDBOX_UID,
     SKILLS_DIR,
     SYSTEM_CA_BUNDLE,
     WORKSPACE,
     SandboxSpec,
+    ipc_sysctls,
 )
 
 # The agent binds its listening socket here (a per-sandbox host dir), see agent.open_listener.
@@ -57,6 +57,9 @@ class HostPaths:
     binds: Sequence[tuple[str, str]]  # extra read-only binds (the host trees, for "host")
     # An empty file over /etc/resolv.conf: docker otherwise copies the host's nameservers in.
     empty_file: str
+    # /etc/passwd and /etc/group naming the sandbox's own host uid and gid as "sandbox".
+    passwd: str
+    group: str
     agent_pycache: str = ""  # the agent's bytecode ("": none), see sandbox/hostdirs.py
 
 
@@ -71,6 +74,17 @@ def _bind(src: str, dst: str, mode: str = "ro") -> dict[str, Any]:
     }
 
 
+def etc_files(uid: int, gid: int) -> tuple[str, str]:
+    """(passwd, group) for a sandbox whose user is host uid/gid `uid`/`gid`: there is no user
+    namespace, so the sandbox's user is that host id, which no other sandbox has."""
+    passwd = (
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"sandbox:x:{uid}:{gid}:sandbox:/tmp:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+    return passwd, f"root:x:0:\nsandbox:x:{gid}:\nnogroup:x:65534:\n"
+
+
 def create_args(
     spec: SandboxSpec,
     image: str,
@@ -78,7 +92,9 @@ def create_args(
     cgroup_parent: str,
     instance: str,
     seccomp: Mapping[str, Any],
+    user: tuple[int, int],
 ) -> ContainerArgs:
+    """`user`: the sandbox's own host uid and gid (see etc_files)."""
     lim = spec.limits
     env = dict(item.split("=", 1) for item in AGENT_ENV)
     env["SANDBOXD_AGENT_SOCKET"] = AGENT_SOCKET
@@ -92,13 +108,15 @@ def create_args(
         _bind(paths.skills, SKILLS_DIR),
         _bind(paths.egress, EGRESS_DIR),
         _bind(paths.empty_file, "/etc/resolv.conf"),
+        _bind(paths.passwd, "/etc/passwd"),
+        _bind(paths.group, "/etc/group"),
         *([_bind(str(spec.trust_bundle), SYSTEM_CA_BUNDLE)] if spec.trust_bundle else []),
     ]
     create = {
         "image": image,
         "command": list(AGENT_ARGV),
         "entrypoint": [],
-        "user": f"{SANDBOX_UID}:{SANDBOX_GID}",
+        "user": f"{user[0]}:{user[1]}",
         "working_dir": "/",
         "hostname": spec.hostname,
         "environment": env,
@@ -111,8 +129,9 @@ def create_args(
         "network_mode": "none",
         "ipc_mode": "private",
         "cgroupns": "private",
-        "mem_limit": spec.memory_bytes,
-        "memswap_limit": spec.memory_bytes,
+        # Sandbox code gets the tier (its work sub-group); the agent the reserve above.
+        "mem_limit": spec.memory_bytes + AGENT_RESERVE_BYTES,
+        "memswap_limit": spec.memory_bytes + AGENT_RESERVE_BYTES,
         "oom_kill_disable": False,
         "pids_limit": lim.pids,
         "nano_cpus": int(lim.cpus * 1e9),
@@ -138,8 +157,12 @@ def create_args(
         "cgroup_parent": cgroup_parent,
         "log_config": {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}},
         "restart_policy": {"Name": "no"},
-        # lo gets ::1 as on the oci backend (docker disables IPv6 in a "none" namespace).
-        "sysctls": {"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.lo.disable_ipv6": "0"},
+        "sysctls": {
+            # lo gets ::1 as on the oci backend (docker disables IPv6 in a "none" namespace).
+            "net.ipv6.conf.all.disable_ipv6": "0",
+            "net.ipv6.conf.lo.disable_ipv6": "0",
+            **ipc_sysctls(spec.memory_bytes),
+        },
     }
     # HostConfig fields the SDK has no keyword for: our own masked and read-only /proc and
     # /sys lists (they replace the engine's defaults, which vary by engine version). Docker

@@ -36,6 +36,8 @@ class ContainerState:
     container_id: str
     running: bool
     status: str
+    pid: int  # of its init on the host (0 when not running)
+    cgroup_parent: str
 
 
 def _translate(exc: BaseException, what: str) -> Exception:
@@ -117,7 +119,14 @@ class Engine:
             except docker.errors.NotFound:
                 return None
             st = info.get("State") or {}
-            return ContainerState(str(info["Id"]), bool(st.get("Running")), str(st.get("Status")))
+            host = info.get("HostConfig") or {}
+            return ContainerState(
+                str(info["Id"]),
+                bool(st.get("Running")),
+                str(st.get("Status")),
+                int(st.get("Pid") or 0),
+                str(host.get("CgroupParent") or ""),
+            )
 
         return await self._call(f"container {name}", run)
 

@@ -1,24 +1,26 @@
 """The docker backend: sandboxes as Docker containers, driven through the SDK adapter.
 
 Same contract as the oci backend, same agent, same per-sandbox host directory
-(<state_dir>/sandboxes/<id>/: workspace image and mount, skills, egress, the agent's socket
-dir). Docker cannot hand the agent a listening socket, so the agent binds one in a host
-directory (ctl/) bound at /.sandboxd/sock; once it answers, the daemon makes that directory root's
-(0700) so sandbox code can neither reach nor replace the socket (see agent.open_listener).
+(<state_dir>/sandboxes/<first id>/: workspace mount, skills, egress, the agent's socket dir,
+passwd and group). Docker cannot hand the agent a listening socket, so the agent binds one in
+a host directory (ctl/) bound at /.sandboxd/sock; once it answers, the daemon makes that
+directory root's (0700) so sandbox code can neither reach nor replace the socket (see
+agent.open_listener).
 
-Without a user namespace (docker's userns-remap is engine-wide) the sandbox's uid 1000 is
-host uid 1000: a host account with that uid could read the sandbox's workspace and egress
-dirs. Run sandboxd's docker backend on hosts where uid 1000 is not a login (README).
+Without a user namespace (docker's userns-remap is engine-wide) the sandbox runs as a host
+uid and gid of its own: the first id of its claimed range + 1000, named "sandbox" in its own
+/etc/passwd and /etc/group. No other sandbox and no host account has it, and per-user kernel
+counters (inotify instances, pending signals...) are charged to it alone. Containers carry the
+daemon's instance label and live under `<cgroup_parent>/<instance>`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,7 @@ from sandbox.docker.container import (
     LABEL_MANAGED,
     HostPaths,
     create_args,
+    etc_files,
 )
 from sandbox.docker.engine import Engine
 from sandbox.errors import RuntimeFailure, SandboxError
@@ -38,11 +41,11 @@ from sandbox.hostdirs import (
     INTERPRETER_SCRIPT,
     all_or_nothing,
     make_private_dir,
-    make_sandbox_dir,
 )
-from sandbox.hostruntime import HostRuntime
-from sandbox.oci import rootfs, skills
-from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
+from sandbox.hostruntime import HostRuntime, HostSettings, SandboxHome
+from sandbox.idranges import IdRangeSettings
+from sandbox.oci import rootfs
+from sandbox.spec import SandboxSpec
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +58,12 @@ class DockerSettings:
     state_dir: Path
     engine_url: str = DEFAULT_ENGINE_URL
     image: str = ""  # "" = the host's /usr in a skeleton; else an image of `sandboxd image build`
-    cgroup_parent: str = "/sandboxd-docker"
+    cgroup_parent: str = "/sandboxd-docker"  # containers' cgroups: <parent>/<instance>/<cid>
     agent_connections: int = 16
     threads: int = 8
     timeout_s: float = 60.0
+    instance: str = ""  # "" = derived from state_dir
+    ids: IdRangeSettings = field(default_factory=IdRangeSettings)
 
 
 class DockerRuntime(HostRuntime):
@@ -68,16 +73,21 @@ class DockerRuntime(HostRuntime):
         self, settings: DockerSettings, seccomp: Mapping[str, Any], engine: Engine | None = None
     ) -> None:
         # Host-side file work (mkfs, mount, rmtree) has its own threads, not the engine's.
-        super().__init__(
-            settings.state_dir, settings.threads, "docker-host", settings.agent_connections
+        host = HostSettings(
+            settings.state_dir,
+            settings.threads,
+            settings.agent_connections,
+            settings.instance,
+            settings.ids,
         )
+        super().__init__(host, "docker-host")
         self._s = settings
         self._seccomp = seccomp
         self._engine = engine or Engine(settings.engine_url, settings.threads, settings.timeout_s)
-        self._cids: dict[str, str] = {}  # sandbox id -> container id (names its cgroup)
+        self._cgroups: dict[str, str] = {}  # sandbox id -> its cgroup (<parent>/<container id>)
         self._image_ref = ""
         self._binds: list[tuple[str, str]] = []
-        self._instance = instance_of(settings.state_dir)
+        self.cgroup_base = f"{settings.cgroup_parent}/{self.instance}"
 
     @property
     def image_ref(self) -> str:
@@ -92,7 +102,7 @@ class DockerRuntime(HostRuntime):
                 f"the docker backend needs an engine with the cgroupfs cgroup driver, this one "
                 f"uses {driver!r} (dockerd --exec-opt native.cgroupdriver=cgroupfs)"
             )
-        self._make_state_dirs()
+        await self._start_host()
         await self._in_thread(_make_empty_file, self._s.state_dir / "docker-empty")
         try:
             root, repo, tag, binds = await self._in_thread(self._resolve_image)
@@ -123,9 +133,6 @@ class DockerRuntime(HostRuntime):
         built = images.load(self._s.state_dir, self._s.image)
         return built.rootfs, built.name, built.build_id, []
 
-    def _cgroup(self, container_id: str) -> str:
-        return f"{self._s.cgroup_parent}/{container_id}"
-
     async def create(self, spec: SandboxSpec) -> None:
         """All or nothing, even when cancelled: the steps finish in their own task (threads
         cannot be interrupted), then a cancelled create is undone."""
@@ -134,97 +141,99 @@ class DockerRuntime(HostRuntime):
 
     async def _create(self, spec: SandboxSpec) -> None:
         sid = spec.sandbox_id
-        sdir = self._dir(sid)
-        owner = (SANDBOX_UID, SANDBOX_GID)
         try:
-            await self._in_thread(make_sandbox_dir, sdir)
-            await self._in_thread(skills.make_dir, sdir / "skills")
-            await self._in_thread(make_private_dir, sdir / "egress", owner)
-            await self._in_thread(make_private_dir, sdir / "ctl", owner)
-            await self._in_thread(
-                self._workspaces.create,
-                sdir / "workspace.img",
-                sdir / "data",
-                spec.limits.workspace_bytes,
-                owner,
-            )
-            paths = HostPaths(
-                workspace=str(sdir / "data"),
-                agent_script=str(AGENT_SCRIPT),
-                interpreter_script=str(INTERPRETER_SCRIPT),
-                agent_socket_dir=str(sdir / "ctl"),
-                skills=str(sdir / "skills"),
-                egress=str(sdir / "egress"),
-                binds=self._binds,
-                agent_pycache=self._pycache,
-                empty_file=str(self._s.state_dir / "docker-empty"),
-            )
+            home = await self._in_thread(self._make_home, spec)
+            paths = await self._in_thread(self._docker_files, home)
             args = create_args(
-                spec, self._image_ref, paths, self._s.cgroup_parent, self._instance, self._seccomp
+                spec,
+                self._image_ref,
+                paths,
+                self.cgroup_base,
+                self.instance,
+                self._seccomp,
+                home.owner,
             )
-            self._cids[sid] = await self._engine.run(sid, args)
+            cid = await self._engine.run(sid, args)
+            self._cgroups[sid] = f"{self.cgroup_base}/{cid}"
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
-            await self._in_thread(_seal, sdir / "ctl")
+            await self._in_thread(_seal, home.dir / "ctl")
+            await self._confine(spec)
         except Exception as exc:
             await self._create_failed(sid, exc)
             raise
+
+    def _docker_files(self, home: SandboxHome) -> HostPaths:
+        """The agent's socket dir (its user's until sealed) and the sandbox's passwd and
+        group files, then every host path of the container."""
+        make_private_dir(home.dir / "ctl", home.owner)
+        passwd, group = etc_files(*home.owner)
+        for name, text in (("passwd", passwd), ("group", group)):
+            (home.dir / name).write_text(text)
+            (home.dir / name).chmod(0o644)
+        return HostPaths(
+            workspace=str(home.dir / "data"),
+            agent_script=str(AGENT_SCRIPT),
+            interpreter_script=str(INTERPRETER_SCRIPT),
+            agent_socket_dir=str(home.dir / "ctl"),
+            skills=str(home.dir / "skills"),
+            egress=str(home.dir / "egress"),
+            binds=self._binds,
+            agent_pycache=self._pycache,
+            empty_file=str(self._s.state_dir / "docker-empty"),
+            passwd=str(home.dir / "passwd"),
+            group=str(home.dir / "group"),
+        )
 
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""
         await self._forget(sandbox_id)
         errors: list[Exception] = []
+        removed = False
         try:
             await self._engine.remove(sandbox_id)
-            self._cids.pop(sandbox_id, None)
+            self._cgroups.pop(sandbox_id, None)
+            removed = True
         except SandboxError as exc:
             errors.append(exc)
-        await self._finish_destroy(sandbox_id, errors)
+        await self._finish_destroy(sandbox_id, errors, processes_gone=removed)
 
     async def is_running(self, sandbox_id: str) -> bool:
         state = await self._engine.state(sandbox_id)
         if state is None:
             return False
-        self._cids[sandbox_id] = state.container_id
+        self._cgroups[sandbox_id] = f"{state.cgroup_parent}/{state.container_id}"
         return state.running
 
+    async def agent_pid(self, sandbox_id: str) -> int | None:
+        state = await self._engine.state(sandbox_id)
+        return state.pid if state is not None and state.running and state.pid else None
+
     async def list_ids(self) -> list[str]:
-        """Containers labelled as this daemon's, and every per-sandbox dir on the host."""
-        labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: self._instance}
+        """Containers labelled as this instance's, and this daemon's own records."""
+        labels = {LABEL_MANAGED: "1", LABEL_INSTANCE: self.instance}
         ids = {
             item[LABEL_ID] for item in await self._engine.list_labels(labels) if item.get(LABEL_ID)
         }
-        with contextlib.suppress(FileNotFoundError):
-            ids.update(p.name for p in (self._s.state_dir / "sandboxes").iterdir())
-        return sorted(ids)
+        return sorted(ids | await self._host_ids())
 
     def _agent_socket(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "ctl" / "agent"
 
-    async def _container_id(self, sandbox_id: str) -> str | None:
-        cid = self._cids.get(sandbox_id)
-        if cid is None:
+    async def _cgroup_of(self, sandbox_id: str) -> str | None:
+        """<parent>/<container id>; the parent is read from the engine for a container this
+        daemon did not start (after a restart, or made before instance scoping)."""
+        path = self._cgroups.get(sandbox_id)
+        if path is None:
             try:
-                state = await self._engine.state(sandbox_id)
+                found = await self.is_running(sandbox_id)
             except SandboxError:
                 return None
-            if state is None:
-                return None
-            cid = self._cids[sandbox_id] = state.container_id
-        return cid
-
-    async def _cgroup_of(self, sandbox_id: str) -> str | None:
-        cid = await self._container_id(sandbox_id)
-        return None if cid is None else self._cgroup(cid)
+            path = self._cgroups.get(sandbox_id) if found else None
+        return path
 
     async def close(self) -> None:
         await super().close()
         await self._engine.close()
-
-
-def instance_of(state_dir: Path) -> str:
-    """The `sandboxd.instance` label of a daemon's containers: two daemons (or test runs)
-    sharing an engine never reconcile each other's sandboxes away."""
-    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
 
 
 def _make_empty_file(path: Path) -> None:

@@ -1,4 +1,11 @@
-"""Build an OCI runtime-spec config.json for one sandbox from the backend-neutral spec."""
+"""Build an OCI runtime-spec config.json for one sandbox from the backend-neutral spec.
+
+The sandbox joins a user namespace made beforehand and owned by its own first host id (see
+sandbox/oci/userns.py), so the kernel's per-user counters are charged to the sandbox, not to
+root. Its rlimits are therefore set on runc itself (`rlimits()`, applied with prlimit):
+raising or setting them on a process in a namespace root does not own needs CAP_SYS_RESOURCE,
+which the daemon may not have.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,7 @@ from typing import Any
 from sandbox.spec import (
     AGENT_DIR,
     AGENT_PYCACHE,
+    AGENT_RESERVE_BYTES,
     EGRESS_DIR,
     MASKED_PATHS,
     READONLY_PATHS,
@@ -18,9 +26,9 @@ from sandbox.spec import (
     SYSTEM_CA_BUNDLE,
     WORKSPACE,
     SandboxSpec,
+    ipc_sysctls,
 )
 
-ID_RANGE = 65536
 CPU_PERIOD_US = 100_000
 # Imported (not run as a script) so that a matching __pycache__/agent.*.pyc is used.
 AGENT_ARGV = [
@@ -46,6 +54,7 @@ class BundlePaths:
     skills: str = ""  # host dir bound read-only at /mnt/skills, filled after the start
     egress: str = ""  # host dir bound read-only at EGRESS_DIR (the proxy socket's home)
     agent_pycache: str = ""  # host dir of the agent's bytecode, bound read-only at AGENT_PYCACHE
+    userns: str = ""  # the user namespace to join (a /proc/<pid>/ns/user path); "": a new one
 
 
 def _ro_bind(src: str, dst: str) -> dict[str, Any]:
@@ -57,13 +66,20 @@ def _ro_bind(src: str, dst: str) -> dict[str, Any]:
     }
 
 
+def rlimits(spec: SandboxSpec) -> list[tuple[str, int]]:
+    """(prlimit option, value) pairs for every process of the sandbox."""
+    lim = spec.limits
+    return [("nofile", lim.nofile), ("fsize", lim.fsize_bytes), ("core", 0)]
+
+
 def build_config(
     spec: SandboxSpec,
     paths: BundlePaths,
-    uid_base: int,
+    ids: tuple[int, int],
     cgroups_path: str,
     seccomp: Mapping[str, Any],
 ) -> dict[str, Any]:
+    """`ids`: (first host id, count) of the sandbox's uid/gid range."""
     lim = spec.limits
     mounts: list[dict[str, Any]] = [
         {
@@ -147,25 +163,26 @@ def build_config(
             "cwd": "/",
             "capabilities": no_caps,
             "noNewPrivileges": True,
-            "oomScoreAdj": 0,
-            "rlimits": [
-                {"type": "RLIMIT_NOFILE", "hard": lim.nofile, "soft": lim.nofile},
-                {"type": "RLIMIT_FSIZE", "hard": lim.fsize_bytes, "soft": lim.fsize_bytes},
-                {"type": "RLIMIT_CORE", "hard": 0, "soft": 0},
-            ],
         },
         "root": {"path": paths.rootfs, "readonly": True},
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
-            "uidMappings": [{"containerID": 0, "hostID": uid_base, "size": ID_RANGE}],
-            "gidMappings": [{"containerID": 0, "hostID": uid_base, "size": ID_RANGE}],
+            # Also given when joining: runc needs to know who the sandbox's root is.
+            "uidMappings": [{"containerID": 0, "hostID": ids[0], "size": ids[1]}],
+            "gidMappings": [{"containerID": 0, "hostID": ids[0], "size": ids[1]}],
             "namespaces": [
-                {"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "user", "cgroup")
+                *({"type": t} for t in ("pid", "network", "ipc", "uts", "mount", "cgroup")),
+                {"type": "user", **({"path": paths.userns} if paths.userns else {})},
             ],
             "cgroupsPath": cgroups_path,
+            "sysctl": ipc_sysctls(spec.memory_bytes),
             "resources": {
-                "memory": {"limit": spec.memory_bytes, "swap": spec.memory_bytes},
+                # Sandbox code gets the tier (its work sub-group); the agent the reserve above.
+                "memory": {
+                    "limit": spec.memory_bytes + AGENT_RESERVE_BYTES,
+                    "swap": spec.memory_bytes + AGENT_RESERVE_BYTES,
+                },
                 "pids": {"limit": lim.pids},
                 "cpu": {"quota": int(lim.cpus * CPU_PERIOD_US), "period": CPU_PERIOD_US},
                 "devices": [

@@ -20,7 +20,7 @@ LOOP_CONTROL = "/dev/loop-control"
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A  # Linux 5.8+: fd, block size and flags in one ioctl
 LO_FLAGS_AUTOCLEAR = 4  # the device detaches itself when its last user (the mount) goes
-MS_NOSUID, MS_NODEV, MS_NOATIME = 2, 4, 1024
+MS_NOSUID, MS_NODEV, MS_NOATIME, MS_BIND, MS_PRIVATE = 2, 4, 1024, 4096, 1 << 18
 MNT_DETACH = 2
 ATTACH_ATTEMPTS = 16  # another process may take the free device we were given
 
@@ -41,10 +41,10 @@ def _errno_failure(what: str, path: Path | str) -> RuntimeFailure:
     return RuntimeFailure(f"{what} {path}: {os.strerror(err)}")
 
 
-def _attach(image: Path) -> tuple[str, int]:
-    """A free loop device backed by `image` (autoclear), and an open fd that holds it."""
+def _attach(backing: int, image: str) -> tuple[str, int]:
+    """A free loop device backed by the open file `backing` (autoclear), and an open fd that
+    holds it; `image` names the file in errors."""
     ctl = os.open(LOOP_CONTROL, os.O_RDWR | os.O_CLOEXEC)
-    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
     try:
         config = _LOOP_CONFIG.pack(
             backing, 0, 0, 0, 0, 0, 0, 0, 0, 0, LO_FLAGS_AUTOCLEAR, b"", b"", b"", 0, 0
@@ -62,14 +62,21 @@ def _attach(image: Path) -> tuple[str, int]:
             return device, loop
         raise RuntimeFailure(f"no free loop device for {image} after {ATTACH_ATTEMPTS} tries")
     finally:
-        os.close(backing)
         os.close(ctl)
 
 
-def mount_image(image: Path, mountpoint: Path, fstype: str, options: str) -> None:
-    """Mount `image` nosuid,nodev,noatime with fs-specific `options`; on failure the loop
-    device is released (autoclear happens when our fd closes without a mount)."""
-    device, loop = _attach(image)
+def mount_image(image: Path | int, mountpoint: Path, fstype: str, options: str) -> None:
+    """Mount `image` (a path, or an open read-write fd of the image file) nosuid,nodev,
+    noatime with fs-specific `options`; on failure the loop device is released (autoclear
+    happens when our fd closes without a mount)."""
+    if isinstance(image, int):
+        device, loop = _attach(image, f"fd {image}")
+    else:
+        backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            device, loop = _attach(backing, str(image))
+        finally:
+            os.close(backing)
     try:
         flags = MS_NOSUID | MS_NODEV | MS_NOATIME
         data = options.encode()
@@ -89,3 +96,21 @@ def unmount(mountpoint: Path) -> None:
     if err == errno.EBUSY and _libc.umount2(bytes(mountpoint), MNT_DETACH) == 0:
         return
     raise _errno_failure("umount", mountpoint)
+
+
+def bind_mount(source: Path, target: Path) -> None:
+    """Bind `source` at `target` (a private mount: nothing propagates to or from peers)."""
+    if _libc.mount(bytes(source), bytes(target), None, MS_BIND, None) != 0:
+        raise _errno_failure("bind mount at", target)
+    if _libc.mount(None, bytes(target), None, MS_PRIVATE, None) != 0:
+        error = _errno_failure("make private", target)
+        unmount(target)
+        raise error
+
+
+def mount_count(target: Path) -> int:
+    """How many mounts are stacked at `target` (os.path.ismount misses a bind of a directory
+    of the same filesystem)."""
+    wanted = str(target).replace(" ", "\\040").encode()
+    with open("/proc/self/mountinfo", "rb") as f:
+        return sum(1 for line in f if line.split()[4] == wanted)

@@ -10,7 +10,9 @@ import asyncio
 import json
 import os
 import subprocess
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.errors import RuntimeFailure
@@ -18,6 +20,13 @@ from sandbox.errors import RuntimeFailure
 RUNTIME_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 CALL_TIMEOUT_S = 30.0
 MAX_LOG_TAIL = 64 << 10
+PRLIMIT = "/usr/bin/prlimit"
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    status: str  # creating | created | running | stopped | paused
+    pid: int  # of the container's init on the host (0 when it has none)
 
 
 class OciCli:
@@ -50,19 +59,29 @@ class OciCli:
         except OSError as exc:  # e.g. the binary is gone: callers (destroy) expect our error
             raise RuntimeFailure(f"cannot run {self._binary}: {exc.strerror}") from exc
 
-    async def run_detached(self, container_id: str, bundle: Path, listen_fd: int) -> None:
-        """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null.
+    def run_detached(
+        self,
+        container_id: str,
+        bundle: Path,
+        listen_fd: int,
+        rlimits: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null, under
+        `rlimits` ((prlimit option, value) pairs, soft = hard), which the container inherits.
+        Blocking: call it on the runtime's thread pool.
 
         posix_spawn is used because subprocess cannot place a descriptor at a given number.
         """
         log = bundle / "runtime.log"
+        limits = [f"--{name}={value}:{value}" for name, value in rlimits]
         argv = [
+            *([PRLIMIT, *limits, "--"] if limits else []),
             *self._base(log),
             "run",
             "--detach",
-            # No session keyring per sandbox: every sandbox's root is the same host uid, whose
-            # key quota (kernel.keys.maxkeys, 200) would cap a host at ~160 sandboxes. The
-            # sandbox cannot use keyrings anyway (keyctl/add_key/request_key are denied).
+            # No session keyring per sandbox: it would be charged to the sandbox's root's key
+            # quota for nothing, since the sandbox cannot use keyrings (keyctl, add_key and
+            # request_key are denied by seccomp).
             "--no-new-keyring",
             "--bundle",
             str(bundle),
@@ -71,7 +90,7 @@ class OciCli:
             container_id,
         ]
 
-        def spawn_and_wait() -> int:
+        try:
             pid = os.posix_spawn(
                 argv[0] if "/" in argv[0] else _which(argv[0]),
                 argv,
@@ -84,10 +103,7 @@ class OciCli:
                 ],
             )
             _, status = os.waitpid(pid, 0)
-            return os.waitstatus_to_exitcode(status)
-
-        try:
-            code = await asyncio.get_running_loop().run_in_executor(self._executor, spawn_and_wait)
+            code = os.waitstatus_to_exitcode(status)
         except OSError as exc:
             raise RuntimeFailure(f"cannot run {self._binary}: {exc.strerror}") from exc
         if code != 0:
@@ -111,15 +127,18 @@ class OciCli:
         if proc.returncode != 0 and "not exist" not in err:
             raise RuntimeFailure(f"{self._binary} delete failed: {err.strip()[-300:]}")
 
-    async def state(self, container_id: str) -> str | None:
+    async def state(self, container_id: str) -> ContainerState | None:
         proc = await self._call("state", container_id)
         if proc.returncode != 0:
             return None
         try:
-            status = json.loads(proc.stdout).get("status")
+            found = json.loads(proc.stdout)
+            status, pid = found.get("status"), found.get("pid")
         except (ValueError, AttributeError):
             return None
-        return status if isinstance(status, str) else None
+        if not isinstance(status, str) or not isinstance(pid, int):
+            return None
+        return ContainerState(status, pid)
 
     async def list_ids(self) -> list[str]:
         proc = await self._call("list", "--format", "json")

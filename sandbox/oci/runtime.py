@@ -1,4 +1,15 @@
-"""The embedded backend: OCI bundles run by runc (or crun), no container engine."""
+"""The embedded backend: OCI bundles run by runc (or crun), no container engine.
+
+Host-wide names carry the daemon's instance id: runc's state is `<runtime_root>/<instance>/
+state`, cgroups are `<cgroup_parent>/<instance>/<id>`. The shared root (the host skeleton or
+an image) is bound at `<runtime_root>/<instance>/rootfs`, the one path sandboxes' ids must
+traverse (runc mounts the root as the sandbox's root user; bind sources it opens as host root),
+so the state dir itself stays 0700.
+
+A sandbox made by a daemon before instance scoping (runc state directly in `<runtime_root>`,
+cgroup `<cgroup_parent>/<id>`, dir `<state>/sandboxes/<id>`) is adopted, not destroyed: found
+through its own dir in this daemon's state dir, driven where it was made.
+"""
 
 from __future__ import annotations
 
@@ -10,86 +21,120 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox import images
-from sandbox.cgroups import (
-    CgroupError,
-    children,
-)
+from sandbox.cgroups import CgroupError, children
 from sandbox.errors import RuntimeFailure
 from sandbox.hostdirs import (
     AGENT_READY_TIMEOUT_S,
     AGENT_SCRIPT,
     INTERPRETER_SCRIPT,
     all_or_nothing,
-    make_private_dir,
-    make_sandbox_dir,
 )
-from sandbox.hostruntime import HostRuntime
-from sandbox.oci import rootfs, skills
-from sandbox.oci.bundle import BundlePaths, build_config
+from sandbox.hostruntime import HostRuntime, HostSettings, SandboxHome
+from sandbox.idranges import IdRangeSettings
+from sandbox.oci import loopmount, rootfs
+from sandbox.oci.bundle import BundlePaths, build_config, rlimits
 from sandbox.oci.runc import RUNTIME_ENV, OciCli
-from sandbox.spec import SANDBOX_GID, SANDBOX_UID, SandboxSpec
+from sandbox.oci.userns import UserNamespace
+from sandbox.spec import SandboxSpec
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class OciSettings:
-    state_dir: Path  # sandboxes/<id>/ and the rootfs skeleton live here
-    runtime_root: Path  # the OCI runtime's own state (tmpfs: gone after a reboot)
+    state_dir: Path  # sandboxes/, the rootfs skeleton, templates... (0700)
+    runtime_root: Path  # runc state and the root's bind, per instance (tmpfs: gone at reboot)
     binary: str = "runc"
-    uid_base: int = 100_000
-    cgroup_parent: str = "/sandboxd"
+    cgroup_parent: str = "/sandboxd"  # sandboxes' cgroups: <parent>/<instance>/<id>
     agent_connections: int = 16
     threads: int = 8
     image: str = ""  # "" = the host skeleton (+ host binds); NAME = an image dir (no binds)
+    instance: str = ""  # "" = derived from state_dir
+    ids: IdRangeSettings = field(default_factory=IdRangeSettings)
 
 
 class OciRuntime(HostRuntime):
     name = "oci"
 
     def __init__(self, settings: OciSettings, seccomp: Mapping[str, Any]) -> None:
-        super().__init__(settings.state_dir, settings.threads, "oci", settings.agent_connections)
+        host = HostSettings(
+            settings.state_dir,
+            settings.threads,
+            settings.agent_connections,
+            settings.instance,
+            settings.ids,
+        )
+        super().__init__(host, "oci")
         self._s = settings
         self._seccomp = seccomp
-        self._cli = OciCli(settings.binary, settings.runtime_root, self._executor)
+        self.run_dir = settings.runtime_root / self.instance
+        self.cgroup_base = f"{settings.cgroup_parent}/{self.instance}"
+        self._cli = OciCli(settings.binary, self.run_dir / "state", self._executor)
+        self._legacy_cli = OciCli(settings.binary, settings.runtime_root, self._executor)
+        self._legacy: dict[str, str] = {}  # adopted sandbox id -> its cgroup path
         self._rootfs: Path | None = None
         self._binds: list[tuple[str, str]] = []
 
     async def start(self) -> None:
         if shutil.which(self._s.binary, path=RUNTIME_ENV["PATH"]) is None:
             raise RuntimeFailure(f"OCI runtime {self._s.binary!r}: not found or not executable")
-        self._s.runtime_root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._make_state_dirs()
-        await self._in_thread(_check_traversable, self._s.state_dir)
+        await self._start_host()
         if self._s.image:
             try:
                 built = await self._in_thread(images.load, self._s.state_dir, self._s.image)
             except images.ImageError as exc:
                 raise RuntimeFailure(str(exc)) from exc
-            self._rootfs, self._binds = built.rootfs, []
+            root, self._binds = built.rootfs, []
         else:
             skeleton = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
-            self._rootfs, self._binds = skeleton, rootfs.host_binds()
-        await self._compile_agent(self._rootfs)
+            root, self._binds = skeleton, rootfs.host_binds()
+        self._rootfs = await self._in_thread(self._expose_root, root)
+        await self._compile_agent(root)
         logger.info(
             "oci runtime ready",
-            extra={"binary": self._s.binary, "cgroup": self._layout.version.value},
+            extra={
+                "binary": self._s.binary,
+                "cgroup": self._layout.version.value,
+                "instance": self.instance,
+            },
         )
 
+    def _expose_root(self, root: Path) -> Path:
+        """Bind the shared root at <run dir>/rootfs (replacing an earlier start's bind:
+        running sandboxes hold their own copy) and make the way there traversable."""
+        check_traversable(self._s.runtime_root)
+        for path, mode in ((self._s.runtime_root, 0o711), (self.run_dir, 0o711)):
+            path.mkdir(mode=mode, parents=True, exist_ok=True)
+            path.chmod(mode)
+        (self.run_dir / "state").mkdir(mode=0o700, exist_ok=True)
+        view = self.run_dir / "rootfs"
+        view.mkdir(mode=0o755, exist_ok=True)
+        for _ in range(loopmount.mount_count(view)):
+            loopmount.unmount(view)
+        loopmount.bind_mount(root, view)
+        return view
+
     def _cgroup(self, sandbox_id: str) -> str:
-        return f"{self._s.cgroup_parent}/{sandbox_id}"
+        return self._legacy.get(sandbox_id) or f"{self.cgroup_base}/{sandbox_id}"
+
+    def _cli_of(self, sandbox_id: str) -> OciCli:
+        return self._legacy_cli if sandbox_id in self._legacy else self._cli
 
     async def _cgroup_of(self, sandbox_id: str) -> str:
         return self._cgroup(sandbox_id)
 
     def _agent_socket(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "agent.sock"
+
+    async def agent_pid(self, sandbox_id: str) -> int | None:
+        state = await self._cli_of(sandbox_id).state(sandbox_id)
+        return state.pid if state is not None and state.status == "running" else None
 
     async def create(self, spec: SandboxSpec) -> None:
         """All or nothing, even when the caller is cancelled: the steps run to completion
@@ -101,55 +146,55 @@ class OciRuntime(HostRuntime):
 
     async def _create(self, spec: SandboxSpec, root: Path) -> None:
         sid = spec.sandbox_id
-        sdir = self._dir(sid)
         try:
-            listener = await self._in_thread(self._prepare, spec, sdir, root)
-            with listener:
-                await self._cli.run_detached(sid, sdir, listener.fileno())
+            home = await self._in_thread(self._make_home, spec)
+            await self._in_thread(self._start, spec, home, root)
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
+            await self._confine(spec)
         except Exception as exc:
             await self._create_failed(sid, exc)
             raise
 
-    def _prepare(self, spec: SandboxSpec, sdir: Path, root: Path) -> socket.socket:
-        """Everything on the host before `runc run`, in one thread hop: the sandbox dir, its
-        skills and egress dirs, the workspace, config.json and the agent's listening socket."""
-        make_sandbox_dir(sdir)
-        skills.make_dir(sdir / "skills")
-        owner = (self._s.uid_base + SANDBOX_UID, self._s.uid_base + SANDBOX_GID)
-        make_private_dir(sdir / "egress", owner)
-        self._workspaces.create(
-            sdir / "workspace.img", sdir / "data", spec.limits.workspace_bytes, owner
-        )
-        paths = BundlePaths(
-            rootfs=str(root),
-            workspace=str(sdir / "data"),
-            agent_script=str(AGENT_SCRIPT),
-            interpreter_script=str(INTERPRETER_SCRIPT),
-            binds=self._binds,
-            skills=str(sdir / "skills"),
-            egress=str(sdir / "egress"),
-            agent_pycache=self._pycache,
-        )
-        config = build_config(
-            spec, paths, self._s.uid_base, self._cgroup(spec.sandbox_id), self._seccomp
-        )
-        return _write_bundle(sdir, json.dumps(config))
+    def _start(self, spec: SandboxSpec, home: SandboxHome, root: Path) -> None:
+        """config.json and the agent's listening socket, then `runc run` in a user namespace
+        owned by the sandbox's first host id (held open until runc has joined it)."""
+        with UserNamespace(home.first_id, self._id_range_size) as userns:
+            paths = BundlePaths(
+                rootfs=str(root),
+                workspace=str(home.dir / "data"),
+                agent_script=str(AGENT_SCRIPT),
+                interpreter_script=str(INTERPRETER_SCRIPT),
+                binds=self._binds,
+                skills=str(home.dir / "skills"),
+                egress=str(home.dir / "egress"),
+                agent_pycache=self._pycache,
+                userns=userns.path,
+            )
+            ids = (home.first_id, self._id_range_size)
+            config = build_config(spec, paths, ids, self._cgroup(spec.sandbox_id), self._seccomp)
+            with _write_bundle(home.dir, json.dumps(config)) as listener:
+                self._cli.run_detached(spec.sandbox_id, home.dir, listener.fileno(), rlimits(spec))
 
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""
         await self._forget(sandbox_id)
         errors: list[Exception] = []
         try:
-            await self._cli.delete_force(sandbox_id)
+            await self._cli_of(sandbox_id).delete_force(sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
             await self._in_thread(self._kill_cgroup, sandbox_id)
+        cgroup_gone = True  # a group is removable only once no process is left in it
         try:
             await self._in_thread(self._remove_cgroup, sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
-        await self._finish_destroy(sandbox_id, errors)
+            cgroup_gone = False
+        try:
+            await self._finish_destroy(sandbox_id, errors, processes_gone=cgroup_gone)
+        finally:
+            if cgroup_gone:
+                self._legacy.pop(sandbox_id, None)
 
     def _kill_cgroup(self, sandbox_id: str) -> None:
         """Fallback when the OCI runtime cannot delete: SIGKILL whatever is in the cgroup."""
@@ -171,39 +216,68 @@ class OciRuntime(HostRuntime):
             raise RuntimeFailure(f"cgroup of {sandbox_id} could not be removed: {exc}") from exc
 
     async def is_running(self, sandbox_id: str) -> bool:
-        return await self._cli.state(sandbox_id) == "running"
+        state = await self._cli.state(sandbox_id)
+        if state is None and await self._adopt(sandbox_id):
+            state = await self._legacy_cli.state(sandbox_id)
+        return state is not None and state.status == "running"
+
+    async def _adopt(self, sandbox_id: str) -> bool:
+        """A sandbox made before instance scoping, by this daemon (its dir is in our state
+        dir, named by its id): drive it where it was made from now on."""
+        if sandbox_id in self._legacy:
+            return True
+        if self._ids.lookup(sandbox_id) is not None:
+            return False
+        config = self._dir(sandbox_id) / "config.json"
+        try:
+            found = json.loads(await self._in_thread(config.read_bytes))
+            path = found["linux"]["cgroupsPath"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if not isinstance(path, str) or not path.endswith(f"/{sandbox_id}"):
+            return False
+        self._legacy[sandbox_id] = path
+        logger.info(
+            "adopted a sandbox made before instance scoping", extra={"container_id": sandbox_id}
+        )
+        return True
 
     async def list_ids(self) -> list[str]:
-        """Everything that looks like one of ours: runtime state, sandbox dirs, cgroups."""
+        """This instance's sandboxes: its runc state, its cgroups and its own records (id
+        claims, and dirs of sandboxes it made before instance scoping, adopted here)."""
         ids = set(await self._cli.list_ids())
-        with contextlib.suppress(FileNotFoundError):
-            ids.update(p.name for p in (self._s.state_dir / "sandboxes").iterdir())
-        ids.update(await self._in_thread(children, self._layout, self._s.cgroup_parent))
+        ids.update(await self._in_thread(children, self._layout, self.cgroup_base))
+        for sid in await self._host_ids():
+            ids.add(sid)
+            await self._adopt(sid)
         return sorted(ids)
 
 
-def _write_bundle(sdir: Path, config: str) -> socket.socket:
-    """Write config.json and bind the agent's listening socket (handed to runc as fd 3)."""
-    (sdir / "config.json").write_text(config)
+@contextlib.contextmanager
+def _write_bundle(sdir: Path, config: str) -> Iterator[socket.socket]:
+    """Write config.json (0600) and bind the agent's listening socket (handed to runc as
+    fd 3); the daemon's copy of the socket is closed at the end of the block."""
+    fd = os.open(sdir / "config.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "w") as f:
+        f.write(config)
     sock_path = sdir / "agent.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
+    with listener:
         listener.bind(str(sock_path))
         sock_path.chmod(0o600)
         listener.listen(64)
-    except OSError:
-        listener.close()
-        raise
-    return listener
+        yield listener
 
 
-def _check_traversable(path: Path) -> None:
-    """Sandboxes run as unprivileged host uids: every ancestor of the state dir must let
-    "others" search it, or runc fails later with an obscure EACCES on the rootfs mount."""
-    for ancestor in [path.resolve(), *path.resolve().parents]:
+def check_traversable(path: Path) -> None:
+    """Sandboxes' ids must traverse every directory down to the runtime root (where their
+    root is bound): each needs o+x, or runc fails later with an obscure EACCES."""
+    for ancestor in reversed([path, *path.parents]):
+        if not ancestor.exists():
+            return
         if not ancestor.stat().st_mode & 0o001:
             raise RuntimeFailure(
                 f"{ancestor} is not searchable by other users (mode "
                 f"{ancestor.stat().st_mode & 0o7777:o}); sandboxes run as unprivileged uids "
-                "and need o+x on every directory above the state dir"
+                "and need o+x on every directory above runtime.runtime_root"
             )

@@ -3,9 +3,12 @@
 Its size is the workspace cap (ENOSPC inside the sandbox), its inode table caps file counts,
 and the host-side mount is bound into the sandbox at /mnt/data.
 
-mkfs runs once per (size, owner), into a template; each sandbox gets a copy of the
-template's few hundred KiB of metadata (a reflink where the filesystem can), not a mkfs of
-its own. Blocking: call off the loop.
+mkfs runs once per size, into a template; each sandbox gets a copy of the template's few
+hundred KiB of metadata (a reflink where the filesystem can), not a mkfs of its own, and its
+root is then given to the sandbox's own ids. The copy is an unnamed file (O_TMPFILE) that
+only its loop device holds: nothing on the host or in /sys/block/loop*/loop/backing_file
+names a sandbox, and the space returns when the workspace is unmounted, even if the daemon
+is not there to delete anything. Blocking: call off the loop.
 """
 
 from __future__ import annotations
@@ -43,53 +46,61 @@ def is_mounted(mountpoint: Path) -> bool:
 
 
 class Workspaces:
-    """Makes and removes workspaces from per-(size, owner) templates under `templates`."""
+    """Makes and removes workspaces from per-size templates under `templates`."""
 
     def __init__(self, templates: Path) -> None:
         self._dir = templates
         self._lock = threading.Lock()
-        self._made: dict[tuple[int, int, int], Path] = {}
+        self._made: dict[int, Path] = {}
 
-    def template(self, size_bytes: int, owner: tuple[int, int]) -> Path:
-        """The formatted template for this size and owner, made on first use (and again at
-        each start of the daemon, so it always comes from this host's mkfs)."""
-        uid, gid = owner
-        key = (size_bytes, uid, gid)
+    def template(self, size_bytes: int) -> Path:
+        """The formatted template for this size, made on first use (and again at each start
+        of the daemon, so it always comes from this host's mkfs)."""
         with self._lock:
-            found = self._made.get(key)
+            found = self._made.get(size_bytes)
             if found is None or not found.exists():
                 self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                found = self._dir / f"workspace-{size_bytes}-{uid}-{gid}.img"
-                _make_template(found, size_bytes, owner)
-                self._made[key] = found
+                found = self._dir / f"workspace-{size_bytes}.img"
+                _make_template(found, size_bytes)
+                self._made[size_bytes] = found
             return found
 
-    def create(
-        self, image: Path, mountpoint: Path, size_bytes: int, owner: tuple[int, int]
-    ) -> None:
-        """Make and mount the workspace; on failure nothing is left mounted."""
-        _copy_sparse(self.template(size_bytes, owner), image)
-        mountpoint.mkdir(mode=0o755, exist_ok=True)
-        loopmount.mount_image(image, mountpoint, "ext4", MOUNT_OPTIONS)
+    def create(self, mountpoint: Path, size_bytes: int, owner: tuple[int, int]) -> None:
+        """Make and mount the workspace, its root 0700 to `owner`; on failure nothing is left
+        mounted and no file remains."""
+        template = self.template(size_bytes)
+        fd = os.open(self._dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        try:
+            with open(template, "rb") as fin:
+                _copy_sparse(fin.fileno(), fd, template)
+            mountpoint.mkdir(mode=0o700, exist_ok=True)
+            loopmount.mount_image(fd, mountpoint, "ext4", MOUNT_OPTIONS)
+        finally:
+            os.close(fd)  # the loop device holds the file from here on
+        try:
+            os.chown(mountpoint, *owner)
+            mountpoint.chmod(0o700)
+        except OSError:
+            loopmount.unmount(mountpoint)
+            raise
 
 
-def _make_template(path: Path, size_bytes: int, owner: tuple[int, int]) -> None:
-    """mkfs into a temporary file, tidy the root (no lost+found, 0755), then rename."""
-    uid, gid = owner
+def _make_template(path: Path, size_bytes: int) -> None:
+    """mkfs into a temporary file, tidy the root (no lost+found), then rename."""
     fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".img", dir=path.parent)
     tmp = Path(tmp_name)
     try:
         os.ftruncate(fd, size_bytes)
         os.close(fd)
         fd = -1
-        options = f"lazy_itable_init=1,root_owner={uid}:{gid}"
+        options = "lazy_itable_init=1,root_owner=0:0"
         _run(["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal", "-E", options, tmp_name])
         with tempfile.TemporaryDirectory(dir=path.parent) as mnt:
             loopmount.mount_image(tmp, Path(mnt), "ext4", MOUNT_OPTIONS)
             try:
                 with contextlib.suppress(OSError):
                     (Path(mnt) / "lost+found").rmdir()
-                Path(mnt).chmod(0o755)
+                Path(mnt).chmod(0o700)
             finally:
                 loopmount.unmount(Path(mnt))
         tmp.rename(path)
@@ -100,39 +111,35 @@ def _make_template(path: Path, size_bytes: int, owner: tuple[int, int]) -> None:
         raise
 
 
-def _copy_sparse(src: Path, dst: Path) -> None:
-    """Copy `src` to a new file `dst`: a reflink where supported, else only its data extents."""
-    with open(src, "rb") as fin, open(dst, "xb") as fout:
+def _copy_sparse(fin: int, fout: int, src: Path) -> None:
+    """Copy the file `fin` into the empty file `fout`: a reflink where supported, else only
+    its data extents."""
+    try:
+        fcntl.ioctl(fout, FICLONE, fin)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
+            raise
+    size = os.fstat(fin).st_size
+    offset = 0
+    while offset < size:
         try:
-            fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())
-            return
+            start = os.lseek(fin, offset, os.SEEK_DATA)
         except OSError as exc:
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EXDEV, errno.EINVAL, errno.ENOTTY):
-                raise
-        size = os.fstat(fin.fileno()).st_size
-        offset = 0
-        while offset < size:
-            try:
-                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole is left
-                    break
-                raise
-            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
-            position = start
-            while position < end:
-                copied = os.copy_file_range(
-                    fin.fileno(), fout.fileno(), end - position, position, position
-                )
-                if copied == 0:
-                    raise RuntimeFailure(f"short copy of {src}")
-                position += copied
-            offset = end
-        os.ftruncate(fout.fileno(), size)
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        end = os.lseek(fin, start, os.SEEK_HOLE)
+        position = start
+        while position < end:
+            copied = os.copy_file_range(fin, fout, end - position, position, position)
+            if copied == 0:
+                raise RuntimeFailure(f"short copy of {src}")
+            position += copied
+        offset = end
+    os.ftruncate(fout, size)
 
 
-def destroy(image: Path, mountpoint: Path) -> None:
-    """Unmount (lazily if still busy) and delete the image; no error if already gone."""
+def destroy(mountpoint: Path) -> None:
+    """Unmount (lazily if still busy): the unnamed image goes with its loop device."""
     loopmount.unmount(mountpoint)
-    with contextlib.suppress(FileNotFoundError):
-        image.unlink()

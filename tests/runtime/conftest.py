@@ -33,8 +33,11 @@ from sandbox.agent_client import AgentClient, ExecChunk
 from sandbox.cgroups import CgroupLayout
 from sandbox.docker.container import ContainerArgs
 from sandbox.docker.engine import Engine
-from sandbox.docker.runtime import DockerRuntime, DockerSettings, instance_of
+from sandbox.docker.runtime import DockerRuntime, DockerSettings
 from sandbox.errors import RuntimeFailure
+from sandbox.hostdirs import instance_of
+from sandbox.hostruntime import HostRuntime
+from sandbox.idranges import HOST_REGISTRY
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
@@ -130,7 +133,10 @@ class RunResources:
         return f"{self.cgroup_parent}-docker"
 
     def new_state_dir(self) -> Path:
+        """A new base dir (o+x, as /var/lib is): the runtime's state dir is <base>/state
+        (0700, made by the runtime), its runtime root <base>/runc."""
         path = Path(tempfile.mkdtemp(prefix=STATE_PREFIX))
+        path.chmod(0o711)
         self.state_dirs.append(path)
         return path
 
@@ -163,22 +169,43 @@ def cgroup_dirs(parent: str, sandbox_id: str | None = None) -> list[Path]:
     return [d for d in CgroupLayout.detect().dirs(path) if d.is_dir()]
 
 
-def _host_leftovers(state_dir: Path, sandbox_id: str) -> list[str]:
-    """What either backend leaves on the host: the sandbox dir, its mounts, loop devices."""
-    sdir = state_dir / "sandboxes" / sandbox_id
-    found = [f"sandbox dir {sdir}"] if sdir.exists() else []
-    found += [f"mount {m}" for m in mounts_under(sdir)]
-    found += [f"loop device {d}" for d in loop_devices_backed_by(sdir)]
+def claims_of(instance: str, sandbox_id: str | None = None) -> list[str]:
+    """Id-range claims in the host registry made by `instance` (for `sandbox_id`)."""
+    found = []
+    for claim in HOST_REGISTRY.glob("*-*"):
+        with contextlib.suppress(OSError):
+            owner, sid = (claim.read_text().split() + ["", ""])[:2]
+            if owner == instance and sandbox_id in (None, sid):
+                found.append(claim.name)
     return found
 
 
-def _oci_leftovers(settings: OciSettings, sandbox_id: str) -> list[str]:
-    found = _host_leftovers(settings.state_dir, sandbox_id)
-    if CgroupLayout.detect().reader(f"{settings.cgroup_parent}/{sandbox_id}").exists():
+def _host_leftovers(runtime: HostRuntime, state_dir: Path, sandbox_id: str) -> list[str]:
+    """What either backend leaves on the host: the sandbox's id-range claim, and any sandbox
+    dir, mount or loop device of the state dir that no live sandbox of the runtime owns
+    (dirs are named by the first id of a live claim)."""
+    found = [f"id claim {c}" for c in claims_of(runtime.instance, sandbox_id)]
+    live = {c.split("-")[0] for c in claims_of(runtime.instance)}
+    sandboxes = state_dir / "sandboxes"
+    for sdir in sandboxes.iterdir() if sandboxes.is_dir() else []:
+        if sdir.name not in live:
+            found.append(f"sandbox dir {sdir}")
+            found += [f"mount {m}" for m in mounts_under(sdir)]
+    mounted = {m.split("/")[-2] for m in mounts_under(sandboxes)}
+    found += [f"mount of {name}" for name in mounted - live]
+    attached = loop_devices_backed_by(state_dir)
+    if len(attached) > len(mounts_under(sandboxes)):
+        found.append(f"loop devices {attached} for {len(mounts_under(sandboxes))} workspaces")
+    return found
+
+
+def _oci_leftovers(runtime: OciRuntime, settings: OciSettings, sandbox_id: str) -> list[str]:
+    found = _host_leftovers(runtime, settings.state_dir, sandbox_id)
+    if CgroupLayout.detect().reader(f"{runtime.cgroup_base}/{sandbox_id}").exists():
         found.append("memory cgroup")
-    found += [f"cgroup dir {d}" for d in cgroup_dirs(settings.cgroup_parent, sandbox_id)]
-    if (settings.runtime_root / sandbox_id).exists():
-        found.append(f"runc state {settings.runtime_root / sandbox_id}")
+    found += [f"cgroup dir {d}" for d in cgroup_dirs(runtime.cgroup_base, sandbox_id)]
+    if (runtime.run_dir / "state" / sandbox_id).exists():
+        found.append(f"runc state {runtime.run_dir / 'state' / sandbox_id}")
     return found
 
 
@@ -200,7 +227,7 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
     container, then exits 1."""
     state = run.new_state_dir()
     healthy = OciSettings(
-        state_dir=state, runtime_root=state / "runc", cgroup_parent=run.cgroup_parent
+        state_dir=state / "state", runtime_root=state / "runc", cgroup_parent=run.cgroup_parent
     )
     settings = healthy
     if failure == "refuse":
@@ -216,7 +243,9 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
     runtime = OciRuntime(settings, seccomp)
     try:
         await runtime.start()
-        yield Harness("oci", runtime, run.cgroup_parent, lambda sid: _oci_leftovers(settings, sid))
+        yield Harness(
+            "oci", runtime, run.cgroup_parent, lambda sid: _oci_leftovers(runtime, settings, sid)
+        )
     finally:
         try:
             if failure is None:
@@ -232,17 +261,20 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
                 await _destroy_all(cleaner)
             finally:
                 await cleaner.close()
+        _remove_instance(runtime.cgroup_base, runtime.run_dir / "rootfs")
         shutil.rmtree(state)
 
 
-def _docker_leftovers(settings: DockerSettings, engine_url: str, sandbox_id: str) -> list[str]:
-    found = _host_leftovers(settings.state_dir, sandbox_id)
+def _docker_leftovers(
+    runtime: DockerRuntime, settings: DockerSettings, engine_url: str, sandbox_id: str
+) -> list[str]:
+    found = _host_leftovers(runtime, settings.state_dir, sandbox_id)
     mine = dockerd.containers(engine_url, f"sandboxd.id={sandbox_id}")
     found += [f"container {c['Id'][:12]} ({c.get('State')})" for c in mine]
     # A container's cgroup is <parent>/<container id>: any group there whose container is
     # gone was left behind (live containers of other tests may share the parent).
     live = {c["Id"] for c in dockerd.containers(engine_url, "sandboxd.managed=1")}
-    for top in cgroup_dirs(settings.cgroup_parent):
+    for top in cgroup_dirs(runtime.cgroup_base):
         found += [f"cgroup {d}" for d in top.iterdir() if d.is_dir() and d.name not in live]
     return found
 
@@ -270,7 +302,7 @@ async def _open_docker(run: RunResources, failure: str | None) -> AsyncIterator[
         raise ValueError(failure)
     state = run.new_state_dir()
     settings = DockerSettings(
-        state_dir=state,
+        state_dir=state / "state",
         engine_url=run.engine_url,
         cgroup_parent=run.docker_cgroup_parent,
         threads=4,
@@ -285,14 +317,24 @@ async def _open_docker(run: RunResources, failure: str | None) -> AsyncIterator[
             "docker",
             runtime,
             run.docker_cgroup_parent,
-            lambda sid: _docker_leftovers(settings, url, sid),
+            lambda sid: _docker_leftovers(runtime, settings, url, sid),
         )
     finally:
         try:
             await _destroy_all(runtime)
         finally:
             await runtime.close()
+        _remove_instance(runtime.cgroup_base)
         shutil.rmtree(state)
+
+
+def _remove_instance(cgroup_base: str, root_view: Path | None = None) -> None:
+    """What a runtime keeps for its daemon's lifetime (and the next one's): the instance's
+    cgroup parent, and (oci) the shared root's bind. Its sandboxes must be gone already."""
+    for top in cgroup_dirs(cgroup_base):
+        top.rmdir()
+    if root_view is not None:
+        subprocess.run(["umount", str(root_view)], check=True)
 
 
 async def _destroy_all(runtime: Runtime) -> None:
@@ -316,8 +358,10 @@ def _force_cleanup(run: RunResources) -> list[str]:
     """Remove whatever the test run left on the host; describe what had to be removed."""
     leaks: list[str] = []
     for state in run.state_dirs:
-        runc_root = state / "runc"
-        if runc_root.is_dir():
+        for claim in claims_of(instance_of(state / "state")):
+            leaks.append(f"id claim {claim}")
+            (HOST_REGISTRY / claim).unlink(missing_ok=True)
+        for runc_root in (state / "runc").glob("*/state"):
             for entry in runc_root.iterdir():
                 leaks.append(f"runc container {entry.name}")
                 subprocess.run(
@@ -333,7 +377,8 @@ def _force_cleanup(run: RunResources) -> list[str]:
             shutil.rmtree(state, ignore_errors=True)
     if run.engine_url and dockerd.answers(run.engine_url.removeprefix("unix://")):
         for state in run.state_dirs:
-            for c in dockerd.containers(run.engine_url, f"sandboxd.instance={instance_of(state)}"):
+            label = f"sandboxd.instance={instance_of(state / 'state')}"
+            for c in dockerd.containers(run.engine_url, label):
                 leaks.append(f"container {c['Id'][:12]}")
                 dockerd.remove_container(run.engine_url, c["Id"])
     tops = [*CgroupLayout.detect().dirs(run.cgroup_parent)]

@@ -9,6 +9,8 @@ import os
 
 import pytest
 
+from sandbox.hostruntime import HostRuntime
+from sandbox.idranges import IdRangeSettings
 from tests.runtime.conftest import Harness, check, sh
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio(loop_scope="module")]
@@ -22,16 +24,21 @@ async def test_unprivileged_user_in_a_user_namespace(
     module_backend: Harness, shared_sandbox: str
 ) -> None:
     rt, sid = module_backend.runtime, shared_sandbox
-    assert await check(rt, sid, "id -u; id -g; id -G") == "1000\n1000\n1000\n"
+    assert isinstance(rt, HostRuntime)
+    first = rt.first_host_id(sid)
+    assert first is not None and first >= IdRangeSettings().base
+    # oci: a user namespace maps the sandbox's ids 0..65535 onto its own host range, and it
+    # is uid 1000 there; docker has no user namespace per container (userns-remap is
+    # engine-wide), so the sandbox runs as its own host uid: first id of its range + 1000.
+    user = 1000 if module_backend.name == "oci" else first + 1000
+    assert await check(rt, sid, "id -u; id -g; id -G; id -un") == f"{user}\n" * 3 + "sandbox\n"
     status = status_fields(await check(rt, sid, "cat /proc/self/status"))
     for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
         assert status[field] == "0000000000000000", field
     assert status["NoNewPrivs"] == "1"
     assert status["Seccomp"] == "2"
-    # oci: a user namespace maps the sandbox to uid_base..; docker has none per container
-    # (userns-remap is engine-wide), so its uid 1000 is host uid 1000 (README, docker backend).
     expected = (
-        ["0", "100000", "65536"] if module_backend.name == "oci" else ["0", "0", "4294967295"]
+        ["0", str(first), "65536"] if module_backend.name == "oci" else ["0", "0", "4294967295"]
     )
     for name in ("uid_map", "gid_map"):
         mapping = await check(rt, sid, f"cat /proc/self/{name}")

@@ -1,0 +1,234 @@
+"""Runtime contract: the host boundary (DESIGN.md §4). Nothing a sandbox owns is readable by
+another host account or sandbox, no sandbox spends host root's or a neighbour's per-user
+kernel budgets, shared memory nobody holds is freed, the agent outlives an OOM its tenant
+provokes, and nothing inside names another sandbox or the host's paths."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox.hostruntime import HostRuntime
+from sandbox.spec import MEMORY_TIERS, SANDBOX_UID
+from tests.runtime.conftest import MIB, Harness, check, chunks_of, sh, spec
+
+pytestmark = pytest.mark.root
+
+# Another host account: an id in no sandbox's range and no system account's.
+STRANGER = 4_000_000
+
+
+def _run_as(uid: int, code: str) -> subprocess.CompletedProcess[str]:
+    """Run Python `code` as host uid/gid `uid` (no groups), on the host's own Python (the
+    test's may live where other accounts cannot read)."""
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+         "/usr/bin/python3", "-I", "-c", code],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+async def _walk_as(uid: int, top: Path) -> list[str]:
+    """Every file under `top` that host uid `uid` can read a byte of."""
+    proc = await asyncio.to_thread(_run_as, uid, WALK.replace("sys.argv[1:]", repr([str(top)])))
+    assert proc.returncode == 0, proc.stderr
+    found: list[str] = json.loads(proc.stdout)
+    return found
+
+
+WALK = """
+import os, sys, json
+readable, errors = [], 0
+for top in sys.argv[1:]:
+    for dirpath, dirnames, filenames in os.walk(top, onerror=lambda e: None):
+        for name in filenames:
+            try:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    if f.read(1):
+                        readable.append(os.path.join(dirpath, name))
+            except OSError:
+                errors += 1
+print(json.dumps(readable))
+"""
+
+
+async def _populated(backend: Harness) -> tuple[str, Path]:
+    """A sandbox whose code wrote a file, with an uploaded file: (id, its host dir)."""
+    rt = backend.runtime
+    assert isinstance(rt, HostRuntime)
+    s = spec()
+    await rt.create(s)
+    sid = s.sandbox_id
+    await check(rt, sid, "echo secret-from-code > /mnt/data/written && mkdir -p /mnt/data/d")
+    await rt.agent(sid).write_file("/mnt/data", "uploaded", chunks_of(b"secret-upload", 64), 64)
+    first = rt.first_host_id(sid)
+    assert first is not None
+    return sid, rt.egress_dir(sid).parent
+
+
+async def test_another_host_account_reads_nothing_of_any_sandbox(backend: Harness) -> None:
+    """A second host account walking the whole state dir reads no byte of any sandbox."""
+    rt = backend.runtime
+    assert isinstance(rt, HostRuntime)
+    _, sdir = await _populated(backend)
+    state = sdir.parent.parent
+    assert await _walk_as(STRANGER, state) == []
+    # Not even by a path it knows: every route in ends at a 0700 root directory.
+    for path in (sdir / "data" / "written", sdir / "data" / "uploaded", sdir / "skills"):
+        proc = await asyncio.to_thread(_run_as, STRANGER, f"open({str(path)!r}, 'rb')")
+        assert "PermissionError" in proc.stderr, path
+    assert (state.stat().st_mode & 0o777, sdir.stat().st_mode & 0o777) == (0o700, 0o700)
+
+
+async def test_another_sandbox_reads_nothing_of_its_neighbour(backend: Harness) -> None:
+    """Sandbox B's own host uid reads nothing of sandbox A on the host."""
+    rt = backend.runtime
+    assert isinstance(rt, HostRuntime)
+    a, sdir = await _populated(backend)
+    b = spec()
+    await rt.create(b)
+    first_a, first_b = rt.first_host_id(a), rt.first_host_id(b.sandbox_id)
+    assert first_a is not None and first_b is not None
+    assert abs(first_a - first_b) >= 65536  # ranges of their own
+    assert await _walk_as(first_b + SANDBOX_UID, sdir.parent) == []
+    for path in (sdir / "data" / "written", sdir / "data" / "uploaded"):
+        proc = await asyncio.to_thread(_run_as, first_b + SANDBOX_UID, f"open({str(path)!r})")
+        assert "PermissionError" in proc.stderr, path
+
+
+INOTIFY_HOG = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+made = 0
+for _ in range(200):
+    if libc.inotify_init1(0) < 0:
+        break
+    made += 1
+print(made, flush=True)
+time.sleep(3600)
+"""
+
+
+def _inotify_instances_possible(n: int) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fds = []
+    try:
+        for _ in range(n):
+            fd = libc.inotify_init1(os.O_CLOEXEC)
+            if fd < 0:
+                break
+            fds.append(fd)
+        return len(fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def test_inotify_exhaustion_stays_in_its_sandbox(backend: Harness) -> None:
+    """200 inotify instances held by a setsid process in sandbox A leave host root and
+    sandbox B able to create theirs: the kernel charges them to A's own host uid."""
+    rt = backend.runtime
+    a, b = spec(), spec()
+    await rt.create(a)
+    await rt.create(b)
+    await check(rt, a.sandbox_id, "cat > /tmp/hog.py", stdin=INOTIFY_HOG)
+    await check(rt, a.sandbox_id, "setsid python3 /tmp/hog.py > /tmp/hog.out 2>&1 &")
+    deadline = time.monotonic() + 20
+    made = ""
+    while not made and time.monotonic() < deadline:
+        made = (await check(rt, a.sandbox_id, "cat /tmp/hog.out")).strip()
+        await asyncio.sleep(0.1)
+    assert made and 0 < int(made) <= 200
+    assert _inotify_instances_possible(8) == 8  # host root
+    probe = "import ctypes; print(ctypes.CDLL(None).inotify_init1(0) >= 0)"
+    assert await check(rt, b.sandbox_id, f"python3 -c '{probe}'") == "True\n"
+
+
+SHM_LEAVER = r"""
+import ctypes, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+size = int(sys.argv[1])
+shmid = libc.shmget(0, ctypes.c_size_t(size), 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+assert shmid >= 0, ctypes.get_errno()
+address = libc.shmat(shmid, None, 0)
+ctypes.memset(address, 1, size)  # every page charged
+print(shmid)
+"""
+
+
+async def test_shared_memory_nobody_holds_is_freed(backend: Harness) -> None:
+    """A 2 GiB SysV shm segment left by a process that exited is gone with it: the sandbox's
+    memory use drops back (kernel.shm_rmid_forced in its IPC namespace)."""
+    rt = backend.runtime
+    s = spec(MEMORY_TIERS["4g"])
+    await rt.create(s)
+    sid = s.sandbox_id
+    before = await rt.counters(sid)
+    assert before is not None
+    await check(rt, sid, "cat > /tmp/shm.py", stdin=SHM_LEAVER)
+    await check(rt, sid, f"python3 /tmp/shm.py {2 << 30}")
+    after = await rt.counters(sid)
+    assert after is not None
+    assert after.memory_bytes < before.memory_bytes + 256 * MIB, (before, after)
+    assert await check(rt, sid, "cat /proc/sys/kernel/shm_rmid_forced") == "1\n"
+    segments = await check(rt, sid, "tail -n +2 /proc/sysvipc/shm | wc -l")
+    assert segments == "0\n"
+
+
+# Many processes, each lowering its score as far as the kernel lets it and holding 5 MiB (an
+# awk string, ~7.5 MiB resident): each one smaller than the agent (~9 MiB), together more than
+# the tier. At equal scores the OOM killer takes the biggest process: the agent, unless the
+# agent is not among the candidates.
+OOM_ATTACK = r"""
+mkfifo /tmp/hold
+sleep 8 > /tmp/hold &
+for i in $(seq 240); do
+  (for v in -1000 -999 -500 0; do echo $v > /proc/self/oom_score_adj 2>/dev/null && break; done
+   exec awk 'BEGIN { x = "aaaaa"; for (i = 0; i < 20; i++) x = x x } { n++ }' < /tmp/hold) &
+done
+wait
+"""
+
+
+async def test_the_agent_survives_an_oom_its_tenant_provokes(backend: Harness) -> None:
+    """Sandbox code lowers its oom_score_adj and fills the tier with many small processes:
+    the OOM killer takes sandbox processes, never the agent."""
+    rt = backend.runtime
+    s = spec(MEMORY_TIERS["1g"])
+    await rt.create(s)
+    sid = s.sandbox_id
+    _, _, outcome = await sh(rt, sid, OOM_ATTACK, timeout_ms=60_000)
+    assert outcome.exit_code == 0  # the attacking shell outlived its victims, and so did...
+    counters = await rt.counters(sid)
+    assert counters is not None and counters.oom_kills >= 1
+    await rt.agent(sid).ping()
+    assert await rt.is_running(sid)
+    assert await check(rt, sid, "echo alive") == "alive\n"
+
+
+async def test_nothing_inside_names_a_sandbox_or_its_host_path(backend: Harness) -> None:
+    """Loop backing files and mount sources seen from inside carry no container id and no
+    other sandbox's path."""
+    rt = backend.runtime
+    assert isinstance(rt, HostRuntime)
+    a, b = spec(), spec()
+    await rt.create(a)
+    await rt.create(b)
+    seen = await check(rt, a.sandbox_id, "cat /proc/self/mountinfo; cat /proc/mounts")
+    out, _, _ = await sh(
+        rt,
+        a.sandbox_id,
+        "cat /sys/block/loop*/loop/backing_file /sys/devices/virtual/block/*/loop/backing_file",
+    )
+    seen += out
+    b_dir = rt.egress_dir(b.sandbox_id).parent
+    for name in (a.sandbox_id, b.sandbox_id, "cntr_", str(b_dir)):
+        assert name not in seen, name
