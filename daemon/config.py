@@ -100,6 +100,9 @@ class ContainerConfig:
     max_download_bytes: int = 1 << 30
     max_files_listed: int = 10000
     reaper_interval_s: float = 10.0  # idle expiry happens within one interval of the deadline
+    # Admission: the memory tiers of all sandboxes may sum to at most host RAM x this; a tier
+    # bigger than host RAM is always refused.
+    memory_overcommit: float = 2.0
 
     def limits(self) -> Limits:
         return Limits(
@@ -183,7 +186,7 @@ class ProxyConfig:
     """The egress proxy (containers with network_policy allowlist); see EGRESS notes in docs."""
 
     enabled: bool = True
-    user: str = "sandboxd-proxy"  # unprivileged user it runs as ("nobody" if missing)
+    user: str = "sandboxd-proxy"  # its own system user (created when missing)
     intercept: str = "secrets"  # "secrets": TLS interception only for secret domains; "all"
     memory_bytes: int = 2 << 30  # RLIMIT_AS of the proxy process
     nofile: int = 8192  # RLIMIT_NOFILE of the proxy process
@@ -317,6 +320,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(
                 f"pool.sizes.{tier}: tiers are {', '.join(MEMORY_TIERS)}, sizes 0..64"
             )
+    if not 0.1 <= c.memory_overcommit <= 1000:
+        raise ConfigError("containers.memory_overcommit must be within 0.1..1000")
     if not 0.1 <= c.reaper_interval_s <= 600:
         raise ConfigError("containers.reaper_interval_s must be within 0.1..600")
     stages = ("drain_timeout_s", "kill_grace_s", "cancel_timeout_s", "tasks_timeout_s")
@@ -343,6 +348,8 @@ def _validate(cfg: Config) -> None:
 
 
 def _validate_proxy(p: ProxyConfig) -> None:
+    if p.user in ("", "root", "nobody", "daemon") or not p.user.isascii():
+        raise ConfigError("proxy.user must be a system user of the proxy's own")
     if p.intercept not in ("secrets", "all"):
         raise ConfigError("proxy.intercept must be 'secrets' or 'all'")
     for key in ("memory_bytes", "nofile", "max_connections", "max_head_bytes", "max_body_bytes"):

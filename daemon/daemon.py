@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Self
 
 from aiohttp import web
 
+from daemon.admission import Admission, AdmittingRuntime, host_memory_bytes
 from daemon.api.app import create_app, create_metrics_app
 from daemon.api.context import CODE, FILES, SKILLS
 from daemon.code import CodeService
@@ -66,9 +67,18 @@ class Daemon:
         state = Path(config.state_dir)
         self.store = Store(state / "sandboxd.db")
         self._backend = self._make_runtime(config, state)
-        self.runtime: Runtime = self._backend
+        try:
+            host_memory = host_memory_bytes()
+        except OSError as exc:
+            raise StartupError(f"cannot read the host's memory size: {exc}") from exc
+        self.admission = Admission(host_memory, config.containers.memory_overcommit)
+        # Every sandbox, whoever makes it (API, pool, reconciler), passes admission control.
+        self.runtime: Runtime = AdmittingRuntime(self._backend, self.admission)
         self.shutdown = ShutdownControl()
         self.metrics = Metrics(self.runtime.name)
+        self.metrics.memory_committed.set_function(lambda: self.admission.committed)
+        self.metrics.memory_capacity.set(self.admission.capacity)
+        self.tasks = TaskSupervisor()
         self.files = FileService(config.files, self.store, state / "blobs")
         self.skills = SkillService(config.skills, self.store, state / "blobs")
         self.service = ContainerService(
@@ -77,11 +87,11 @@ class Daemon:
             self.runtime,
             self.shutdown,
             self.metrics,
+            self.tasks,
             files=self.files,
             skills=self.skills,
         )
         self.code = CodeService(config, self.service, self.store, self.runtime, self.shutdown)
-        self.tasks = TaskSupervisor()
         self.proxy: EgressProxy | None = None
         if config.proxy.enabled:
             self.proxy = EgressProxy(
@@ -155,12 +165,14 @@ class Daemon:
             await self.store.open()
         except StoreUnavailable as exc:
             raise StartupError(f"state database unusable, left as it is: {exc}") from exc
-        await self._start_egress(state)
+        # Everything that can be checked is, before any child process starts: the runtime
+        # (binary, dirs, image) before the egress proxy.
         try:
             await self._backend.start()
         except RuntimeFailure as exc:
             raise StartupError(str(exc)) from exc
-        await reconcile(self.store, self.runtime, self.service, self.boot_id)
+        await self._start_egress(state)
+        await reconcile(self.store, self.runtime, self.service, self.admission, self.boot_id)
         reaper = IdleReaper(self.store, self.service, self.config.containers.reaper_interval_s)
         self.tasks.spawn("idle-reaper", reaper.run())
         await self.skills.start()
@@ -172,6 +184,7 @@ class Daemon:
                 self.config.pool.sizes,
                 self.config.containers.limits(),
                 self.metrics,
+                self.admission,
                 busy=lambda: self.service.creating > 0,
                 trust_bundle=self.service.trust_bundle,
             )
@@ -272,6 +285,7 @@ class Daemon:
             await self._metrics_runner.cleanup()
             self._metrics_runner = None
         await self.tasks.close(server.tasks_timeout_s)
+        self.service.agent_watch.close()
         if self.pool is not None:
             self.service.pool = None
             await self.pool.drain()

@@ -20,6 +20,7 @@ import pwd
 import resource
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,8 @@ RPC_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 5.0
 FAILED_PINGS = 3
+SHARED_USERS = frozenset({"root", "nobody", "daemon", "nogroup"})
+NOBODY = 65534
 
 
 class EgressUnavailable(Exception):
@@ -83,13 +86,15 @@ class EgressProxy:
         self._rpc_id = 0
         self._last_stats: dict[str, Any] = {}
         self._closing = False
+        self._owner: tuple[int, int] | None = None  # the proxy user's (uid, gid), from start()
         self.ca_cert: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        owner = self._owner()
         loop = asyncio.get_running_loop()
+        owner = await loop.run_in_executor(self._rpc_thread, ensure_user, self._s.user)
+        self._owner = owner
         self.ca_cert = await loop.run_in_executor(
             self._rpc_thread, ca.ensure_ca, self._s.state_dir, owner
         )
@@ -104,17 +109,6 @@ class EgressProxy:
         await self._stop_process()
         self._rpc_thread.shutdown(wait=False, cancel_futures=True)
 
-    def _owner(self) -> tuple[int, int]:
-        try:
-            entry = pwd.getpwnam(self._s.user)
-        except KeyError:
-            logger.warning(
-                "proxy user missing; running the egress proxy as nobody",
-                extra={"user": self._s.user},
-            )
-            entry = pwd.getpwnam("nobody")
-        return entry.pw_uid, entry.pw_gid
-
     def _config_json(self) -> str:
         return json.dumps(
             {
@@ -128,7 +122,8 @@ class EgressProxy:
         )
 
     async def _spawn(self) -> None:
-        uid, gid = self._owner()
+        assert self._owner is not None, "start() first"
+        uid, gid = self._owner
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             process = await asyncio.create_subprocess_exec(
@@ -331,6 +326,41 @@ class EgressProxy:
             )
         finally:
             listener.close()  # the proxy holds its own copy; none stays here
+
+
+def ensure_user(name: str) -> tuple[int, int]:
+    """(uid, gid) of the proxy's own system user, created when missing (useradd). Never a
+    shared account: whoever else ran as it could read the CA key every sandbox trusts."""
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        argv = [
+            "useradd", "--system", "--user-group", "--no-create-home",
+            "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+            "--comment", "sandboxd egress proxy", name,
+        ]  # fmt: skip
+        try:
+            proc = subprocess.run(
+                argv,
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise EgressUnavailable(f"user {name} is missing and useradd failed: {exc}") from exc
+        try:
+            entry = pwd.getpwnam(name)  # another daemon may have made it meanwhile
+        except KeyError:
+            detail = proc.stderr.decode(errors="replace").strip()[-200:]
+            raise EgressUnavailable(
+                f"user {name} is missing and could not be created ({detail}); "
+                "create it (scripts/install does) or set [proxy] user"
+            ) from None
+        logger.info("created the egress proxy's user", extra={"user": name})
+    if entry.pw_uid == 0 or entry.pw_name in SHARED_USERS or entry.pw_uid == NOBODY:
+        raise EgressUnavailable(f"[proxy] user {name!r} is a shared account; use its own user")
+    return entry.pw_uid, entry.pw_gid
 
 
 def _bind(path: Path) -> socket.socket:

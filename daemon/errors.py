@@ -46,6 +46,12 @@ class QuotaExceeded(DomainError):
     code = "quota_exceeded"
 
 
+class CapacityExceeded(QuotaExceeded):
+    """The host's memory is committed (admission control); deleting a container helps."""
+
+    code = "insufficient_capacity"
+
+
 class SessionBusy(DomainError):
     code = "session_busy"
 
@@ -75,6 +81,7 @@ HTTP_ERRORS: dict[type[DomainError], tuple[int, str, bool]] = {
     SessionBusy: (409, "invalid_request_error", False),
     PayloadTooLarge: (413, "invalid_request_error", False),
     QuotaExceeded: (429, "quota_exceeded", False),
+    CapacityExceeded: (429, "rate_limit_error", True),
     SandboxFailed: (500, "server_error", False),
     SandboxUnavailable: (503, "server_error", False),
     StorageFull: (507, "server_error", False),

@@ -7,6 +7,7 @@ import logging
 import time
 from pathlib import Path
 
+from daemon.admission import Admission
 from daemon.egress import EgressUnavailable
 from daemon.models import ContainerRecord, Status
 from daemon.network import ContainerEgress
@@ -15,6 +16,7 @@ from daemon.service import ContainerService
 from daemon.store import Store
 from sandbox.errors import SandboxError
 from sandbox.runtime import Runtime
+from sandbox.spec import MEMORY_TIERS
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +40,20 @@ async def _destroy(runtime: Runtime, sid: str) -> None:
 
 
 async def reconcile(
-    store: Store, runtime: Runtime, service: ContainerService, boot_id: str
+    store: Store,
+    runtime: Runtime,
+    service: ContainerService,
+    admission: Admission,
+    boot_id: str,
 ) -> None:
     """Make records and sandboxes agree before serving, in both directions.
 
     - creating/deleting records (a crash mid-create or mid-delete): destroy and drop;
     - after a host reboot every running record expires with that reason;
-    - a running record whose sandbox is gone expires; one whose sandbox runs is re-attached;
-    - a sandbox (runtime state, cgroup, workspace) with no running record is destroyed.
+    - a running record whose sandbox is gone expires; one whose sandbox runs is re-attached
+      (its tier counted by admission control, its agent watched);
+    - a sandbox of this daemon instance (runtime state, cgroup, workspace, id-range claim)
+      with no running record is destroyed. Another instance's sandboxes are never listed.
     """
     rebooted = (await store.get_meta("boot_id")) not in (None, boot_id)
     for rec in await store.containers_with_status((Status.CREATING, Status.DELETING)):
@@ -57,6 +65,8 @@ async def reconcile(
         alive = not rebooted and await runtime.is_running(rec.id)
         if alive:
             running.add(rec.id)
+            admission.adopt(rec.id, MEMORY_TIERS[rec.memory_limit])
+            await service.agent_watch.watch(rec.id)
             await service.record_event(rec.id, "restarted_daemon")
             if service.egress is not None:
                 await _restore_egress(service.egress, rec)

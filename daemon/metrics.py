@@ -59,6 +59,22 @@ class Metrics:
         self.kills = Counter(
             "sandboxd_kills_total", "Commands killed, by reason.", ["reason"], registry=r
         )
+        self.memory_committed = Gauge(
+            "sandboxd_memory_committed_bytes",
+            "Sum of the memory tiers of every sandbox on the host (admission control).",
+            registry=r,
+        )
+        self.memory_capacity = Gauge(
+            "sandboxd_memory_capacity_bytes",
+            "Memory tiers the host admits: RAM x containers.memory_overcommit.",
+            registry=r,
+        )
+        self.agent_deaths = Counter(
+            "sandboxd_agent_deaths_total",
+            "Sandboxes whose agent died (the container expired), by cause.",
+            ["cause"],
+            registry=r,
+        )
         self.pool_depth = Gauge(
             "sandboxd_pool_depth", "Ready pre-started sandboxes per memory tier.", ["tier"],
             registry=r,

@@ -4,7 +4,8 @@ A pooled sandbox has a running agent and an empty workspace, and no container re
 becomes the container's id when a create claims it. Claims pop (a sandbox is handed out once,
 never returned); the refill task starts replacements one at a time, only while no API create
 is waiting for the runtime, so refilling never starves requests. Pooled sandboxes are
-destroyed at shutdown; after a crash the reconciler removes them as orphans.
+destroyed at shutdown; after a crash the reconciler removes them as orphans. They count
+against admission control like any sandbox, and the pool only refills when there is room.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon import ids
+from daemon.admission import Admission
 from daemon.metrics import Metrics
 from sandbox.errors import SandboxError
 from sandbox.runtime import Runtime
@@ -34,10 +36,12 @@ class WarmPool:
         sizes: dict[str, int],
         limits: Limits,
         metrics: Metrics,
+        admission: Admission,
         busy: Callable[[], bool],
         trust_bundle: Path | None = None,
     ) -> None:
         self._runtime = runtime
+        self._admission = admission
         self._trust_bundle = trust_bundle
         self._sizes = {tier: n for tier, n in sizes.items() if n > 0}
         self._limits = limits
@@ -99,6 +103,11 @@ class WarmPool:
                 continue
             if self._busy():
                 await asyncio.sleep(0.05)
+                continue
+            if not self._admission.fits(MEMORY_TIERS[tier]):
+                # No room on the host: wait until a sandbox goes (creates come first).
+                self._admission.released.clear()
+                await self._admission.released.wait()
                 continue
             sid = ids.container_id()
             spec = SandboxSpec(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from daemon import ids
 from daemon.activity import OpenOperations
+from daemon.agentwatch import AgentWatch
 from daemon.config import Config
 from daemon.egress import EgressUnavailable
 from daemon.errors import (
@@ -47,6 +48,7 @@ from daemon.pool import WarmPool
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillRef, SkillService
 from daemon.store import Store
+from daemon.tasks import TaskSupervisor
 from sandbox.agent_client import ExecChunk
 from sandbox.cgroups import KillCounters
 from sandbox.errors import (
@@ -158,6 +160,7 @@ class ContainerService:
         runtime: Runtime,
         shutdown: ShutdownControl,
         metrics: Metrics,
+        tasks: TaskSupervisor,
         files: FileService | None = None,
         skills: SkillService | None = None,
     ) -> None:
@@ -175,6 +178,7 @@ class ContainerService:
         self.creating = 0  # cold creates using the runtime right now
         self._expiring: set[str] = set()  # being expired: no new operation may start
         self._touched: dict[str, int] = {}  # last second written per container
+        self.agent_watch = AgentWatch(runtime, tasks, self._agent_died)
 
     def _touch_due(self, cid: str) -> bool:
         return self._touched.get(cid, 0) < _now()
@@ -218,14 +222,17 @@ class ContainerService:
         rec = await self.get(caller, cid, touch=False)
         return await self._store.events(rec.id)
 
-    async def expire(self, cid: str, reason: str) -> bool:
-        """Free the sandbox, keep the record as `expired`. False if the container is busy."""
-        if self.open_operations.busy(cid) or cid in self._expiring:
+    async def expire(self, cid: str, reason: str, *, force: bool = False) -> bool:
+        """Free the sandbox, keep the record as `expired`. False if the container is busy
+        (unless `force`: its sandbox is gone anyway, what is in flight fails) or already
+        being expired."""
+        if (self.open_operations.busy(cid) and not force) or cid in self._expiring:
             return False
         self._expiring.add(cid)
         try:
             await self._store.set_status(cid, Status.EXPIRED, reason)
             self._touched.pop(cid, None)
+            self.agent_watch.unwatch(cid)
             if self.egress is not None:
                 await self.egress.release(cid)
             await self._store.delete_secrets(cid)  # an expired container never runs again
@@ -240,6 +247,19 @@ class ContainerService:
         finally:
             self._expiring.discard(cid)
         return True
+
+    async def _agent_died(self, cid: str) -> None:
+        """The sandbox's agent is gone, and with it the sandbox: expire the container with
+        the cause (an OOM kill of the agent, else a kill from outside), at once."""
+        rec = await self._store.get_container(cid)
+        if rec is None or rec.status != Status.RUNNING or cid in self._expiring:
+            return  # deleted or expired meanwhile: the watch fired on our own destroy
+        counters = await self._runtime.counters(cid)
+        cause = "oom" if counters is not None and counters.agent_oom_kills > 0 else "killed"
+        self.metrics.agent_deaths.labels(cause).inc()
+        await self.record_event(cid, "agent_died", cause=cause)
+        why = " (out of memory)" if cause == "oom" else ""
+        await self.expire(cid, f"the sandbox's agent died{why}", force=True)
 
     async def refresh_metrics(self) -> None:
         """Update the state gauges (containers by status/tier, memory by tier) for a scrape."""
@@ -332,6 +352,7 @@ class ContainerService:
             await self._store.delete_container(rec.id)
             raise
         await self._store.set_status(rec.id, Status.RUNNING)
+        await self.agent_watch.watch(rec.id)
         await self.record_event(
             rec.id,
             "created",
@@ -383,6 +404,7 @@ class ContainerService:
     async def delete(self, caller: Caller, cid: str) -> None:
         rec = await self.get(caller, cid, touch=False)
         await self._store.set_status(rec.id, Status.DELETING)
+        self.agent_watch.unwatch(rec.id)
         if self.egress is not None:
             await self.egress.release(rec.id)
         with _translate("delete"):

@@ -71,6 +71,8 @@ class CgroupCounters:
     memory_limit: int | None
     pids_current: int
     pids_limit_hits: int
+    # OOM kills outside the work group: of the agent (its death's cause, when it died).
+    agent_oom_kills: int = 0
 
 
 def _check_path(cgroups_path: str, *, allow_root: bool = False) -> tuple[str, ...]:
@@ -234,11 +236,12 @@ class CgroupReader:
         # The limit sandbox code runs under: the work group's where there is one.
         if self._layout.version is CgroupVersion.V2:
             oom_kills = _read_key(mem / "memory.events", "oom_kill")
+            agent_oom_kills = _read_key(mem / AGENT / "memory.events", "oom_kill")
             memory_bytes = _read_uint(mem / "memory.current") or 0
             memory_limit = _read_uint(work / "memory.max") or _read_uint(mem / "memory.max")
         else:
-            oom_kills = _read_key(mem / "memory.oom_control", "oom_kill")
-            oom_kills += _read_key(work / "memory.oom_control", "oom_kill")
+            agent_oom_kills = _read_key(mem / "memory.oom_control", "oom_kill")
+            oom_kills = agent_oom_kills + _read_key(work / "memory.oom_control", "oom_kill")
             memory_bytes = _read_uint(mem / "memory.usage_in_bytes") or 0
             memory_limit = _read_uint(work / "memory.limit_in_bytes") or _read_uint(
                 mem / "memory.limit_in_bytes"
@@ -251,6 +254,7 @@ class CgroupReader:
             memory_limit=memory_limit,
             pids_current=_read_uint(pids / "pids.current") or 0,
             pids_limit_hits=_read_key(pids / "pids.events", "max"),
+            agent_oom_kills=agent_oom_kills,
         )
         # Checked last: a group removed mid-read shows up as missing files, not as zeros.
         if not self.exists():

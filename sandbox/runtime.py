@@ -31,7 +31,12 @@ class Runtime(Protocol):
     async def is_running(self, sandbox_id: str) -> bool: ...
 
     async def list_ids(self) -> list[str]:
-        """Ids of every sandbox of ours that exists on the host (for reconciliation)."""
+        """Ids of every sandbox of this daemon instance on the host (for reconciliation);
+        never another instance's."""
+        ...
+
+    async def agent_pid(self, sandbox_id: str) -> int | None:
+        """The host pid of the sandbox's agent while it runs (its death ends the sandbox)."""
         ...
 
     def egress_dir(self, sandbox_id: str) -> Path:

@@ -21,13 +21,13 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox import images
-from sandbox.cgroups import CgroupError, children
+from sandbox.cgroups import CgroupError, CgroupLayout, children
 from sandbox.errors import RuntimeFailure
 from sandbox.hostdirs import (
     AGENT_READY_TIMEOUT_S,
@@ -36,7 +36,7 @@ from sandbox.hostdirs import (
     all_or_nothing,
 )
 from sandbox.hostruntime import HostRuntime, HostSettings, SandboxHome
-from sandbox.idranges import IdRangeSettings
+from sandbox.idranges import IdRanges, IdRangeSettings
 from sandbox.oci import loopmount, rootfs
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
 from sandbox.oci.runc import RUNTIME_ENV, OciCli
@@ -281,3 +281,29 @@ def check_traversable(path: Path) -> None:
                 f"{ancestor.stat().st_mode & 0o7777:o}); sandboxes run as unprivileged uids "
                 "and need o+x on every directory above runtime.runtime_root"
             )
+
+
+def forget_instance(runtime_root: Path, cgroup_parents: Sequence[str], instance: str) -> list[str]:
+    """Remove what a daemon instance keeps on the host between its sandboxes (the shared
+    root's bind, its runtime dirs, its cgroup parents, its id-range claims) once it has no
+    sandbox left; what was removed. For uninstalls and throwaway daemons (tests, checks)."""
+    removed: list[str] = []
+    view = runtime_root / instance / "rootfs"
+    for _ in range(loopmount.mount_count(view)):
+        loopmount.unmount(view)
+        removed.append(f"mount {view}")
+    with contextlib.suppress(OSError):
+        for path in (view, runtime_root / instance / "state", runtime_root / instance):
+            path.rmdir()
+            removed.append(str(path))
+    layout = CgroupLayout.detect()
+    for parent in cgroup_parents:
+        for directory in layout.dirs(f"{parent}/{instance}"):
+            with contextlib.suppress(FileNotFoundError):
+                directory.rmdir()
+                removed.append(str(directory))
+    ranges = IdRanges(IdRangeSettings(), instance)
+    for sandbox_id in ranges.load():
+        ranges.release(sandbox_id)
+        removed.append(f"id range of {sandbox_id}")
+    return removed

@@ -23,7 +23,8 @@ import pytest
 
 from daemon.keys import hash_key
 from sandbox.cgroups import CgroupLayout
-from sandbox.docker.runtime import instance_of
+from sandbox.hostdirs import instance_of
+from sandbox.oci.runtime import forget_instance
 from tests import dockerd
 
 pytestmark = pytest.mark.root
@@ -155,6 +156,9 @@ def _teardown(
             proc.kill()
             code = proc.wait()
         assert code == 0, f"daemon exit code {code}: {log.read_text()[-2000:]}"
+    # What the daemon keeps between its sandboxes (the root's bind, cgroup parents, claims).
+    parents = [cgroup_parent, f"{cgroup_parent}-docker"]
+    forget_instance(root / "runc", parents, instance_of(root / "state"))
     leftovers = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
                  if str(root) in line]  # fmt: skip
     layout = CgroupLayout.detect()

@@ -7,17 +7,18 @@ from __future__ import annotations
 import openai
 import pytest
 
-from sandbox.docker.runtime import instance_of
+from sandbox.hostdirs import instance_of
 from tests import dockerd
 from tests.api.conftest import DaemonHandle, exec_
+from tests.hosttraces import sandbox_dirs
 
 pytestmark = pytest.mark.root
 
 
 def test_create_upload_exec_files_delete(daemon: DaemonHandle, client: openai.OpenAI, raw) -> None:  # type: ignore[no-untyped-def]
     box = client.containers.create(name="core")
-    sandboxes = daemon.root / "state" / "sandboxes"
-    assert (sandboxes / box.id).is_dir()
+    state = daemon.root / "state"
+    assert sandbox_dirs(state)[box.id].is_dir()
     client.containers.files.create(box.id, file=("factor.txt", b"6"))
     out = exec_(
         raw,
@@ -42,7 +43,7 @@ def test_create_upload_exec_files_delete(daemon: DaemonHandle, client: openai.Op
 
     with pytest.raises(openai.NotFoundError):
         client.containers.retrieve(box.id)
-    assert not (sandboxes / box.id).exists()
+    assert box.id not in sandbox_dirs(state)
     if daemon.backend == "docker":
         label = f"sandboxd.instance={instance_of(daemon.root / 'state')}"
         assert dockerd.containers(daemon.engine_url, f"sandboxd.id={box.id}") == []

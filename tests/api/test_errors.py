@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx2
@@ -10,13 +9,14 @@ import openai
 import pytest
 
 from tests.api.conftest import DaemonHandle
+from tests.hosttraces import sandbox_dirs
 
 pytestmark = pytest.mark.root
 
 
 def _state(daemon: DaemonHandle, raw: httpx2.Client) -> tuple[list[str], list[str]]:
     listed = [c["id"] for c in raw.get("/v1/containers?limit=100").json()["data"]]
-    on_disk = sorted(os.listdir(daemon.root / "state" / "sandboxes"))
+    on_disk = sorted(sandbox_dirs(daemon.root / "state"))
     return listed, on_disk
 
 

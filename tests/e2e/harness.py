@@ -20,6 +20,9 @@ from typing import Any
 import httpx2
 
 from sandbox.cgroups import CgroupLayout, children
+from sandbox.hostdirs import instance_of
+from sandbox.oci.runtime import forget_instance
+from tests.hosttraces import claims, sandbox_dirs
 
 
 class DaemonProcess:
@@ -107,29 +110,45 @@ class DaemonProcess:
         finally:
             db.close()
 
+    @property
+    def instance(self) -> str:
+        return instance_of(self.root / "state")
+
+    @property
+    def runc_root(self) -> str:
+        """This daemon instance's runc state (its runtime root is <root>/runc)."""
+        return f"{self.root}/runc/{self.instance}/state"
+
+    @property
+    def cgroup_base(self) -> str:
+        return f"{self.cgroup_parent}/{self.instance}"
+
     def host_traces(self) -> dict[str, set[str]]:
-        """Sandbox ids that have each kind of host resource right now."""
+        """Sandbox ids that have each kind of host resource right now (dirs and mounts are
+        named by a sandbox's uid range: the claims in the host registry map them back)."""
         runc = subprocess.run(
-            ["runc", "--root", f"{self.root}/runc", "list", "-q"],
+            ["runc", "--root", self.runc_root, "list", "-q"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
+        names = claims(self.instance)
         sandboxes = self.root / "state" / "sandboxes"
         mounts = {
-            Path(line.split()[4]).parent.name
+            names.get(Path(line.split()[4]).parent.name, Path(line.split()[4]).parent.name)
             for line in Path("/proc/self/mountinfo").read_text().splitlines()
             if str(sandboxes) in line.split()[4]
         }
         layout = CgroupLayout.detect()
         procs = {
             sid
-            for sid in children(layout, self.cgroup_parent)
-            if layout.reader(f"{self.cgroup_parent}/{sid}").pids()
+            for sid in children(layout, self.cgroup_base)
+            if layout.reader(f"{self.cgroup_base}/{sid}").pids()
         }
         return {
             "runc": set(runc.stdout.split()),
-            "dirs": {p.name for p in sandboxes.iterdir()} if sandboxes.exists() else set(),
+            "dirs": set(sandbox_dirs(self.root / "state")),
+            "claims": set(names.values()),
             "mounts": mounts,
-            "cgroups": set(children(layout, self.cgroup_parent)),
+            "cgroups": set(children(layout, self.cgroup_base)),
             "processes": procs,
         }
 
@@ -138,19 +157,19 @@ class DaemonProcess:
             with contextlib.suppress(Exception):
                 self.kill()
         for sid in subprocess.run(
-            ["runc", "--root", f"{self.root}/runc", "list", "-q"],
+            ["runc", "--root", self.runc_root, "list", "-q"],
             capture_output=True, text=True, check=False,
         ).stdout.split():  # fmt: skip
-            subprocess.run(
-                ["runc", "--root", f"{self.root}/runc", "delete", "-f", sid], check=False
-            )
+            subprocess.run(["runc", "--root", self.runc_root, "delete", "-f", sid], check=False)
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             if str(self.root) in line.split()[4]:
                 subprocess.run(["umount", "-l", line.split()[4]], check=False)
         layout = CgroupLayout.detect()
-        for sid in children(layout, self.cgroup_parent):
+        for sid in children(layout, self.cgroup_base):
             with contextlib.suppress(Exception):
-                layout.reader(f"{self.cgroup_parent}/{sid}").remove()
+                layout.reader(f"{self.cgroup_base}/{sid}").remove()
+        parents = [self.cgroup_parent, f"{self.cgroup_parent}-docker"]
+        forget_instance(self.root / "runc", parents, self.instance)
         # ...and the parent docker-backend tests give the engine (`<parent>-docker`)
         for directory in [
             *layout.dirs(self.cgroup_parent),

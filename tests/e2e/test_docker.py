@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from sandbox.docker.runtime import instance_of
+from sandbox.hostdirs import instance_of
 from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from sandbox.docker.runtime import instance_of
+from sandbox.hostdirs import instance_of
 from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 from tests.egress.conftest import HOSTS, PRIVATE_HOSTS

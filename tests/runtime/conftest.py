@@ -35,14 +35,15 @@ from sandbox.docker.container import ContainerArgs
 from sandbox.docker.engine import Engine
 from sandbox.docker.runtime import DockerRuntime, DockerSettings
 from sandbox.errors import RuntimeFailure
+from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.hostdirs import instance_of
 from sandbox.hostruntime import HostRuntime
 from sandbox.idranges import HOST_REGISTRY
-from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
 from sandbox.spec import MEMORY_TIERS, SandboxSpec
 from tests import dockerd
+from tests.hosttraces import claims
 
 BACKENDS = ["oci", pytest.param("docker", marks=pytest.mark.docker)]
 SECCOMP_PROFILE = Path(__file__).resolve().parents[2] / "config" / "seccomp.json"
@@ -94,6 +95,17 @@ async def check(runtime: Runtime, sid: str, cmd: str, **kw: Any) -> str:
     out, err, outcome = await sh(runtime, sid, cmd, **kw)
     assert (outcome.exit_code, err) == (0, ""), (cmd, out, err, outcome)
     return out
+
+
+def sandbox_uid(harness: Harness, sid: str) -> int:
+    """The sandbox user's uid as the sandbox sees it: 1000 in the oci backend's user
+    namespace; docker has none, so it is the sandbox's own host uid (its range + 1000)."""
+    if harness.name == "oci":
+        return 1000
+    assert isinstance(harness.runtime, HostRuntime)
+    first = harness.runtime.first_host_id(sid)
+    assert first is not None
+    return first + 1000
 
 
 async def chunks_of(data: bytes, size: int) -> AsyncIterator[bytes]:
@@ -170,14 +182,11 @@ def cgroup_dirs(parent: str, sandbox_id: str | None = None) -> list[Path]:
 
 
 def claims_of(instance: str, sandbox_id: str | None = None) -> list[str]:
-    """Id-range claims in the host registry made by `instance` (for `sandbox_id`)."""
-    found = []
-    for claim in HOST_REGISTRY.glob("*-*"):
-        with contextlib.suppress(OSError):
-            owner, sid = (claim.read_text().split() + ["", ""])[:2]
-            if owner == instance and sandbox_id in (None, sid):
-                found.append(claim.name)
-    return found
+    """Id-range claims (file names) in the host registry made by `instance` (for
+    `sandbox_id`)."""
+    mine = claims(instance)
+    names = {p.name.split("-")[0]: p.name for p in HOST_REGISTRY.glob("*-*")}
+    return [names[first] for first, sid in mine.items() if sandbox_id in (None, sid)]
 
 
 def _host_leftovers(runtime: HostRuntime, state_dir: Path, sandbox_id: str) -> list[str]:

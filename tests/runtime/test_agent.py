@@ -9,7 +9,7 @@ import time
 import pytest
 
 from sandbox.errors import AgentError, SandboxError
-from tests.runtime.conftest import MIB, Harness, check, chunks_of, read_all, sh, spec
+from tests.runtime.conftest import MIB, Harness, check, chunks_of, read_all, sandbox_uid, sh, spec
 
 pytestmark = pytest.mark.root
 
@@ -40,7 +40,8 @@ async def test_write_read_list_delete(backend: Harness, sid: str) -> None:
     ]
     # What the agent wrote is what sandbox code sees, owned by the sandbox user.
     out = await check(backend.runtime, sid, "stat -c '%u %s %n' data.bin 'data (1).bin'")
-    assert out == f"1000 {len(payload)} data.bin\n1000 {len(small)} data (1).bin\n"
+    uid = sandbox_uid(backend, sid)
+    assert out == f"{uid} {len(payload)} data.bin\n{uid} {len(small)} data (1).bin\n"
 
     await agent.delete_file(path)
     files, _ = await agent.list_files("/mnt/data", 100)

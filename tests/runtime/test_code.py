@@ -14,7 +14,7 @@ import pytest
 from sandbox.agent_client import ExecChunk
 from sandbox.errors import AgentError
 from sandbox.execution import CodeOutcome, CodeRequest, run_code
-from tests.runtime.conftest import Harness, check, read_all
+from tests.runtime.conftest import Harness, check, read_all, sandbox_uid
 
 pytestmark = pytest.mark.root
 
@@ -218,7 +218,8 @@ async def test_output_streams_is_capped_and_includes_subprocesses(
 
 async def test_environment_user_cwd_and_files(backend: Harness, sid: str) -> None:
     code = "import os, sys\n(os.getuid(), os.getcwd(), sys.executable, os.environ['MPLBACKEND'])"
-    assert await value(backend, sid, code) == "(1000, '/mnt/data', '/usr/bin/python3', 'Agg')"
+    uid = sandbox_uid(backend, sid)
+    assert await value(backend, sid, code) == f"({uid}, '/mnt/data', '/usr/bin/python3', 'Agg')"
     _, _, done = await cell(backend, sid, "open('a.txt', 'w').write('hello')\nos.mkdir('d')")
     assert [(f.path, f.bytes) for f in done.result.files] == [("/mnt/data/a.txt", 5)]
     _, _, done = await cell(backend, sid, "open('d/b.txt', 'w').write('1')\nopen('a.txt').read()")

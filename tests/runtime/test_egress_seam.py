@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.spec import EGRESS_SOCKET, SYSTEM_CA_BUNDLE
-from tests.runtime.conftest import Harness, check, sh, spec
+from tests.runtime.conftest import Harness, check, sandbox_uid, sh, spec
 
 pytestmark = pytest.mark.root
 
@@ -39,8 +39,8 @@ async def test_egress_dir_socket_is_reached_through_the_relay(
     st = edir.stat()
     assert stat.S_IMODE(st.st_mode) == 0o700
     agent_uid = int(await check(rt, sid, "id -u"))
-    assert agent_uid == 1000
-    assert st.st_uid != 0  # the host uid the sandbox's uid 1000 is (mapped or not)
+    assert agent_uid == sandbox_uid(backend, sid)
+    assert st.st_uid != 0  # the sandbox user's own host uid (mapped or not)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = await reader.read(4)
