@@ -22,6 +22,7 @@ from bench.workdir import BASELINE_CGROUP_PARENT
 from daemon.config import ContainerConfig, RuntimeConfig
 from sandbox.cgroups import CgroupLayout
 from sandbox.hostdirs import AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.idranges import IdRanges
 from sandbox.oci import rootfs, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV
@@ -32,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 SECCOMP = REPO / "config" / "seccomp.json"
 KILL_WAIT_TRIES = 1000
 PYTHON_START = ["/usr/bin/python3", "-I", "-S", "-B", "-c", "pass"]
+BASELINE_INSTANCE = "bench-baseline"
 
 
 class Runc:
@@ -42,12 +44,14 @@ class Runc:
         self._bundles = work / "bundles"
         self._log = work / "runc-base.log"
         self._layout = CgroupLayout.detect()
-        self._uid_base = RuntimeConfig().uid_base
+        # A uid range of its own from the host registry, as a sandbox gets one.
+        self._ranges = IdRanges(RuntimeConfig().id_ranges(), BASELINE_INSTANCE)
+        self._ids = (self._ranges.claim("baseline"), RuntimeConfig().uid_range_size)
         self._limits = ContainerConfig().limits()
         self._seccomp = load_profile(SECCOMP)  # narrowed to the host arch, as the daemon does
         ws = work / "empty-workspace"
         ws.mkdir(mode=0o755)
-        uid, gid = self._uid_base + SANDBOX_UID, self._uid_base + SANDBOX_GID
+        uid, gid = self._ids[0] + SANDBOX_UID, self._ids[0] + SANDBOX_GID
         shutil.chown(ws, uid, gid)
         self._paths = BundlePaths(
             rootfs=str(rootfs.ensure_skeleton(work / "skeleton")),
@@ -62,7 +66,7 @@ class Runc:
     def _config(self, cid: str, args: list[str]) -> dict[str, Any]:
         spec = SandboxSpec(cid, MEMORY_TIERS["1g"], self._limits)
         cgroup = f"{BASELINE_CGROUP_PARENT}/{cid}"
-        config = build_config(spec, self._paths, self._uid_base, cgroup, self._seccomp)
+        config = build_config(spec, self._paths, self._ids, cgroup, self._seccomp)
         config["process"]["args"] = args
         return config
 
@@ -112,6 +116,7 @@ class Runc:
 
     def close(self) -> None:
         self._layout.reader(BASELINE_CGROUP_PARENT).remove()
+        self._ranges.release("baseline")
 
 
 def _foreground(runc: Runc, args: list[str], n: int) -> list[float]:
@@ -168,14 +173,14 @@ def _workspace(work: Path, n: int) -> tuple[list[float], list[float]]:
     happens in the warm-up run)."""
     size = ContainerConfig().workspace_bytes
     owner = (RuntimeConfig().uid_base + SANDBOX_UID, RuntimeConfig().uid_base + SANDBOX_GID)
-    image, mountpoint = work / "ws.img", work / "ws"
+    mountpoint = work / "ws"
     workspaces = workspace.Workspaces(work / "templates")
     creates, destroys = [], []
     for _ in range(n + 1):
         try:
-            _, create_ms = timed_ms(lambda: workspaces.create(image, mountpoint, size, owner))
+            _, create_ms = timed_ms(lambda: workspaces.create(mountpoint, size, owner))
         finally:
-            _, destroy_ms = timed_ms(lambda: workspace.destroy(image, mountpoint))
+            _, destroy_ms = timed_ms(lambda: workspace.destroy(mountpoint))
         creates.append(create_ms)
         destroys.append(destroy_ms)
     mountpoint.rmdir()
@@ -206,8 +211,12 @@ def measure_runc(work: Path, n: int) -> tuple[list[Summary], list[Summary]]:
     components = [
         summarize("python_start", "runc run `python3 -I -S -B -c pass` (foreground)", python),
         summarize(
-            "ws_create", "workspace create (1 GiB image: template copy + loop mount)", ws_create
+            "ws_create",
+            "workspace create (1 GiB unnamed image: template copy + loop mount)",
+            ws_create,
         ),
-        summarize("ws_destroy", "workspace destroy (umount + unlink)", ws_destroy),
+        summarize(
+            "ws_destroy", "workspace destroy (umount; the unnamed image goes with it)", ws_destroy
+        ),
     ]
     return baseline, components

@@ -18,6 +18,7 @@ READY_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
 
 
+MEMORY_OVERCOMMIT = 100
 MAX_CONTAINERS = 1000  # the density run keeps hundreds alive at once
 
 
@@ -79,6 +80,8 @@ def running_daemon(work: Path, engine_url: str = "") -> Iterator[RunningDaemon]:
         # 1g creates hit the warm pool; 4g creates (no pool) are the cold path.
         "[pool]\nsizes = { 1g = 2 }\n"
         f"[containers]\nmax_containers_per_owner = {MAX_CONTAINERS}\n"
+        # Idle density creates far more 1g sandboxes than RAM would back at full use.
+        f"memory_overcommit = {MEMORY_OVERCOMMIT}\n"
     )
     sock, log = work / "api.sock", work / "daemon.log"
     argv = (

@@ -144,7 +144,6 @@ async def _run(n: int) -> list[dict[str, Any]]:
     proxy = EgressProxy(
         ProxySettings(
             state_dir=base / "proxy",
-            user="nobody",
             hosts={HOST: [UPSTREAM[0]], SECRET_HOST: [UPSTREAM[0]]},
             allow_upstreams=(UPSTREAM,),
             upstream_ca_bundle=str(ca.cert_path),

@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox.cgroups import CgroupError, CgroupLayout
+from sandbox.hostdirs import instance_of
 from sandbox.oci.runc import RUNTIME_ENV
+from sandbox.oci.runtime import forget_instance
 
 DAEMON_CGROUP_PARENT = "/sandboxd"  # the daemon's default runtime.cgroup_parent
 BASELINE_CGROUP_PARENT = "/sandboxd-bench"
@@ -66,17 +68,20 @@ def _remove_containers(root: Path) -> list[str]:
 
 def _cleanup(top: Path) -> None:
     layout = CgroupLayout.detect()
-    daemon_ids = set(_remove_containers(top / "runc"))
-    with contextlib.suppress(FileNotFoundError):
-        daemon_ids.update(p.name for p in (top / "state" / "sandboxes").iterdir())
+    instance = instance_of(top / "state")
+    daemon_ids = set(_remove_containers(top / "runc" / instance / "state"))
     _remove_containers(top / "runc-base")
     for point in mounts_below(top):
-        _warn(f"unmounting leftover {point}")
+        if point != top / "runc" / instance / "rootfs":  # kept between sandboxes, by design
+            _warn(f"unmounting leftover {point}")
         if subprocess.run(["umount", str(point)], check=False).returncode != 0:
             subprocess.run(["umount", "-l", str(point)], check=False)
     for cid in sorted(daemon_ids):
-        layout.reader(f"{DAEMON_CGROUP_PARENT}/{cid}").remove()
+        layout.reader(f"{DAEMON_CGROUP_PARENT}/{instance}/{cid}").remove()
     layout.reader(BASELINE_CGROUP_PARENT).remove()
+    forget_instance(
+        top / "runc", [DAEMON_CGROUP_PARENT, f"{DAEMON_CGROUP_PARENT}-docker"], instance
+    )
     remaining = mounts_below(top)
     if remaining:
         raise OSError(f"still mounted, not removing {top}: {remaining}")

@@ -23,6 +23,7 @@ from daemon.models import (
     Status,
     UserFileRecord,
 )
+from sandbox.spec import MEMORY_TIERS
 
 SCHEMA_VERSION = 4
 MAX_EVENTS_PER_CONTAINER = 50
@@ -683,3 +684,23 @@ def _page(
     order = "DESC" if desc else "ASC"
     sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
     return db.execute(sql, [*args, limit + 1]).fetchall()
+
+
+def committed_memory(path: Path) -> int | None:
+    """The memory tiers of the running containers in the database at `path`, read-only
+    (`sandboxd check`, beside a running daemon); None when there is no readable database."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = db.execute(
+                "SELECT memory_limit, COUNT(*) FROM containers WHERE status IN (?, ?) "
+                "GROUP BY memory_limit",
+                (Status.RUNNING.value, Status.CREATING.value),
+            ).fetchall()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return sum(MEMORY_TIERS.get(str(tier), 0) * int(count) for tier, count in rows)

@@ -93,7 +93,10 @@ class ProxyProcess:
         self._tasks: set[asyncio.Future[None]] = set()
 
     def _options(self) -> dict[str, Any]:
-        confdir = Path(self._config["confdir"])
+        """mitmproxy's options. The confdir is this process's working directory, named "."
+        (run() enters it while still root): mitmproxy reads its CA again after the privilege
+        drop, and the proxy user may not traverse the daemon's private state dir above it."""
+        confdir = Path(".")
         opts: dict[str, Any] = {
             "server": False,
             "confdir": str(confdir),
@@ -117,6 +120,7 @@ class ProxyProcess:
         return opts
 
     async def run(self, user: tuple[int, int]) -> None:
+        os.chdir(self._config["confdir"])  # see _options
         master = Master(options.Options(), with_termlog=False)
         server = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
         addons: list[Any] = [

@@ -5,7 +5,8 @@
 
 RESULTS.jsonl is what tests/security_report.py (a pytest plugin) appends when
 SANDBOXD_SECURITY_RESULTS names it: one `session` line per pytest run and one `case` line per
-test case of tests/adversarial/, tests/egress/ and tests/runtime/ hardening/isolation/limits.
+test case of tests/adversarial/, tests/egress/, tests/runtime/ hardening/isolation/limits and
+the host-boundary modules.
 Every section between `<!-- generated:NAME -->` and `<!-- /generated:NAME -->` is replaced;
 everything outside the markers (threat model, controls, known limits) is left as it is.
 
@@ -29,7 +30,7 @@ from typing import Any
 
 Row = dict[str, Any]
 
-SECTIONS = ("header", "attacks", "runtime", "egress", "faults")
+SECTIONS = ("header", "attacks", "runtime", "host", "egress", "faults")
 # Modules of tests/adversarial/ whose cases are faults and load, not attacks.
 FAULT_MODULES = ("test_faults.py", "test_load.py")
 PROBE_TEST = ("test_attacks.py", "test_attack")
@@ -226,6 +227,16 @@ def render_runtime(cases: list[Row]) -> str:
     )
 
 
+def render_host(cases: list[Row]) -> str:
+    rows = [r for r in cases if r["suite"] == "host"]
+    if not rows:
+        return "No results."
+    backends = backends_of(rows)
+    return "\n".join(
+        [counts_line(rows, backends, "checks"), "", per_test_table(rows, backends, "Check")]
+    )
+
+
 def egress_numbers(row: Row) -> list[int]:
     """EGRESS.md attack numbers a test covers: test_07_... or "Cases 18 and 24" in its doc."""
     found = [int(m) for m in re.findall(r"^test_(\d+)", str(row["test"]))]
@@ -364,6 +375,7 @@ def render_header(sessions: list[Row], cases: list[Row], command: str, commit: s
 RENDERERS: dict[str, Callable[[list[Row]], str]] = {
     "attacks": render_attacks,
     "runtime": render_runtime,
+    "host": render_host,
     "egress": render_egress,
     "faults": render_faults,
 }

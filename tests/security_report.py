@@ -1,8 +1,8 @@
 """Pytest plugin: one JSON line per security-relevant test case, for SECURITY.md.
 
 Registered by tests/conftest.py. When `SANDBOXD_SECURITY_RESULTS` names a file, every test
-under tests/adversarial/, tests/egress/ and the hardening/isolation/limits modules of
-tests/runtime/ appends its result there (one line per item and parametrised case); unset, the
+under tests/adversarial/, tests/egress/, the hardening/isolation/limits modules of
+tests/runtime/ and the host-boundary modules of any suite appends its result there (one line per item and parametrised case); unset, the
 plugin does nothing. Several pytest runs may append to the same file (the main run and the
 egress run in its own network namespace); scripts/gen_security.py turns it into SECURITY.md's
 generated tables.
@@ -30,6 +30,8 @@ import pytest
 
 ENV = "SANDBOXD_SECURITY_RESULTS"
 RUNTIME_MODULES = ("test_hardening.py", "test_isolation.py", "test_limits.py")
+# The host boundary (DESIGN.md §4), wherever its tests live: runtime, daemon, whole daemons.
+HOST_MODULES = ("test_host_boundary.py", "test_migration.py")
 # Fixtures whose parameter is a runtime backend name (tests/runtime/conftest.py).
 BACKEND_PARAMS = ("backend_name", "module_backend")
 DEFAULT_BACKEND = "oci"  # the daemon's default runtime.backend (daemon/config.py)
@@ -67,11 +69,13 @@ _REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
 def suite_of(nodeid: str) -> str | None:
-    """adversarial, egress, runtime, or None for a test outside SECURITY.md's suites."""
+    """adversarial, egress, runtime, host, or None for a test outside SECURITY.md's suites."""
     parts = Path(nodeid.split("::", 1)[0]).parts
     if not parts or parts[0] != "tests":
         return None
     rest = parts[1:]
+    if len(rest) == 2 and rest[1] in HOST_MODULES:
+        return "host"
     if len(rest) >= 2 and rest[0] in ("adversarial", "egress"):
         return rest[0]
     if len(rest) == 2 and rest[0] == "runtime" and rest[1] in RUNTIME_MODULES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import pwd
 import re
 import shutil
 import socket
@@ -17,13 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TextIO
 
+from daemon.admission import host_memory_bytes
 from daemon.clitool import output
 from daemon.clitool.check_runtime import LiveCheckFailed, live_sandbox
 from daemon.config import Config
+from daemon.store import committed_memory
 from sandbox.cgroups import CgroupError, CgroupLayout, CgroupVersion
+from sandbox.idranges import IdRangeSettings
 from sandbox.oci.runc import RUNTIME_ENV
 from sandbox.oci.workspace import TOOL_ENV
 from sandbox.seccomp import SeccompProfileError, load_profile
+from sandbox.spec import MEMORY_TIERS
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 CONTROLLERS = ("memory", "pids", "cpu")
@@ -51,6 +56,10 @@ def run_checks(cfg: Config, euid: int, live: bool = True) -> list[Check]:
         ("workspace", workspace_tools),
         ("python", sandbox_python),
         ("state-dir", lambda: state_dir(Path(cfg.state_dir))),
+        ("runtime-root", lambda: runtime_root(cfg)),
+        ("uid-ranges", lambda: uid_ranges(cfg.runtime.id_ranges())),
+        ("admission", lambda: admission(cfg)),
+        ("proxy-user", lambda: proxy_user(cfg.proxy.user, cfg.proxy.enabled)),
         ("docker", lambda: docker(_engine_socket(cfg), required=cfg.runtime.backend == "docker")),
     ]
     results = []
@@ -162,6 +171,8 @@ def _which(binary: str, path: str) -> str | None:
 
 
 def runtime(cfg: Config, euid: int, live: bool) -> Check:
+    if cfg.runtime.backend == "docker":
+        return Check("runtime", OK, "docker backend: the engine runs sandboxes (see docker)")
     binary = cfg.runtime.oci_binary
     found = _which(binary, RUNTIME_ENV["PATH"])
     if found is None:
@@ -231,17 +242,93 @@ def _existing(path: Path) -> Path:
 
 
 def state_dir(path: Path) -> Check:
+    """Private to root (the daemon makes it 0700): no o+x needed anywhere above it."""
     base = _existing(path)
-    closed = [p for p in [base, *base.parents] if not p.stat().st_mode & 0o001]
-    if closed:
-        return Check("state-dir", FAIL, f"{closed[0]} is not searchable by other users",
-                     f"chmod o+x {closed[0]} (sandboxes run as unprivileged uids)")  # fmt: skip
     free = shutil.disk_usage(base).free
     detail = f"{path}: {free / (1 << 30):.1f} GiB free"
+    if base == path.absolute() and path.stat().st_mode & 0o077:
+        mode = path.stat().st_mode & 0o7777
+        return Check("state-dir", WARN, f"{detail}; mode {mode:o}, others may look in",
+                     f"chmod 700 {path} (the daemon does it at start)")  # fmt: skip
     if free < MIN_FREE:
         return Check("state-dir", WARN, detail + " (under 5 GiB)",
                      "free disk space or move state_dir")  # fmt: skip
-    return Check("state-dir", OK, detail)
+    return Check("state-dir", OK, detail + "; private to root (0700)")
+
+
+def runtime_root(cfg: Config) -> Check:
+    """The one place sandboxes' own ids must traverse: where their shared root is bound."""
+    if cfg.runtime.backend == "docker":
+        return Check("runtime-root", OK, "docker backend: not used")
+    path = Path(cfg.runtime.runtime_root)
+    base = _existing(path)
+    closed = [p for p in [base, *base.parents] if not p.stat().st_mode & 0o001]
+    if closed:
+        return Check("runtime-root", FAIL, f"{closed[0]} is not searchable by other users",
+                     f"chmod o+x {closed[0]} (sandboxes' roots are bound below it)")  # fmt: skip
+    return Check("runtime-root", OK, f"{path}: traversable (the shared root is bound below)")
+
+
+def _host_ranges() -> list[tuple[str, int, int]]:
+    """(what, first, end) of every uid/gid range the host hands out: subordinate ids
+    (rootless containers) and accounts."""
+    found: list[tuple[str, int, int]] = []
+    for name in ("/etc/subuid", "/etc/subgid"):
+        try:
+            lines = Path(name).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(":")
+            if len(fields) == 3 and fields[1].isdigit() and fields[2].isdigit():
+                start, count = int(fields[1]), int(fields[2])
+                found.append((f"{name} ({fields[0]})", start, start + count))
+    for entry in pwd.getpwall():
+        found.append((f"user {entry.pw_name}", entry.pw_uid, entry.pw_uid + 1))
+    return found
+
+
+def uid_ranges(ids: IdRangeSettings) -> Check:
+    end = ids.base + ids.size * ids.count
+    clash = [what for what, first, stop in _host_ranges() if first < end and ids.base < stop]
+    claimed = len(list(ids.registry.glob("*-*"))) if ids.registry.is_dir() else 0
+    detail = (
+        f"{ids.count} ranges of {ids.size} ids from {ids.base} (to {end - 1}), one per live "
+        f"sandbox; {claimed} claimed on this host"
+    )
+    if clash:
+        return Check("uid-ranges", WARN, f"{detail}; overlaps {', '.join(clash[:3])}",
+                     "move runtime.uid_base so no host account shares a sandbox's ids")  # fmt: skip
+    return Check("uid-ranges", OK, detail)
+
+
+def admission(cfg: Config) -> Check:
+    host = host_memory_bytes()
+    capacity = host * cfg.containers.memory_overcommit
+    committed = committed_memory(Path(cfg.state_dir) / "sandboxd.db")
+    detail = (
+        f"memory tiers up to {capacity / (1 << 30):.1f} GiB ({host / (1 << 30):.1f} GiB RAM x "
+        f"{cfg.containers.memory_overcommit:g}); "
+        + (f"{committed / (1 << 30):.1f} GiB committed" if committed is not None else "no state")
+    )
+    if cfg.pool.sizes and sum(MEMORY_TIERS[t] * n for t, n in cfg.pool.sizes.items()) > capacity:
+        return Check("admission", WARN, f"{detail}; the warm pool alone would not fit",
+                     "shrink pool.sizes or raise containers.memory_overcommit")  # fmt: skip
+    return Check("admission", OK, detail)
+
+
+def proxy_user(name: str, enabled: bool) -> Check:
+    if not enabled:
+        return Check("proxy-user", OK, "egress proxy disabled")
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        if shutil.which("useradd", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+            return Check("proxy-user", FAIL, f"user {name} is missing and useradd is not here",
+                         f"create the system user {name} (scripts/install does)")  # fmt: skip
+        return Check("proxy-user", WARN, f"user {name} is missing; the daemon will create it",
+                     "scripts/install (systemd-sysusers) creates it")  # fmt: skip
+    return Check("proxy-user", OK, f"the egress proxy runs as {name} (uid {entry.pw_uid})")
 
 
 def _engine_socket(cfg: Config) -> str:

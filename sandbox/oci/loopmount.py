@@ -20,7 +20,8 @@ LOOP_CONTROL = "/dev/loop-control"
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A  # Linux 5.8+: fd, block size and flags in one ioctl
 LO_FLAGS_AUTOCLEAR = 4  # the device detaches itself when its last user (the mount) goes
-MS_NOSUID, MS_NODEV, MS_NOATIME, MS_BIND, MS_PRIVATE = 2, 4, 1024, 4096, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_NOATIME = 1, 2, 4, 32, 1024
+MS_BIND, MS_PRIVATE = 4096, 1 << 18
 MNT_DETACH = 2
 ATTACH_ATTEMPTS = 16  # another process may take the free device we were given
 
@@ -99,13 +100,19 @@ def unmount(mountpoint: Path) -> None:
 
 
 def bind_mount(source: Path, target: Path) -> None:
-    """Bind `source` at `target` (a private mount: nothing propagates to or from peers)."""
+    """Bind `source` read-only at `target`, as a private mount (nothing propagates to or from
+    peers). Read-only on the host too: a recursive delete of the tree above cannot reach
+    through it into `source`."""
     if _libc.mount(bytes(source), bytes(target), None, MS_BIND, None) != 0:
         raise _errno_failure("bind mount at", target)
-    if _libc.mount(None, bytes(target), None, MS_PRIVATE, None) != 0:
-        error = _errno_failure("make private", target)
-        unmount(target)
-        raise error
+    for what, flags in (
+        ("make read-only", MS_BIND | MS_REMOUNT | MS_RDONLY),
+        ("make private", MS_PRIVATE),
+    ):
+        if _libc.mount(None, bytes(target), None, flags, None) != 0:
+            error = _errno_failure(what, target)
+            unmount(target)
+            raise error
 
 
 def mount_count(target: Path) -> int:

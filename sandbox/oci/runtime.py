@@ -108,7 +108,7 @@ class OciRuntime(HostRuntime):
     def _expose_root(self, root: Path) -> Path:
         """Bind the shared root at <run dir>/rootfs (replacing an earlier start's bind:
         running sandboxes hold their own copy) and make the way there traversable."""
-        check_traversable(self._s.runtime_root)
+        check_traversable(self._s.runtime_root.parent)  # the root itself is ours to chmod
         for path, mode in ((self._s.runtime_root, 0o711), (self.run_dir, 0o711)):
             path.mkdir(mode=mode, parents=True, exist_ok=True)
             path.chmod(mode)
@@ -271,7 +271,8 @@ def _write_bundle(sdir: Path, config: str) -> Iterator[socket.socket]:
 
 def check_traversable(path: Path) -> None:
     """Sandboxes' ids must traverse every directory down to the runtime root (where their
-    root is bound): each needs o+x, or runc fails later with an obscure EACCES."""
+    root is bound): `path` and each existing directory above it need o+x, or runc fails
+    later with an obscure EACCES."""
     for ancestor in reversed([path, *path.parents]):
         if not ancestor.exists():
             return

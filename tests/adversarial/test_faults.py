@@ -149,26 +149,30 @@ def test_disk_full_create_is_a_typed_error(small_state: DaemonProcess) -> None:
 
 def test_agent_killed_from_the_host() -> None:
     """The agent (the sandbox's PID 1; sandbox code cannot kill it, see test_attacks'
-    kill_init) dies anyway: exec gets a clear error, delete cleans up, the daemon serves."""
+    kill_init) dies anyway: the container expires at once (exec gets a clear error), delete
+    cleans up, the daemon serves."""
     d = DaemonProcess()
     try:
         d.start()
         with d.client() as c:
             cid = c.post("/v1/containers", json={"name": "victim"}).json()["id"]
             state = subprocess.run(
-                ["runc", "--root", f"{d.root}/runc", "state", cid],
+                ["runc", "--root", d.runc_root, "state", cid],
                 capture_output=True, text=True, check=True,
             )  # fmt: skip
             os.kill(json.loads(state.stdout)["pid"], signal.SIGKILL)
-            time.sleep(0.5)
+            deadline = time.monotonic() + 5
+            while c.get(f"/v1/containers/{cid}").json()["status"] != "expired":
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
             r = c.post(f"/v1/containers/{cid}/exec", json={"commands": ["echo hi"]})
             assert (r.status_code, r.json()["error"]) == (
-                503,
+                400,
                 {
-                    "message": "The sandbox is not reachable (exec).",
-                    "type": "server_error",
+                    "message": "Container is expired.",
+                    "type": "invalid_request_error",
                     "param": None,
-                    "code": "sandbox_unavailable",
+                    "code": "container_expired",
                 },
             )
             assert c.delete(f"/v1/containers/{cid}").status_code == 200
@@ -183,7 +187,7 @@ def test_agent_killed_from_the_host() -> None:
 
 def _runc_ids(d: DaemonProcess) -> set[str]:
     out = subprocess.run(
-        ["runc", "--root", f"{d.root}/runc", "list", "-q"],
+        ["runc", "--root", d.runc_root, "list", "-q"],
         capture_output=True, text=True, check=False,
     ).stdout  # fmt: skip
     return set(out.split())

@@ -22,7 +22,10 @@ EXECS = 200
 
 @pytest.fixture
 def load_daemon() -> Iterator[DaemonProcess]:
-    d = DaemonProcess(containers={"workspace_bytes": 32 << 20, "tmp_bytes": 16 << 20})
+    # 50 idle 1g sandboxes: more tiers than RAM would back at full use (admission control).
+    d = DaemonProcess(
+        containers={"workspace_bytes": 32 << 20, "tmp_bytes": 16 << 20, "memory_overcommit": 10.0}
+    )
     try:
         d.start()
         yield d

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx2
 
+from daemon.config import RuntimeConfig
 from sandbox.cgroups import CgroupLayout, children
 from sandbox.hostdirs import instance_of
 from sandbox.oci.runtime import forget_instance
@@ -26,16 +27,26 @@ from tests.hosttraces import claims, sandbox_dirs
 
 
 class DaemonProcess:
-    def __init__(self, **sections: dict[str, Any]) -> None:
+    def __init__(self, runtime_defaults: bool = False, **sections: dict[str, Any]) -> None:
+        """`runtime_defaults`: the production runtime root and cgroup parent (host-wide
+        names that only the instance id keeps apart), not private ones under the temp root."""
         self.root = Path(tempfile.mkdtemp(prefix="sbxd-e2e-"))
         self.root.chmod(0o755)
         self.socket = str(self.root / "api.sock")
-        self.cgroup_parent = f"/sandboxd-e2e-{secrets.token_hex(4)}"
+        runtime = RuntimeConfig()
+        if runtime_defaults:
+            self.runtime_root, self.cgroup_parent = Path(runtime.runtime_root), "/sandboxd"
+        else:
+            self.runtime_root = self.root / "runc"
+            self.cgroup_parent = f"/sandboxd-e2e-{secrets.token_hex(4)}"
         self.log = self.root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._tables: dict[str, dict[str, Any]] = {
             "server": {"socket": self.socket},
-            "runtime": {"runtime_root": f"{self.root}/runc", "cgroup_parent": self.cgroup_parent},
+            "runtime": {
+                "runtime_root": str(self.runtime_root),
+                "cgroup_parent": self.cgroup_parent,
+            },
             # No warm pool unless a test asks for one: host traces then equal the records.
             "pool": {"sizes": {}},
         }
@@ -59,10 +70,13 @@ class DaemonProcess:
         timeout_s: float = 30,
         env: dict[str, str] | None = None,
         prefix: tuple[str, ...] = (),
+        argv: list[str] | None = None,
     ) -> None:
-        """Start `sandboxd serve` (optionally under a wrapper such as systemd-socket-activate)
-        and wait until its API socket accepts connections."""
-        argv = [sys.executable, "-m", "daemon", "serve", "--config", str(self.root / "config.toml")]
+        """Start `sandboxd serve` (optionally under a wrapper such as systemd-socket-activate,
+        or another `argv`) and wait until its API socket accepts connections."""
+        argv = argv or [
+            sys.executable, "-m", "daemon", "serve", "--config", str(self.root / "config.toml")
+        ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*prefix, *argv],
@@ -116,8 +130,8 @@ class DaemonProcess:
 
     @property
     def runc_root(self) -> str:
-        """This daemon instance's runc state (its runtime root is <root>/runc)."""
-        return f"{self.root}/runc/{self.instance}/state"
+        """This daemon instance's runc state."""
+        return f"{self.runtime_root}/{self.instance}/state"
 
     @property
     def cgroup_base(self) -> str:
@@ -156,27 +170,35 @@ class DaemonProcess:
         if self.proc is not None:
             with contextlib.suppress(Exception):
                 self.kill()
-        for sid in subprocess.run(
-            ["runc", "--root", self.runc_root, "list", "-q"],
-            capture_output=True, text=True, check=False,
-        ).stdout.split():  # fmt: skip
-            subprocess.run(["runc", "--root", self.runc_root, "delete", "-f", sid], check=False)
+        roots = [self.runc_root]
+        if self.runtime_root == self.root / "runc":  # private: sandboxes of older daemons too
+            roots.append(str(self.runtime_root))
+        for root in roots:
+            for sid in subprocess.run(
+                ["runc", "--root", root, "list", "-q"],
+                capture_output=True, text=True, check=False,
+            ).stdout.split():  # fmt: skip
+                subprocess.run(["runc", "--root", root, "delete", "-f", sid], check=False)
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             if str(self.root) in line.split()[4]:
                 subprocess.run(["umount", "-l", line.split()[4]], check=False)
         layout = CgroupLayout.detect()
-        for sid in children(layout, self.cgroup_base):
-            with contextlib.suppress(Exception):
-                layout.reader(f"{self.cgroup_base}/{sid}").remove()
+        for parent in (self.cgroup_base, self.cgroup_parent):
+            for sid in children(layout, parent):
+                if sid.startswith("cntr_"):
+                    with contextlib.suppress(Exception):
+                        layout.reader(f"{parent}/{sid}").remove()
         parents = [self.cgroup_parent, f"{self.cgroup_parent}-docker"]
-        forget_instance(self.root / "runc", parents, self.instance)
-        # ...and the parent docker-backend tests give the engine (`<parent>-docker`)
-        for directory in [
-            *layout.dirs(self.cgroup_parent),
-            *layout.dirs(f"{self.cgroup_parent}-docker"),
-        ]:
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+        forget_instance(self.runtime_root, parents, self.instance)
+        # ...and the parent docker-backend tests give the engine (`<parent>-docker`), unless
+        # it is the host's default, which other daemons may use.
+        if self.runtime_root != Path(RuntimeConfig().runtime_root):
+            for directory in [
+                *layout.dirs(self.cgroup_parent),
+                *layout.dirs(f"{self.cgroup_parent}-docker"),
+            ]:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

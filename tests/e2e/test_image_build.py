@@ -18,7 +18,7 @@ import pytest
 
 from sandbox.docker.runtime import DockerRuntime, DockerSettings
 from sandbox.images import load
-from sandbox.oci.runtime import OciRuntime, OciSettings
+from sandbox.oci.runtime import OciRuntime, OciSettings, forget_instance
 from sandbox.runtime import Runtime
 from sandbox.seccomp import load_profile
 from tests.runtime.conftest import RunResources, check, run_resources, spec
@@ -64,17 +64,18 @@ async def _probe(runtime: Runtime) -> None:
 
 
 def _state_with(image_dir: Path, run: RunResources) -> Path:
-    state = run.new_state_dir()
-    (state / "images").mkdir()
-    (state / "images" / NAME).symlink_to(image_dir)
-    return state
+    """A base dir whose state dir (<base>/state) has the image."""
+    base = run.new_state_dir()
+    (base / "state" / "images").mkdir(parents=True)
+    (base / "state" / "images" / NAME).symlink_to(image_dir)
+    return base
 
 
 async def test_oci_runs_on_the_built_image(image: Path, run_resources: RunResources) -> None:
-    state = _state_with(image, run_resources)
+    base = _state_with(image, run_resources)
     settings = OciSettings(
-        state_dir=state,
-        runtime_root=state / "runc",
+        state_dir=base / "state",
+        runtime_root=base / "runc",
         cgroup_parent=run_resources.cgroup_parent,
         image=NAME,
     )
@@ -84,16 +85,17 @@ async def test_oci_runs_on_the_built_image(image: Path, run_resources: RunResour
         await _probe(runtime)
     finally:
         await runtime.close()
-        shutil.rmtree(state)
+        forget_instance(base / "runc", [run_resources.cgroup_parent], runtime.instance)
+        shutil.rmtree(base)
 
 
 @pytest.mark.docker
 async def test_docker_imports_and_runs_the_built_image(
     image: Path, run_resources: RunResources, docker_engine: str
 ) -> None:
-    state = _state_with(image, run_resources)
+    base = _state_with(image, run_resources)
     settings = DockerSettings(
-        state_dir=state,
+        state_dir=base / "state",
         engine_url=docker_engine,
         image=NAME,
         cgroup_parent=run_resources.docker_cgroup_parent,
@@ -105,4 +107,5 @@ async def test_docker_imports_and_runs_the_built_image(
         await _probe(runtime)
     finally:
         await runtime.close()
-        shutil.rmtree(state)
+        forget_instance(base / "runc", [run_resources.docker_cgroup_parent], runtime.instance)
+        shutil.rmtree(base)

@@ -19,6 +19,8 @@ import openai
 import pytest
 
 from sandbox.cgroups import CgroupLayout
+from sandbox.hostdirs import instance_of
+from sandbox.oci.runtime import forget_instance
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[2]
@@ -60,6 +62,7 @@ def root() -> Iterator[Path]:
         "[pool]\nsizes = {}\n"
     )
     yield path
+    forget_instance(path / "runc", [parent], instance_of(path / "state"))
     for directory in CgroupLayout.detect().dirs(parent):
         with contextlib.suppress(FileNotFoundError):
             directory.rmdir()

@@ -101,7 +101,6 @@ def proxy_settings(base: Path, test_ca: ThrowawayCA, **overrides: Any) -> ProxyS
     allow = tuple(sorted({(addr, 443) for addr in HOSTS.values()}))
     values: dict[str, Any] = {
         "state_dir": base / "proxy",
-        "user": "nobody",
         "hosts": hosts,
         "allow_upstreams": allow,
         "upstream_ca_bundle": str(test_ca.cert_path),

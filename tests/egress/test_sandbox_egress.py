@@ -40,7 +40,6 @@ def daemon_config(test_ca: ThrowawayCA, **proxy: Any) -> dict[str, Any]:
     hosts.update({name: ",".join(addrs) for name, addrs in PRIVATE_HOSTS.items()})
     return {
         "proxy": {
-            "user": "nobody",
             "hosts": hosts,
             "allow_upstreams": sorted({f"{a}:443" for a in HOSTS.values()}),
             "upstream_ca_bundle": str(test_ca.cert_path),

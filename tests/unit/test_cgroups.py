@@ -17,6 +17,7 @@ from sandbox.cgroups import (
     CgroupLayout,
     CgroupVersion,
     children,
+    make_work_group,
 )
 
 GROUP = "/sandboxd/cntr_abc"
@@ -141,8 +142,14 @@ def test_v1_counters(tmp_path: Path) -> None:
     _make_v1(tmp_path)
     reader = CgroupLayout.detect(tmp_path).reader(GROUP)
     assert reader.exists()
+    # Without a work group every OOM kill is in the group itself: the agent's own group.
     assert reader.counters() == CgroupCounters(
-        oom_kills=1, memory_bytes=2097152, memory_limit=None, pids_current=3, pids_limit_hits=7
+        oom_kills=1,
+        memory_bytes=2097152,
+        memory_limit=None,
+        pids_current=3,
+        pids_limit_hits=7,
+        agent_oom_kills=1,
     )
     assert reader.pids() == [201]
     _write(tmp_path / "memory" / GROUP[1:] / "memory.limit_in_bytes", "1073741824\n")
@@ -321,3 +328,64 @@ def test_real_group_lifecycle() -> None:
         for d in created:
             if d.exists():
                 d.rmdir()
+
+
+# -- the work group ---------------------------------------------------------------------------
+
+
+def _cgroupfs_dir(path: Path, *files: str) -> None:
+    """What mkdir in a real cgroupfs makes: the directory with its files."""
+    for name in files:
+        _write(path / name, "")
+
+
+def test_v1_work_group_limits_and_files(tmp_path: Path) -> None:
+    _make_v1(tmp_path)
+    mem = tmp_path / "memory" / GROUP[1:]
+    _write(mem / "tasks", "201\n")
+    _cgroupfs_dir(mem / "work", "tasks", "memory.limit_in_bytes", "memory.memsw.limit_in_bytes")
+    layout = CgroupLayout.detect(tmp_path)
+    group = make_work_group(layout, GROUP, 1 << 30)
+    try:
+        assert group.mode == "tasks" and len(group.fds) == 2
+        assert (mem / "work" / "memory.limit_in_bytes").read_text() == str(1 << 30)
+        assert (mem / "work" / "memory.memsw.limit_in_bytes").read_text() == str(1 << 30)
+        os.write(group.fds[0], b"0")  # the fds write to work/tasks, then the group's tasks
+        os.write(group.fds[1], b"0")
+        assert (mem / "work" / "tasks").read_text() == "0"
+    finally:
+        group.close()
+    # OOM kills in the work group count for the sandbox, not for the agent.
+    _write(mem / "work" / "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 4\n")
+    counters = layout.reader(GROUP).counters()
+    assert (counters.oom_kills, counters.agent_oom_kills) == (5, 1)
+    assert counters.memory_limit == 1 << 30  # the tier sandbox code runs under
+    assert layout.reader(GROUP).kill_counters() == (5, 7)
+
+
+def test_v2_work_group_moves_the_agent_first(tmp_path: Path) -> None:
+    group_dir = _make_v2(tmp_path)
+    _write(group_dir / "cgroup.subtree_control", "")
+    _cgroupfs_dir(group_dir / "agent", "cgroup.procs", "memory.events")
+    _cgroupfs_dir(group_dir / "work", "cgroup.procs", "memory.max", "memory.swap.max")
+    layout = CgroupLayout.detect(tmp_path)
+    group = make_work_group(layout, GROUP, 4 << 30)
+    try:
+        assert group.mode == "procs" and len(group.fds) == 1
+    finally:
+        group.close()
+    assert (group_dir / "agent" / "cgroup.procs").read_text() == "102"  # each pid written
+    assert (group_dir / "cgroup.subtree_control").read_text() == "+memory"
+    assert (group_dir / "work" / "memory.max").read_text() == str(4 << 30)
+    assert (group_dir / "work" / "memory.swap.max").read_text() == "0"
+    _write(group_dir / "agent" / "memory.events", "oom 1\noom_kill 1\n")
+    counters = layout.reader(GROUP).counters()
+    assert (counters.oom_kills, counters.agent_oom_kills) == (2, 1)  # v2 events: hierarchical
+    assert counters.memory_limit == 4 << 30
+
+
+def test_work_group_refused_is_a_cgroup_error(tmp_path: Path) -> None:
+    _make_v1(tmp_path)  # no work/ files: a cgroupfs that refused the group
+    (tmp_path / "memory" / GROUP[1:] / "work").mkdir()
+    with pytest.raises(CgroupError):
+        make_work_group(CgroupLayout.detect(tmp_path), GROUP, 1 << 30)

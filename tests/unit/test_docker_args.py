@@ -7,7 +7,14 @@ import json
 from sandbox.docker.container import AGENT_SOCKET, HostPaths, create_args
 from sandbox.oci.bundle import AGENT_ARGV
 from sandbox.seccomp import load_profile
-from sandbox.spec import EGRESS_DIR, MASKED_PATHS, SYSTEM_CA_BUNDLE, Limits, SandboxSpec
+from sandbox.spec import (
+    AGENT_RESERVE_BYTES,
+    EGRESS_DIR,
+    MASKED_PATHS,
+    SYSTEM_CA_BUNDLE,
+    Limits,
+    SandboxSpec,
+)
 
 PATHS = HostPaths(
     workspace="/s/data",
@@ -18,19 +25,23 @@ PATHS = HostPaths(
     egress="/s/egress",
     binds=[("/usr", "/usr")],
     empty_file="/s/empty",
+    passwd="/s/passwd",
+    group="/s/group",
 )
 
 
 def _args(**kw: object):  # type: ignore[no-untyped-def]
     spec = SandboxSpec("cntr_x", 1 << 30, Limits(pids=77, cpus=1.5, nofile=99), **kw)  # type: ignore[arg-type]
-    return create_args(spec, "sandboxd/host:t", PATHS, "/sbx-docker", "inst", load_profile())
+    user = (1_879_049_192, 1_879_049_192)
+    return create_args(spec, "sandboxd/host:t", PATHS, "/sbx-docker", "inst", load_profile(), user)
 
 
 def test_every_control_is_explicit() -> None:
     a = _args()
     host = a.host
     assert host["network_mode"] == "none"
-    assert host["mem_limit"] == host["memswap_limit"] == 1 << 30
+    # The tier for sandbox code (its work group), the agent's reserve on top.
+    assert host["mem_limit"] == host["memswap_limit"] == (1 << 30) + AGENT_RESERVE_BYTES
     assert host["pids_limit"] == 77
     assert host["nano_cpus"] == 1_500_000_000
     assert host["cap_drop"] == ["ALL"]
@@ -46,8 +57,12 @@ def test_every_control_is_explicit() -> None:
     }
     assert "size=268435456" in host["tmpfs"]["/tmp"]
     assert a.raw_host["MaskedPaths"] == [*MASKED_PATHS, "/sys/fs/cgroup"]
+    assert host["sysctls"]["kernel.shm_rmid_forced"] == "1"
     create = a.create
-    assert create["user"] == "1000:1000"
+    # No user namespace: the sandbox's own host uid, named in its own /etc/passwd.
+    assert create["user"] == "1879049192:1879049192"
+    mounts = {m["Target"]: m["Source"] for m in host["mounts"]}
+    assert (mounts["/etc/passwd"], mounts["/etc/group"]) == ("/s/passwd", "/s/group")
     assert create["command"] == AGENT_ARGV
     assert create["environment"]["SANDBOXD_AGENT_SOCKET"] == AGENT_SOCKET
     assert create["labels"] == {
