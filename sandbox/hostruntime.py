@@ -85,6 +85,7 @@ class HostRuntime(abc.ABC):
         self._id_range_size = host.ids.size
         self._agents: dict[str, AgentClient] = {}
         self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
+        self._agent_pids: dict[str, int] = {}  # learnt at create (or first asked): no call
         self._workspaces = workspace.Workspaces(host.state_dir / "templates")
         self._pycache = ""  # host dir bound at AGENT_PYCACHE ("": none), set by start()
         self._pin_refused = False
@@ -130,9 +131,19 @@ class HostRuntime(abc.ABC):
     @abc.abstractmethod
     async def destroy(self, sandbox_id: str) -> None: ...
 
-    @abc.abstractmethod
     async def agent_pid(self, sandbox_id: str) -> int | None:
-        """The host pid of the sandbox's agent (its init), None if it is not running."""
+        """The host pid of the sandbox's agent (its init), None if it is not running;
+        asked of the backend once per sandbox and daemon start."""
+        pid = self._agent_pids.get(sandbox_id)
+        if pid is None:
+            pid = await self._find_agent_pid(sandbox_id)
+            if pid is not None:
+                self._agent_pids[sandbox_id] = pid
+        return pid
+
+    @abc.abstractmethod
+    async def _find_agent_pid(self, sandbox_id: str) -> int | None:
+        """The backend's answer for agent_pid()."""
 
     def agent(self, sandbox_id: str) -> AgentClient:
         agent = self._agents.get(sandbox_id)
@@ -211,6 +222,7 @@ class HostRuntime(abc.ABC):
     async def _forget(self, sandbox_id: str) -> None:
         """The first step of a destroy: no more agent connections or cached readers."""
         self._readers.pop(sandbox_id, None)
+        self._agent_pids.pop(sandbox_id, None)
         agent = self._agents.pop(sandbox_id, None)
         if agent is not None:
             await agent.close()

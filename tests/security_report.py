@@ -2,8 +2,8 @@
 
 Registered by tests/conftest.py. When `SANDBOXD_SECURITY_RESULTS` names a file, every test
 under tests/adversarial/, tests/egress/, the hardening/isolation/limits modules of
-tests/runtime/ and the host-boundary modules of any suite appends its result there (one line per item and parametrised case); unset, the
-plugin does nothing. Several pytest runs may append to the same file (the main run and the
+tests/runtime/ and the host-boundary modules of any suite appends its result there (one
+line per item and parametrised case); unset, the plugin does nothing. Several pytest runs may append to the same file (the main run and the
 egress run in its own network namespace); scripts/gen_security.py turns it into SECURITY.md's
 generated tables.
 

@@ -204,7 +204,7 @@ class DockerRuntime(HostRuntime):
         self._cgroups[sandbox_id] = f"{state.cgroup_parent}/{state.container_id}"
         return state.running
 
-    async def agent_pid(self, sandbox_id: str) -> int | None:
+    async def _find_agent_pid(self, sandbox_id: str) -> int | None:
         state = await self._engine.state(sandbox_id)
         return state.pid if state is not None and state.running and state.pid else None
 

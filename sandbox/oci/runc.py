@@ -21,6 +21,7 @@ RUNTIME_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 CALL_TIMEOUT_S = 30.0
 MAX_LOG_TAIL = 64 << 10
 PRLIMIT = "/usr/bin/prlimit"
+PID_FILE = "init.pid"  # in the bundle: the container's init (the agent), written by `run`
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,9 @@ class OciCli:
         rlimits: Sequence[tuple[str, int]] = (),
     ) -> None:
         """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null, under
-        `rlimits` ((prlimit option, value) pairs, soft = hard), which the container inherits.
-        Blocking: call it on the runtime's thread pool.
+        `rlimits` ((prlimit option, value) pairs, soft = hard), which the container inherits;
+        its init's host pid goes to PID_FILE in the bundle. Blocking: call it on the
+        runtime's thread pool.
 
         posix_spawn is used because subprocess cannot place a descriptor at a given number.
         """
@@ -85,6 +87,8 @@ class OciCli:
             "--no-new-keyring",
             "--bundle",
             str(bundle),
+            "--pid-file",
+            str(bundle / PID_FILE),
             "--preserve-fds",
             "1",
             container_id,

@@ -39,7 +39,7 @@ from sandbox.hostruntime import HostRuntime, HostSettings, SandboxHome
 from sandbox.idranges import IdRanges, IdRangeSettings
 from sandbox.oci import loopmount, rootfs
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
-from sandbox.oci.runc import RUNTIME_ENV, OciCli
+from sandbox.oci.runc import PID_FILE, RUNTIME_ENV, OciCli
 from sandbox.oci.userns import UserNamespace
 from sandbox.spec import SandboxSpec
 
@@ -132,7 +132,10 @@ class OciRuntime(HostRuntime):
     def _agent_socket(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "agent.sock"
 
-    async def agent_pid(self, sandbox_id: str) -> int | None:
+    async def _find_agent_pid(self, sandbox_id: str) -> int | None:
+        """From the pid file `run` wrote (no runc call), else from runc's state."""
+        with contextlib.suppress(OSError, ValueError):  # made before pid files, or gone
+            return int(await self._in_thread((self._dir(sandbox_id) / PID_FILE).read_text))
         state = await self._cli_of(sandbox_id).state(sandbox_id)
         return state.pid if state is not None and state.status == "running" else None
 

@@ -232,3 +232,27 @@ async def test_nothing_inside_names_a_sandbox_or_its_host_path(backend: Harness)
     b_dir = rt.egress_dir(b.sandbox_id).parent
     for name in (a.sandbox_id, b.sandbox_id, "cntr_", str(b_dir)):
         assert name not in seen, name
+
+
+async def test_sandbox_code_runs_in_the_work_group_below_the_agent(backend: Harness) -> None:
+    """What the agent starts (commands, code sessions, their children) is in the work group
+    limited to the tier; the agent alone is in the sandbox's group, whose limit is higher."""
+    rt = backend.runtime
+    assert isinstance(rt, HostRuntime)
+    s = spec(MEMORY_TIERS["1g"])
+    await rt.create(s)
+    sid = s.sandbox_id
+    await check(rt, sid, "setsid sleep 300 > /dev/null 2>&1 &")
+    path = await rt._cgroup_of(sid)
+    assert path is not None
+    layout = rt.cgroup_layout
+    group = layout.root / ("memory" if layout.version.value == "v1" else "") / path.lstrip("/")
+    work = {int(p) for p in (group / "work" / "cgroup.procs").read_text().split()}
+    agent_pid = await rt.agent_pid(sid)
+    own = {int(p) for p in (group / "cgroup.procs").read_text().split()}
+    if layout.version.value == "v2":
+        own = {int(p) for p in (group / "agent" / "cgroup.procs").read_text().split()}
+    assert own == {agent_pid}
+    assert work and agent_pid not in work
+    counters = await rt.counters(sid)
+    assert counters is not None and counters.memory_limit == MEMORY_TIERS["1g"]
