@@ -3,9 +3,9 @@
 Registered by tests/conftest.py. When `SANDBOXD_SECURITY_RESULTS` names a file, every test
 under tests/adversarial/, tests/egress/, the hardening/isolation/limits modules of
 tests/runtime/ and the host-boundary modules of any suite appends its result there (one
-line per item and parametrised case); unset, the plugin does nothing. Several pytest runs may append to the same file (the main run and the
-egress run in its own network namespace); scripts/gen_security.py turns it into SECURITY.md's
-generated tables.
+line per item and parametrised case); unset, the plugin does nothing. Several pytest runs
+may append to the same file (the main run and the egress run in its own network
+namespace); scripts/gen_security.py turns it into SECURITY.md's generated tables.
 
 A test that checks many cases at once, or wants its expected/observed outcome in the table,
 calls the `security_record` fixture once per case; a test that never calls it gets one row
