@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.runtime.conftest import Harness, check, sh
+from tests.runtime.conftest import Harness, check, sandbox_uid, sh
 from tests.security_report import SecurityRecord
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio(loop_scope="module")]
@@ -211,7 +211,8 @@ async def test_attack(
 
 async def test_setuid_binaries_do_not_elevate(module_backend: Harness, shared_sandbox: str) -> None:
     """The rootfs's setuid binaries belong to an unmapped uid (shown as nobody; on docker,
-    which has no user namespace, to root) and run with no_new_privs on: they run as uid 1000."""
+    which has no user namespace, to root) and run with no_new_privs on: they run as the
+    sandbox user (uid 1000; on docker the sandbox's own host uid)."""
     rt, sid = module_backend.runtime, shared_sandbox
     owner = "nobody" if module_backend.name == "oci" else "root"
     assert await check(rt, sid, "stat -c '%A %U' /usr/bin/mount /usr/bin/su") == (
@@ -223,8 +224,10 @@ async def test_setuid_binaries_do_not_elevate(module_backend: Harness, shared_sa
     out, err, outcome = await sh(rt, sid, "su -c id root </dev/null")
     assert (out, outcome.exit_code) == ("", 1)
     assert err == "su: Critical error - immediate abort\n"
+    uid = sandbox_uid(module_backend, sid)
     assert (
-        await check(rt, sid, "id") == "uid=1000(sandbox) gid=1000(sandbox) groups=1000(sandbox)\n"
+        await check(rt, sid, "id")
+        == f"uid={uid}(sandbox) gid={uid}(sandbox) groups={uid}(sandbox)\n"
     )
 
 

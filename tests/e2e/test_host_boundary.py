@@ -9,6 +9,7 @@ import time
 import pytest
 
 from daemon.admission import host_memory_bytes
+from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -67,12 +68,20 @@ def test_admission_refuses_what_does_not_fit_and_the_pool_waits_for_room() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_two_daemons_on_default_runtime_settings_never_touch_each_other() -> None:
-    """Two daemons with their own state dirs and the default runtime root and cgroup parent,
-    each with a running and a pooled sandbox, restarted and SIGKILLed in turn 10 times: every
-    sandbox of each survives, and neither ever reconciles one of the other's."""
-    daemons = [DaemonProcess(runtime_defaults=True, pool={"sizes": {"1g": 1}}) for _ in range(2)]
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("backend", ["oci", pytest.param("docker", marks=pytest.mark.docker)])
+def test_two_daemons_on_default_runtime_settings_never_touch_each_other(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Two daemons with their own state dirs and the default runtime root and cgroup parents
+    (and, for docker, one engine), each with a running and a pooled sandbox, restarted and
+    SIGKILLed in turn 10 times: every sandbox of each survives, and neither ever reconciles
+    one of the other's."""
+    sections: dict[str, dict[str, object]] = {"pool": {"sizes": {"1g": 1}}}
+    if backend == "docker":
+        engine = request.getfixturevalue("docker_engine")
+        sections |= {"runtime": {"backend": "docker"}, "docker": {"engine_url": engine}}
+    daemons = [DaemonProcess(runtime_defaults=True, **sections) for _ in range(2)]
     try:
         boxes: list[str] = []
         for d in daemons:
@@ -96,11 +105,15 @@ def test_two_daemons_on_default_runtime_settings_never_touch_each_other() -> Non
                     assert r.json()["output"][0]["stdout"] == f"{box}\n"
                     assert c.get(f"/v1/containers/{box}").json()["status"] == "running"
         for d, other in ((daemons[0], daemons[1]), (daemons[1], daemons[0])):
-            theirs = set(other.host_traces()["runc"]) | {boxes[daemons.index(other)]}
+            theirs = set(other.host_traces()["claims"]) | {boxes[daemons.index(other)]}
             log = d.log.read_text()
             touched = set(re.findall(r"cntr_[0-9a-f]{48}", log)) & theirs
             assert not touched, f"{d.root} logged {other.root}'s sandboxes: {touched}"
             assert "destroyed orphan" not in log or not touched
     finally:
         for d in daemons:
+            if backend == "docker":
+                label = f"sandboxd.instance={d.instance}"
+                for c in dockerd.containers(request.getfixturevalue("docker_engine"), label):
+                    dockerd.remove_container(request.getfixturevalue("docker_engine"), c["Id"])
             d.cleanup()
