@@ -65,19 +65,31 @@ async def read_blob(path: Path, gone: DomainError) -> AsyncGenerator[bytes]:
 
 
 def check_filename(name: str) -> None:
-    if (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or len(name.encode("utf-8", "surrogateescape")) > 255
-        or name.startswith(".sandboxd-upload-")
-    ):
-        raise InvalidRequest(
-            f"Invalid file name {name[:100]!r}: use a plain name without '/' or '..'.",
-            param="file",
-        )
+    """A plain file name (what `/mnt/data/<name>` and /v1/files keep); 400 saying what is wrong."""
+    try:
+        size = len(name.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:
+        size = -1
+    if not name or name in (".", ".."):
+        problem = "is empty" if not name else f"is {name!r}"
+    elif "/" in name:
+        problem = "contains '/'"
+    elif "\\" in name:
+        problem = "contains a backslash"
+    elif "\0" in name:
+        problem = "contains NUL"
+    elif size < 0:
+        problem = "is not a sequence of bytes a file system can hold"
+    elif size > 255:
+        problem = f"is {size} bytes long (at most 255)"
+    elif name.startswith(".sandboxd-upload-"):
+        problem = "uses the reserved prefix '.sandboxd-upload-'"
+    else:
+        return
+    raise InvalidRequest(
+        f"Invalid file name {name[:100]!r}: it {problem}. Use a plain file name, without folders.",
+        param="file",
+    )
 
 
 def _now() -> int:

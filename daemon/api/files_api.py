@@ -14,7 +14,7 @@ from daemon.config import FilesConfig
 from daemon.errors import InvalidRequest, PayloadTooLarge
 from daemon.files import CHUNK, PURPOSES, StagedBlob
 
-MAX_LIST_LIMIT = 10_000
+MAX_LIST_LIMIT = 10_000  # and the default, as OpenAI's spec says
 MAX_FIELD_BYTES = 1024  # purpose, expires_after[...]
 MAX_PARTS = 16
 FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
@@ -133,7 +133,9 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 
 async def list_(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query, max_limit=MAX_LIST_LIMIT)
+    after, limit, desc = query_list_params(
+        request.query, max_limit=MAX_LIST_LIMIT, default=MAX_LIST_LIMIT
+    )
     purpose = request.query.get("purpose") or None
     if purpose is not None and purpose not in PURPOSES:
         raise InvalidRequest("Invalid value for 'purpose'.", param="purpose")
