@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import StorageFull
+from daemon import ids
+from daemon.errors import InvalidRequest, StorageFull
 from daemon.models import (
     ContainerRecord,
     EventRecord,
@@ -24,7 +25,7 @@ from daemon.models import (
     UserFileRecord,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_EVENTS_PER_CONTAINER = 50
 MAX_CACHED_RECORDS = 4096  # container records kept in memory (emptied when full)
 MIGRATIONS: dict[int, str] = {
@@ -109,6 +110,69 @@ MIGRATIONS: dict[int, str] = {
         sealed BLOB NOT NULL,
         PRIMARY KEY (container_id, name)
     );
+    """,
+    5: """
+    -- Lists are ordered by `ord`: the id's time key, then the id (daemon/ids.py). Rows made
+    -- before ids were time-ordered get their creation second and insertion order instead.
+    ALTER TABLE containers ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE containers SET ord = printf('%08x%08x', created_at, seq) || id;
+    DROP INDEX containers_owner;
+    CREATE UNIQUE INDEX containers_ord ON containers (ord);
+    CREATE INDEX containers_owner_ord ON containers (owner, ord);
+    ALTER TABLE container_files ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE container_files SET ord = printf('%08x%08x', created_at, seq) || id;
+    CREATE INDEX container_files_ord ON container_files (container_id, ord);
+    ALTER TABLE files ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE files SET ord = printf('%08x%08x', created_at, seq) || id;
+    DROP INDEX files_owner;
+    CREATE UNIQUE INDEX files_ord ON files (ord);
+    CREATE INDEX files_owner_ord ON files (owner, ord);
+    ALTER TABLE skills ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE skills SET ord = printf('%08x%08x', created_at, seq) || id;
+    DROP INDEX skills_owner;
+    CREATE UNIQUE INDEX skills_ord ON skills (ord);
+    CREATE INDEX skills_owner_ord ON skills (owner, ord);
+    ALTER TABLE skill_versions ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE skill_versions SET ord = printf('%08x%08x', created_at, seq) || id;
+    CREATE INDEX skill_versions_ord ON skill_versions (skill_id, ord);
+    -- Such an old id carries no time: when its row goes, its place is kept here (swept after
+    -- a day), so a cursor naming it still continues where it stood.
+    CREATE TABLE cursor_tombstones (
+        id TEXT PRIMARY KEY,
+        ord TEXT NOT NULL,
+        deleted_at INTEGER NOT NULL
+    );
+    CREATE INDEX cursor_tombstones_age ON cursor_tombstones (deleted_at);
+    CREATE TRIGGER containers_tombstone AFTER DELETE ON containers
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 6, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER container_files_tombstone AFTER DELETE ON container_files
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 7, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER files_tombstone AFTER DELETE ON files
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 6, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER skills_tombstone AFTER DELETE ON skills
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 7, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER skill_versions_tombstone AFTER DELETE ON skill_versions
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 10, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER container_files_renumbered AFTER UPDATE OF id ON container_files
+    WHEN old.id <> new.id AND substr(old.ord, 1, 16) <> substr(old.id, 7, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
     """,
 }
 
@@ -206,8 +270,8 @@ class Store:
         )  # fmt: skip
         await self._run(
             lambda db: db.execute(
-                f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                values,
+                f"INSERT INTO containers ({_CONTAINER_COLS}, ord) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*values, _ord(rec.id, rec.created_at)),
             )
         )
 
@@ -385,13 +449,16 @@ class Store:
     # ------------------------------------------------------------------------- files
 
     async def insert_file(self, rec: FileRecord) -> None:
-        values = (rec.id, rec.container_id, rec.path, rec.source, rec.bytes, rec.created_at)
+        values = (
+            rec.id, rec.container_id, rec.path, rec.source, rec.bytes, rec.created_at,
+            _ord(rec.id, rec.created_at),
+        )  # fmt: skip
         await self._run(
             lambda db: db.execute(
-                f"INSERT INTO container_files ({_FILE_COLS}) VALUES (?,?,?,?,?,?) "
+                f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?) "
                 "ON CONFLICT (container_id, path) DO UPDATE SET "
                 "id = excluded.id, source = excluded.source, bytes = excluded.bytes, "
-                "created_at = excluded.created_at",
+                "created_at = excluded.created_at, ord = excluded.ord",
                 values,
             )
         )
@@ -432,9 +499,10 @@ class Store:
             )
             for path, size in found.items():
                 if path not in known:
+                    fid = new_id()
                     db.execute(
-                        f"INSERT INTO container_files ({_FILE_COLS}) VALUES (?,?,?,?,?,?)",
-                        (new_id(), cid, path, "assistant", size, now),
+                        f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?)",
+                        (fid, cid, path, "assistant", size, now, _ord(fid, now)),
                     )
                 elif known[path] != size:
                     db.execute(
@@ -458,7 +526,8 @@ class Store:
         )  # fmt: skip
         await self._run(
             lambda db: db.execute(
-                f"INSERT INTO files ({_UPLOAD_COLS}) VALUES (?,?,?,?,?,?,?)", values
+                f"INSERT INTO files ({_UPLOAD_COLS}, ord) VALUES (?,?,?,?,?,?,?,?)",
+                (*values, _ord(rec.id, rec.created_at)),
             )
         )
 
@@ -524,9 +593,9 @@ class Store:
     async def insert_skill(self, sid: str, owner: str, version: SkillVersionRecord) -> None:
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO skills (id, owner, created_at, default_version, latest_version) "
-                "VALUES (?,?,?,1,1)",
-                (sid, owner, version.created_at),
+                "INSERT INTO skills (id, owner, created_at, default_version, latest_version, ord) "
+                "VALUES (?,?,?,1,1,?)",
+                (sid, owner, version.created_at, _ord(sid, version.created_at)),
             )
             _insert_version(db, version)
 
@@ -648,8 +717,17 @@ class Store:
 
 def _insert_version(db: sqlite3.Connection, v: SkillVersionRecord) -> None:
     db.execute(
-        f"INSERT INTO skill_versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?)",
-        (v.id, v.skill_id, v.version, v.created_at, v.name, v.description, v.bytes),
+        f"INSERT INTO skill_versions ({_VERSION_COLS}, ord) VALUES (?,?,?,?,?,?,?,?)",
+        (
+            v.id,
+            v.skill_id,
+            v.version,
+            v.created_at,
+            v.name,
+            v.description,
+            v.bytes,
+            _ord(v.id, v.created_at),
+        ),
     )
 
 
@@ -662,6 +740,29 @@ def _version_exists(db: sqlite3.Connection, sid: str, version: int) -> bool:
     )
 
 
+def _ord(object_id: str, created_at: int) -> str:
+    """A row's place in its list: its id's (daemon/ids.py), or for an id without a time key,
+    its creation second."""
+    return ids.sort_key(object_id) or f"{created_at:08x}00000000{object_id}"
+
+
+def _position(db: sqlite3.Connection, table: str, after: str) -> str:
+    """Where the cursor `after` stands: its row's place; a deleted old id's kept place; or the
+    time in the id (a deleted or never-made one). 400 if it has none of these."""
+    row = db.execute(f"SELECT ord FROM {table} WHERE id = ?", (after,)).fetchone()
+    if row is None:
+        row = db.execute("SELECT ord FROM cursor_tombstones WHERE id = ?", (after,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    key = ids.sort_key(after)
+    if key is None:
+        raise InvalidRequest(
+            f"Invalid value for 'after': {after[:64]!r} is not an id of this list.",
+            param="after",
+        )
+    return key
+
+
 def _page(
     db: sqlite3.Connection,
     table: str,
@@ -672,14 +773,12 @@ def _page(
     limit: int,
     desc: bool,
 ) -> list[tuple[Any, ...]]:
-    """One page (+1 row to tell has_more) ordered by insertion; `after` is an object id."""
+    """One page (+1 row to tell has_more) in creation order; `after` is an object id, which
+    need not exist any more (see _position)."""
     where, args = list(where), list(args)
     if after is not None:
-        row = db.execute(f"SELECT seq FROM {table} WHERE id = ?", (after,)).fetchone()
-        if row is None:
-            return []
-        where.append("seq < ?" if desc else "seq > ?")
-        args.append(row[0])
+        where.append("ord < ?" if desc else "ord > ?")
+        args.append(_position(db, table, after))
     order = "DESC" if desc else "ASC"
-    sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
+    sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY ord {order} LIMIT ?"
     return db.execute(sql, [*args, limit + 1]).fetchall()

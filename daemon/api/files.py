@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import BodyPartReader, web
 
+from daemon import ids
 from daemon.api import serialize
 from daemon.api.context import CONFIG, caller_of, read_json, service_of
 from daemon.api.validation import get_str, malformed_multipart, query_list_params, reject_unknown
@@ -59,7 +60,7 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query)
+    after, limit, desc = query_list_params(request.query, ids.CONTAINER_FILE_ID)
     cid = request.match_info["container_id"]
     page = await service_of(request).list_files(caller_of(request), cid, after, limit, desc)
     return web.json_response(serialize.page(page, serialize.container_file))

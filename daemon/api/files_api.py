@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from daemon import ids
 from daemon.api import serialize
 from daemon.api.context import CONFIG, FILES, caller_of, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params
@@ -134,7 +135,7 @@ async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
 
 async def list_(request: web.Request) -> web.Response:
     after, limit, desc = query_list_params(
-        request.query, max_limit=MAX_LIST_LIMIT, default=MAX_LIST_LIMIT
+        request.query, ids.USER_FILE_ID, max_limit=MAX_LIST_LIMIT, default=MAX_LIST_LIMIT
     )
     purpose = request.query.get("purpose") or None
     if purpose is not None and purpose not in PURPOSES:

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
+from daemon import ids
 from daemon.api.context import CONFIG, SKILLS, caller_of, read_json, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
@@ -118,7 +119,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query, min_limit=0)  # the spec allows 0
+    after, limit, desc = query_list_params(request.query, ids.SKILL_ID, min_limit=0)
     page = await request.app[SKILLS].list_skills(caller_of(request), after, limit, desc)
     return web.json_response(_page([skill(r) for r in page.items], page.has_more))
 
@@ -179,7 +180,7 @@ async def create_version(request: web.Request) -> web.Response:
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query, min_limit=0)  # the spec allows 0
+    after, limit, desc = query_list_params(request.query, ids.SKILL_VERSION_ID, min_limit=0)
     sid = request.match_info["skill_id"]
     page = await request.app[SKILLS].list_versions(caller_of(request), sid, after, limit, desc)
     return web.json_response(_page([version(r) for r in page.items], page.has_more))
