@@ -162,6 +162,16 @@ class SkillsConfig:
 
 
 @dataclass(frozen=True)
+class IdempotencyConfig:
+    """`Idempotency-Key` on creating POSTs (daemon/idempotency.py)."""
+
+    ttl_s: int = 86_400  # a key answers with its first response for this long
+    wait_s: float = 60.0  # a retry waits this long for the first request, then 409 (retry)
+    max_per_owner: int = 10_000  # the oldest of one owner's keys go first beyond this
+    sweep_interval_s: float = 600.0  # expired keys (and old cursor places) are removed
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = ""  # "HOST:PORT" for a /metrics-only listener (keep it on loopback)
 
@@ -201,6 +211,7 @@ class Config:
     code: CodeConfig = field(default_factory=CodeConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
+    idempotency: IdempotencyConfig = field(default_factory=IdempotencyConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
@@ -315,6 +326,13 @@ def _validate(cfg: Config) -> None:
     if not 0.1 <= cfg.files.sweep_interval_s <= 3600:
         raise ConfigError("files.sweep_interval_s must be within 0.1..3600")
     _validate_proxy(cfg.proxy)
+    i = cfg.idempotency
+    if i.ttl_s < 60 or not 0 <= i.wait_s <= 600 or i.max_per_owner < 1:
+        raise ConfigError(
+            "idempotency.ttl_s must be at least 60, wait_s within 0..600, max_per_owner positive"
+        )
+    if not 1 <= i.sweep_interval_s <= 86_400:
+        raise ConfigError("idempotency.sweep_interval_s must be within 1..86400")
     code = cfg.code
     if not 1 <= code.max_sessions <= MAX_AGENT_SESSIONS:
         raise ConfigError(f"code.max_sessions must be within 1..{MAX_AGENT_SESSIONS}")

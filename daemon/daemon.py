@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Self
 from aiohttp import web
 
 from daemon.api.app import create_app, create_metrics_app
-from daemon.api.context import CODE, FILES, SKILLS
+from daemon.api.context import CODE, FILES, IDEMPOTENCY, SKILLS
 from daemon.code import CodeService
 from daemon.config import Config, ProxyConfig, split_host_port
 from daemon.egress import EgressProxy, EgressUnavailable, ProxySettings
 from daemon.files import FileService
+from daemon.idempotency import Idempotency
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
 from daemon.network import ContainerEgress
@@ -71,6 +72,7 @@ class Daemon:
         self.metrics = Metrics(self.runtime.name)
         self.files = FileService(config.files, self.store, state / "blobs")
         self.skills = SkillService(config.skills, self.store, state / "blobs")
+        self.idempotency = Idempotency(config.idempotency, self.store)
         self.service = ContainerService(
             config,
             self.store,
@@ -163,6 +165,7 @@ class Daemon:
         await self.skills.start()
         await self.files.start()
         self.tasks.spawn("file-sweeper", self.files.run_sweeper())
+        self.tasks.spawn("idempotency-sweeper", self.idempotency.run_sweeper())
         if any(self.config.pool.sizes.values()):
             self.pool = WarmPool(
                 self.runtime,
@@ -179,6 +182,7 @@ class Daemon:
         app[CODE] = self.code
         app[FILES] = self.files
         app[SKILLS] = self.skills
+        app[IDEMPOTENCY] = self.idempotency
         self._runner = web.AppRunner(
             app,
             handle_signals=False,

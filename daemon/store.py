@@ -22,6 +22,7 @@ from daemon.models import (
     SkillRecord,
     SkillVersionRecord,
     Status,
+    StoredResponse,
     UserFileRecord,
 )
 
@@ -168,6 +169,17 @@ MIGRATIONS: dict[int, str] = {
         INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
         VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
     END;
+    CREATE TABLE idempotency_keys (
+        owner TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, key)
+    );
+    CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+    CREATE INDEX idempotency_keys_owner_age ON idempotency_keys (owner, created_at);
     CREATE TRIGGER container_files_renumbered AFTER UPDATE OF id ON container_files
     WHEN old.id <> new.id AND substr(old.ord, 1, 16) <> substr(old.id, 7, 16) BEGIN
         INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
@@ -713,6 +725,47 @@ class Store:
     async def skill_version_ids(self) -> set[str]:
         rows = await self._run(lambda db: db.execute("SELECT id FROM skill_versions").fetchall())
         return {str(r[0]) for r in rows}
+
+    # ------------------------------------------------------------------- idempotency
+
+    async def stored_response(self, owner: str, key: str, since: int) -> StoredResponse | None:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT fingerprint, status, body FROM idempotency_keys "
+                "WHERE owner = ? AND key = ? AND created_at >= ?",
+                (owner, key, since),
+            ).fetchone()
+        )
+        return StoredResponse(str(row[0]), int(row[1]), bytes(row[2])) if row else None
+
+    async def store_response(
+        self, owner: str, key: str, response: StoredResponse, now: int, keep: int
+    ) -> None:
+        """Remember a response; beyond `keep` keys of this owner, the oldest are forgotten."""
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency_keys "
+                "(owner, key, fingerprint, status, body, created_at) VALUES (?,?,?,?,?,?)",
+                (owner, key, response.fingerprint, response.status, response.body, now),
+            )
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE owner = ? AND rowid IN (SELECT rowid FROM "
+                "idempotency_keys WHERE owner = ? ORDER BY created_at DESC LIMIT -1 OFFSET ?)",
+                (owner, owner, keep),
+            )
+
+        await self._run(put)
+
+    async def sweep(self, before: int) -> tuple[int, int]:
+        """Forget idempotency keys and deleted old ids' places older than `before`."""
+
+        def run(db: sqlite3.Connection) -> tuple[int, int]:
+            keys = db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (before,))
+            places = db.execute("DELETE FROM cursor_tombstones WHERE deleted_at < ?", (before,))
+            return keys.rowcount, places.rowcount
+
+        return await self._run(run)
 
 
 def _insert_version(db: sqlite3.Connection, v: SkillVersionRecord) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
 from daemon import ids
 from daemon.api import serialize
+from daemon.api.body import body_of
 from daemon.api.context import CONFIG, caller_of, read_json, service_of
 from daemon.api.validation import get_str, malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
@@ -29,16 +30,14 @@ async def upload(request: web.Request) -> web.Response:
         raise InvalidRequest("Send a multipart/form-data body with a 'file' part.", param="file")
     if request.content_length is not None and request.content_length > cap + (64 << 10):
         raise PayloadTooLarge(f"The upload exceeds {cap} bytes.", param="file")
+    parts = body_of(request)
     with malformed_multipart("file"):
-        reader = await request.multipart()
         while True:
-            part = await reader.next()
+            part = await parts.next_part("file")
             if part is None:
                 raise InvalidRequest("Missing required parameter: 'file'.", param="file")
-            if isinstance(part, BodyPartReader) and part.name == "file":
+            if part.name == "file":
                 break
-            if isinstance(part, BodyPartReader):
-                await part.release()
     filename = part.filename
     if not filename:
         raise InvalidRequest("The 'file' part needs a filename.", param="file")

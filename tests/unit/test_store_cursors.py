@@ -135,5 +135,10 @@ async def test_old_ids_keep_their_place_after_the_migration(tmp_path: Path) -> N
         await store.insert_user_file(
             UserFileRecord(ids.user_file_id(), "owner", "g.txt", "batch", 1, 2000, None)
         )
+        # The places of deleted old ids are kept for a day (the idempotency sweeper's pass).
+        assert await store.sweep(int(time.time()) - 60) == (0, 0)
+        assert await store.sweep(int(time.time()) + 1) == (0, 2)
+        with pytest.raises(InvalidRequest):
+            await store.list_user_files("owner", None, 0, fids[2], 10, True)
     finally:
         await store.close()
