@@ -22,6 +22,7 @@ EX_CONFIG = 78
 MAX_AGENT_STDIN = 16 << 20  # the in-sandbox agent's own cap
 MAX_AGENT_SESSIONS = 64  # the agent's own caps on code sessions and cell size
 MAX_AGENT_CODE = 4 << 20
+MAX_AGENT_LISTED = 10_000  # files one agent listing holds at most
 
 
 class ConfigError(Exception):
@@ -86,7 +87,8 @@ class ContainerConfig:
     nofile: int = 1024
     max_upload_bytes: int = 512 << 20
     max_download_bytes: int = 1 << 30
-    max_files_listed: int = 10000
+    max_files_listed: int = 10000  # files one workspace listing sees (the agent's cap: 10000)
+    max_file_records: int = 20000  # container file records kept per container, at most
     reaper_interval_s: float = 10.0  # idle expiry happens within one interval of the deadline
 
     def limits(self) -> Limits:
@@ -310,6 +312,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(
                 f"pool.sizes.{tier}: tiers are {', '.join(MEMORY_TIERS)}, sizes 0..64"
             )
+    if not 1 <= c.max_files_listed <= min(MAX_AGENT_LISTED, c.max_file_records):
+        raise ConfigError(
+            f"containers.max_files_listed must be within 1..{MAX_AGENT_LISTED}, and "
+            "containers.max_file_records at least as large"
+        )
     if not 0.1 <= c.reaper_interval_s <= 600:
         raise ConfigError("containers.reaper_interval_s must be within 0.1..600")
     stages = ("drain_timeout_s", "kill_grace_s", "cancel_timeout_s", "tasks_timeout_s")

@@ -24,6 +24,7 @@ from daemon.config import FilesConfig
 from daemon.errors import DomainError, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from daemon.models import Page, UserFileRecord
 from daemon.store import Store
+from sandbox import pathnames
 
 logger = logging.getLogger(__name__)
 
@@ -64,25 +65,29 @@ async def read_blob(path: Path, gone: DomainError) -> AsyncGenerator[bytes]:
         await asyncio.to_thread(f.close)
 
 
-def check_filename(name: str) -> None:
-    """A plain file name (what `/mnt/data/<name>` and /v1/files keep); 400 saying what is wrong."""
+def api_filename(sent: str) -> str:
+    """A multipart part's filename (surrogate-escaped where it is not UTF-8) in API form."""
     try:
-        size = len(name.encode("utf-8", "surrogateescape"))
-    except UnicodeEncodeError:
-        size = -1
-    if not name or name in (".", ".."):
-        problem = "is empty" if not name else f"is {name!r}"
-    elif "/" in name:
+        return pathnames.to_api(sent)
+    except ValueError:
+        raise InvalidRequest("The file name is not a sequence of bytes.", param="file") from None
+
+
+def check_filename(name: str) -> None:
+    """A plain file name in API form (what `/mnt/data/<name>` and /v1/files keep); 400
+    saying what is wrong."""
+    raw = pathnames.raw(name)
+    if not raw or raw in (b".", b".."):
+        problem = "is empty" if not raw else f"is {name!r}"
+    elif b"/" in raw:
         problem = "contains '/'"
-    elif "\\" in name:
+    elif b"\\" in raw:
         problem = "contains a backslash"
-    elif "\0" in name:
+    elif b"\0" in raw:
         problem = "contains NUL"
-    elif size < 0:
-        problem = "is not a sequence of bytes a file system can hold"
-    elif size > 255:
-        problem = f"is {size} bytes long (at most 255)"
-    elif name.startswith(".sandboxd-upload-"):
+    elif len(raw) > 255:
+        problem = f"is {len(raw)} bytes long (at most 255)"
+    elif raw.startswith(b".sandboxd-upload-"):
         problem = "uses the reserved prefix '.sandboxd-upload-'"
     else:
         return

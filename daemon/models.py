@@ -106,3 +106,4 @@ class StoredResponse:
 class Page[T]:
     items: list[T]
     has_more: bool
+    truncated: bool = False  # container files: the workspace holds more than one listing sees

@@ -25,6 +25,7 @@ from daemon.models import (
     StoredResponse,
     UserFileRecord,
 )
+from sandbox import pathnames
 
 SCHEMA_VERSION = 5
 MAX_EVENTS_PER_CONTAINER = 50
@@ -169,6 +170,8 @@ MIGRATIONS: dict[int, str] = {
         INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
         VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
     END;
+    -- Set by a workspace listing that saw only part of the files (the list says so).
+    ALTER TABLE containers ADD COLUMN files_truncated INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE idempotency_keys (
         owner TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -460,20 +463,24 @@ class Store:
 
     # ------------------------------------------------------------------------- files
 
-    async def insert_file(self, rec: FileRecord) -> None:
+    async def insert_file(self, rec: FileRecord, cap: int) -> None:
+        """Record an upload (replacing a stale record of its path); at most `cap` records."""
         values = (
             rec.id, rec.container_id, rec.path, rec.source, rec.bytes, rec.created_at,
             _ord(rec.id, rec.created_at),
         )  # fmt: skip
-        await self._run(
-            lambda db: db.execute(
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
                 f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?) "
                 "ON CONFLICT (container_id, path) DO UPDATE SET "
                 "id = excluded.id, source = excluded.source, bytes = excluded.bytes, "
                 "created_at = excluded.created_at, ord = excluded.ord",
                 values,
             )
-        )
+            _cap_files(db, rec.container_id, {rec.path}, cap)
+
+        await self._run(insert)
 
     async def get_file(self, cid: str, fid: str) -> FileRecord | None:
         row = await self._run(
@@ -490,44 +497,74 @@ class Store:
     async def list_files(
         self, cid: str, after: str | None, limit: int, desc: bool
     ) -> Page[FileRecord]:
-        rows = await self._run(
-            lambda db: _page(
-                db, "container_files", _FILE_COLS, ["container_id = ?"], [cid], after, limit, desc
-            )
-        )
-        return Page([_file(r) for r in rows[:limit]], len(rows) > limit)
+        """A page of the container's file records; `truncated` if its last listing was."""
+
+        def run(db: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], bool]:
+            where = ["container_id = ?"]
+            rows = _page(db, "container_files", _FILE_COLS, where, [cid], after, limit, desc)
+            flag = db.execute("SELECT files_truncated FROM containers WHERE id = ?", (cid,))
+            return rows, bool((flag.fetchone() or (0,))[0])
+
+        rows, truncated = await self._run(run)
+        return Page([_file(r) for r in rows[:limit]], len(rows) > limit, truncated)
 
     async def sync_files(
-        self, cid: str, found: dict[str, int], now: int, new_id: Callable[[], str], complete: bool
+        self,
+        cid: str,
+        found: dict[str, int],
+        upto: bytes | None,
+        now: int,
+        new_id: Callable[[], str],
+        cap: int,
     ) -> None:
-        """Reconcile records with a workspace scan: new paths become `assistant` files, sizes
-        are refreshed, and (when the scan was complete) vanished paths are dropped."""
+        """Reconcile records with a workspace listing: new paths become `assistant` files,
+        sizes are refreshed, and records of paths the listing covered but did not find are
+        dropped: every path if it was complete (`upto` None), else those up to `upto` (the raw
+        bytes of the last path of a listing in byte order). At most `cap` records stay."""
 
         def sync(db: sqlite3.Connection) -> None:
-            known = dict(
-                db.execute(
-                    "SELECT path, bytes FROM container_files WHERE container_id = ?", (cid,)
-                ).fetchall()
+            known = _known_files(db, cid)
+            _record_found(db, cid, found, known, now, new_id)
+            gone = [p for p in known if p not in found and (upto is None or _raw(p) <= upto)]
+            _forget_files(db, cid, gone)
+            _cap_files(db, cid, set(found), cap)
+            db.execute(
+                "UPDATE containers SET files_truncated = ? WHERE id = ?", (upto is not None, cid)
             )
-            for path, size in found.items():
-                if path not in known:
-                    fid = new_id()
-                    db.execute(
-                        f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?)",
-                        (fid, cid, path, "assistant", size, now, _ord(fid, now)),
-                    )
-                elif known[path] != size:
-                    db.execute(
-                        "UPDATE container_files SET bytes = ? WHERE container_id = ? AND path = ?",
-                        (size, cid, path),
-                    )
-            if complete:
-                gone = [(cid, p) for p in known if p not in found]
-                db.executemany(
-                    "DELETE FROM container_files WHERE container_id = ? AND path = ?", gone
-                )
 
         await self._run(sync)
+
+    async def record_changes(
+        self,
+        cid: str,
+        changed: dict[str, int],
+        removed: list[str],
+        now: int,
+        new_id: Callable[[], str],
+        cap: int,
+    ) -> dict[str, FileRecord]:
+        """What a code cell wrote and removed, like a listing of just those paths; returns the
+        records of the written paths (ids kept for paths already known)."""
+
+        def run(db: sqlite3.Connection) -> dict[str, FileRecord]:
+            known = _known_files(db, cid)
+            _record_found(db, cid, changed, known, now, new_id)
+            _forget_files(db, cid, [p for p in removed if p not in changed])
+            _cap_files(db, cid, set(changed), cap)
+            out: dict[str, FileRecord] = {}
+            paths = list(changed)
+            for i in range(0, len(paths), 500):
+                chunk = paths[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT {_FILE_COLS} FROM container_files "
+                    f"WHERE container_id = ? AND path IN ({marks})",
+                    [cid, *chunk],
+                ).fetchall()
+                out.update((r[2], _file(r)) for r in rows)
+            return out
+
+        return await self._run(run)
 
     # --------------------------------------------------------- uploaded files (/v1/files)
 
@@ -766,6 +803,58 @@ class Store:
             return keys.rowcount, places.rowcount
 
         return await self._run(run)
+
+
+def _known_files(db: sqlite3.Connection, cid: str) -> dict[str, int]:
+    rows = db.execute("SELECT path, bytes FROM container_files WHERE container_id = ?", (cid,))
+    return dict(rows.fetchall())
+
+
+def _record_found(
+    db: sqlite3.Connection,
+    cid: str,
+    found: dict[str, int],
+    known: dict[str, int],
+    now: int,
+    new_id: Callable[[], str],
+) -> None:
+    for path, size in found.items():
+        if path not in known:
+            fid = new_id()
+            db.execute(
+                f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?)",
+                (fid, cid, path, "assistant", size, now, _ord(fid, now)),
+            )
+        elif known[path] != size:
+            db.execute(
+                "UPDATE container_files SET bytes = ? WHERE container_id = ? AND path = ?",
+                (size, cid, path),
+            )
+
+
+def _forget_files(db: sqlite3.Connection, cid: str, paths: list[str]) -> None:
+    db.executemany(
+        "DELETE FROM container_files WHERE container_id = ? AND path = ?",
+        [(cid, p) for p in paths],
+    )
+
+
+def _cap_files(db: sqlite3.Connection, cid: str, keep: set[str], cap: int) -> None:
+    """At most `cap` records per container: beyond it, those with the greatest paths (byte
+    order) go first, as a listing cut short would not see them either; `keep` stays."""
+    (count,) = db.execute(
+        "SELECT COUNT(*) FROM container_files WHERE container_id = ?", (cid,)
+    ).fetchone()
+    if count <= cap:
+        return
+    rows = db.execute("SELECT path FROM container_files WHERE container_id = ?", (cid,))
+    others = sorted((p for (p,) in rows.fetchall() if p not in keep), key=_raw, reverse=True)
+    _forget_files(db, cid, others[: count - cap])
+
+
+def _raw(path: str) -> bytes:
+    """A container file path's bytes (paths are stored in API form: sandbox/pathnames.py)."""
+    return pathnames.raw(path)
 
 
 def _insert_version(db: sqlite3.Connection, v: SkillVersionRecord) -> None:

@@ -65,6 +65,11 @@ def normalise(raw: str) -> tuple[str, ...]:
     """The path's components, or SkillArchiveError for anything that could escape."""
     if not raw or "\0" in raw:
         raise SkillArchiveError("An empty or NUL-containing path is not allowed.")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = raw.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise SkillArchiveError(f"Path {shown[:200]!r} is not UTF-8.") from None
     if "\\" in raw:
         raise SkillArchiveError(f"Path {raw[:200]!r} contains a backslash.")
     if raw.startswith("/") or re.match(r"[A-Za-z]:", raw):

@@ -13,6 +13,7 @@ from daemon.api.body import body_of
 from daemon.api.context import CONFIG, caller_of, read_json, service_of
 from daemon.api.validation import get_str, malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
+from daemon.files import api_filename
 
 CHUNK = 256 << 10
 
@@ -38,9 +39,9 @@ async def upload(request: web.Request) -> web.Response:
                 raise InvalidRequest("Missing required parameter: 'file'.", param="file")
             if part.name == "file":
                 break
-    filename = part.filename
-    if not filename:
+    if not part.filename:
         raise InvalidRequest("The 'file' part needs a filename.", param="file")
+    filename = api_filename(part.filename)  # every byte kept, in UTF-8 (sandbox/pathnames.py)
 
     async def chunks() -> AsyncIterator[bytes]:
         total = 0
@@ -62,7 +63,9 @@ async def list_(request: web.Request) -> web.Response:
     after, limit, desc = query_list_params(request.query, ids.CONTAINER_FILE_ID)
     cid = request.match_info["container_id"]
     page = await service_of(request).list_files(caller_of(request), cid, after, limit, desc)
-    return web.json_response(serialize.page(page, serialize.container_file))
+    body = serialize.page(page, serialize.container_file)
+    body["workspace_truncated"] = page.truncated  # ours: records cover only the first paths
+    return web.json_response(body)
 
 
 async def retrieve(request: web.Request) -> web.Response:

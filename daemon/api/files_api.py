@@ -14,7 +14,7 @@ from daemon.api.context import CONFIG, FILES, caller_of, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params
 from daemon.config import FilesConfig
 from daemon.errors import InvalidRequest, PayloadTooLarge
-from daemon.files import CHUNK, PURPOSES, StagedBlob
+from daemon.files import CHUNK, PURPOSES, StagedBlob, api_filename
 
 MAX_LIST_LIMIT = 10_000  # and the default, as OpenAI's spec says
 MAX_FIELD_BYTES = 1024  # purpose, expires_after[...]
@@ -110,9 +110,9 @@ async def _read_parts(
             if part.name == "file":
                 if staged is not None:
                     raise InvalidRequest("Send exactly one 'file' part.", param="file")
-                filename = part.filename or ""
-                if not filename:
+                if not part.filename:
                     raise InvalidRequest("The 'file' part needs a filename.", param="file")
+                filename = api_filename(part.filename)
                 staged = await service.receive(caller_of(request), _chunks(part))
             elif part.name in FIELDS:
                 fields[part.name] = await _field(part)
