@@ -818,18 +818,17 @@ def _record_found(
     now: int,
     new_id: Callable[[], str],
 ) -> None:
+    new, changed = [], []
     for path, size in found.items():
         if path not in known:
             fid = new_id()
-            db.execute(
-                f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?)",
-                (fid, cid, path, "assistant", size, now, _ord(fid, now)),
-            )
+            new.append((fid, cid, path, "assistant", size, now, _ord(fid, now)))
         elif known[path] != size:
-            db.execute(
-                "UPDATE container_files SET bytes = ? WHERE container_id = ? AND path = ?",
-                (size, cid, path),
-            )
+            changed.append((size, cid, path))
+    db.executemany(f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?)", new)
+    db.executemany(
+        "UPDATE container_files SET bytes = ? WHERE container_id = ? AND path = ?", changed
+    )
 
 
 def _forget_files(db: sqlite3.Connection, cid: str, paths: list[str]) -> None:

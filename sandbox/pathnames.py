@@ -18,8 +18,18 @@ def _hex2(text: str, i: int) -> bool:
     return i + 2 < len(text) and text[i + 1] in HEX and text[i + 2] in HEX
 
 
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def to_api(name: str) -> str:
     """The API form of a name as Python's OS functions give it (surrogate-escaped)."""
+    if "%" not in name and _is_utf8(name):
+        return name  # the common case, at C speed
     out = []
     for i, ch in enumerate(name):
         code = ord(ch)
@@ -36,6 +46,8 @@ def to_api(name: str) -> str:
 
 def raw(api_name: str) -> bytes:
     """The bytes an API-form name stands for."""
+    if "%" not in api_name:
+        return api_name.encode("utf-8")
     out = bytearray()
     i = 0
     while i < len(api_name):

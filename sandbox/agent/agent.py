@@ -574,16 +574,26 @@ def walk_workspace(root, limit):
 
     The files come in the byte order of their paths (a directory's entries sorted by name, a
     directory's name with its "/"), so a listing cut short at `limit` holds every file up to
-    its last path: whatever else the caller knew up to there is gone."""
+    its last path: whatever else the caller knew up to there is gone. Entries are told apart
+    by their directory entry type; only what is visited or listed is stat'ed."""
     dev = workspace_dev()
     found = []
-    stack = [(root, None)]
+    stack = [(root, True)]
     while stack:
-        current, st = stack.pop()
-        if st is not None:
-            if len(found) >= limit:
-                return found, True
-            found.append((current, st))
+        current, is_dir = stack.pop()
+        try:
+            st = os.stat(current, follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_dev != dev:
+            continue
+        if not is_dir:
+            if stat.S_ISREG(st.st_mode):
+                if len(found) >= limit:
+                    return found, True
+                found.append((current, st))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
             continue
         try:
             entries = list(os.scandir(current))
@@ -595,19 +605,16 @@ def walk_workspace(root, limit):
                 current == WORKSPACE and entry.name == "lost+found"
             ):
                 continue
+            key = entry.name.encode("utf-8", "surrogateescape")
             try:
-                st = entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    children.append((key + b"/", entry.path, True))
+                elif entry.is_file(follow_symlinks=False):
+                    children.append((key, entry.path, False))
             except OSError:
                 continue
-            if st.st_dev != dev:
-                continue
-            key = entry.name.encode("utf-8", "surrogateescape")
-            if stat.S_ISDIR(st.st_mode):
-                children.append((key + b"/", entry.path, None))
-            elif stat.S_ISREG(st.st_mode):
-                children.append((key, entry.path, st))
         children.sort(key=sort_key, reverse=True)  # the first in order is popped first
-        stack.extend((path, st) for _key, path, st in children)
+        stack.extend((path, is_dir) for _key, path, is_dir in children)
     return found, False
 
 
