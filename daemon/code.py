@@ -31,7 +31,6 @@ DEFAULT_SESSION = "default"
 # Deaths we attributed (OOM) but the agent cannot know about, reported by the session's next
 # call; bounded, since a container may go away before that call comes.
 MAX_REMEMBERED_DEATHS = 4096
-FILE_PAGE = 1000
 
 # (stream name, bytes): output of a running cell, for streaming replies.
 CodeSink = Callable[[str, bytes], Awaitable[None]]
@@ -161,27 +160,26 @@ class CodeService:
             killed=done.killed,
             restarted=res.restarted,
             restart_reason=restart_reason,
-            files=await self._file_records(cid, res.files),
+            files=await self._file_records(cid, res.files, res.removed),
             files_truncated=res.files_truncated,
             duration_ms=res.duration_ms,
         )
 
-    async def _file_records(self, cid: str, changed: list[AgentFile]) -> list[FileRecord]:
-        """Container file records (stable ids, `assistant` when new) for what a cell wrote."""
-        if not changed:
+    async def _file_records(
+        self, cid: str, changed: list[AgentFile], removed: list[str]
+    ) -> list[FileRecord]:
+        """Container file records (stable ids, `assistant` when new) for what a cell wrote;
+        what it removed leaves the records, as a listing would find."""
+        if not changed and not removed:
             return []
-        sizes = {f.path: f.bytes for f in changed}
-        await self._store.sync_files(
-            cid, sizes, int(time.time()), ids.container_file_id, complete=False
+        found = await self._store.record_changes(
+            cid,
+            {f.path: f.bytes for f in changed},
+            removed,
+            int(time.time()),
+            ids.container_file_id,
+            self._cfg.containers.max_file_records,
         )
-        found: dict[str, FileRecord] = {}
-        after: str | None = None
-        while len(found) < len(sizes):  # newest first: new files are on the first page
-            page = await self._store.list_files(cid, after, FILE_PAGE, True)
-            found.update((r.path, r) for r in page.items if r.path in sizes)
-            if not page.has_more or not page.items:
-                break
-            after = page.items[-1].id
         return [found[f.path] for f in changed if f.path in found]
 
     async def sessions(self, caller: Caller, cid: str) -> list[CodeSession]:

@@ -25,6 +25,7 @@ INSTANCE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 MAX_AGENT_STDIN = 16 << 20  # the in-sandbox agent's own cap
 MAX_AGENT_SESSIONS = 64  # the agent's own caps on code sessions and cell size
 MAX_AGENT_CODE = 4 << 20
+MAX_AGENT_LISTED = 10_000  # files one agent listing holds at most
 
 
 class ConfigError(Exception):
@@ -98,7 +99,8 @@ class ContainerConfig:
     nofile: int = 1024
     max_upload_bytes: int = 512 << 20
     max_download_bytes: int = 1 << 30
-    max_files_listed: int = 10000
+    max_files_listed: int = 10000  # files one workspace listing sees (the agent's cap: 10000)
+    max_file_records: int = 20000  # container file records kept per container, at most
     reaper_interval_s: float = 10.0  # idle expiry happens within one interval of the deadline
     # Admission: the memory tiers of all sandboxes may sum to at most host RAM x this; a tier
     # bigger than host RAM is always refused.
@@ -177,6 +179,16 @@ class SkillsConfig:
 
 
 @dataclass(frozen=True)
+class IdempotencyConfig:
+    """`Idempotency-Key` on creating POSTs (daemon/idempotency.py)."""
+
+    ttl_s: int = 86_400  # a key answers with its first response for this long
+    wait_s: float = 60.0  # a retry waits this long for the first request, then 409 (retry)
+    max_per_owner: int = 10_000  # the oldest of one owner's keys go first beyond this
+    sweep_interval_s: float = 600.0  # expired keys (and old cursor places) are removed
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = ""  # "HOST:PORT" for a /metrics-only listener (keep it on loopback)
 
@@ -216,6 +228,7 @@ class Config:
     code: CodeConfig = field(default_factory=CodeConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
+    idempotency: IdempotencyConfig = field(default_factory=IdempotencyConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
 
@@ -322,6 +335,11 @@ def _validate(cfg: Config) -> None:
             )
     if not 0.1 <= c.memory_overcommit <= 1000:
         raise ConfigError("containers.memory_overcommit must be within 0.1..1000")
+    if not 1 <= c.max_files_listed <= min(MAX_AGENT_LISTED, c.max_file_records):
+        raise ConfigError(
+            f"containers.max_files_listed must be within 1..{MAX_AGENT_LISTED}, and "
+            "containers.max_file_records at least as large"
+        )
     if not 0.1 <= c.reaper_interval_s <= 600:
         raise ConfigError("containers.reaper_interval_s must be within 0.1..600")
     stages = ("drain_timeout_s", "kill_grace_s", "cancel_timeout_s", "tasks_timeout_s")
@@ -338,6 +356,13 @@ def _validate(cfg: Config) -> None:
     if not 0.1 <= cfg.files.sweep_interval_s <= 3600:
         raise ConfigError("files.sweep_interval_s must be within 0.1..3600")
     _validate_proxy(cfg.proxy)
+    i = cfg.idempotency
+    if i.ttl_s < 60 or not 0 <= i.wait_s <= 600 or i.max_per_owner < 1:
+        raise ConfigError(
+            "idempotency.ttl_s must be at least 60, wait_s within 0..600, max_per_owner positive"
+        )
+    if not 1 <= i.sweep_interval_s <= 86_400:
+        raise ConfigError("idempotency.sweep_interval_s must be within 1..86400")
     code = cfg.code
     if not 1 <= code.max_sessions <= MAX_AGENT_SESSIONS:
         raise ConfigError(f"code.max_sessions must be within 1..{MAX_AGENT_SESSIONS}")

@@ -18,11 +18,12 @@ from aiohttp import web
 
 from daemon.admission import Admission, AdmittingRuntime, host_memory_bytes
 from daemon.api.app import create_app, create_metrics_app
-from daemon.api.context import CODE, FILES, SKILLS
+from daemon.api.context import CODE, FILES, IDEMPOTENCY, SKILLS
 from daemon.code import CodeService
 from daemon.config import Config, ProxyConfig, split_host_port
 from daemon.egress import EgressProxy, EgressUnavailable, ProxySettings
 from daemon.files import FileService
+from daemon.idempotency import Idempotency
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
 from daemon.network import ContainerEgress
@@ -81,6 +82,7 @@ class Daemon:
         self.tasks = TaskSupervisor()
         self.files = FileService(config.files, self.store, state / "blobs")
         self.skills = SkillService(config.skills, self.store, state / "blobs")
+        self.idempotency = Idempotency(config.idempotency, self.store)
         self.service = ContainerService(
             config,
             self.store,
@@ -178,6 +180,7 @@ class Daemon:
         await self.skills.start()
         await self.files.start()
         self.tasks.spawn("file-sweeper", self.files.run_sweeper())
+        self.tasks.spawn("idempotency-sweeper", self.idempotency.run_sweeper())
         if any(self.config.pool.sizes.values()):
             self.pool = WarmPool(
                 self.runtime,
@@ -195,6 +198,7 @@ class Daemon:
         app[CODE] = self.code
         app[FILES] = self.files
         app[SKILLS] = self.skills
+        app[IDEMPOTENCY] = self.idempotency
         self._runner = web.AppRunner(
             app,
             handle_signals=False,

@@ -56,6 +56,18 @@ class SessionBusy(DomainError):
     code = "session_busy"
 
 
+class IdempotencyKeyReused(DomainError):
+    """The key was first used with another request (method, path or body)."""
+
+    code = "idempotency_key_reused"
+
+
+class RequestInFlight(DomainError):
+    """The first request with this key is still running: retry shortly."""
+
+    code = "request_in_flight"
+
+
 class StorageFull(DomainError):
     code = "insufficient_storage"
 
@@ -79,6 +91,8 @@ HTTP_ERRORS: dict[type[DomainError], tuple[int, str, bool]] = {
     Unauthorized: (401, "invalid_request_error", False),
     NotFound: (404, "invalid_request_error", False),
     SessionBusy: (409, "invalid_request_error", False),
+    IdempotencyKeyReused: (409, "invalid_request_error", False),
+    RequestInFlight: (409, "invalid_request_error", True),
     PayloadTooLarge: (413, "invalid_request_error", False),
     QuotaExceeded: (429, "quota_exceeded", False),
     CapacityExceeded: (429, "rate_limit_error", True),

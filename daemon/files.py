@@ -24,6 +24,7 @@ from daemon.config import FilesConfig
 from daemon.errors import DomainError, InvalidRequest, NotFound, PayloadTooLarge, QuotaExceeded
 from daemon.models import Page, UserFileRecord
 from daemon.store import Store
+from sandbox import pathnames
 
 logger = logging.getLogger(__name__)
 
@@ -64,20 +65,36 @@ async def read_blob(path: Path, gone: DomainError) -> AsyncGenerator[bytes]:
         await asyncio.to_thread(f.close)
 
 
+def api_filename(sent: str) -> str:
+    """A multipart part's filename (surrogate-escaped where it is not UTF-8) in API form."""
+    try:
+        return pathnames.to_api(sent)
+    except ValueError:
+        raise InvalidRequest("The file name is not a sequence of bytes.", param="file") from None
+
+
 def check_filename(name: str) -> None:
-    if (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or len(name.encode("utf-8", "surrogateescape")) > 255
-        or name.startswith(".sandboxd-upload-")
-    ):
-        raise InvalidRequest(
-            f"Invalid file name {name[:100]!r}: use a plain name without '/' or '..'.",
-            param="file",
-        )
+    """A plain file name in API form (what `/mnt/data/<name>` and /v1/files keep); 400
+    saying what is wrong."""
+    raw = pathnames.raw(name)
+    if not raw or raw in (b".", b".."):
+        problem = "is empty" if not raw else f"is {name!r}"
+    elif b"/" in raw:
+        problem = "contains '/'"
+    elif b"\\" in raw:
+        problem = "contains a backslash"
+    elif b"\0" in raw:
+        problem = "contains NUL"
+    elif len(raw) > 255:
+        problem = f"is {len(raw)} bytes long (at most 255)"
+    elif raw.startswith(b".sandboxd-upload-"):
+        problem = "uses the reserved prefix '.sandboxd-upload-'"
+    else:
+        return
+    raise InvalidRequest(
+        f"Invalid file name {name[:100]!r}: it {problem}. Use a plain file name, without folders.",
+        param="file",
+    )
 
 
 def _now() -> int:

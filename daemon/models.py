@@ -94,6 +94,16 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
+class StoredResponse:
+    """The first response to a request made with an `Idempotency-Key`."""
+
+    fingerprint: str  # of the request: method, path and body
+    status: int
+    body: bytes  # JSON
+
+
+@dataclass(frozen=True)
 class Page[T]:
     items: list[T]
     has_more: bool
+    truncated: bool = False  # container files: the workspace holds more than one listing sees

@@ -49,6 +49,7 @@ from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillRef, SkillService
 from daemon.store import Store
 from daemon.tasks import TaskSupervisor
+from sandbox import pathnames
 from sandbox.agent_client import ExecChunk
 from sandbox.cgroups import KillCounters
 from sandbox.errors import (
@@ -416,12 +417,21 @@ class ContainerService:
     # ----------------------------------------------------------------------- files
 
     async def _scan(self, cid: str) -> None:
-        limit = self._cfg.containers.max_files_listed
+        """Bring the container's file records in line with its workspace. A workspace with
+        more files than one listing sees (`max_files_listed`) is listed in byte order of the
+        paths and cut short: records up to the last listed path are reconciled, the rest kept
+        (within `max_file_records`), and the list says `workspace_truncated`."""
+        cfg = self._cfg.containers
         with _translate("list files"):
-            files, truncated = await self._runtime.agent(cid).list_files(WORKSPACE, limit)
-        found = {f.path: f.bytes for f in files}
+            listing = await self._runtime.agent(cid).list_files(WORKSPACE, cfg.max_files_listed)
+        found = {f.path: f.bytes for f in listing.files}
+        upto: bytes | None = None  # complete: every record not found is gone
+        if listing.truncated:
+            # An agent from before ordered listings may cut anywhere: then forget nothing.
+            ordered = listing.ordered and found
+            upto = max(pathnames.raw(p) for p in found) if ordered else b""
         await self._store.sync_files(
-            cid, found, _now(), ids.container_file_id, complete=not truncated
+            cid, found, upto, _now(), ids.container_file_id, cfg.max_file_records
         )
 
     async def upload(
@@ -435,7 +445,7 @@ class ContainerService:
                 agent = self._runtime.agent(cid)
                 path, size = await agent.write_file(WORKSPACE, filename, data, cap)
         rec = FileRecord(ids.container_file_id(), cid, path, "user", size, _now())
-        await self._store.insert_file(rec)
+        await self._store.insert_file(rec, self._cfg.containers.max_file_records)
         logger.info("file uploaded", extra={"bytes": size})
         return rec
 
@@ -459,7 +469,7 @@ class ContainerService:
                 agent = self._runtime.agent(cid)
                 path, size = await agent.write_file(WORKSPACE, src.filename, files.chunks(src), cap)
             rec = FileRecord(ids.container_file_id(), cid, path, "user", size, _now())
-            await self._store.insert_file(rec)
+            await self._store.insert_file(rec, self._cfg.containers.max_file_records)
             copied.append(rec)
         if copied:
             logger.info("files copied", extra={"count": len(copied)})
@@ -476,8 +486,8 @@ class ContainerService:
         self, caller: Caller, cid: str, after: str | None, limit: int, desc: bool
     ) -> Page[FileRecord]:
         rec = await self.get(caller, cid)
-        if rec.status == Status.RUNNING:
-            await self._scan(cid)
+        if rec.status == Status.RUNNING and after is None:
+            await self._scan(cid)  # later pages read the records the first one refreshed
         return await self._store.list_files(cid, after, limit, desc)
 
     async def get_file(self, caller: Caller, cid: str, fid: str) -> FileRecord:

@@ -11,7 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import StorageFull
+from daemon import ids
+from daemon.errors import InvalidRequest, StorageFull
 from daemon.models import (
     ContainerRecord,
     EventRecord,
@@ -21,11 +22,13 @@ from daemon.models import (
     SkillRecord,
     SkillVersionRecord,
     Status,
+    StoredResponse,
     UserFileRecord,
 )
+from sandbox import pathnames
 from sandbox.spec import MEMORY_TIERS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_EVENTS_PER_CONTAINER = 50
 MAX_CACHED_RECORDS = 4096  # container records kept in memory (emptied when full)
 MIGRATIONS: dict[int, str] = {
@@ -110,6 +113,82 @@ MIGRATIONS: dict[int, str] = {
         sealed BLOB NOT NULL,
         PRIMARY KEY (container_id, name)
     );
+    """,
+    5: """
+    -- Lists are ordered by `ord`: the id's time key, then the id (daemon/ids.py). Rows made
+    -- before ids were time-ordered get their creation second and insertion order instead.
+    ALTER TABLE containers ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE containers SET ord = printf('%08x%08x', created_at, seq) || id;
+    DROP INDEX containers_owner;
+    CREATE UNIQUE INDEX containers_ord ON containers (ord);
+    CREATE INDEX containers_owner_ord ON containers (owner, ord);
+    ALTER TABLE container_files ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE container_files SET ord = printf('%08x%08x', created_at, seq) || id;
+    CREATE INDEX container_files_ord ON container_files (container_id, ord);
+    ALTER TABLE files ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE files SET ord = printf('%08x%08x', created_at, seq) || id;
+    DROP INDEX files_owner;
+    CREATE UNIQUE INDEX files_ord ON files (ord);
+    CREATE INDEX files_owner_ord ON files (owner, ord);
+    ALTER TABLE skills ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE skills SET ord = printf('%08x%08x', created_at, seq) || id;
+    DROP INDEX skills_owner;
+    CREATE UNIQUE INDEX skills_ord ON skills (ord);
+    CREATE INDEX skills_owner_ord ON skills (owner, ord);
+    ALTER TABLE skill_versions ADD COLUMN ord TEXT NOT NULL DEFAULT '';
+    UPDATE skill_versions SET ord = printf('%08x%08x', created_at, seq) || id;
+    CREATE INDEX skill_versions_ord ON skill_versions (skill_id, ord);
+    -- Such an old id carries no time: when its row goes, its place is kept here (swept after
+    -- a day), so a cursor naming it still continues where it stood.
+    CREATE TABLE cursor_tombstones (
+        id TEXT PRIMARY KEY,
+        ord TEXT NOT NULL,
+        deleted_at INTEGER NOT NULL
+    );
+    CREATE INDEX cursor_tombstones_age ON cursor_tombstones (deleted_at);
+    CREATE TRIGGER containers_tombstone AFTER DELETE ON containers
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 6, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER container_files_tombstone AFTER DELETE ON container_files
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 7, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER files_tombstone AFTER DELETE ON files
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 6, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER skills_tombstone AFTER DELETE ON skills
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 7, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    CREATE TRIGGER skill_versions_tombstone AFTER DELETE ON skill_versions
+    WHEN substr(old.ord, 1, 16) <> substr(old.id, 10, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
+    -- Set by a workspace listing that saw only part of the files (the list says so).
+    ALTER TABLE containers ADD COLUMN files_truncated INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE idempotency_keys (
+        owner TEXT NOT NULL,
+        key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        status INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (owner, key)
+    );
+    CREATE INDEX idempotency_keys_age ON idempotency_keys (created_at);
+    CREATE INDEX idempotency_keys_owner_age ON idempotency_keys (owner, created_at);
+    CREATE TRIGGER container_files_renumbered AFTER UPDATE OF id ON container_files
+    WHEN old.id <> new.id AND substr(old.ord, 1, 16) <> substr(old.id, 7, 16) BEGIN
+        INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
+        VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
+    END;
     """,
 }
 
@@ -207,8 +286,8 @@ class Store:
         )  # fmt: skip
         await self._run(
             lambda db: db.execute(
-                f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                values,
+                f"INSERT INTO containers ({_CONTAINER_COLS}, ord) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (*values, _ord(rec.id, rec.created_at)),
             )
         )
 
@@ -385,17 +464,24 @@ class Store:
 
     # ------------------------------------------------------------------------- files
 
-    async def insert_file(self, rec: FileRecord) -> None:
-        values = (rec.id, rec.container_id, rec.path, rec.source, rec.bytes, rec.created_at)
-        await self._run(
-            lambda db: db.execute(
-                f"INSERT INTO container_files ({_FILE_COLS}) VALUES (?,?,?,?,?,?) "
+    async def insert_file(self, rec: FileRecord, cap: int) -> None:
+        """Record an upload (replacing a stale record of its path); at most `cap` records."""
+        values = (
+            rec.id, rec.container_id, rec.path, rec.source, rec.bytes, rec.created_at,
+            _ord(rec.id, rec.created_at),
+        )  # fmt: skip
+
+        def insert(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?) "
                 "ON CONFLICT (container_id, path) DO UPDATE SET "
                 "id = excluded.id, source = excluded.source, bytes = excluded.bytes, "
-                "created_at = excluded.created_at",
+                "created_at = excluded.created_at, ord = excluded.ord",
                 values,
             )
-        )
+            _cap_files(db, rec.container_id, {rec.path}, cap)
+
+        await self._run(insert)
 
     async def get_file(self, cid: str, fid: str) -> FileRecord | None:
         row = await self._run(
@@ -412,43 +498,74 @@ class Store:
     async def list_files(
         self, cid: str, after: str | None, limit: int, desc: bool
     ) -> Page[FileRecord]:
-        rows = await self._run(
-            lambda db: _page(
-                db, "container_files", _FILE_COLS, ["container_id = ?"], [cid], after, limit, desc
-            )
-        )
-        return Page([_file(r) for r in rows[:limit]], len(rows) > limit)
+        """A page of the container's file records; `truncated` if its last listing was."""
+
+        def run(db: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], bool]:
+            where = ["container_id = ?"]
+            rows = _page(db, "container_files", _FILE_COLS, where, [cid], after, limit, desc)
+            flag = db.execute("SELECT files_truncated FROM containers WHERE id = ?", (cid,))
+            return rows, bool((flag.fetchone() or (0,))[0])
+
+        rows, truncated = await self._run(run)
+        return Page([_file(r) for r in rows[:limit]], len(rows) > limit, truncated)
 
     async def sync_files(
-        self, cid: str, found: dict[str, int], now: int, new_id: Callable[[], str], complete: bool
+        self,
+        cid: str,
+        found: dict[str, int],
+        upto: bytes | None,
+        now: int,
+        new_id: Callable[[], str],
+        cap: int,
     ) -> None:
-        """Reconcile records with a workspace scan: new paths become `assistant` files, sizes
-        are refreshed, and (when the scan was complete) vanished paths are dropped."""
+        """Reconcile records with a workspace listing: new paths become `assistant` files,
+        sizes are refreshed, and records of paths the listing covered but did not find are
+        dropped: every path if it was complete (`upto` None), else those up to `upto` (the raw
+        bytes of the last path of a listing in byte order). At most `cap` records stay."""
 
         def sync(db: sqlite3.Connection) -> None:
-            known = dict(
-                db.execute(
-                    "SELECT path, bytes FROM container_files WHERE container_id = ?", (cid,)
-                ).fetchall()
+            known = _known_files(db, cid)
+            _record_found(db, cid, found, known, now, new_id)
+            gone = [p for p in known if p not in found and (upto is None or _raw(p) <= upto)]
+            _forget_files(db, cid, gone)
+            _cap_files(db, cid, set(found), cap)
+            db.execute(
+                "UPDATE containers SET files_truncated = ? WHERE id = ?", (upto is not None, cid)
             )
-            for path, size in found.items():
-                if path not in known:
-                    db.execute(
-                        f"INSERT INTO container_files ({_FILE_COLS}) VALUES (?,?,?,?,?,?)",
-                        (new_id(), cid, path, "assistant", size, now),
-                    )
-                elif known[path] != size:
-                    db.execute(
-                        "UPDATE container_files SET bytes = ? WHERE container_id = ? AND path = ?",
-                        (size, cid, path),
-                    )
-            if complete:
-                gone = [(cid, p) for p in known if p not in found]
-                db.executemany(
-                    "DELETE FROM container_files WHERE container_id = ? AND path = ?", gone
-                )
 
         await self._run(sync)
+
+    async def record_changes(
+        self,
+        cid: str,
+        changed: dict[str, int],
+        removed: list[str],
+        now: int,
+        new_id: Callable[[], str],
+        cap: int,
+    ) -> dict[str, FileRecord]:
+        """What a code cell wrote and removed, like a listing of just those paths; returns the
+        records of the written paths (ids kept for paths already known)."""
+
+        def run(db: sqlite3.Connection) -> dict[str, FileRecord]:
+            known = _known_files(db, cid)
+            _record_found(db, cid, changed, known, now, new_id)
+            _forget_files(db, cid, [p for p in removed if p not in changed])
+            _cap_files(db, cid, set(changed), cap)
+            out: dict[str, FileRecord] = {}
+            paths = list(changed)
+            for i in range(0, len(paths), 500):
+                chunk = paths[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT {_FILE_COLS} FROM container_files "
+                    f"WHERE container_id = ? AND path IN ({marks})",
+                    [cid, *chunk],
+                ).fetchall()
+                out.update((r[2], _file(r)) for r in rows)
+            return out
+
+        return await self._run(run)
 
     # --------------------------------------------------------- uploaded files (/v1/files)
 
@@ -459,7 +576,8 @@ class Store:
         )  # fmt: skip
         await self._run(
             lambda db: db.execute(
-                f"INSERT INTO files ({_UPLOAD_COLS}) VALUES (?,?,?,?,?,?,?)", values
+                f"INSERT INTO files ({_UPLOAD_COLS}, ord) VALUES (?,?,?,?,?,?,?,?)",
+                (*values, _ord(rec.id, rec.created_at)),
             )
         )
 
@@ -525,9 +643,9 @@ class Store:
     async def insert_skill(self, sid: str, owner: str, version: SkillVersionRecord) -> None:
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO skills (id, owner, created_at, default_version, latest_version) "
-                "VALUES (?,?,?,1,1)",
-                (sid, owner, version.created_at),
+                "INSERT INTO skills (id, owner, created_at, default_version, latest_version, ord) "
+                "VALUES (?,?,?,1,1,?)",
+                (sid, owner, version.created_at, _ord(sid, version.created_at)),
             )
             _insert_version(db, version)
 
@@ -646,11 +764,112 @@ class Store:
         rows = await self._run(lambda db: db.execute("SELECT id FROM skill_versions").fetchall())
         return {str(r[0]) for r in rows}
 
+    # ------------------------------------------------------------------- idempotency
+
+    async def stored_response(self, owner: str, key: str, since: int) -> StoredResponse | None:
+        row = await self._run(
+            lambda db: db.execute(
+                "SELECT fingerprint, status, body FROM idempotency_keys "
+                "WHERE owner = ? AND key = ? AND created_at >= ?",
+                (owner, key, since),
+            ).fetchone()
+        )
+        return StoredResponse(str(row[0]), int(row[1]), bytes(row[2])) if row else None
+
+    async def store_response(
+        self, owner: str, key: str, response: StoredResponse, now: int, keep: int
+    ) -> None:
+        """Remember a response; beyond `keep` keys of this owner, the oldest are forgotten."""
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO idempotency_keys "
+                "(owner, key, fingerprint, status, body, created_at) VALUES (?,?,?,?,?,?)",
+                (owner, key, response.fingerprint, response.status, response.body, now),
+            )
+            db.execute(
+                "DELETE FROM idempotency_keys WHERE owner = ? AND rowid IN (SELECT rowid FROM "
+                "idempotency_keys WHERE owner = ? ORDER BY created_at DESC LIMIT -1 OFFSET ?)",
+                (owner, owner, keep),
+            )
+
+        await self._run(put)
+
+    async def sweep(self, before: int) -> tuple[int, int]:
+        """Forget idempotency keys and deleted old ids' places older than `before`."""
+
+        def run(db: sqlite3.Connection) -> tuple[int, int]:
+            keys = db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (before,))
+            places = db.execute("DELETE FROM cursor_tombstones WHERE deleted_at < ?", (before,))
+            return keys.rowcount, places.rowcount
+
+        return await self._run(run)
+
+
+def _known_files(db: sqlite3.Connection, cid: str) -> dict[str, int]:
+    rows = db.execute("SELECT path, bytes FROM container_files WHERE container_id = ?", (cid,))
+    return dict(rows.fetchall())
+
+
+def _record_found(
+    db: sqlite3.Connection,
+    cid: str,
+    found: dict[str, int],
+    known: dict[str, int],
+    now: int,
+    new_id: Callable[[], str],
+) -> None:
+    new, changed = [], []
+    for path, size in found.items():
+        if path not in known:
+            fid = new_id()
+            new.append((fid, cid, path, "assistant", size, now, _ord(fid, now)))
+        elif known[path] != size:
+            changed.append((size, cid, path))
+    db.executemany(f"INSERT INTO container_files ({_FILE_COLS}, ord) VALUES (?,?,?,?,?,?,?)", new)
+    db.executemany(
+        "UPDATE container_files SET bytes = ? WHERE container_id = ? AND path = ?", changed
+    )
+
+
+def _forget_files(db: sqlite3.Connection, cid: str, paths: list[str]) -> None:
+    db.executemany(
+        "DELETE FROM container_files WHERE container_id = ? AND path = ?",
+        [(cid, p) for p in paths],
+    )
+
+
+def _cap_files(db: sqlite3.Connection, cid: str, keep: set[str], cap: int) -> None:
+    """At most `cap` records per container: beyond it, those with the greatest paths (byte
+    order) go first, as a listing cut short would not see them either; `keep` stays."""
+    (count,) = db.execute(
+        "SELECT COUNT(*) FROM container_files WHERE container_id = ?", (cid,)
+    ).fetchone()
+    if count <= cap:
+        return
+    rows = db.execute("SELECT path FROM container_files WHERE container_id = ?", (cid,))
+    others = sorted((p for (p,) in rows.fetchall() if p not in keep), key=_raw, reverse=True)
+    _forget_files(db, cid, others[: count - cap])
+
+
+def _raw(path: str) -> bytes:
+    """A container file path's bytes (paths are stored in API form: sandbox/pathnames.py)."""
+    return pathnames.raw(path)
+
 
 def _insert_version(db: sqlite3.Connection, v: SkillVersionRecord) -> None:
     db.execute(
-        f"INSERT INTO skill_versions ({_VERSION_COLS}) VALUES (?,?,?,?,?,?,?)",
-        (v.id, v.skill_id, v.version, v.created_at, v.name, v.description, v.bytes),
+        f"INSERT INTO skill_versions ({_VERSION_COLS}, ord) VALUES (?,?,?,?,?,?,?,?)",
+        (
+            v.id,
+            v.skill_id,
+            v.version,
+            v.created_at,
+            v.name,
+            v.description,
+            v.bytes,
+            _ord(v.id, v.created_at),
+        ),
     )
 
 
@@ -663,6 +882,29 @@ def _version_exists(db: sqlite3.Connection, sid: str, version: int) -> bool:
     )
 
 
+def _ord(object_id: str, created_at: int) -> str:
+    """A row's place in its list: its id's (daemon/ids.py), or for an id without a time key,
+    its creation second."""
+    return ids.sort_key(object_id) or f"{created_at:08x}00000000{object_id}"
+
+
+def _position(db: sqlite3.Connection, table: str, after: str) -> str:
+    """Where the cursor `after` stands: its row's place; a deleted old id's kept place; or the
+    time in the id (a deleted or never-made one). 400 if it has none of these."""
+    row = db.execute(f"SELECT ord FROM {table} WHERE id = ?", (after,)).fetchone()
+    if row is None:
+        row = db.execute("SELECT ord FROM cursor_tombstones WHERE id = ?", (after,)).fetchone()
+    if row is not None:
+        return str(row[0])
+    key = ids.sort_key(after)
+    if key is None:
+        raise InvalidRequest(
+            f"Invalid value for 'after': {after[:64]!r} is not an id of this list.",
+            param="after",
+        )
+    return key
+
+
 def _page(
     db: sqlite3.Connection,
     table: str,
@@ -673,16 +915,14 @@ def _page(
     limit: int,
     desc: bool,
 ) -> list[tuple[Any, ...]]:
-    """One page (+1 row to tell has_more) ordered by insertion; `after` is an object id."""
+    """One page (+1 row to tell has_more) in creation order; `after` is an object id, which
+    need not exist any more (see _position)."""
     where, args = list(where), list(args)
     if after is not None:
-        row = db.execute(f"SELECT seq FROM {table} WHERE id = ?", (after,)).fetchone()
-        if row is None:
-            return []
-        where.append("seq < ?" if desc else "seq > ?")
-        args.append(row[0])
+        where.append("ord < ?" if desc else "ord > ?")
+        args.append(_position(db, table, after))
     order = "DESC" if desc else "ASC"
-    sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
+    sql = f"SELECT {cols} FROM {table} WHERE {' AND '.join(where)} ORDER BY ord {order} LIMIT ?"
     return db.execute(sql, [*args, limit + 1]).fetchall()
 
 

@@ -17,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from sandbox import pathnames
 from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable
 from sandbox.spec import WORKSPACE
 
 PROTOCOL_VERSION = 1
 MAX_FRAME = 1 << 20
 MAX_JSON = 64 << 10
-MAX_LIST_JSON = 8 << 20
+MAX_LIST_JSON = 8 << 20  # one listing, all its frames together
+LIST_PAGE = 256 << 10  # one frame of a listing (the agent pages longer ones)
 FRAME_TYPES = frozenset({b"J", b"O", b"E", b"D", b"Z"})
 MAX_SESSIONS = 64  # the agent's own cap
 MAX_CHANGED_FILES = 1000
@@ -35,6 +37,13 @@ class AgentFile:
     path: str
     bytes: int
     mtime: float
+
+
+@dataclass(frozen=True)
+class FileListing:
+    files: list[AgentFile]
+    truncated: bool  # more files exist than were listed
+    ordered: bool  # in byte order of the paths: a truncated listing holds all up to its last
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class CodeResult:
     restart_reason: str | None
     files: list[AgentFile]  # created or changed by the call (mtime 0: not reported)
     files_truncated: bool
+    removed: list[str]  # paths the call removed (best effort; API form)
     duration_ms: int
 
 
@@ -209,30 +219,34 @@ class AgentClient:
             await conn.send_json({"op": "ping"})
             raise_if_error(await conn.recv_json())
 
-    async def list_files(self, root: str, max_entries: int) -> tuple[list[AgentFile], bool]:
-        async with self.connection() as conn:
-            await conn.send_json({"op": "list", "root": root, "max_entries": max_entries})
-            msg = await conn.recv_json(MAX_LIST_JSON)
-        raise_if_error(msg)
-        raw, truncated = msg.get("files"), msg.get("truncated")
-        if not isinstance(raw, list) or not isinstance(truncated, bool):
-            raise AgentProtocolError("malformed file list")
+    async def list_files(self, root: str, max_entries: int) -> FileListing:
+        """Regular files under `root`, at most `max_entries` (and MAX_LIST_JSON bytes of
+        listing), paged by the agent; paths in API form (sandbox/pathnames.py)."""
+        prefix = root.rstrip("/") + "/"
         files: list[AgentFile] = []
-        for item in raw[:max_entries]:
-            if not isinstance(item, dict):
-                raise AgentProtocolError("malformed file entry")
-            path, size, mtime = item.get("path"), item.get("bytes"), item.get("mtime")
-            if (
-                not isinstance(path, str)
-                or not path.startswith(root.rstrip("/") + "/")
-                or "\0" in path
-                or not isinstance(size, int)
-                or size < 0
-                or not isinstance(mtime, int | float)
-            ):
-                raise AgentProtocolError("malformed file entry")
-            files.append(AgentFile(path, size, float(mtime)))
-        return files, truncated
+        received = 0
+        async with self.connection() as conn:
+            await conn.send_json(
+                {"op": "list", "root": root, "max_entries": max_entries,
+                 "max_bytes": MAX_LIST_JSON, "page_bytes": LIST_PAGE}
+            )  # fmt: skip
+            while True:
+                kind, payload = await conn.recv_frame(MAX_FRAME)
+                received += len(payload)
+                if kind != b"J" or received > MAX_LIST_JSON + MAX_FRAME:
+                    raise AgentProtocolError("malformed file list")
+                msg = decode_json(payload)
+                raise_if_error(msg)
+                raw = msg.get("files")
+                if not isinstance(raw, list) or len(files) + len(raw) > max_entries:
+                    raise AgentProtocolError("malformed file list")
+                files.extend(_listed_file(item, prefix) for item in raw)
+                if msg.get("more") is not True:  # an agent that does not page sends one frame
+                    break
+        truncated = msg.get("truncated")
+        if not isinstance(truncated, bool):
+            raise AgentProtocolError("malformed file list")
+        return FileListing(files, truncated, msg.get("ordered") is True)
 
     @contextlib.asynccontextmanager
     async def read_file(
@@ -240,7 +254,9 @@ class AgentClient:
     ) -> AsyncIterator[tuple[int, AsyncIterator[bytes]]]:
         """Open a file for streaming: (size, chunks); AgentError (not_found...) before any byte."""
         async with self.connection() as conn:
-            await conn.send_json({"op": "read", "path": path, "max_bytes": max_bytes})
+            await conn.send_json(
+                {"op": "read", "path": pathnames.from_api(path), "max_bytes": max_bytes}
+            )
             head = await conn.recv_json()
             raise_if_error(head)
             size = head.get("bytes")
@@ -274,8 +290,9 @@ class AgentClient:
         """Stream `data` into a new file; returns (final path, size)."""
         async with self.connection() as conn:
             await conn.send_json(
-                {"op": "write", "dir": directory, "name": name, "max_bytes": max_bytes}
-            )
+                {"op": "write", "dir": directory, "name": pathnames.from_api(name),
+                 "max_bytes": max_bytes}
+            )  # fmt: skip
             ready = await conn.recv_json()
             raise_if_error(ready)
             async for chunk in data:
@@ -287,7 +304,7 @@ class AgentClient:
         path, size = msg.get("path"), msg.get("bytes")
         if not isinstance(path, str) or not isinstance(size, int):
             raise AgentProtocolError("malformed write reply")
-        return path, size
+        return _api_path(path), size
 
     async def configure(self, env: Mapping[str, str], egress_socket: str | None) -> None:
         """Environment for every later command; with `egress_socket`, start the relay from
@@ -303,7 +320,7 @@ class AgentClient:
 
     async def delete_file(self, path: str) -> None:
         async with self.connection() as conn:
-            await conn.send_json({"op": "delete", "path": path})
+            await conn.send_json({"op": "delete", "path": pathnames.from_api(path)})
             msg = await conn.recv_json()
         raise_if_error(msg)
 
@@ -510,17 +527,29 @@ def _reason(msg: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
+def _api_path(path: object, prefix: str = WORKSPACE + "/") -> str:
+    """An agent's path (surrogate-escaped, under `prefix`) in API form, or a protocol error."""
+    if isinstance(path, str) and path.startswith(prefix) and "\0" not in path:
+        try:
+            return pathnames.to_api(path)
+        except ValueError:
+            pass
+    raise AgentProtocolError("malformed path")
+
+
+def _listed_file(item: object, prefix: str) -> AgentFile:
+    if isinstance(item, dict):
+        size, mtime = item.get("bytes"), item.get("mtime")
+        if isinstance(size, int) and size >= 0 and isinstance(mtime, int | float):
+            return AgentFile(_api_path(item.get("path"), prefix), size, float(mtime))
+    raise AgentProtocolError("malformed file entry")
+
+
 def _changed_file(item: object) -> AgentFile:
     if isinstance(item, dict):
-        path, size = item.get("path"), item.get("bytes")
-        if (
-            isinstance(path, str)
-            and path.startswith(WORKSPACE + "/")
-            and "\0" not in path
-            and isinstance(size, int)
-            and size >= 0
-        ):
-            return AgentFile(path, size, 0.0)
+        size = item.get("bytes")
+        if isinstance(size, int) and size >= 0:
+            return AgentFile(_api_path(item.get("path")), size, 0.0)
     raise AgentProtocolError("malformed changed file")
 
 
@@ -528,12 +557,15 @@ def parse_code(msg: Mapping[str, Any]) -> CodeResult:
     status, error, files, duration = (
         msg.get("status"), msg.get("exception"), msg.get("files"), msg.get("duration_ms")
     )  # fmt: skip
+    removed = msg.get("removed", [])  # agents before it was reported: none
     if (
         msg.get("ev") != "code"
         or status not in CODE_STATUSES
         or not isinstance(duration, int)
         or not isinstance(files, list)
         or len(files) > MAX_CHANGED_FILES
+        or not isinstance(removed, list)
+        or len(removed) > MAX_CHANGED_FILES
     ):
         raise AgentProtocolError("malformed code result")
     err = None
@@ -557,5 +589,6 @@ def parse_code(msg: Mapping[str, Any]) -> CodeResult:
         restart_reason=_reason(msg, "restart_reason"),
         files=[_changed_file(item) for item in files],
         files_truncated=_flag(msg, "files_truncated"),
+        removed=[_api_path(p) for p in removed],
         duration_ms=duration,
     )

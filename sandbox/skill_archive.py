@@ -65,6 +65,11 @@ def normalise(raw: str) -> tuple[str, ...]:
     """The path's components, or SkillArchiveError for anything that could escape."""
     if not raw or "\0" in raw:
         raise SkillArchiveError("An empty or NUL-containing path is not allowed.")
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = raw.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise SkillArchiveError(f"Path {shown[:200]!r} is not UTF-8.") from None
     if "\\" in raw:
         raise SkillArchiveError(f"Path {raw[:200]!r} contains a backslash.")
     if raw.startswith("/") or re.match(r"[A-Za-z]:", raw):
@@ -204,13 +209,23 @@ def _file_opener(path: Path) -> Opener:
 
 
 def _folder(entries: list[_Entry]) -> tuple[str | None, list[tuple[tuple[str, ...], _Entry]]]:
-    """Strip the one top-level folder; files without any folder form an implicit one."""
-    tops = {e.parts[0] for e in entries if len(e.parts) > 1}
+    """The skill folder's files. A SKILL.md at the top level makes the top level the skill
+    folder (`cd skill && zip -r ../s.zip .`); otherwise the one top-level folder is stripped
+    (`zip -r s.zip skill`), and files without any folder form an implicit one."""
     loose = [e for e in entries if len(e.parts) == 1]
+    if any(e.parts[0].lower() == "skill.md" for e in loose):
+        return None, [(e.parts, e) for e in entries]
+    tops = sorted({e.parts[0] for e in entries if len(e.parts) > 1})
     if len(tops) > 1 or (tops and loose):
-        raise SkillArchiveError("The skill must be one top-level folder (found several).")
+        names = [*tops, *sorted(e.parts[0] for e in loose)]
+        shown = ", ".join(repr(n[:60]) for n in names[:4]) + (", ..." if len(names) > 4 else "")
+        raise SkillArchiveError(
+            f"The upload has several top-level entries ({shown}) and no SKILL.md among them. "
+            "Put SKILL.md at the top level (cd skill && zip -r ../skill.zip .) or upload one "
+            "folder that holds it (zip -r skill.zip skill)."
+        )
     if tops:
-        return next(iter(tops)), [(e.parts[1:], e) for e in entries]
+        return tops[0], [(e.parts[1:], e) for e in entries]
     return None, [(e.parts, e) for e in entries]
 
 

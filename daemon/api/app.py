@@ -13,6 +13,7 @@ from daemon import metrics as metrics_mod
 from daemon.api import code as code_api
 from daemon.api import containers, execute, files, files_api, skills
 from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
+from daemon.api.idempotent import idempotent
 from daemon.api.identity import identify
 from daemon.config import Config
 from daemon.errors import DomainError, ShuttingDown, error_body, http_error
@@ -129,12 +130,12 @@ def create_app(
             web.get("/healthz", healthz),
             web.get("/openapi.json", openapi),
             web.get("/metrics", metrics),
-            web.post("/v1/containers", containers.create),
+            web.post("/v1/containers", idempotent(containers.create)),
             web.get("/v1/containers", containers.list_),
             web.get(cid, containers.retrieve),
             web.delete(cid, containers.delete),
             web.get(f"{cid}/events", containers.events),
-            web.post(f"{cid}/files", files.upload),
+            web.post(f"{cid}/files", idempotent(files.upload)),
             web.get(f"{cid}/files", files.list_),
             web.get(cid + "/files/{file_id}", files.retrieve),
             web.delete(cid + "/files/{file_id}", files.delete),
@@ -143,18 +144,18 @@ def create_app(
             web.post(f"{cid}/code", code_api.run),
             web.get(f"{cid}/code/sessions", code_api.list_sessions),
             web.delete(cid + "/code/sessions/{session_id}", code_api.delete_session),
-            web.post("/v1/files", files_api.create),
+            web.post("/v1/files", idempotent(files_api.create)),
             web.get("/v1/files", files_api.list_),
             web.get("/v1/files/{file_id}", files_api.retrieve),
             web.delete("/v1/files/{file_id}", files_api.delete),
             web.get("/v1/files/{file_id}/content", files_api.content),
-            web.post("/v1/skills", skills.create),
+            web.post("/v1/skills", idempotent(skills.create)),
             web.get("/v1/skills", skills.list_),
             web.get("/v1/skills/{skill_id}", skills.retrieve),
             web.post("/v1/skills/{skill_id}", skills.update),
             web.delete("/v1/skills/{skill_id}", skills.delete),
             web.get("/v1/skills/{skill_id}/content", skills.content),
-            web.post("/v1/skills/{skill_id}/versions", skills.create_version),
+            web.post("/v1/skills/{skill_id}/versions", idempotent(skills.create_version)),
             web.get("/v1/skills/{skill_id}/versions", skills.list_versions),
             web.get("/v1/skills/{skill_id}/versions/{version}", skills.retrieve_version),
             web.delete("/v1/skills/{skill_id}/versions/{version}", skills.delete_version),

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon import ids
 from daemon.api import serialize
 from daemon.api.context import CONFIG, caller_of, read_json, service_of
 from daemon.api.validation import (
@@ -134,7 +135,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query)
+    after, limit, desc = query_list_params(request.query, ids.CONTAINER_ID)
     name = request.query.get("name")
     page = await service_of(request).list_containers(caller_of(request), name, after, limit, desc)
     return web.json_response(serialize.page(page, serialize.container))

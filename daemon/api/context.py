@@ -7,11 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.api.body import body_of
 from daemon.api.validation import parse_json_object
 from daemon.code import CodeService
 from daemon.config import Config
 from daemon.errors import PayloadTooLarge
 from daemon.files import FileService
+from daemon.idempotency import Idempotency
 from daemon.service import Caller, ContainerService
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
@@ -23,6 +25,7 @@ SHUTDOWN = web.AppKey("shutdown", ShutdownControl)
 CODE = web.AppKey("code", CodeService)
 FILES = web.AppKey("files", FileService)
 SKILLS = web.AppKey("skills", SkillService)
+IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
 CALLER = "sandboxd.caller"
 
 
@@ -41,12 +44,7 @@ async def read_json(request: web.Request, cap: int | None = None) -> dict[str, A
     cap = cap or request.app[CONFIG].server.max_json_bytes
     if request.content_length is not None and request.content_length > cap:
         raise PayloadTooLarge(f"The request body exceeds {cap} bytes.")
-    raw = bytearray()
-    async for chunk in request.content.iter_chunked(64 << 10):
-        raw += chunk
-        if len(raw) > cap:
-            raise PayloadTooLarge(f"The request body exceeds {cap} bytes.")
-    return parse_json_object(bytes(raw))
+    return parse_json_object(await body_of(request).read_bytes(cap))
 
 
 async def stream_blob(

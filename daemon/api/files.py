@@ -5,12 +5,15 @@ from __future__ import annotations
 import mimetypes
 from collections.abc import AsyncIterator
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
+from daemon import ids
 from daemon.api import serialize
+from daemon.api.body import body_of
 from daemon.api.context import CONFIG, caller_of, read_json, service_of
 from daemon.api.validation import get_str, malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
+from daemon.files import api_filename
 
 CHUNK = 256 << 10
 
@@ -28,19 +31,17 @@ async def upload(request: web.Request) -> web.Response:
         raise InvalidRequest("Send a multipart/form-data body with a 'file' part.", param="file")
     if request.content_length is not None and request.content_length > cap + (64 << 10):
         raise PayloadTooLarge(f"The upload exceeds {cap} bytes.", param="file")
+    parts = body_of(request)
     with malformed_multipart("file"):
-        reader = await request.multipart()
         while True:
-            part = await reader.next()
+            part = await parts.next_part("file")
             if part is None:
                 raise InvalidRequest("Missing required parameter: 'file'.", param="file")
-            if isinstance(part, BodyPartReader) and part.name == "file":
+            if part.name == "file":
                 break
-            if isinstance(part, BodyPartReader):
-                await part.release()
-    filename = part.filename
-    if not filename:
+    if not part.filename:
         raise InvalidRequest("The 'file' part needs a filename.", param="file")
+    filename = api_filename(part.filename)  # every byte kept, in UTF-8 (sandbox/pathnames.py)
 
     async def chunks() -> AsyncIterator[bytes]:
         total = 0
@@ -59,10 +60,12 @@ async def upload(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query)
+    after, limit, desc = query_list_params(request.query, ids.CONTAINER_FILE_ID)
     cid = request.match_info["container_id"]
     page = await service_of(request).list_files(caller_of(request), cid, after, limit, desc)
-    return web.json_response(serialize.page(page, serialize.container_file))
+    body = serialize.page(page, serialize.container_file)
+    body["workspace_truncated"] = page.truncated  # ours: records cover only the first paths
+    return web.json_response(body)
 
 
 async def retrieve(request: web.Request) -> web.Response:

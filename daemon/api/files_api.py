@@ -5,22 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
+from daemon import ids
 from daemon.api import serialize
+from daemon.api.body import Part, body_of
 from daemon.api.context import CONFIG, FILES, caller_of, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params
 from daemon.config import FilesConfig
 from daemon.errors import InvalidRequest, PayloadTooLarge
-from daemon.files import CHUNK, PURPOSES, StagedBlob
+from daemon.files import CHUNK, PURPOSES, StagedBlob, api_filename
 
-MAX_LIST_LIMIT = 10_000
+MAX_LIST_LIMIT = 10_000  # and the default, as OpenAI's spec says
 MAX_FIELD_BYTES = 1024  # purpose, expires_after[...]
 MAX_PARTS = 16
 FIELDS = ("purpose", "expires_after[anchor]", "expires_after[seconds]")
 
 
-async def _field(part: BodyPartReader) -> str:
+async def _field(part: Part) -> str:
     raw = bytearray()
     while chunk := await part.read_chunk(MAX_FIELD_BYTES):
         raw += chunk
@@ -97,27 +99,23 @@ async def _read_parts(
 ) -> tuple[StagedBlob | None, str]:
     """The `file` part staged to disk (and its filename); small fields go into `fields`."""
     service = request.app[FILES]
-    reader = await request.multipart()
+    body = body_of(request)
     staged: StagedBlob | None = None
     filename = ""
     try:
         for _ in range(MAX_PARTS):
-            part = await reader.next()
+            part = await body.next_part("file")
             if part is None:
                 break
-            if not isinstance(part, BodyPartReader):
-                raise InvalidRequest("Nested multipart bodies are not accepted.", param="file")
             if part.name == "file":
                 if staged is not None:
                     raise InvalidRequest("Send exactly one 'file' part.", param="file")
-                filename = part.filename or ""
-                if not filename:
+                if not part.filename:
                     raise InvalidRequest("The 'file' part needs a filename.", param="file")
+                filename = api_filename(part.filename)
                 staged = await service.receive(caller_of(request), _chunks(part))
             elif part.name in FIELDS:
                 fields[part.name] = await _field(part)
-            else:
-                await part.release()
         else:
             raise InvalidRequest(f"At most {MAX_PARTS} parts are accepted.")
     except BaseException:
@@ -127,13 +125,15 @@ async def _read_parts(
     return staged, filename
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _chunks(part: Part) -> AsyncIterator[bytes]:
     while chunk := await part.read_chunk(CHUNK):
         yield chunk
 
 
 async def list_(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query, max_limit=MAX_LIST_LIMIT)
+    after, limit, desc = query_list_params(
+        request.query, ids.USER_FILE_ID, max_limit=MAX_LIST_LIMIT, default=MAX_LIST_LIMIT
+    )
     purpose = request.query.get("purpose") or None
     if purpose is not None and purpose not in PURPOSES:
         raise InvalidRequest("Invalid value for 'purpose'.", param="purpose")

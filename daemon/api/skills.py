@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
+from daemon import ids
+from daemon.api.body import Part, body_of
 from daemon.api.context import CONFIG, SKILLS, caller_of, read_json, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
@@ -74,11 +76,9 @@ async def _receive(request: web.Request, service: SkillService) -> tuple[SkillUp
 async def _read_parts(request: web.Request, upload: SkillUpload, max_files: int, cap: int) -> bool:
     """Stage every `files` / `files[]` part; returns the `default` field."""
     make_default = False
-    reader = await request.multipart()
+    body = body_of(request)
     total = 0
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise InvalidRequest("Nested multipart bodies are not accepted.", param="files")
+    while (part := await body.next_part("files")) is not None:
         if part.name in ("files", "files[]"):
             if len(upload.parts) >= max_files:
                 raise InvalidRequest(f"The skill holds more than {max_files} files.", param="files")
@@ -89,12 +89,10 @@ async def _read_parts(request: web.Request, upload: SkillUpload, max_files: int,
         elif part.name == "default":
             raw = await part.read_chunk(MAX_FIELD_BYTES)
             make_default = raw.strip().lower() in (b"true", b"1")
-        else:
-            await part.release()
     return make_default
 
 
-async def _stage(part: BodyPartReader, path: Any, total: int, cap: int) -> int:
+async def _stage(part: Part, path: Any, total: int, cap: int) -> int:
     f = await asyncio.to_thread(open, path, "xb")
     try:
         while chunk := await part.read_chunk(CHUNK):
@@ -118,7 +116,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query)
+    after, limit, desc = query_list_params(request.query, ids.SKILL_ID, min_limit=0)
     page = await request.app[SKILLS].list_skills(caller_of(request), after, limit, desc)
     return web.json_response(_page([skill(r) for r in page.items], page.has_more))
 
@@ -179,7 +177,7 @@ async def create_version(request: web.Request) -> web.Response:
 
 
 async def list_versions(request: web.Request) -> web.Response:
-    after, limit, desc = query_list_params(request.query)
+    after, limit, desc = query_list_params(request.query, ids.SKILL_VERSION_ID, min_limit=0)
     sid = request.match_info["skill_id"]
     page = await request.app[SKILLS].list_versions(caller_of(request), sid, after, limit, desc)
     return web.json_response(_page([version(r) for r in page.items], page.has_more))

@@ -86,26 +86,34 @@ def get_enum(
 
 
 def query_list_params(
-    query: Mapping[str, str], max_limit: int = 100
+    query: Mapping[str, str],
+    cursor: re.Pattern[str],
+    *,
+    max_limit: int = 100,
+    default: int = 20,
+    min_limit: int = 1,
 ) -> tuple[str | None, int, bool]:
-    """(after, limit, descending) from a list endpoint's query string."""
+    """(after, limit, descending) from a list endpoint's query string; `after` must have the
+    shape of the list's ids (`cursor`), though the object it names need not exist any more."""
     after = query.get("after") or None
-    raw_limit = query.get("limit", "20")
+    raw_limit = query.get("limit", str(default))
     try:
         limit = int(raw_limit)
     except ValueError:
         raise InvalidRequest(
             "Invalid type for 'limit': expected an integer.", param="limit"
         ) from None
-    if not 1 <= limit <= max_limit:
+    if not min_limit <= limit <= max_limit:
         raise InvalidRequest(
-            f"Invalid value for 'limit': expected 1 to {max_limit}.", param="limit"
+            f"Invalid value for 'limit': expected {min_limit} to {max_limit}.", param="limit"
         )
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest("Invalid value for 'order': expected 'asc' or 'desc'.", param="order")
-    if after is not None and len(after) > 128:
-        raise InvalidRequest("Invalid value for 'after'.", param="after")
+    if after is not None and not cursor.fullmatch(after):
+        raise InvalidRequest(
+            f"Invalid value for 'after': {after[:64]!r} is not an id of this list.", param="after"
+        )
     return after, limit, order == "desc"
 
 

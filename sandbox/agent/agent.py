@@ -50,6 +50,7 @@ MAX_FRAME = 1 << 20
 MAX_JSON = 64 << 10
 MAX_STDIN = 16 << 20
 MAX_LIST = 10000
+MAX_LIST_BYTES = 8 << 20  # a paged listing, all frames together
 READ_CHUNK = 64 << 10
 WORKSPACE = "/mnt/data"
 UPLOAD_PREFIX = ".sandboxd-upload-"
@@ -600,42 +601,89 @@ def open_regular(path, flags):
 
 
 def walk_workspace(root, limit):
-    """([(path, stat)] of regular files under `root` on the workspace filesystem, truncated)."""
+    """([(path, stat)] of regular files under `root` on the workspace filesystem, truncated).
+
+    The files come in the byte order of their paths (a directory's entries sorted by name, a
+    directory's name with its "/"), so a listing cut short at `limit` holds every file up to
+    its last path: whatever else the caller knew up to there is gone. Entries are told apart
+    by their directory entry type; only what is visited or listed is stat'ed."""
     dev = workspace_dev()
     found = []
-    stack = [root]
+    stack = [(root, True)]
     while stack:
-        current = stack.pop()
+        current, is_dir = stack.pop()
+        try:
+            st = os.stat(current, follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_dev != dev:
+            continue
+        if not is_dir:
+            if stat.S_ISREG(st.st_mode):
+                if len(found) >= limit:
+                    return found, True
+                found.append((current, st))
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
         try:
             entries = list(os.scandir(current))
         except OSError:
             continue
+        children = []
         for entry in entries:
             if entry.name.startswith(UPLOAD_PREFIX) or (
                 current == WORKSPACE and entry.name == "lost+found"
             ):
                 continue
+            key = entry.name.encode("utf-8", "surrogateescape")
             try:
-                st = entry.stat(follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    children.append((key + b"/", entry.path, True))
+                elif entry.is_file(follow_symlinks=False):
+                    children.append((key, entry.path, False))
             except OSError:
                 continue
-            if st.st_dev != dev:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                stack.append(entry.path)
-            elif stat.S_ISREG(st.st_mode):
-                if len(found) >= limit:
-                    return found, True
-                found.append((entry.path, st))
+        children.sort(key=sort_key, reverse=True)  # the first in order is popped first
+        stack.extend((path, is_dir) for _key, path, is_dir in children)
     return found, False
 
 
+def sort_key(child):
+    return child[0]
+
+
 def handle_list(conn, req):
+    """List files. A daemon that sets `page_bytes` gets J frames {"files": [...], "more": true}
+    of at most that many bytes, then {"files": [...], "more": false, "truncated": ...,
+    "ordered": true} (at most `max_bytes` in all); one that does not gets one frame."""
     root = resolve_in_workspace(req.get("root") or WORKSPACE)
     limit = min(int(req.get("max_entries") or MAX_LIST), MAX_LIST)
     found, truncated = walk_workspace(root, limit)
-    files = [{"path": p, "bytes": st.st_size, "mtime": st.st_mtime} for p, st in found]
-    send_json(conn, {"files": files, "truncated": truncated})
+    page_bytes = req.get("page_bytes")
+    if not page_bytes:
+        files = [{"path": p, "bytes": st.st_size, "mtime": st.st_mtime} for p, st in found]
+        send_json(conn, {"files": files, "truncated": truncated})
+        return
+    page_bytes = min(int(page_bytes), MAX_FRAME - 256)
+    budget = min(int(req.get("max_bytes") or MAX_LIST_BYTES), MAX_LIST_BYTES)
+    page, size = [], 0
+    for path, st in found:
+        item = json_dumps({"path": path, "bytes": st.st_size, "mtime": st.st_mtime})
+        budget -= len(item) + 1
+        if budget < 0:
+            truncated = True  # what is sent is still every file up to the last one
+            break
+        if page and size + len(item) + 64 > page_bytes:
+            send_frame(conn, b"J", ('{"files":[%s],"more":true}' % ",".join(page)).encode())
+            page, size = [], 0
+        page.append(item)
+        size += len(item) + 1
+    tail = '{"files":[%s],"more":false,"truncated":%s,"ordered":true}' % (
+        ",".join(page),
+        "true" if truncated else "false",
+    )
+    send_frame(conn, b"J", tail.encode())
 
 
 def handle_read(conn, req):
@@ -898,16 +946,17 @@ def handle_code(sessions, conn, req):
             result["stop"] = result["stop"] or s.lost  # "deleted" while running
             s.lost = result["stop"] or death_reason(s.proc["waiter"]["status"])
             sessions.stop(s)
-        after, files_truncated = snapshot()
+        after, after_truncated = snapshot()
+        files_truncated = after_truncated
     finally:
         if s.deleted:
             sessions.stop(s)
         s.last_used_at = int(time.time())
         s.busy.release()
     files, budget = [], MAX_JSON * 8
-    for path, meta in sorted(after.items()):
+    for path, meta in after.items():
         if before.get(path) != meta:
-            budget -= len(path) + 32
+            budget -= len(json_dumps(path)) + 32
             if len(files) >= MAX_CHANGED or budget < 0:
                 files_truncated = True
                 break
@@ -918,9 +967,30 @@ def handle_code(sessions, conn, req):
         restart_reason=restart_reason,
         files=files,
         files_truncated=files_truncated,
+        removed=removed_files(before, after, after_truncated, budget),
         duration_ms=int((time.monotonic() - started) * 1000),
     )
     send_json(conn, result)
+
+
+def removed_files(before, after, after_truncated, budget):
+    """Paths the call removed (or renamed away), as far as both snapshots saw (best effort:
+    what does not fit the budget is found by the next listing)."""
+    upto = None
+    if after_truncated:
+        last = next(reversed(after), None) if after else None
+        upto = last.encode("utf-8", "surrogateescape") if last is not None else b""
+    removed = []
+    for path in before:
+        if path in after:
+            continue
+        if upto is not None and path.encode("utf-8", "surrogateescape") > upto:
+            continue  # beyond what the second snapshot saw
+        budget -= len(json_dumps(path)) + 4
+        if len(removed) >= MAX_CHANGED or budget < 0:
+            break
+        removed.append(path)
+    return removed
 
 
 def exited(p):

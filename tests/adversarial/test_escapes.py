@@ -63,7 +63,7 @@ async def test_hard_links_in_the_workspace(backend: Harness, sid: str) -> None:
         )
     await check(rt, sid, "printf inside > a.txt && ln a.txt b.txt")
     assert await read_all(agent, "/mnt/data/b.txt") == b"inside"
-    listed = sorted((f.path, f.bytes) for f in (await agent.list_files("/mnt/data", 100))[0])
+    listed = sorted((f.path, f.bytes) for f in (await agent.list_files("/mnt/data", 100)).files)
     assert listed == [("/mnt/data/a.txt", 6), ("/mnt/data/b.txt", 6)]
 
 

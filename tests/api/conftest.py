@@ -99,7 +99,7 @@ cgroup_parent = "{cgroup_parent}-docker"
 [containers]
 workspace_bytes = {64 << 20}
 max_upload_bytes = {8 << 20}
-max_containers_per_owner = 40
+max_containers_per_owner = 150
 memory_overcommit = 20.0
 [files]
 max_file_bytes = {4 << 20}

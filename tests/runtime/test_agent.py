@@ -32,7 +32,8 @@ async def test_write_read_list_delete(backend: Harness, sid: str) -> None:
     assert await read_all(agent, path) == payload  # the first file is untouched
     assert await read_all(agent, path2) == small
 
-    files, truncated = await agent.list_files("/mnt/data", 100)
+    listing = await agent.list_files("/mnt/data", 100)
+    files, truncated = listing.files, listing.truncated
     assert truncated is False
     assert sorted((f.path, f.bytes) for f in files) == [
         ("/mnt/data/data (1).bin", len(small)),
@@ -44,7 +45,7 @@ async def test_write_read_list_delete(backend: Harness, sid: str) -> None:
     assert out == f"{uid} {len(payload)} data.bin\n{uid} {len(small)} data (1).bin\n"
 
     await agent.delete_file(path)
-    files, _ = await agent.list_files("/mnt/data", 100)
+    files = (await agent.list_files("/mnt/data", 100)).files
     assert [f.path for f in files] == [path2]
     with pytest.raises(AgentError) as exc:
         await read_all(agent, path)
@@ -76,7 +77,7 @@ async def test_bad_names_are_refused(backend: Harness, sid: str, name: str) -> N
     with pytest.raises(AgentError) as exc:
         await agent.write_file("/mnt/data", name, chunks_of(b"data", 4), 10)
     assert exc.value.code == "bad_name"
-    files, _ = await agent.list_files("/mnt/data", 100)
+    files = (await agent.list_files("/mnt/data", 100)).files
     assert files == []
     await agent.ping()  # the connection pool is still healthy
 
@@ -86,7 +87,7 @@ async def test_file_size_caps(backend: Harness, sid: str) -> None:
     with pytest.raises(AgentError) as exc:
         await agent.write_file("/mnt/data", "big", chunks_of(b"x" * 2000, 500), 1000)
     assert exc.value.code == "too_large"
-    assert (await agent.list_files("/mnt/data", 100))[0] == []
+    assert (await agent.list_files("/mnt/data", 100)).files == []
 
     path, _ = await agent.write_file("/mnt/data", "f", chunks_of(b"y" * 2000, 500), 2000)
     with pytest.raises(AgentError) as exc:
@@ -98,9 +99,11 @@ async def test_file_size_caps(backend: Harness, sid: str) -> None:
 async def test_list_is_capped(backend: Harness, sid: str) -> None:
     rt = backend.runtime
     await check(rt, sid, "for i in $(seq 30); do echo $i > f$i; done")
-    files, truncated = await rt.agent(sid).list_files("/mnt/data", 10)
+    listing = await rt.agent(sid).list_files("/mnt/data", 10)
+    files, truncated = listing.files, listing.truncated
     assert (len(files), truncated) == (10, True)
-    files, truncated = await rt.agent(sid).list_files("/mnt/data", 30)
+    listing = await rt.agent(sid).list_files("/mnt/data", 30)
+    files, truncated = listing.files, listing.truncated
     assert (len(files), truncated) == (30, False)
     assert sorted(f.path for f in files) == sorted(f"/mnt/data/f{i}" for i in range(1, 31))
 
@@ -109,7 +112,7 @@ async def test_files_in_subdirectories(backend: Harness, sid: str) -> None:
     rt = backend.runtime
     agent = rt.agent(sid)
     await check(rt, sid, "mkdir -p out/plots && printf abc > out/plots/p.txt")
-    files, _ = await agent.list_files("/mnt/data", 100)
+    files = (await agent.list_files("/mnt/data", 100)).files
     assert [(f.path, f.bytes) for f in files] == [("/mnt/data/out/plots/p.txt", 3)]
     path, _ = await agent.write_file("/mnt/data/out", "n.txt", chunks_of(b"12", 1), 10)
     assert path == "/mnt/data/out/n.txt"
@@ -129,7 +132,7 @@ async def test_abandoned_read_does_not_poison_the_pool(backend: Harness, sid: st
             assert first == data[: len(first)]
             break  # the caller stops early (e.g. it only wanted the head)
     await agent.ping()
-    assert [f.path for f in (await agent.list_files("/mnt/data", 10))[0]] == [path]
+    assert [f.path for f in (await agent.list_files("/mnt/data", 10)).files] == [path]
     assert await read_all(agent, path) == data
 
 

@@ -32,7 +32,8 @@ async def test_two_sandboxes_are_isolated(backend: Harness) -> None:
     assert (
         await check(rt, sb, "ls -A /mnt/data /tmp /dev/shm") == "/dev/shm:\n\n/mnt/data:\n\n/tmp:\n"
     )
-    assert await rt.agent(sb).list_files("/mnt/data", 100) == ([], False)
+    listing = await rt.agent(sb).list_files("/mnt/data", 100)
+    assert (listing.files, listing.truncated) == ([], False)
     with pytest.raises(AgentError) as exc:
         await read_all(rt.agent(sb), "/mnt/data/secret.txt")
     assert exc.value.code == "not_found"
@@ -149,7 +150,7 @@ async def test_links_in_the_workspace_never_leave_it(backend: Harness, sid: str)
     assert exc.value.code == "outside_workspace"
 
     # Only regular files are listed; links (to anything) and FIFOs are not.
-    assert [(f.path, f.bytes) for f in (await agent.list_files("/mnt/data", 100))[0]] == [
+    assert [(f.path, f.bytes) for f in (await agent.list_files("/mnt/data", 100)).files] == [
         ("/mnt/data/real.txt", 4)
     ]
     # Deleting a link removes the link, never its target.

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 
 from daemon.api import code as code_api
-from daemon.api import containers, execute
+from daemon.api import containers, execute, files_api
 from daemon.api.app import PUBLIC_PATHS, create_app
 from daemon.api.validation import query_list_params
 from daemon.config import Config
@@ -169,6 +169,11 @@ def test_limits_match_the_parsers_and_config_defaults(doc: dict[str, Any]) -> No
     limit = doc["components"]["parameters"]["Limit"]["schema"]
     max_limit = inspect.signature(query_list_params).parameters["max_limit"].default
     assert (limit["minimum"], limit["maximum"], limit["default"]) == (1, max_limit, 20)
+    skills_limit = doc["components"]["parameters"]["SkillsLimit"]["schema"]
+    assert (skills_limit["minimum"], skills_limit["maximum"]) == (0, max_limit)
+    files_params = doc["paths"]["/v1/files"]["get"]["parameters"]
+    files_limit = next(p for p in files_params if p.get("name") == "limit")["schema"]
+    assert files_limit["default"] == files_limit["maximum"] == files_api.MAX_LIST_LIMIT
 
 
 def test_validates_with_openapi_spec_validator(doc: dict[str, Any]) -> None:

@@ -68,6 +68,28 @@ def test_good_directory_upload_with_and_without_a_folder(tmp_path: Path) -> None
     assert flat.name == "csv-tools" and dict(flat.files)["SKILL.md"] == len(SKILL_MD)
 
 
+def test_skill_md_at_the_zip_root_with_sub_folders(tmp_path: Path) -> None:
+    """`cd skill && zip -r ../s.zip .`: the zip's top level is the skill folder."""
+    src = _zip(
+        tmp_path / "in.zip",
+        {"SKILL.md": SKILL_MD, "scripts/run.py": b"print(1)", "docs/a/b.md": b"b", "x": b"x"},
+    )
+    found = repack_zip(src, tmp_path / "out.zip", LIMITS)
+    assert dict(found.files) == {"SKILL.md": len(SKILL_MD), "scripts/run.py": 8,
+                                 "docs/a/b.md": 1, "x": 1}  # fmt: skip
+    with zipfile.ZipFile(tmp_path / "out.zip") as zf:
+        assert sorted(zf.namelist()) == [
+            "csv-tools/SKILL.md", "csv-tools/docs/a/b.md", "csv-tools/scripts/run.py",
+            "csv-tools/x",
+        ]  # fmt: skip
+    # the same as a directory upload (`files[]` parts with paths relative to the skill)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.write_bytes(SKILL_MD)
+    b.write_bytes(b"data")
+    flat = repack_files([("SKILL.md", a), ("sub/data.txt", b)], tmp_path / "2.zip", LIMITS)
+    assert dict(flat.files) == {"SKILL.md": len(SKILL_MD), "sub/data.txt": 4}
+
+
 @pytest.mark.parametrize(
     ("entries", "reason"),
     [
@@ -85,7 +107,11 @@ def test_good_directory_upload_with_and_without_a_folder(tmp_path: Path) -> None
         ({"s/SKILL.md": SKILL_MD, "s/../x": b"x"}, "leaves the skill folder"),
         ({"s/SKILL.md": SKILL_MD, "/etc/passwd": b"x"}, "Absolute path"),
         ({"s/SKILL.md": SKILL_MD, "s\\..\\x": b"x"}, "backslash"),
-        ({"s/SKILL.md": SKILL_MD, "t/x": b"x"}, "one top-level folder"),
+        (
+            {"s/SKILL.md": SKILL_MD, "t/x": b"x"},
+            r"several top-level entries \('s', 't'\) and no SKILL.md.*zip -r",
+        ),
+        ({"s/SKILL.md": SKILL_MD, "x": b"x"}, "several top-level entries"),
         ({}, "no files"),
     ],
 )

@@ -1,0 +1,161 @@
+"""Safe retries: a creating POST with an Idempotency-Key runs once per caller and key; retries
+(after a client timeout, or while the first is still running) get the first response, and the
+same key with another request is 409."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from collections.abc import Iterator
+
+import httpx2
+import openai
+import pytest
+
+from tests.api.conftest import DaemonHandle
+from tests.api.test_skills import make_zip, skill_md
+
+pytestmark = pytest.mark.root
+
+
+def _key() -> str:
+    return "test-" + secrets.token_hex(8)
+
+
+def _named(client: openai.OpenAI, name: str) -> list[str]:
+    return [c.id for c in client.containers.list(limit=100) if c.name == name]
+
+
+@pytest.fixture
+def name(client: openai.OpenAI) -> Iterator[str]:
+    unique = "idem-" + secrets.token_hex(4)
+    yield unique
+    for cid in _named(client, unique):
+        with contextlib.suppress(openai.NotFoundError):
+            client.containers.delete(cid)
+
+
+def test_a_create_retried_after_client_timeouts_makes_one_container(
+    daemon: DaemonHandle, client: openai.OpenAI, name: str
+) -> None:
+    """The SDK gives up on each attempt after 20 ms, a cold create takes longer, and each retry
+    resends the key: one container, whatever the SDK saw (3 before Idempotency-Key)."""
+    attempts: list[str] = []
+    http = httpx2.Client(
+        transport=httpx2.HTTPTransport(uds=daemon.socket),
+        event_hooks={"request": [lambda r: attempts.append(r.headers["Idempotency-Key"])]},
+    )
+    impatient = openai.OpenAI(
+        base_url="http://localhost/v1", api_key="x", http_client=http, timeout=0.02,
+        max_retries=2,
+    )  # fmt: skip
+    headers = {"Idempotency-Key": _key()}
+    with http, contextlib.suppress(openai.APITimeoutError):
+        impatient.containers.create(name=name, extra_headers=headers)
+    assert len(attempts) >= 2 and set(attempts) == {headers["Idempotency-Key"]}
+    made = _named(client, name)
+    for _ in range(50):  # the first attempt may still be running on the daemon
+        if made:
+            break
+        threading.Event().wait(0.1)
+        made = _named(client, name)
+    again = client.containers.create(name=name, extra_headers=headers)
+    assert _named(client, name) == [again.id]
+    raw = client.containers.with_raw_response.create(name=name, extra_headers=headers)
+    assert raw.headers.get("Idempotent-Replayed") == "true"
+    assert raw.parse().id == again.id
+
+
+def test_concurrent_retries_wait_for_the_first(
+    client: openai.OpenAI, raw: httpx2.Client, name: str
+) -> None:
+    key = _key()
+    results: list[httpx2.Response] = []
+
+    def post() -> None:
+        r = raw.post("/v1/containers", json={"name": name}, headers={"Idempotency-Key": key})
+        results.append(r)
+
+    threads = [threading.Thread(target=post) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200] * 6, [r.text for r in results]
+    assert len({r.json()["id"] for r in results}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in results) == 5
+    assert _named(client, name) == [results[0].json()["id"]]
+
+
+def test_the_same_key_with_another_request_is_409(
+    client: openai.OpenAI, raw: httpx2.Client, name: str
+) -> None:
+    key = _key()
+    h = {"Idempotency-Key": key}
+    first = raw.post("/v1/containers", json={"name": name}, headers=h)
+    assert first.status_code == 200
+    for other in (
+        raw.post("/v1/containers", json={"name": name + "-other"}, headers=h),
+        raw.post("/v1/files", data={"purpose": "batch"}, files={"file": ("a", b"a")}, headers=h),
+    ):
+        assert other.status_code == 409, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        assert other.headers["x-should-retry"] == "false"
+    assert _named(client, name) == [first.json()["id"]]
+    assert not _named(client, name + "-other")
+
+
+def test_keys_are_per_caller_and_failures_do_not_spend_them(
+    daemon: DaemonHandle, client: openai.OpenAI, raw: httpx2.Client, name: str
+) -> None:
+    key = _key()
+    h = {"Idempotency-Key": key}
+    bad = raw.post("/v1/containers", json={"name": name, "memory_limit": "3g"}, headers=h)
+    assert bad.status_code == 400
+    good = raw.post("/v1/containers", json={"name": name}, headers=h)  # a failure made nothing
+    assert good.status_code == 200, good.text
+    with openai.OpenAI(base_url=daemon.tcp_url + "/v1", api_key=daemon.keys["bob"]) as bob:
+        theirs = bob.containers.create(name=name, extra_headers=h)  # bob's key space is his own
+        try:
+            assert theirs.id != good.json()["id"]
+        finally:
+            bob.containers.delete(theirs.id)
+    r = raw.post("/v1/containers", json={"name": name}, headers={"Idempotency-Key": "x" * 256})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_every_creating_post_replays(
+    client: openai.OpenAI, raw: httpx2.Client, container: str
+) -> None:
+    """Container files, files, skills and skill versions: multipart bodies match part by part
+    (each attempt draws a new boundary)."""
+    zipped = make_zip({"s/SKILL.md": skill_md("idem")})
+    skill = client.skills.create(files=("s.zip", zipped))
+    try:
+        posts = [
+            (f"/v1/containers/{container}/files", {}, {"file": ("i.txt", b"data")}),
+            ("/v1/files", {"purpose": "batch"}, {"file": ("i.txt", b"data")}),
+            ("/v1/skills", {}, {"files": ("s.zip", zipped, "application/zip")}),
+            (f"/v1/skills/{skill.id}/versions", {}, {"files": ("s.zip", zipped)}),
+        ]
+        for path, data, files in posts:
+            h = {"Idempotency-Key": _key()}
+            first = raw.post(path, data=data, files=files, headers=h)
+            second = raw.post(path, data=data, files=files, headers=h)
+            assert (first.status_code, second.status_code) == (200, 200), (path, second.text)
+            assert first.json() == second.json(), path
+            assert second.headers.get("Idempotent-Replayed") == "true"
+            changed = {k: (v[0], b"other", *v[2:]) for k, v in files.items()}
+            third = raw.post(path, data=data, files=changed, headers=h)
+            assert third.status_code == 409, (path, third.text)
+        assert len([f for f in client.containers.files.list(container) if "i" in f.path]) == 1
+        assert [v.version for v in client.skills.versions.list(skill.id)] == ["2", "1"]
+        mine = [f for f in client.files.list(purpose="batch") if f.filename == "i.txt"]
+        assert len(mine) == 1
+        client.files.delete(mine[0].id)
+        for s in client.skills.list():
+            if s.name == "idem" and s.id != skill.id:
+                client.skills.delete(s.id)
+    finally:
+        client.skills.delete(skill.id)
