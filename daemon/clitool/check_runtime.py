@@ -19,7 +19,7 @@ from pathlib import Path
 from sandbox.cgroups import CgroupLayout
 from sandbox.errors import SandboxError
 from sandbox.idranges import IdRangeSettings
-from sandbox.oci.runtime import OciRuntime, OciSettings
+from sandbox.oci.runtime import OciRuntime, OciSettings, forget_instance
 from sandbox.seccomp import load_profile
 from sandbox.spec import MEMORY_TIERS, Limits, SandboxSpec
 
@@ -36,34 +36,36 @@ def live_sandbox(binary: str, ids: IdRangeSettings, seccomp_profile: str) -> flo
     root = Path(tempfile.mkdtemp(prefix="sbxd-check-"))
     root.chmod(0o711)  # sandboxes run as unprivileged uids and must traverse to their rootfs
     parent = f"/sandboxd-check-{secrets.token_hex(4)}"
+    instance = f"check-{secrets.token_hex(4)}"
     try:
         return asyncio.run(
             asyncio.wait_for(
-                _start_and_remove(root, parent, binary, ids, seccomp_profile), TIMEOUT_S
+                _start_and_remove(root, parent, instance, binary, ids, seccomp_profile),
+                TIMEOUT_S,
             )
         )
     except TimeoutError:
         raise LiveCheckFailed(f"no sandbox answered within {TIMEOUT_S:g}s") from None
     finally:
-        _cleanup(root, parent, binary)
+        _cleanup(root, parent, instance, binary)
 
 
 async def _start_and_remove(
-    root: Path, parent: str, binary: str, ids: IdRangeSettings, seccomp_profile: str
+    root: Path, parent: str, instance: str, binary: str, ids: IdRangeSettings, seccomp: str
 ) -> float:
     try:
-        seccomp = load_profile(Path(seccomp_profile) if seccomp_profile else None)
+        profile = load_profile(Path(seccomp) if seccomp else None)
         settings = OciSettings(
             state_dir=root / "state",
             runtime_root=root / "runc",
             binary=binary,
             cgroup_parent=parent,
-            instance=f"check-{secrets.token_hex(4)}",
+            instance=instance,
             ids=ids,
             agent_connections=1,
             threads=2,
         )
-        runtime = OciRuntime(settings, seccomp)
+        runtime = OciRuntime(settings, profile)
     except (SandboxError, OSError) as exc:
         raise LiveCheckFailed(str(exc)) from exc
     sid = f"check-{secrets.token_hex(6)}"
@@ -93,7 +95,7 @@ def _first_line(text: str) -> str:
     return lines[0][:400] if lines else "unknown error"
 
 
-def _cleanup(root: Path, parent: str, binary: str) -> None:
+def _cleanup(root: Path, parent: str, instance: str, binary: str) -> None:
     """Best effort, after the runtime's own destroy: runtime state, mounts, cgroups, files."""
     for runc_root in (root / "runc").glob("*/state"):
         for sid in [p.name for p in runc_root.iterdir() if p.is_dir()]:
@@ -106,6 +108,8 @@ def _cleanup(root: Path, parent: str, binary: str) -> None:
     for mountpoint in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
         # The root's bind under runc/<instance>/ and the workspace under state/.
         subprocess.run(["umount", "-l", mountpoint], capture_output=True, check=False, timeout=30)
+    with contextlib.suppress(Exception):
+        forget_instance(root / "runc", [parent], instance)  # id-range claims too
     with contextlib.suppress(Exception):
         layout = CgroupLayout.detect()
         for directory in layout.dirs(parent):
