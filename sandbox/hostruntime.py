@@ -153,9 +153,16 @@ class HostRuntime(abc.ABC):
         return agent
 
     def _make_home(self, spec: SandboxSpec) -> SandboxHome:
-        """Claim the sandbox's uid range, then make its dir (0700 root), skills (0750, its
-        group), egress dir (0700, its user) and workspace. Blocking."""
-        first = self._ids.claim(spec.sandbox_id)
+        """Claim the sandbox's uid range, then make its home on the host. Blocking."""
+        return self._make_dirs(spec, self._claim(spec))
+
+    def _claim(self, spec: SandboxSpec) -> int:
+        """The first host id of the sandbox's own uid range, claimed now. Blocking."""
+        return self._ids.claim(spec.sandbox_id)
+
+    def _make_dirs(self, spec: SandboxSpec, first: int) -> SandboxHome:
+        """The sandbox's dir (0700 root), skills (0750, its group), egress dir (0700, its
+        user) and workspace. Blocking."""
         home = SandboxHome(self._dir(spec.sandbox_id), first)
         make_sandbox_dir(home.dir)
         make_private_dir(home.dir / "skills", (0, home.owner[1]), 0o750)

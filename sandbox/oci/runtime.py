@@ -35,7 +35,7 @@ from sandbox.hostdirs import (
     INTERPRETER_SCRIPT,
     all_or_nothing,
 )
-from sandbox.hostruntime import HostRuntime, HostSettings, SandboxHome
+from sandbox.hostruntime import HostRuntime, HostSettings
 from sandbox.idranges import IdRanges, IdRangeSettings
 from sandbox.oci import loopmount, rootfs
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
@@ -150,18 +150,22 @@ class OciRuntime(HostRuntime):
     async def _create(self, spec: SandboxSpec, root: Path) -> None:
         sid = spec.sandbox_id
         try:
-            home = await self._in_thread(self._make_home, spec)
-            await self._in_thread(self._start, spec, home, root)
+            await self._in_thread(self._start, spec, root)
             await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
             await self._confine(spec)
         except Exception as exc:
             await self._create_failed(sid, exc)
             raise
 
-    def _start(self, spec: SandboxSpec, home: SandboxHome, root: Path) -> None:
-        """config.json and the agent's listening socket, then `runc run` in a user namespace
-        owned by the sandbox's first host id (held open until runc has joined it)."""
-        with UserNamespace(home.first_id, self._id_range_size) as userns:
+    def _start(self, spec: SandboxSpec, root: Path) -> None:
+        """Everything on the host in one thread hop: the uid range, the sandbox's home,
+        config.json and the agent's listening socket, then `runc run` in a user namespace
+        owned by the sandbox's first host id (its holder starts first and gets ready while
+        the home is made; it is let go once runc has joined the namespace)."""
+        first = self._claim(spec)
+        with UserNamespace(first, self._id_range_size) as userns:
+            home = self._make_dirs(spec, first)
+            userns.ready()
             paths = BundlePaths(
                 rootfs=str(root),
                 workspace=str(home.dir / "data"),

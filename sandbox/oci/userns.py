@@ -60,8 +60,9 @@ def _caps_script() -> str:
 
 
 class UserNamespace:
-    """`with UserNamespace(first, size) as ns:` run runc with `ns.path`; the holder exits at
-    the end of the block (the namespace lives on in the sandbox)."""
+    """`with UserNamespace(first, size) as ns:` ... `ns.ready()`, then run runc with
+    `ns.path`; the holder exits at the end of the block (the namespace lives on in the
+    sandbox). The holder starts at `with`; other work can go on until `ready()`."""
 
     def __init__(self, first: int, size: int) -> None:
         self._first, self._size = first, size
@@ -96,12 +97,11 @@ class UserNamespace:
             )
         except OSError as exc:
             raise RuntimeFailure(f"cannot start the user namespace holder: {exc}") from exc
-        try:
-            self._map_and_wait()
-        except BaseException:
-            self.close()
-            raise
         return self
+
+    def ready(self) -> None:
+        """Map the namespace's ids and wait until its caps are set."""
+        self._map_and_wait()
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
