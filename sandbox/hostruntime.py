@@ -1,5 +1,6 @@
 """The part of a runtime backend that lives on the host, the same for oci and docker: the
-thread pool for blocking host work, the per-sandbox dir and workspace, the agent clients, the
+thread pools for blocking host work (destroys have their own, so a burst of slow destroys
+cannot hold up creates), the per-sandbox dir and workspace, the agent clients, the
 cgroup readers, skills, and the host side of a destroy. A backend adds how a sandbox is
 started, stopped and found (runc or the engine), and where its agent socket and cgroup are."""
 
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +26,12 @@ from sandbox.spec import SkillFiles
 
 logger = logging.getLogger(__name__)
 
+# Threads for the host side of destroys (unmounting and deleting a workspace whose dirty pages
+# are still being written takes seconds); more destroys than this wait for one. They run at a
+# lower CPU priority, so the kernel work of a burst of destroys yields to creates and execs.
+DESTROY_THREADS = 4
+DESTROY_NICE = 10
+
 
 class HostRuntime(abc.ABC):
     def __init__(
@@ -30,6 +39,9 @@ class HostRuntime(abc.ABC):
     ) -> None:
         self._state_dir = state_dir
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=thread_prefix)
+        self._destroy_executor = ThreadPoolExecutor(
+            DESTROY_THREADS, f"{thread_prefix}-destroy", _lower_priority
+        )
         self._layout = CgroupLayout.detect()
         self._agent_connections = agent_connections
         self._agents: dict[str, AgentClient] = {}
@@ -43,6 +55,9 @@ class HostRuntime(abc.ABC):
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _in_destroy_thread(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._destroy_executor, fn, *args)
 
     def _make_state_dirs(self) -> None:
         """The state dir and sandboxes/: the sandboxes' uids must traverse (not list) them on
@@ -116,7 +131,7 @@ class HostRuntime(abc.ABC):
             (remove_sandbox_dir, (sdir,)),
         ):
             try:
-                await self._in_thread(step, *args)
+                await self._in_destroy_thread(step, *args)
             except (RuntimeFailure, OSError) as exc:
                 errors.append(exc)
         if errors:
@@ -152,3 +167,10 @@ class HostRuntime(abc.ABC):
             await agent.close()
         self._agents.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._destroy_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    """Thread initializer: on Linux the nice value is per thread (who=0: this thread)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, DESTROY_NICE)

@@ -49,6 +49,8 @@ class OciCli:
             )
         except OSError as exc:  # e.g. the binary is gone: callers (destroy) expect our error
             raise RuntimeFailure(f"cannot run {self._binary}: {exc.strerror}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeFailure(f"{self._binary} {args[0]} hung for {CALL_TIMEOUT_S} s") from exc
 
     async def run_detached(self, container_id: str, bundle: Path, listen_fd: int) -> None:
         """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null.

@@ -58,6 +58,7 @@ class OciRuntime(HostRuntime):
         self._s = settings
         self._seccomp = seccomp
         self._cli = OciCli(settings.binary, settings.runtime_root, self._executor)
+        self._destroy_cli = OciCli(settings.binary, settings.runtime_root, self._destroy_executor)
         self._rootfs: Path | None = None
         self._binds: list[tuple[str, str]] = []
 
@@ -141,12 +142,12 @@ class OciRuntime(HostRuntime):
         await self._forget(sandbox_id)
         errors: list[Exception] = []
         try:
-            await self._cli.delete_force(sandbox_id)
+            await self._destroy_cli.delete_force(sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
-            await self._in_thread(self._kill_cgroup, sandbox_id)
+            await self._in_destroy_thread(self._kill_cgroup, sandbox_id)
         try:
-            await self._in_thread(self._remove_cgroup, sandbox_id)
+            await self._in_destroy_thread(self._remove_cgroup, sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
         await self._finish_destroy(sandbox_id, errors)
