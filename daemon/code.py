@@ -33,7 +33,8 @@ DEFAULT_SESSION = "default"
 MAX_REMEMBERED_DEATHS = 4096
 FILE_PAGE = 1000
 
-# (stream name, bytes): output of a running cell, for streaming replies.
+# (stream name, bytes): where a running cell's output goes as it arrives; the service keeps
+# none of it.
 CodeSink = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -50,8 +51,6 @@ class CodeRun:
     """How one call ended, in API terms."""
 
     session_id: str
-    stdout: bytes
-    stderr: bytes
     truncated: bool
     result: str | None
     result_truncated: bool
@@ -86,18 +85,16 @@ class CodeService:
         """The caller's container must exist and be running (404 / 400 expired)."""
         await self._containers.running(caller, cid)
 
-    async def run(
-        self, caller: Caller, cid: str, params: CodeParams, sink: CodeSink | None = None
-    ) -> CodeRun:
+    async def run(self, caller: Caller, cid: str, params: CodeParams, sink: CodeSink) -> CodeRun:
+        """Run one cell; its output goes to `sink`, capped at `max_output` and at
+        `exec.max_total_output`. The cell's deadline starts once an agent connection is
+        leased (a busy agent answers 429 before the cell runs)."""
         await self._containers.running(caller, cid)
         # No await between the check and active(): the reaper cannot slip in between.
         async with self._containers.active(cid):
-            out, err = bytearray(), bytearray()
 
-            async def collect(chunk: ExecChunk) -> None:
-                (out if chunk.stream == "stdout" else err).extend(chunk.data)
-                if sink is not None:
-                    await sink(chunk.stream, chunk.data)
+            async def relay(chunk: ExecChunk) -> None:
+                await sink(chunk.stream, chunk.data)
 
             async def counters() -> KillCounters | None:
                 return await self._runtime.kill_counters(cid)
@@ -106,14 +103,14 @@ class CodeService:
                 session_id=params.session_id,
                 code=params.code,
                 timeout_ms=params.timeout_ms,
-                max_output=params.max_output,
+                max_output=min(params.max_output, self._cfg.exec.max_total_output),
                 max_sessions=self._cfg.code.max_sessions,
             )
+            stop = self._shutdown.stop_commands
             with translate("code"):
-                done = await run_code(
-                    self._runtime.agent(cid), counters, req, collect, self._shutdown.stop_commands
-                )
-            run = await self._finish(cid, params.session_id, done, bytes(out), bytes(err))
+                async with self._runtime.agent(cid).connection() as conn:
+                    done = await run_code(conn, counters, req, relay, stop)
+            run = await self._finish(cid, params.session_id, done)
         logger.info(
             "code finished",
             extra={
@@ -126,9 +123,7 @@ class CodeService:
         )
         return run
 
-    async def _finish(
-        self, cid: str, sid: str, done: CodeOutcome, out: bytes, err: bytes
-    ) -> CodeRun:
+    async def _finish(self, cid: str, sid: str, done: CodeOutcome) -> CodeRun:
         res = done.result
         key = (cid, sid)
         remembered = self._deaths.pop(key, None)
@@ -150,8 +145,6 @@ class CodeService:
             outcome = res.status
         return CodeRun(
             session_id=sid,
-            stdout=out,
-            stderr=err,
             truncated=res.truncated,
             result=res.result,
             result_truncated=res.result_truncated,

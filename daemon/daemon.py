@@ -117,6 +117,7 @@ class Daemon:
                 cgroup_parent=dc.cgroup_parent,
                 threads=dc.threads,
                 timeout_s=dc.timeout_s,
+                agent_limits=config.agent.limits(),
             )
             return DockerRuntime(docker, seccomp)
         settings = OciSettings(
@@ -126,6 +127,7 @@ class Daemon:
             uid_base=rc.uid_base,
             cgroup_parent=rc.cgroup_parent,
             image=rc.image,
+            agent_limits=config.agent.limits(),
         )
         return OciRuntime(settings, seccomp)
 

@@ -16,9 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from sandbox.agent_client import AgentClient
+from sandbox.agent_client import AgentClient, AgentLimits
 from sandbox.cgroups import CgroupCounters, CgroupError, CgroupLayout, CgroupReader, KillCounters
-from sandbox.errors import HostStorageFull, RuntimeFailure
+from sandbox.errors import HostStorageFull, RuntimeFailure, SandboxError
 from sandbox.hostdirs import agent_pycache, disk_full, remove_sandbox_dir, sandbox_dir
 from sandbox.oci import skills, workspace
 from sandbox.skill_archive import SkillArchiveError
@@ -35,7 +35,7 @@ DESTROY_NICE = 10
 
 class HostRuntime(abc.ABC):
     def __init__(
-        self, state_dir: Path, threads: int, thread_prefix: str, agent_connections: int
+        self, state_dir: Path, threads: int, thread_prefix: str, agent_limits: AgentLimits
     ) -> None:
         self._state_dir = state_dir
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=thread_prefix)
@@ -43,7 +43,7 @@ class HostRuntime(abc.ABC):
             DESTROY_THREADS, f"{thread_prefix}-destroy", _lower_priority
         )
         self._layout = CgroupLayout.detect()
-        self._agent_connections = agent_connections
+        self._agent_limits = agent_limits
         self._agents: dict[str, AgentClient] = {}
         self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
         self._workspaces = workspace.Workspaces(state_dir / "templates")
@@ -90,16 +90,18 @@ class HostRuntime(abc.ABC):
     def agent(self, sandbox_id: str) -> AgentClient:
         agent = self._agents.get(sandbox_id)
         if agent is None:
-            agent = AgentClient(self._agent_socket(sandbox_id), self._agent_connections)
+            agent = AgentClient(self._agent_socket(sandbox_id), self._agent_limits)
             self._agents[sandbox_id] = agent
         return agent
 
     async def _create_failed(self, sandbox_id: str, exc: Exception) -> None:
-        """Undo a failed create; a full disk becomes HostStorageFull, anything else is the
-        caller's to re-raise."""
+        """Undo a failed create; a full disk becomes HostStorageFull, any other failure that
+        is not a SandboxError a RuntimeFailure; a SandboxError is the caller's to re-raise."""
         await self._destroy_quietly(sandbox_id)
         if disk_full(exc):
             raise HostStorageFull(f"no space left for sandbox {sandbox_id}") from exc
+        if not isinstance(exc, SandboxError):
+            raise RuntimeFailure(f"create of {sandbox_id} failed: {exc!r}") from exc
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:

@@ -15,7 +15,7 @@ from daemon.api import containers, execute, files, files_api, skills
 from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
 from daemon.api.identity import identify
 from daemon.config import Config
-from daemon.errors import DomainError, ShuttingDown, error_body, http_error
+from daemon.errors import UNEXPECTED, DomainError, ShuttingDown, error_body, http_error
 from daemon.logs import container_id, request_id
 from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
@@ -27,12 +27,11 @@ PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/metrics"})
 HTTP_ERROR_TYPES = {401: "invalid_request_error", 404: "invalid_request_error"}
 
 
-def _json_error(status: int, body: object, rid: str, retry: bool) -> web.Response:
-    return web.json_response(
-        body,
-        status=status,
-        headers={"x-request-id": rid, "x-should-retry": "true" if retry else "false"},
-    )
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def _json_error(status: int, body: object, rid: str, retry: dict[str, str]) -> web.Response:
+    return web.json_response(body, status=status, headers={"x-request-id": rid, **retry})
 
 
 @web.middleware
@@ -60,11 +59,12 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         status = exc.status
         message = exc.reason if exc.status != 404 else f"Unknown route {request.path}."
         body = error_body(message, HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error"), None)
-        return _json_error(status, body, rid, False)
+        return _json_error(status, body, rid, NO_RETRY)
     except Exception:
         logger.exception("unhandled error")
-        body = error_body(f"Internal error (request {rid}).", "server_error", None)
-        return _json_error(500, body, rid, False)
+        status = UNEXPECTED.status
+        body = error_body(f"Internal error (request {rid}).", UNEXPECTED.type, None)
+        return _json_error(status, body, rid, NO_RETRY)
     finally:
         shutdown.leave()
         elapsed = time.monotonic() - started

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sandbox.agent_client import AgentLimits
 from sandbox.cgroups import CgroupLayout
 from sandbox.errors import SandboxError
 from sandbox.oci.runtime import OciRuntime, OciSettings
@@ -58,7 +59,7 @@ async def _start_and_remove(
             binary=binary,
             uid_base=uid_base,
             cgroup_parent=parent,
-            agent_connections=1,
+            agent_limits=AgentLimits(connections=1),
             threads=2,
         )
         runtime = OciRuntime(settings, seccomp)

@@ -18,11 +18,12 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox import images
+from sandbox.agent_client import AgentLimits
 from sandbox.docker.container import (
     LABEL_ID,
     LABEL_INSTANCE,
@@ -56,7 +57,7 @@ class DockerSettings:
     engine_url: str = DEFAULT_ENGINE_URL
     image: str = ""  # "" = the host's /usr in a skeleton; else an image of `sandboxd image build`
     cgroup_parent: str = "/sandboxd-docker"
-    agent_connections: int = 16
+    agent_limits: AgentLimits = field(default_factory=AgentLimits)
     threads: int = 8
     timeout_s: float = 60.0
 
@@ -68,9 +69,7 @@ class DockerRuntime(HostRuntime):
         self, settings: DockerSettings, seccomp: Mapping[str, Any], engine: Engine | None = None
     ) -> None:
         # Host-side file work (mkfs, mount, rmtree) has its own threads, not the engine's.
-        super().__init__(
-            settings.state_dir, settings.threads, "docker-host", settings.agent_connections
-        )
+        super().__init__(settings.state_dir, settings.threads, "docker-host", settings.agent_limits)
         self._s = settings
         self._seccomp = seccomp
         self._engine = engine or Engine(settings.engine_url, settings.threads, settings.timeout_s)

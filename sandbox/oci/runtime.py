@@ -11,11 +11,12 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox import images
+from sandbox.agent_client import AgentLimits
 from sandbox.cgroups import (
     CgroupError,
     children,
@@ -45,7 +46,7 @@ class OciSettings:
     binary: str = "runc"
     uid_base: int = 100_000
     cgroup_parent: str = "/sandboxd"
-    agent_connections: int = 16
+    agent_limits: AgentLimits = field(default_factory=AgentLimits)
     threads: int = 8
     image: str = ""  # "" = the host skeleton (+ host binds); NAME = an image dir (no binds)
 
@@ -54,7 +55,7 @@ class OciRuntime(HostRuntime):
     name = "oci"
 
     def __init__(self, settings: OciSettings, seccomp: Mapping[str, Any]) -> None:
-        super().__init__(settings.state_dir, settings.threads, "oci", settings.agent_connections)
+        super().__init__(settings.state_dir, settings.threads, "oci", settings.agent_limits)
         self._s = settings
         self._seccomp = seccomp
         self._cli = OciCli(settings.binary, settings.runtime_root, self._executor)
