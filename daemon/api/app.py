@@ -54,15 +54,22 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         return response
     except DomainError as exc:
         status, body, retry = http_error(exc)
+        if _response_started(request):
+            return _break_off(request, exc.code)
         return _json_error(status, body, rid, retry)
     except web.HTTPException as exc:
         status = exc.status
         message = exc.reason if exc.status != 404 else f"Unknown route {request.path}."
         body = error_body(message, HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error"), None)
         return _json_error(status, body, rid, NO_RETRY)
+    except ConnectionResetError:
+        logger.info("client went away")
+        return _break_off(request, None)
     except Exception:
         logger.exception("unhandled error")
         status = UNEXPECTED.status
+        if _response_started(request):
+            return _break_off(request, None)
         body = error_body(f"Internal error (request {rid}).", UNEXPECTED.type, None)
         return _json_error(status, body, rid, NO_RETRY)
     finally:
@@ -81,6 +88,22 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
                 "ms": round(elapsed * 1000, 1),
             },
         )
+
+
+def _response_started(request: web.Request) -> bool:
+    """Bytes of a reply (a download, a stream) are out: no error reply can follow them."""
+    return request.writer.output_size > 0
+
+
+def _break_off(request: web.Request, code: str | None) -> web.Response:
+    """End a reply that failed midway: close the connection, so the client sees a cut-off
+    body (short of its Content-Length, or an unfinished chunked stream), never a second
+    response spliced into the first."""
+    if code is not None:
+        logger.warning("reply broken off", extra={"code": code})
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response()  # aiohttp cannot send it: the connection is closed
 
 
 def _route_label(request: web.Request) -> str:

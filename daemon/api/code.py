@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -20,8 +19,6 @@ from sandbox.agent_client import CodeSession
 
 CODE_KEYS = {"code", "session_id", "timeout_ms", "max_output_length", "stream"}
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-logger = logging.getLogger(__name__)
 
 
 def body_cap(cfg: Config) -> int:
@@ -130,9 +127,6 @@ async def run(request: web.Request) -> web.StreamResponse:
     except DomainError as exc:
         await events.flush_all()
         await events.send({"type": "error", **http_error(exc)[1]})
-    except ConnectionResetError:
-        logger.info("code stream closed by the client")  # its cell was interrupted
-        return events.response
     else:
         await events.flush("stdout")
         await events.flush("stderr")

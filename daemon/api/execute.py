@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -15,8 +14,6 @@ from daemon.errors import DomainError, InvalidRequest, http_error
 from daemon.service import ExecParams
 from sandbox.execution import CommandOutcome
 from sandbox.spec import WORKSPACE
-
-logger = logging.getLogger(__name__)
 
 EXEC_KEYS = {
     "commands", "timeout_ms", "max_output_length", "env", "working_directory", "stdin", "stream",
@@ -136,9 +133,6 @@ async def exec_(request: web.Request) -> web.StreamResponse:
     except DomainError as exc:
         await events.flush_all()
         await events.send({"type": "error", **http_error(exc)[1]})
-    except ConnectionResetError:
-        logger.info("exec stream closed by the client")  # its command was killed
-        return events.response
     else:
         await events.send({"type": "done", "max_output_length": params.max_output})
     return await events.close()

@@ -126,7 +126,7 @@ class SseReply:
     `output` decodes the bytes of one output stream (named by a key) into events carrying its
     text; `flush` sends what its decoder still holds (an incomplete character at the end of
     a command becomes U+FFFD). A write to a client that went away raises ConnectionResetError:
-    let it end the operation whose output it was."""
+    let it end the operation whose output it was (the API's middleware then closes quietly)."""
 
     def __init__(self, response: web.StreamResponse) -> None:
         self.response = response

@@ -117,6 +117,10 @@ class FakeAgent:
         if mode == "stall_reply":
             _until_closed(conn)
             return False
+        if mode == "short_read":  # a download that stops after 10 of its 100 bytes
+            conn.sendall(_json({"bytes": 100}) + _frame(b"D", b"0123456789"))
+            _until_closed(conn)
+            return False
         replies = {
             "close_mid_frame": _json({"ev": "exit"})[:9],
             "garbage_frame": _frame(b"Q", b"abc"),
@@ -127,11 +131,15 @@ class FakeAgent:
             "unknown_error": _json({"error": {"code": "weird", "message": "odd"}}),
         }
         conn.sendall(replies[mode])
-        return mode == "unknown_error"  # a well-formed reply: the connection stays usable
+        if mode == "unknown_error":
+            return True  # a well-formed reply: the connection stays usable
+        if not mode.startswith("close"):
+            _until_closed(conn)  # let the daemon finish sending (a cell's code) and hang up
+        return False
 
 
 @pytest.fixture
-def faulty() -> Iterator[tuple[DaemonProcess, str, FakeAgent]]:
+def faulty() -> Iterator[tuple[DaemonProcess, str, str, FakeAgent]]:
     d = DaemonProcess(agent={"reply_timeout_s": REPLY_TIMEOUT_S})
     fake: FakeAgent | None = None
     real = sock = None
@@ -139,13 +147,15 @@ def faulty() -> Iterator[tuple[DaemonProcess, str, FakeAgent]]:
         d.start()
         with d.client() as c:
             cid = c.post("/v1/containers", json={"name": "faulty"}).json()["id"]
+            up = c.post(f"/v1/containers/{cid}/files", files={"file": ("f.txt", b"x" * 100)})
+            fid = up.json()["id"]
         assert d.stop() == 0  # the sandbox keeps running; the next daemon has no connection
         sock = d.root / "state" / "sandboxes" / cid / "agent.sock"
         real = sock.with_name("agent.real")
         os.rename(sock, real)
         fake = FakeAgent(sock)
         d.start()
-        yield d, cid, fake
+        yield d, cid, fid, fake
         # Recovery: the real agent back, the daemon uses it again (stale connections dropped).
         fake.close()
         sock.unlink(missing_ok=True)
@@ -187,6 +197,7 @@ CASES = [
     ("deep_json", "code", 500, "sandbox_failed"),
     ("over_cap", "exec", 500, "sandbox_failed"),
     ("stall_reply", "list", 504, "sandbox_timeout"),
+    ("stall_reply", "content", 504, "sandbox_timeout"),
     ("stall_reply", "exec", 504, "sandbox_timeout"),
     ("stall_reply", "code", 504, "sandbox_timeout"),
     ("unknown_error", "exec", 500, "sandbox_failed"),
@@ -194,7 +205,9 @@ CASES = [
 ]
 
 
-def _call(c: httpx2.Client, cid: str, op: str) -> httpx2.Response:
+def _call(c: httpx2.Client, cid: str, op: str, fid: str = "") -> httpx2.Response:
+    if op == "content":
+        return c.get(f"/v1/containers/{cid}/files/{fid}/content")
     if op == "list":
         return c.get(f"/v1/containers/{cid}/files")
     if op == "sessions":
@@ -205,20 +218,20 @@ def _call(c: httpx2.Client, cid: str, op: str) -> httpx2.Response:
 
 
 def test_agent_faults_answer_typed_errors(
-    faulty: tuple[DaemonProcess, str, FakeAgent],
+    faulty: tuple[DaemonProcess, str, str, FakeAgent],
 ) -> None:
-    d, cid, fake = faulty
+    d, cid, fid, fake = faulty
     # A command's deadline is its timeout plus 5 s for the agent; a cell's 2 s more.
     with d.client(timeout_s=20) as c:
         for fault, op, status, code in CASES:
             fake.set_mode(fault)
             started = time.monotonic()
-            r = _call(c, cid, op)
+            r = _call(c, cid, op, fid)
             took = time.monotonic() - started
             _check(r, status, code)
             assert "Internal error" not in r.text, (fault, op)
             if code == "sandbox_timeout":
-                limit = {"list": REPLY_TIMEOUT_S, "exec": 5.1, "code": 7.1}[op]
+                limit = {"exec": 5.1, "code": 7.1}.get(op, REPLY_TIMEOUT_S)
                 assert limit - 0.1 < took < limit + 3, (fault, op, took)
         assert c.get("/healthz").status_code == 200
 
@@ -231,6 +244,14 @@ def test_agent_faults_answer_typed_errors(
         assert events[0] == {"type": "stdout", "command_index": 0, "data": "partial\n"}
         assert events[-1]["type"] == "error"
         assert events[-1]["error"]["code"] == "sandbox_unavailable"
+
+        # A download whose bytes stop coming: the connection is closed short of the
+        # Content-Length (a client can tell), never a JSON error spliced into the body.
+        fake.set_mode("short_read")
+        with c.stream("GET", f"/v1/containers/{cid}/files/{fid}/content") as s:
+            assert s.status_code == 200
+            with pytest.raises(httpx2.RemoteProtocolError):
+                s.read()
 
         # The socket missing altogether.
         fake.close()
