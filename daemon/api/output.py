@@ -53,7 +53,14 @@ def _text_decoder() -> codecs.IncrementalDecoder:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON, ASCII: strings that are not our decoded output (file paths, messages)
+    may hold lone surrogates, which only an escape can carry."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _text_json(text: str) -> str:
+    """A string of decoded output as JSON content without the quotes, its non-ASCII raw."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
 
 
 class _JsonWriter:
@@ -101,9 +108,9 @@ class _JsonWriter:
         self._pending += b'"'
         for chunk in captured.chunks:
             for piece in _slices(chunk):
-                self._pending += _dumps(decoder.decode(piece))[1:-1].encode()
+                self._pending += _text_json(decoder.decode(piece)).encode()
                 await self._spill()
-        self._pending += _dumps(decoder.decode(b"", True))[1:-1].encode() + b'"'
+        self._pending += _text_json(decoder.decode(b"", True)).encode() + b'"'
 
     async def finish(self) -> web.StreamResponse:
         if self._response is None:
@@ -141,10 +148,13 @@ class SseReply:
         return cls(response)
 
     async def send(self, event: dict[str, Any]) -> None:
+        await self._write(_dumps(event))
+
+    async def _write(self, data: str) -> None:
         # JSON leaves these line separators raw, and clients that split lines the way
         # str.splitlines does (httpx's iter_lines) would cut the event there.
-        data = _dumps(event).replace("\x85", "\\u0085")
-        data = data.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        data = data.replace("\x85", "\\u0085").replace("\u2028", "\\u2028")
+        data = data.replace("\u2029", "\\u2029")
         await self.response.write(b"data: " + data.encode() + b"\n\n")
 
     async def output(self, key: Hashable, data: bytes, **fields: Any) -> None:
@@ -152,13 +162,17 @@ class SseReply:
         decoder, _ = self._texts.setdefault(key, (_text_decoder(), fields))
         for piece in _slices(data):
             if text := decoder.decode(piece):
-                await self.send({**fields, "data": text})
+                await self._text_event(fields, text)
                 await asyncio.sleep(0)
+
+    async def _text_event(self, fields: dict[str, Any], text: str) -> None:
+        head = _dumps({**fields, "data": ""})[:-2]  # ... "data":"
+        await self._write(head + _text_json(text) + '"}')
 
     async def flush(self, key: Hashable) -> None:
         found = self._texts.pop(key, None)
         if found is not None and (tail := found[0].decode(b"", True)):
-            await self.send({**found[1], "data": tail})
+            await self._text_event(found[1], tail)
 
     async def flush_all(self) -> None:
         for key in list(self._texts):
