@@ -13,7 +13,7 @@ from daemon.api.output import Captured, SseReply, json_reply
 from daemon.api.validation import get_int, get_str, reject_unknown
 from daemon.code import DEFAULT_SESSION, CodeParams, CodeRun
 from daemon.config import Config
-from daemon.errors import DomainError, InvalidRequest, NotFound, http_error
+from daemon.errors import DomainError, InvalidRequest, NotFound
 from daemon.models import Page
 from sandbox.agent_client import CodeSession
 
@@ -125,8 +125,7 @@ async def run(request: web.Request) -> web.StreamResponse:
     try:
         result = await service.run(caller, cid, params, sink)
     except DomainError as exc:
-        await events.flush_all()
-        await events.send({"type": "error", **http_error(exc)[1]})
+        await events.fail(exc)
     else:
         await events.flush("stdout")
         await events.flush("stderr")

@@ -10,7 +10,7 @@ from daemon.api.context import CONFIG, caller_of, read_json, service_of
 from daemon.api.output import EMPTY, Captured, SseReply, json_reply
 from daemon.api.validation import ENV_NAME, get_int, get_str, reject_unknown
 from daemon.config import ExecConfig
-from daemon.errors import DomainError, InvalidRequest, http_error
+from daemon.errors import DomainError, InvalidRequest
 from daemon.service import ExecParams
 from sandbox.execution import CommandOutcome
 from sandbox.spec import WORKSPACE
@@ -131,8 +131,7 @@ async def exec_(request: web.Request) -> web.StreamResponse:
     try:
         await service.exec(caller, cid, params, sink, finished)
     except DomainError as exc:
-        await events.flush_all()
-        await events.send({"type": "error", **http_error(exc)[1]})
+        await events.fail(exc)
     else:
         await events.send({"type": "done", "max_output_length": params.max_output})
     return await events.close()

@@ -19,6 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.errors import DomainError, http_error
+
 SLICE = 64 << 10
 JSON_TYPE = "application/json; charset=utf-8"
 
@@ -174,9 +176,12 @@ class SseReply:
         if found is not None and (tail := found[0].decode(b"", True)):
             await self._text_event(found[1], tail)
 
-    async def flush_all(self) -> None:
+    async def fail(self, exc: DomainError) -> None:
+        """The final `error` event (the error object of the JSON reply it replaces), after
+        what the decoders still hold."""
         for key in list(self._texts):
             await self.flush(key)
+        await self.send({"type": "error", **http_error(exc)[1]})
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()
