@@ -32,7 +32,8 @@ DEFAULT_SESSION = "default"
 # call; bounded, since a container may go away before that call comes.
 MAX_REMEMBERED_DEATHS = 4096
 
-# (stream name, bytes): output of a running cell, for streaming replies.
+# (stream name, bytes): where a running cell's output goes as it arrives; the service keeps
+# none of it.
 CodeSink = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -49,8 +50,6 @@ class CodeRun:
     """How one call ended, in API terms."""
 
     session_id: str
-    stdout: bytes
-    stderr: bytes
     truncated: bool
     result: str | None
     result_truncated: bool
@@ -85,18 +84,16 @@ class CodeService:
         """The caller's container must exist and be running (404 / 400 expired)."""
         await self._containers.running(caller, cid)
 
-    async def run(
-        self, caller: Caller, cid: str, params: CodeParams, sink: CodeSink | None = None
-    ) -> CodeRun:
+    async def run(self, caller: Caller, cid: str, params: CodeParams, sink: CodeSink) -> CodeRun:
+        """Run one cell; its output goes to `sink`, capped at `max_output` and at
+        `exec.max_total_output`. The cell's deadline starts once an agent connection is
+        leased (a busy agent answers 429 before the cell runs)."""
         await self._containers.running(caller, cid)
         # No await between the check and active(): the reaper cannot slip in between.
         async with self._containers.active(cid):
-            out, err = bytearray(), bytearray()
 
-            async def collect(chunk: ExecChunk) -> None:
-                (out if chunk.stream == "stdout" else err).extend(chunk.data)
-                if sink is not None:
-                    await sink(chunk.stream, chunk.data)
+            async def relay(chunk: ExecChunk) -> None:
+                await sink(chunk.stream, chunk.data)
 
             async def counters() -> KillCounters | None:
                 return await self._runtime.kill_counters(cid)
@@ -105,14 +102,14 @@ class CodeService:
                 session_id=params.session_id,
                 code=params.code,
                 timeout_ms=params.timeout_ms,
-                max_output=params.max_output,
+                max_output=min(params.max_output, self._cfg.exec.max_total_output),
                 max_sessions=self._cfg.code.max_sessions,
             )
+            stop = self._shutdown.stop_commands
             with translate("code"):
-                done = await run_code(
-                    self._runtime.agent(cid), counters, req, collect, self._shutdown.stop_commands
-                )
-            run = await self._finish(cid, params.session_id, done, bytes(out), bytes(err))
+                async with self._runtime.agent(cid).connection() as conn:
+                    done = await run_code(conn, counters, req, relay, stop)
+            run = await self._finish(cid, params.session_id, done)
         logger.info(
             "code finished",
             extra={
@@ -125,9 +122,7 @@ class CodeService:
         )
         return run
 
-    async def _finish(
-        self, cid: str, sid: str, done: CodeOutcome, out: bytes, err: bytes
-    ) -> CodeRun:
+    async def _finish(self, cid: str, sid: str, done: CodeOutcome) -> CodeRun:
         res = done.result
         key = (cid, sid)
         remembered = self._deaths.pop(key, None)
@@ -149,8 +144,6 @@ class CodeService:
             outcome = res.status
         return CodeRun(
             session_id=sid,
-            stdout=out,
-            stderr=err,
             truncated=res.truncated,
             result=res.result,
             result_truncated=res.result_truncated,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from daemon import keys
+from sandbox.agent_client import AgentLimits
 from sandbox.idranges import IdRangeSettings
 from sandbox.images import NAME as IMAGE_NAME
 from sandbox.skill_archive import SkillLimits
@@ -125,7 +126,28 @@ class ExecConfig:
     max_output: int = 16 << 20
     max_commands: int = 64
     max_stdin_bytes: int = 1 << 20
+    # stdout+stderr kept for one exec call (all its commands) or one /code call: the daemon's
+    # memory per call, whatever max_output_length and the number of commands say.
+    max_total_output: int = 16 << 20
     keepalive_s: float = 15.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """How the daemon shares one container's in-sandbox agent (see sandbox/agent_client.py)."""
+
+    connections: int = 16  # operations at once per container
+    queue: int = 64  # more wait for a connection; beyond that 429 (x-should-retry, Retry-After)
+    queue_wait_s: float = 30.0  # longest wait for a connection; then 429 too
+    reply_timeout_s: float = 30.0  # any agent reply outside a running command or cell
+
+    def limits(self) -> AgentLimits:
+        return AgentLimits(
+            connections=self.connections,
+            queue=self.queue,
+            queue_wait_s=self.queue_wait_s,
+            reply_timeout_s=self.reply_timeout_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -223,6 +245,7 @@ class Config:
     docker: DockerConfig = field(default_factory=DockerConfig)
     containers: ContainerConfig = field(default_factory=ContainerConfig)
     exec: ExecConfig = field(default_factory=ExecConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
@@ -313,6 +336,8 @@ def _validate(cfg: Config) -> None:
         "containers.max_upload_bytes": c.max_upload_bytes,
         "exec.default_timeout_ms": e.default_timeout_ms,
         "exec.max_output": e.max_output,
+        "exec.max_total_output": e.max_total_output,
+        "agent.connections": cfg.agent.connections,
         "files.max_file_bytes": cfg.files.max_file_bytes,
         "files.max_owner_bytes": cfg.files.max_owner_bytes,
         "files.max_files_per_owner": cfg.files.max_files_per_owner,
@@ -351,6 +376,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"exec.max_stdin_bytes must be within 0..{MAX_AGENT_STDIN}")
     if e.default_timeout_ms > e.max_timeout_ms or e.default_max_output > e.max_output:
         raise ConfigError("exec defaults must not exceed their maxima")
+    a = cfg.agent
+    if not 0 <= a.queue <= 100_000:
+        raise ConfigError("agent.queue must be within 0..100000")
+    if not (0.01 <= a.queue_wait_s <= 3600 and 0.01 <= a.reply_timeout_s <= 3600):
+        raise ConfigError("agent.queue_wait_s and agent.reply_timeout_s must be within 0.01..3600")
     if cfg.files.min_expires_seconds > cfg.files.max_expires_seconds:
         raise ConfigError("files.min_expires_seconds must not exceed max_expires_seconds")
     if not 0.1 <= cfg.files.sweep_interval_s <= 3600:

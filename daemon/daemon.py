@@ -131,6 +131,7 @@ class Daemon:
                 timeout_s=dc.timeout_s,
                 instance=rc.instance,
                 ids=rc.id_ranges(),
+                agent_limits=config.agent.limits(),
             )
             return DockerRuntime(docker, seccomp)
         settings = OciSettings(
@@ -141,6 +142,7 @@ class Daemon:
             image=rc.image,
             instance=rc.instance,
             ids=rc.id_ranges(),
+            agent_limits=config.agent.limits(),
         )
         return OciRuntime(settings, seccomp)
 

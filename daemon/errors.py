@@ -3,7 +3,7 @@ error object."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class DomainError(Exception):
@@ -68,12 +68,29 @@ class RequestInFlight(DomainError):
     code = "request_in_flight"
 
 
+class SandboxBusy(DomainError):
+    """The container's agent has as many operations running and waiting as it may: nothing
+    ran, retry after a moment."""
+
+    code = "sandbox_busy"
+
+
 class StorageFull(DomainError):
     code = "insufficient_storage"
 
 
 class SandboxUnavailable(DomainError):
     code = "sandbox_unavailable"
+
+
+class ProxyUnavailable(SandboxUnavailable):
+    """The egress proxy is down; its supervisor restarts it within seconds."""
+
+    code = "proxy_unavailable"
+
+
+class SandboxTimeout(DomainError):
+    code = "sandbox_timeout"
 
 
 class SandboxFailed(DomainError):
@@ -84,42 +101,58 @@ class ShuttingDown(DomainError):
     code = "shutting_down"
 
 
-# class -> (HTTP status, OpenAI error type, should the client retry)
-HTTP_ERRORS: dict[type[DomainError], tuple[int, str, bool]] = {
-    InvalidRequest: (400, "invalid_request_error", False),
-    ContainerExpired: (400, "invalid_request_error", False),
-    Unauthorized: (401, "invalid_request_error", False),
-    NotFound: (404, "invalid_request_error", False),
-    SessionBusy: (409, "invalid_request_error", False),
-    IdempotencyKeyReused: (409, "invalid_request_error", False),
-    RequestInFlight: (409, "invalid_request_error", True),
-    PayloadTooLarge: (413, "invalid_request_error", False),
-    QuotaExceeded: (429, "quota_exceeded", False),
-    CapacityExceeded: (429, "rate_limit_error", True),
-    SandboxFailed: (500, "server_error", False),
-    SandboxUnavailable: (503, "server_error", False),
-    StorageFull: (507, "server_error", False),
-    ShuttingDown: (503, "server_error", True),
+class HttpMapping(NamedTuple):
+    status: int
+    type: str  # OpenAI's error `type`
+    retry: bool  # x-should-retry: true only where the same request may succeed later
+    retry_after_s: int | None = None  # Retry-After, where the wait is known
+
+
+HTTP_ERRORS: dict[type[DomainError], HttpMapping] = {
+    InvalidRequest: HttpMapping(400, "invalid_request_error", False),
+    ContainerExpired: HttpMapping(400, "invalid_request_error", False),
+    Unauthorized: HttpMapping(401, "invalid_request_error", False),
+    NotFound: HttpMapping(404, "invalid_request_error", False),
+    # Another cell holds the session: the agent refused before running anything.
+    SessionBusy: HttpMapping(409, "invalid_request_error", True),
+    IdempotencyKeyReused: HttpMapping(409, "invalid_request_error", False),
+    # The first request with the key is still running: the same retry will get its reply.
+    RequestInFlight: HttpMapping(409, "invalid_request_error", True, 1),
+    PayloadTooLarge: HttpMapping(413, "invalid_request_error", False),
+    # The owner's container count: retrying helps only once the owner deletes one.
+    QuotaExceeded: HttpMapping(429, "quota_exceeded", False),
+    # Admission control: the host's memory is committed; a delete (anyone's) makes room.
+    CapacityExceeded: HttpMapping(429, "rate_limit_exceeded", True),
+    SandboxBusy: HttpMapping(429, "rate_limit_exceeded", True, 1),
+    SandboxFailed: HttpMapping(500, "server_error", False),
+    SandboxUnavailable: HttpMapping(503, "server_error", False),
+    ProxyUnavailable: HttpMapping(503, "server_error", True, 2),  # health-checked every 2 s
+    ShuttingDown: HttpMapping(503, "server_error", True, 2),
+    SandboxTimeout: HttpMapping(504, "server_error", False),
+    StorageFull: HttpMapping(507, "server_error", False),
 }
+UNEXPECTED = HttpMapping(500, "server_error", False)
 
 
-def http_error(exc: DomainError) -> tuple[int, dict[str, Any], bool]:
-    """(status, body, retryable) for a domain error."""
-    for cls in type(exc).__mro__:
-        if cls in HTTP_ERRORS:
-            status, err_type, retry = HTTP_ERRORS[cls]
-            break
-    else:
-        status, err_type, retry = 500, "server_error", False
+def retry_headers(mapping: HttpMapping) -> dict[str, str]:
+    headers = {"x-should-retry": "true" if mapping.retry else "false"}
+    if mapping.retry_after_s is not None:
+        headers["Retry-After"] = str(mapping.retry_after_s)
+    return headers
+
+
+def http_error(exc: DomainError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, retry headers) for a domain error."""
+    mapping = next((HTTP_ERRORS[c] for c in type(exc).__mro__ if c in HTTP_ERRORS), UNEXPECTED)
     body = {
         "error": {
             "message": exc.message,
-            "type": err_type,
+            "type": mapping.type,
             "param": exc.param,
             "code": exc.code,
         }
     }
-    return status, body, retry
+    return mapping.status, body, retry_headers(mapping)
 
 
 def error_body(message: str, err_type: str, code: str | None, param: str | None = None) -> Any:

@@ -26,8 +26,11 @@ from daemon.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    ProxyUnavailable,
     QuotaExceeded,
+    SandboxBusy,
     SandboxFailed,
+    SandboxTimeout,
     SandboxUnavailable,
     SessionBusy,
     StorageFull,
@@ -50,11 +53,13 @@ from daemon.skills import SkillRef, SkillService
 from daemon.store import Store
 from daemon.tasks import TaskSupervisor
 from sandbox import pathnames
-from sandbox.agent_client import ExecChunk
+from sandbox.agent_client import AgentConnection, ExecChunk
 from sandbox.cgroups import KillCounters
 from sandbox.errors import (
+    AgentBusy,
     AgentError,
     AgentProtocolError,
+    AgentTimeout,
     AgentUnavailable,
     HostStorageFull,
     SandboxError,
@@ -93,16 +98,10 @@ class ExecParams:
     stdin: str
 
 
-@dataclass(frozen=True)
-class CommandResult:
-    stdout: bytes
-    stderr: bytes
-    outcome: CommandOutcome
-
-
-# (command index, "stdout" | "stderr", bytes)
+# (command index, "stdout" | "stderr", bytes): where a command's output goes as it arrives;
+# the service keeps none of it.
 OutputSink = Callable[[int, str, bytes], Awaitable[None]]
-ResultSink = Callable[[int, "CommandResult"], Awaitable[None]]
+ResultSink = Callable[[int, CommandOutcome], Awaitable[None]]
 
 AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
     "not_found": (NotFound, None),
@@ -125,7 +124,12 @@ AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
 
 @contextlib.contextmanager
 def _translate(action: str) -> Iterator[None]:
-    """Turn sandbox-layer failures into domain errors (the one translation boundary)."""
+    """Turn sandbox-layer failures into domain errors (the one translation boundary).
+
+    Everything the runtime and the agent client raise is a SandboxError (the agent client
+    turns its timeouts and broken connections into AgentTimeout and AgentUnavailable); a
+    TimeoutError that still gets here is a deadline of a layer below and answers 504, never
+    an untyped 500."""
     try:
         yield
     except HostStorageFull as exc:
@@ -133,11 +137,19 @@ def _translate(action: str) -> Iterator[None]:
     except AgentError as exc:
         cls, param = AGENT_ERRORS.get(exc.code, (SandboxFailed, None))
         raise cls(exc.message, param=param) from exc  # type: ignore[call-arg]
+    except AgentBusy as exc:
+        logger.info("agent busy", extra={"action": action, "error": str(exc)})
+        raise SandboxBusy(
+            f"The container is busy ({action}): too many operations at once; retry shortly."
+        ) from exc
     except AgentUnavailable as exc:
         raise SandboxUnavailable(f"The sandbox is not reachable ({action}).") from exc
+    except (AgentTimeout, TimeoutError) as exc:
+        logger.warning("agent timeout", extra={"action": action, "error": str(exc)})
+        raise SandboxTimeout(f"The sandbox did not answer in time ({action}).") from exc
     except EgressUnavailable as exc:
         logger.error("egress proxy failed", extra={"action": action, "error": str(exc)})
-        raise SandboxUnavailable("The egress proxy is unavailable; try again.") from exc
+        raise ProxyUnavailable("The egress proxy is unavailable; try again.") from exc
     except AgentProtocolError as exc:
         logger.warning("agent protocol violation", extra={"action": action, "error": str(exc)})
         raise SandboxFailed(f"The sandbox misbehaved ({action}).") from exc
@@ -529,46 +541,51 @@ class ContainerService:
         caller: Caller,
         cid: str,
         params: ExecParams,
-        sink: OutputSink | None = None,
+        sink: OutputSink,
         finished: ResultSink | None = None,
-    ) -> list[CommandResult]:
+    ) -> list[CommandOutcome]:
+        """Run the commands in order; their output goes to `sink` as it arrives.
+
+        The batch holds one agent connection from its first command to its last, so a busy
+        agent refuses it (429) before anything ran, and no command waits for a connection
+        halfway through. Output is capped per command (`max_output`) and for the batch
+        (`exec.max_total_output`): a command gets at most what the earlier ones left."""
         await self.running(caller, cid)
         # No await between the check and active(): the reaper cannot slip in between.
         async with self.active(cid):
-            return await self._exec(cid, params, sink, finished)
+            with _translate("exec"):
+                async with self._runtime.agent(cid).connection() as conn:
+                    return await self._exec(conn, cid, params, sink, finished)
 
     async def _exec(
-        self, cid: str, params: ExecParams, sink: OutputSink | None, finished: ResultSink | None
-    ) -> list[CommandResult]:
-        agent = self._runtime.agent(cid)
-        results: list[CommandResult] = []
+        self,
+        conn: AgentConnection,
+        cid: str,
+        params: ExecParams,
+        sink: OutputSink,
+        finished: ResultSink | None,
+    ) -> list[CommandOutcome]:
+        outcomes: list[CommandOutcome] = []
+        left = self._cfg.exec.max_total_output
 
         async def counters() -> KillCounters | None:
             return await self._runtime.kill_counters(cid)
 
         for index, command in enumerate(params.commands):
-            out, err = bytearray(), bytearray()
-
-            async def collect(chunk: ExecChunk, index: int = index) -> None:
-                (out if chunk.stream == "stdout" else err).extend(chunk.data)  # noqa: B023
-                if sink is not None:
-                    await sink(index, chunk.stream, chunk.data)
-
+            meter = _Meter(index, sink)
             req = CommandRequest(
                 command=command,
                 env=params.env,
                 cwd=params.working_directory,
                 stdin=params.stdin,
                 timeout_ms=params.timeout_ms,
-                max_output=params.max_output,
+                max_output=min(params.max_output, left),
             )
-            with _translate("exec"):
-                outcome = await run_command(
-                    agent, counters, req, collect, self._shutdown.stop_commands
-                )
-            results.append(CommandResult(bytes(out), bytes(err), outcome))
+            outcome = await run_command(conn, counters, req, meter, self._shutdown.stop_commands)
+            left -= meter.bytes  # the agent client holds the agent to req.max_output
+            outcomes.append(outcome)
             if finished is not None:
-                await finished(index, results[-1])
+                await finished(index, outcome)
             logger.info(
                 "command finished",
                 extra={
@@ -585,4 +602,17 @@ class ContainerService:
             if outcome.timed_out or outcome.killed == "shutdown":
                 break
         # Files code wrote are discovered by the scan on list/retrieve, not on this hot path.
-        return results
+        return outcomes
+
+
+class _Meter:
+    """Passes one command's output on and counts it (for the batch's output budget)."""
+
+    def __init__(self, index: int, sink: OutputSink) -> None:
+        self._index = index
+        self._sink = sink
+        self.bytes = 0
+
+    async def __call__(self, chunk: ExecChunk) -> None:
+        self.bytes += len(chunk.data)
+        await self._sink(self._index, chunk.stream, chunk.data)

@@ -1,7 +1,11 @@
 """Daemon side of the in-sandbox agent protocol (see sandbox/agent/agent.py for the wire format).
 
 Everything the agent says is untrusted: frames are size-capped, replies are type-checked, and
-any deviation closes the connection and surfaces as AgentProtocolError.
+any deviation closes the connection and surfaces as AgentProtocolError. Every wait for the agent
+is bounded: a reply (or room to send) within `reply_timeout_s`, else AgentTimeout; the output of
+a running command or cell by the deadline its caller sets. The agent serves `connections`
+operations at once; `queue` more may wait for one (at most `queue_wait_s`), and beyond that an
+operation is refused with AgentBusy before anything reaches the agent.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from sandbox import pathnames
-from sandbox.errors import AgentError, AgentProtocolError, AgentUnavailable
+from sandbox.errors import (
+    AgentBusy,
+    AgentError,
+    AgentProtocolError,
+    AgentTimeout,
+    AgentUnavailable,
+)
 from sandbox.spec import WORKSPACE
 
 PROTOCOL_VERSION = 1
@@ -30,6 +40,16 @@ FRAME_TYPES = frozenset({b"J", b"O", b"E", b"D", b"Z"})
 MAX_SESSIONS = 64  # the agent's own cap
 MAX_CHANGED_FILES = 1000
 CODE_STATUSES = frozenset({"ok", "error", "interrupted", "died"})
+
+
+@dataclass(frozen=True)
+class AgentLimits:
+    """How one sandbox's agent is shared (see the module docstring)."""
+
+    connections: int = 16
+    queue: int = 64
+    queue_wait_s: float = 30.0
+    reply_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -98,35 +118,54 @@ class CodeSession:
 
 
 class AgentConnection:
-    """One framed stream to the agent; not shared between concurrent operations."""
+    """One framed stream to the agent; not shared between concurrent operations.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    Every read and write waits at most `reply_timeout_s` (AgentTimeout), except the reads of a
+    command's or cell's events, which its caller bounds with the command's own deadline."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply_timeout_s: float
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        self._timeout = reply_timeout_s
         self.broken = False
 
     async def send_frame(self, kind: bytes, payload: bytes = b"") -> None:
+        if self.broken:
+            raise AgentUnavailable("agent connection closed")
         try:
             self._writer.write(kind + struct.pack(">I", len(payload)) + payload)
-            await self._writer.drain()
+            async with asyncio.timeout(self._timeout):
+                await self._writer.drain()
         except ConnectionError as exc:
             raise AgentUnavailable("agent connection closed") from exc
+        except TimeoutError as exc:
+            self.close()
+            raise AgentTimeout("the agent did not take the request in time") from exc
 
     async def send_json(self, obj: Mapping[str, Any]) -> None:
         await self.send_frame(b"J", json.dumps(obj, separators=(",", ":")).encode())
 
-    async def recv_frame(self, max_json: int = MAX_JSON) -> tuple[bytes, bytes]:
+    async def recv_frame(
+        self, max_json: int = MAX_JSON, *, bounded: bool = True
+    ) -> tuple[bytes, bytes]:
+        """The next frame; within `reply_timeout_s` unless not `bounded`."""
         try:
-            header = await self._reader.readexactly(5)
-            kind = header[:1]
-            (length,) = struct.unpack(">I", header[1:])
-            if kind not in FRAME_TYPES:
-                raise AgentProtocolError(f"unknown frame type {kind!r}")
-            if length > MAX_FRAME or (kind == b"J" and length > max_json):
-                raise AgentProtocolError("agent frame exceeds the size cap")
-            payload = await self._reader.readexactly(length) if length else b""
+            async with asyncio.timeout(self._timeout if bounded else None):
+                header = await self._reader.readexactly(5)
+                kind = header[:1]
+                (length,) = struct.unpack(">I", header[1:])
+                if kind not in FRAME_TYPES:
+                    raise AgentProtocolError(f"unknown frame type {kind!r}")
+                if length > MAX_FRAME or (kind == b"J" and length > max_json):
+                    raise AgentProtocolError("agent frame exceeds the size cap")
+                payload = await self._reader.readexactly(length) if length else b""
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
             raise AgentUnavailable("agent connection closed") from exc
+        except TimeoutError as exc:
+            self.close()
+            raise AgentTimeout("the agent did not answer in time") from exc
         return kind, payload
 
     async def recv_json(self, max_json: int = MAX_JSON) -> dict[str, Any]:
@@ -134,6 +173,40 @@ class AgentConnection:
         if kind != b"J":
             raise AgentProtocolError("expected a JSON frame from the agent")
         return decode_json(payload)
+
+    @contextlib.asynccontextmanager
+    async def exec(
+        self, request: Mapping[str, Any], stdin: bytes = b""
+    ) -> AsyncIterator[EventStream[ExecExit]]:
+        """Start a command; its events follow. Unfinished, the connection is closed (the
+        agent kills the command when its connection drops)."""
+        await self.send_json({"op": "exec", **request, "stdin_bytes": len(stdin)})
+        await _send_data(self, stdin)
+        stream = EventStream(self, int(request["max_output"]), parse_exit)
+        try:
+            yield stream
+        finally:
+            if not stream.finished:
+                self.close()
+
+    @contextlib.asynccontextmanager
+    async def code(
+        self, request: Mapping[str, Any], code: bytes
+    ) -> AsyncIterator[EventStream[CodeResult]]:
+        """Run a cell in a session: {"session", "timeout_ms", "max_output", "max_sessions"}.
+        Unfinished, the connection is closed (the agent then interrupts the cell)."""
+        await self.send_json({"op": "code", **request, "code_bytes": len(code)})
+        await _send_data(self, code)
+        stream = EventStream(self, int(request["max_output"]), parse_code, MAX_FRAME)
+        try:
+            yield stream
+        finally:
+            if not stream.finished:
+                self.close()
+
+    def stale(self) -> bool:
+        """Closed by us, or by the agent while it sat idle in the pool."""
+        return self.broken or self._reader.at_eof() or self._writer.is_closing()
 
     def close(self) -> None:
         self.broken = True
@@ -143,7 +216,7 @@ class AgentConnection:
 def decode_json(payload: bytes) -> dict[str, Any]:
     try:
         msg = json.loads(payload)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep
         raise AgentProtocolError("agent sent invalid JSON") from exc
     if not isinstance(msg, dict):
         raise AgentProtocolError("agent sent a non-object")
@@ -161,12 +234,14 @@ def raise_if_error(msg: Mapping[str, Any]) -> None:
 
 
 class AgentClient:
-    """A small pool of connections to one sandbox's agent."""
+    """A small pool of connections to one sandbox's agent, with a bounded queue for it."""
 
-    def __init__(self, socket_path: Path, max_connections: int = 16) -> None:
+    def __init__(self, socket_path: Path, limits: AgentLimits) -> None:
         self._path = socket_path
+        self._limits = limits
         self._idle: list[AgentConnection] = []
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = asyncio.Semaphore(limits.connections)
+        self._queued = 0
         self._closed = False
 
     async def _open(self) -> AgentConnection:
@@ -174,7 +249,7 @@ class AgentClient:
             reader, writer = await asyncio.open_unix_connection(str(self._path), limit=MAX_FRAME)
         except OSError as exc:
             raise AgentUnavailable(f"cannot reach the sandbox agent: {exc.strerror}") from exc
-        conn = AgentConnection(reader, writer)
+        conn = AgentConnection(reader, writer, self._limits.reply_timeout_s)
         try:
             hello = await conn.recv_json()
             if hello.get("v") != PROTOCOL_VERSION or hello.get("agent") != "sandboxd-agent":
@@ -184,13 +259,37 @@ class AgentClient:
             raise
         return conn
 
+    async def _acquire(self) -> None:
+        """A connection slot: at once if one is free, else after a bounded wait in a bounded
+        queue; AgentBusy otherwise."""
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns without waiting
+            return
+        limits = self._limits
+        if self._queued >= limits.queue:
+            raise AgentBusy(
+                f"all {limits.connections} agent connections are busy and "
+                f"{limits.queue} operations wait for one"
+            )
+        self._queued += 1
+        try:
+            async with asyncio.timeout(limits.queue_wait_s):
+                await self._slots.acquire()
+        except TimeoutError as exc:
+            raise AgentBusy(
+                f"no agent connection became free within {limits.queue_wait_s} s"
+            ) from exc
+        finally:
+            self._queued -= 1
+
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AgentConnection]:
         """Lease a connection; it returns to the pool only if the operation completed."""
         if self._closed:
             raise AgentUnavailable("sandbox is closed")
-        async with self._slots:
-            conn = self._idle.pop() if self._idle else await self._open()
+        await self._acquire()
+        try:
+            conn = self._idle_connection() or await self._open()
             ok = False
             try:
                 yield conn
@@ -200,6 +299,16 @@ class AgentClient:
                     self._idle.append(conn)
                 else:
                     conn.close()
+        finally:
+            self._slots.release()
+
+    def _idle_connection(self) -> AgentConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn.stale():
+                return conn
+            conn.close()
+        return None
 
     async def wait_ready(self, within_s: float) -> None:
         """Wait until the agent accepts connections and answers a ping."""
@@ -324,31 +433,6 @@ class AgentClient:
             msg = await conn.recv_json()
         raise_if_error(msg)
 
-    @contextlib.asynccontextmanager
-    async def exec(
-        self, request: Mapping[str, Any], stdin: bytes = b""
-    ) -> AsyncIterator[EventStream[ExecExit]]:
-        async with self.connection() as conn:
-            await conn.send_json({"op": "exec", **request, "stdin_bytes": len(stdin)})
-            await _send_data(conn, stdin)
-            stream = EventStream(conn, int(request["max_output"]), parse_exit)
-            yield stream
-            if not stream.finished:
-                conn.close()  # the agent kills the command when its connection drops
-
-    @contextlib.asynccontextmanager
-    async def code(
-        self, request: Mapping[str, Any], code: bytes
-    ) -> AsyncIterator[EventStream[CodeResult]]:
-        """Run a cell in a session: {"session", "timeout_ms", "max_output", "max_sessions"}."""
-        async with self.connection() as conn:
-            await conn.send_json({"op": "code", **request, "code_bytes": len(code)})
-            await _send_data(conn, code)
-            stream = EventStream(conn, int(request["max_output"]), parse_code, MAX_FRAME)
-            yield stream
-            if not stream.finished:
-                conn.close()  # the agent interrupts the cell when its connection drops
-
     async def sessions(self) -> list[CodeSession]:
         async with self.connection() as conn:
             await conn.send_json({"op": "sessions"})
@@ -452,7 +536,7 @@ class EventStream[T]:
         self.finished = False
 
     async def next_event(self) -> ExecChunk | T:
-        kind, payload = await self._conn.recv_frame(self._max_json)
+        kind, payload = await self._conn.recv_frame(self._max_json, bounded=False)
         if kind in (b"O", b"E"):
             self._budget -= len(payload)
             if self._budget < 0:

@@ -21,6 +21,15 @@ class AgentUnavailable(SandboxError):
     """The in-sandbox agent cannot be reached (sandbox stopped, killed, or starting)."""
 
 
+class AgentBusy(SandboxError):
+    """Every connection to the agent is in use and the bounded queue for one is full (or a
+    wait in it ran out): nothing was sent to the agent, so the operation may be retried."""
+
+
+class AgentTimeout(SandboxError):
+    """The agent did not answer within its deadline (stalled, or the sandbox is frozen)."""
+
+
 class AgentProtocolError(SandboxError):
     """The agent said something that breaks the protocol; treated as hostile."""
 

@@ -1,7 +1,10 @@
 """Run one command, or one cell of a code session, in a sandbox through its agent, and
 explain how it ended.
 
-Backend-neutral: it needs the agent client and the sandbox's cgroup counters. OOM kills are
+Backend-neutral: it needs a leased agent connection and the sandbox's cgroup counters. The
+deadline of a command or cell (its timeout plus a grace for the agent) starts once the
+connection is leased: a wait for a free connection never eats into it (the client bounds that
+wait itself), and a deadline that passes is AgentTimeout, never a bare TimeoutError. OOM kills are
 attributed from the cgroup's oom_kill counter (before/after) plus a SIGKILL exit (the
 command itself, or a shell reporting 137 for its killed child, or a cell's interpreter); a
 command or cell that hits the pids limit is killed by us (a fork bomb would otherwise spin
@@ -15,8 +18,9 @@ import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from sandbox.agent_client import AgentClient, CodeResult, EventStream, ExecChunk
+from sandbox.agent_client import AgentConnection, CodeResult, EventStream, ExecChunk
 from sandbox.cgroups import KillCounters
+from sandbox.errors import AgentTimeout
 
 WATCH_INTERVAL_S = 0.2
 # How long past the command's own timeout we wait for the agent before giving up on it.
@@ -130,7 +134,7 @@ async def _pump[T](
 
 
 async def run_command(
-    agent: AgentClient,
+    conn: AgentConnection,
     counters: CountersFn,
     req: CommandRequest,
     sink: ChunkSink,
@@ -146,11 +150,12 @@ async def run_command(
         "timeout_ms": req.timeout_ms,
         "max_output": req.max_output,
     }
-    async with (
-        asyncio.timeout(req.timeout_ms / 1000 + AGENT_GRACE_S),
-        agent.exec(payload, req.stdin.encode()) as stream,
-    ):
-        result, killed = await _pump(stream, watch, sink, stop, interrupt_on_stop=False)
+    deadline_s = req.timeout_ms / 1000 + AGENT_GRACE_S
+    try:
+        async with asyncio.timeout(deadline_s), conn.exec(payload, req.stdin.encode()) as stream:
+            result, killed = await _pump(stream, watch, sink, stop, interrupt_on_stop=False)
+    except TimeoutError as exc:
+        raise AgentTimeout(f"the command did not end within {deadline_s:.0f} s") from exc
     sigkilled = result.signal == signal.SIGKILL or result.exit_code == 128 + signal.SIGKILL
     # Only worth a counter read when the command died of SIGKILL.
     if killed is None and sigkilled and await watch.oom_killed():
@@ -182,7 +187,7 @@ class CodeOutcome:
 
 
 async def run_code(
-    agent: AgentClient,
+    conn: AgentConnection,
     counters: CountersFn,
     req: CodeRequest,
     sink: ChunkSink,
@@ -198,9 +203,12 @@ async def run_code(
         "max_output": req.max_output,
         "max_sessions": req.max_sessions,
     }
-    budget = req.timeout_ms / 1000 + INTERRUPT_GRACE_S + AGENT_GRACE_S
-    async with asyncio.timeout(budget), agent.code(payload, req.code.encode()) as stream:
-        result, killed = await _pump(stream, watch, sink, stop, interrupt_on_stop=True)
+    deadline_s = req.timeout_ms / 1000 + INTERRUPT_GRACE_S + AGENT_GRACE_S
+    try:
+        async with asyncio.timeout(deadline_s), conn.code(payload, req.code.encode()) as stream:
+            result, killed = await _pump(stream, watch, sink, stop, interrupt_on_stop=True)
+    except TimeoutError as exc:
+        raise AgentTimeout(f"the cell did not end within {deadline_s:.0f} s") from exc
     if killed is None and result.stop in ("pids", "shutdown"):
         killed = result.stop
     if killed is None and result.signal == signal.SIGKILL and await watch.oom_killed():

@@ -1,6 +1,7 @@
 """The part of a runtime backend that lives on the host, the same for oci and docker: the
-thread pool for blocking host work, the sandbox's uid range and its dir and workspace, the
-agent clients, the cgroup readers and the work group, skills, and the host side of a destroy.
+thread pools for blocking host work (destroys have their own, so a burst of slow destroys
+cannot hold up creates), the sandbox's uid range and its dir and workspace, the agent
+clients, the cgroup readers and the work group, skills, and the host side of a destroy.
 A backend adds how a sandbox is started, stopped and found (runc or the engine), and where
 its agent socket and cgroup are.
 
@@ -17,12 +18,13 @@ import abc
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox.agent_client import AgentClient, hand_over_work_group
+from sandbox.agent_client import AgentClient, AgentLimits, hand_over_work_group
 from sandbox.cgroups import (
     CgroupCounters,
     CgroupError,
@@ -31,7 +33,7 @@ from sandbox.cgroups import (
     KillCounters,
     make_work_group,
 )
-from sandbox.errors import HostStorageFull, RuntimeFailure
+from sandbox.errors import HostStorageFull, RuntimeFailure, SandboxError
 from sandbox.hostdirs import (
     agent_pycache,
     disk_full,
@@ -49,6 +51,12 @@ from sandbox.spec import AGENT_OOM_SCORE_ADJ, SANDBOX_GID, SANDBOX_UID, SandboxS
 
 logger = logging.getLogger(__name__)
 
+# Threads for the host side of destroys (unmounting and deleting a workspace whose dirty pages
+# are still being written takes seconds); more destroys than this wait for one. They run at a
+# lower CPU priority, so the kernel work of a burst of destroys yields to creates and execs.
+DESTROY_THREADS = 4
+DESTROY_NICE = 10
+
 
 @dataclass(frozen=True)
 class HostSettings:
@@ -56,7 +64,7 @@ class HostSettings:
 
     state_dir: Path
     threads: int = 8
-    agent_connections: int = 16
+    agent_limits: AgentLimits = field(default_factory=AgentLimits)
     instance: str = ""  # "" = derived from the state dir (hostdirs.instance_of)
     ids: IdRangeSettings = field(default_factory=IdRangeSettings)
 
@@ -79,8 +87,11 @@ class HostRuntime(abc.ABC):
         self._state_dir = host.state_dir
         self.instance = host.instance or instance_of(host.state_dir)
         self._executor = ThreadPoolExecutor(host.threads, thread_name_prefix=thread_prefix)
+        self._destroy_executor = ThreadPoolExecutor(
+            DESTROY_THREADS, f"{thread_prefix}-destroy", _lower_priority
+        )
         self._layout = CgroupLayout.detect()
-        self._agent_connections = host.agent_connections
+        self._agent_limits = host.agent_limits
         self._ids = IdRanges(host.ids, self.instance)
         self._id_range_size = host.ids.size
         self._agents: dict[str, AgentClient] = {}
@@ -97,6 +108,12 @@ class HostRuntime(abc.ABC):
     async def _in_thread[**P, T](self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _in_destroy_thread[**P, T](
+        self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._destroy_executor, lambda: fn(*args, **kwargs))
 
     async def _start_host(self) -> None:
         """The state dirs (0700) and this instance's id-range claims (after a restart)."""
@@ -148,7 +165,7 @@ class HostRuntime(abc.ABC):
     def agent(self, sandbox_id: str) -> AgentClient:
         agent = self._agents.get(sandbox_id)
         if agent is None:
-            agent = AgentClient(self._agent_socket(sandbox_id), self._agent_connections)
+            agent = AgentClient(self._agent_socket(sandbox_id), self._agent_limits)
             self._agents[sandbox_id] = agent
         return agent
 
@@ -206,11 +223,13 @@ class HostRuntime(abc.ABC):
             raise RuntimeFailure("the agent exited while starting") from exc
 
     async def _create_failed(self, sandbox_id: str, exc: Exception) -> None:
-        """Undo a failed create; a full disk becomes HostStorageFull, anything else is the
-        caller's to re-raise."""
+        """Undo a failed create; a full disk becomes HostStorageFull, any other failure that
+        is not a SandboxError a RuntimeFailure; a SandboxError is the caller's to re-raise."""
         await self._destroy_quietly(sandbox_id)
         if disk_full(exc):
             raise HostStorageFull(f"no space left for sandbox {sandbox_id}") from exc
+        if not isinstance(exc, SandboxError):
+            raise RuntimeFailure(f"create of {sandbox_id} failed: {exc!r}") from exc
 
     async def _destroy_quietly(self, sandbox_id: str) -> None:
         try:
@@ -245,7 +264,7 @@ class HostRuntime(abc.ABC):
         dir_gone = True
         for step, path in ((workspace.destroy, sdir / "data"), (remove_sandbox_dir, sdir)):
             try:
-                await self._in_thread(step, path)
+                await self._in_destroy_thread(step, path)
             except (RuntimeFailure, OSError) as exc:
                 errors.append(exc)
                 dir_gone = False
@@ -296,3 +315,10 @@ class HostRuntime(abc.ABC):
             await agent.close()
         self._agents.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._destroy_executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    """Thread initializer: on Linux the nice value is per thread (who=0: this thread)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, DESTROY_NICE)

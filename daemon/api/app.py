@@ -16,7 +16,7 @@ from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
 from daemon.api.idempotent import idempotent
 from daemon.api.identity import identify
 from daemon.config import Config
-from daemon.errors import DomainError, ShuttingDown, error_body, http_error
+from daemon.errors import UNEXPECTED, DomainError, ShuttingDown, error_body, http_error
 from daemon.logs import container_id, request_id
 from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
@@ -28,12 +28,11 @@ PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/metrics"})
 HTTP_ERROR_TYPES = {401: "invalid_request_error", 404: "invalid_request_error"}
 
 
-def _json_error(status: int, body: object, rid: str, retry: bool) -> web.Response:
-    return web.json_response(
-        body,
-        status=status,
-        headers={"x-request-id": rid, "x-should-retry": "true" if retry else "false"},
-    )
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def _json_error(status: int, body: object, rid: str, retry: dict[str, str]) -> web.Response:
+    return web.json_response(body, status=status, headers={"x-request-id": rid, **retry})
 
 
 @web.middleware
@@ -56,16 +55,24 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         return response
     except DomainError as exc:
         status, body, retry = http_error(exc)
+        if _response_started(request):
+            return _break_off(request, exc.code)
         return _json_error(status, body, rid, retry)
     except web.HTTPException as exc:
         status = exc.status
         message = exc.reason if exc.status != 404 else f"Unknown route {request.path}."
         body = error_body(message, HTTP_ERROR_TYPES.get(exc.status, "invalid_request_error"), None)
-        return _json_error(status, body, rid, False)
+        return _json_error(status, body, rid, NO_RETRY)
+    except ConnectionResetError:
+        logger.info("client went away")
+        return _break_off(request, None)
     except Exception:
         logger.exception("unhandled error")
-        body = error_body(f"Internal error (request {rid}).", "server_error", None)
-        return _json_error(500, body, rid, False)
+        status = UNEXPECTED.status
+        if _response_started(request):
+            return _break_off(request, None)
+        body = error_body(f"Internal error (request {rid}).", UNEXPECTED.type, None)
+        return _json_error(status, body, rid, NO_RETRY)
     finally:
         shutdown.leave()
         elapsed = time.monotonic() - started
@@ -82,6 +89,22 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
                 "ms": round(elapsed * 1000, 1),
             },
         )
+
+
+def _response_started(request: web.Request) -> bool:
+    """Bytes of a reply (a download, a stream) are out: no error reply can follow them."""
+    return request.writer.output_size > 0
+
+
+def _break_off(request: web.Request, code: str | None) -> web.Response:
+    """End a reply that failed midway: close the connection, so the client sees a cut-off
+    body (short of its Content-Length, or an unfinished chunked stream), never a second
+    response spliced into the first."""
+    if code is not None:
+        logger.warning("reply broken off", extra={"code": code})
+    if request.transport is not None:
+        request.transport.close()
+    return web.Response()  # aiohttp cannot send it: the connection is closed
 
 
 def _route_label(request: web.Request) -> str:

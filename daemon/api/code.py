@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
-import json
 import re
 from typing import Any
 
@@ -11,10 +9,11 @@ from aiohttp import web
 
 from daemon.api import serialize
 from daemon.api.context import CODE, CONFIG, caller_of, read_json
+from daemon.api.output import Captured, SseReply, json_reply
 from daemon.api.validation import get_int, get_str, reject_unknown
 from daemon.code import DEFAULT_SESSION, CodeParams, CodeRun
 from daemon.config import Config
-from daemon.errors import DomainError, InvalidRequest, NotFound, http_error
+from daemon.errors import DomainError, InvalidRequest, NotFound
 from daemon.models import Page
 from sandbox.agent_client import CodeSession
 
@@ -66,13 +65,13 @@ def parse_code(body: dict[str, Any], cfg: Config) -> tuple[CodeParams, bool]:
     return params, stream
 
 
-def code_result(run: CodeRun, cid: str) -> dict[str, Any]:
+def code_result(run: CodeRun, cid: str, output: dict[str, Captured]) -> dict[str, Any]:
+    """The reply; `output` holds stdout and stderr (none for the stream's result event)."""
     body: dict[str, Any] = {
         "object": "container.code_result",
         "container_id": cid,
         "session_id": run.session_id,
-        "stdout": run.stdout.decode("utf-8", "replace"),
-        "stderr": run.stderr.decode("utf-8", "replace"),
+        **output,
         "truncated": run.truncated,
         "result": run.result,
         "result_truncated": run.result_truncated,
@@ -110,37 +109,28 @@ async def run(request: web.Request) -> web.StreamResponse:
     cid = request.match_info["container_id"]
     service, caller = request.app[CODE], caller_of(request)
     if not stream:
-        return web.json_response(code_result(await service.run(caller, cid, params), cid))
-    await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    utf8 = codecs.getincrementaldecoder("utf-8")
-    decoders = {"stdout": utf8("replace"), "stderr": utf8("replace")}
+        kept = {"stdout": Captured(), "stderr": Captured()}
 
-    async def send(event: dict[str, Any]) -> None:
-        await response.write(f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode())
+        async def keep(stream_name: str, data: bytes) -> None:
+            kept[stream_name].add(data)
+
+        run = await service.run(caller, cid, params, keep)
+        return await json_reply(request, code_result(run, cid, kept))
+    await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
+    events = await SseReply.open(request)
 
     async def sink(stream_name: str, data: bytes) -> None:
-        text = decoders[stream_name].decode(data)
-        if text:
-            await send({"type": stream_name, "data": text})
+        await events.output(stream_name, data, type=stream_name)
 
     try:
         result = await service.run(caller, cid, params, sink)
     except DomainError as exc:
-        _status, body, _retry = http_error(exc)
-        await send({"type": "error", **body})
+        await events.fail(exc)
     else:
-        for name, decoder in decoders.items():
-            if tail := decoder.decode(b"", final=True):
-                await send({"type": name, "data": tail})
-        item = code_result(result, cid)
-        del item["stdout"], item["stderr"]
-        await send({"type": "result", **item})
-    await response.write_eof()
-    return response
+        await events.flush("stdout")
+        await events.flush("stderr")
+        await events.send({"type": "result", **code_result(result, cid, {})})
+    return await events.close()
 
 
 async def list_sessions(request: web.Request) -> web.Response:

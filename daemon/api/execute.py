@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import codecs
-import json
 from typing import Any
 
 from aiohttp import web
 
 from daemon.api.context import CONFIG, caller_of, read_json, service_of
+from daemon.api.output import EMPTY, Captured, SseReply, json_reply
 from daemon.api.validation import ENV_NAME, get_int, get_str, reject_unknown
 from daemon.config import ExecConfig
-from daemon.errors import DomainError, InvalidRequest, http_error
-from daemon.service import CommandResult, ExecParams
+from daemon.errors import DomainError, InvalidRequest
+from daemon.service import ExecParams
+from sandbox.execution import CommandOutcome
 from sandbox.spec import WORKSPACE
 
 EXEC_KEYS = {
@@ -85,18 +85,15 @@ def _utf8(value: str, param: str) -> bytes:
         raise InvalidRequest(f"'{param}' is not valid UTF-8 text.", param=param) from None
 
 
-def output_item(result: CommandResult) -> dict[str, Any]:
-    o = result.outcome
+def output_item(
+    o: CommandOutcome, stdout: Captured | None = None, stderr: Captured | None = None
+) -> dict[str, Any]:
+    """One `output` item (shell_call_output's shape); without output for stream events."""
     outcome: dict[str, Any] = (
         {"type": "timeout"} if o.timed_out else {"type": "exit", "exit_code": o.exit_code}
     )
-    item: dict[str, Any] = {
-        "stdout": result.stdout.decode("utf-8", "replace"),
-        "stderr": result.stderr.decode("utf-8", "replace"),
-        "outcome": outcome,
-        "truncated": o.truncated,
-        "duration_ms": o.duration_ms,
-    }
+    item: dict[str, Any] = {} if stdout is None else {"stdout": stdout, "stderr": stderr}
+    item.update(outcome=outcome, truncated=o.truncated, duration_ms=o.duration_ms)
     if o.killed is not None:
         item["killed"] = o.killed
     return item
@@ -108,43 +105,33 @@ async def exec_(request: web.Request) -> web.StreamResponse:
     cid = request.match_info["container_id"]
     service, caller = service_of(request), caller_of(request)
     if not stream:
-        results = await service.exec(caller, cid, params)
-        return web.json_response(
-            {
-                "object": "container.exec",
-                "output": [output_item(r) for r in results],
-                "max_output_length": params.max_output,
-            }
-        )
-    await service.running(caller, cid)  # 404/400 before we commit to a 200 stream
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
-    decoders: dict[tuple[int, str], codecs.IncrementalDecoder] = {}
+        kept: dict[tuple[int, str], Captured] = {}
 
-    async def send(event: dict[str, Any]) -> None:
-        await response.write(f"data: {json.dumps(event, separators=(',', ':'))}\n\n".encode())
+        async def keep(index: int, stream_name: str, data: bytes) -> None:
+            kept.setdefault((index, stream_name), Captured()).add(data)
+
+        outcomes = await service.exec(caller, cid, params, keep)
+        output = [
+            output_item(o, kept.get((i, "stdout"), EMPTY), kept.get((i, "stderr"), EMPTY))
+            for i, o in enumerate(outcomes)
+        ]
+        reply = {"object": "container.exec", "output": output}
+        return await json_reply(request, {**reply, "max_output_length": params.max_output})
+    await service.running(caller, cid)  # 404/400 before we commit to a 200 stream
+    events = await SseReply.open(request)
 
     async def sink(index: int, stream_name: str, data: bytes) -> None:
-        decoder = decoders.setdefault(
-            (index, stream_name), codecs.getincrementaldecoder("utf-8")("replace")
-        )
-        text = decoder.decode(data)
-        if text:
-            await send({"type": stream_name, "command_index": index, "data": text})
+        await events.output((index, stream_name), data, type=stream_name, command_index=index)
 
-    async def finished(index: int, result: CommandResult) -> None:
-        item = output_item(result)
-        del item["stdout"], item["stderr"]
-        await send({"type": "outcome", "command_index": index, **item})
+    async def finished(index: int, outcome: CommandOutcome) -> None:
+        await events.flush((index, "stdout"))
+        await events.flush((index, "stderr"))
+        await events.send({"type": "outcome", "command_index": index, **output_item(outcome)})
 
     try:
         await service.exec(caller, cid, params, sink, finished)
     except DomainError as exc:
-        _status, body, _retry = http_error(exc)
-        await send({"type": "error", **body})
+        await events.fail(exc)
     else:
-        await send({"type": "done", "max_output_length": params.max_output})
-    await response.write_eof()
-    return response
+        await events.send({"type": "done", "max_output_length": params.max_output})
+    return await events.close()

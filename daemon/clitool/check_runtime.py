@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sandbox.agent_client import AgentLimits
 from sandbox.cgroups import CgroupLayout
 from sandbox.errors import SandboxError
 from sandbox.idranges import IdRangeSettings
@@ -62,7 +63,7 @@ async def _start_and_remove(
             cgroup_parent=parent,
             instance=instance,
             ids=ids,
-            agent_connections=1,
+            agent_limits=AgentLimits(connections=1),
             threads=2,
         )
         runtime = OciRuntime(settings, profile)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import images
+from sandbox.agent_client import AgentLimits
 from sandbox.docker.container import (
     LABEL_ID,
     LABEL_INSTANCE,
@@ -59,7 +60,7 @@ class DockerSettings:
     engine_url: str = DEFAULT_ENGINE_URL
     image: str = ""  # "" = the host's /usr in a skeleton; else an image of `sandboxd image build`
     cgroup_parent: str = "/sandboxd-docker"  # containers' cgroups: <parent>/<instance>/<cid>
-    agent_connections: int = 16
+    agent_limits: AgentLimits = field(default_factory=AgentLimits)
     threads: int = 8
     timeout_s: float = 60.0
     instance: str = ""  # "" = derived from state_dir
@@ -76,7 +77,7 @@ class DockerRuntime(HostRuntime):
         host = HostSettings(
             settings.state_dir,
             settings.threads,
-            settings.agent_connections,
+            settings.agent_limits,
             settings.instance,
             settings.ids,
         )

@@ -59,6 +59,8 @@ class OciCli:
             )
         except OSError as exc:  # e.g. the binary is gone: callers (destroy) expect our error
             raise RuntimeFailure(f"cannot run {self._binary}: {exc.strerror}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeFailure(f"{self._binary} {args[0]} hung for {CALL_TIMEOUT_S} s") from exc
 
     def run_detached(
         self,

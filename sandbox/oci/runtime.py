@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import images
+from sandbox.agent_client import AgentLimits
 from sandbox.cgroups import CgroupError, CgroupLayout, children
 from sandbox.errors import RuntimeFailure
 from sandbox.hostdirs import (
@@ -52,7 +53,7 @@ class OciSettings:
     runtime_root: Path  # runc state and the root's bind, per instance (tmpfs: gone at reboot)
     binary: str = "runc"
     cgroup_parent: str = "/sandboxd"  # sandboxes' cgroups: <parent>/<instance>/<id>
-    agent_connections: int = 16
+    agent_limits: AgentLimits = field(default_factory=AgentLimits)
     threads: int = 8
     image: str = ""  # "" = the host skeleton (+ host binds); NAME = an image dir (no binds)
     instance: str = ""  # "" = derived from state_dir
@@ -66,7 +67,7 @@ class OciRuntime(HostRuntime):
         host = HostSettings(
             settings.state_dir,
             settings.threads,
-            settings.agent_connections,
+            settings.agent_limits,
             settings.instance,
             settings.ids,
         )
@@ -76,7 +77,9 @@ class OciRuntime(HostRuntime):
         self.run_dir = settings.runtime_root / self.instance
         self.cgroup_base = f"{settings.cgroup_parent}/{self.instance}"
         self._cli = OciCli(settings.binary, self.run_dir / "state", self._executor)
-        self._legacy_cli = OciCli(settings.binary, settings.runtime_root, self._executor)
+        # Deletes run on the destroy threads (see hostruntime): creates never wait for them.
+        self._destroy_cli = OciCli(settings.binary, self.run_dir / "state", self._destroy_executor)
+        self._legacy_cli = OciCli(settings.binary, settings.runtime_root, self._destroy_executor)
         self._legacy: dict[str, str] = {}  # adopted sandbox id -> its cgroup path
         self._rootfs: Path | None = None
         self._binds: list[tuple[str, str]] = []
@@ -124,7 +127,8 @@ class OciRuntime(HostRuntime):
         return self._legacy.get(sandbox_id) or f"{self.cgroup_base}/{sandbox_id}"
 
     def _cli_of(self, sandbox_id: str) -> OciCli:
-        return self._legacy_cli if sandbox_id in self._legacy else self._cli
+        """The runc of a sandbox's destroy (on the destroy threads) and state queries."""
+        return self._legacy_cli if sandbox_id in self._legacy else self._destroy_cli
 
     async def _cgroup_of(self, sandbox_id: str) -> str:
         return self._cgroup(sandbox_id)
@@ -190,10 +194,10 @@ class OciRuntime(HostRuntime):
             await self._cli_of(sandbox_id).delete_force(sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
-            await self._in_thread(self._kill_cgroup, sandbox_id)
+            await self._in_destroy_thread(self._kill_cgroup, sandbox_id)
         cgroup_gone = True  # a group is removable only once no process is left in it
         try:
-            await self._in_thread(self._remove_cgroup, sandbox_id)
+            await self._in_destroy_thread(self._remove_cgroup, sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
             cgroup_gone = False

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import struct
 import subprocess
 import tempfile
 import threading
@@ -30,6 +31,9 @@ FICLONE = 0x40049409
 # The image is thrown away with its sandbox: nothing to gain from initialising the inode
 # tables in the background (uninit_bg makes the kernel do a group when it is first used).
 MOUNT_OPTIONS = "noinit_itable"
+EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+EXT4_GOING_FLAGS_NOLOGFLUSH = 2
+LOOP_MAJOR = 7
 
 
 def _run(argv: list[str]) -> None:
@@ -142,4 +146,25 @@ def _copy_sparse(fin: int, fout: int, src: Path) -> None:
 
 def destroy(mountpoint: Path) -> None:
     """Unmount (lazily if still busy): the unnamed image goes with its loop device."""
+    _drop_dirty_data(mountpoint)
     loopmount.unmount(mountpoint)
+
+
+def _drop_dirty_data(mountpoint: Path) -> None:
+    """Shut the workspace's filesystem down (as `xfs_io -c shutdown` does), so an unmount
+    drops its dirty pages instead of writing them through the loop device into an image that
+    is freed next: a workspace with 512 MiB just written otherwise costs its destroy about a
+    second of copying, which creates of other sandboxes wait behind (loop devices, disk).
+    Only a loop-backed filesystem mounted at `mountpoint` is touched, never the one it is on."""
+    try:
+        fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return  # gone already
+    try:
+        dev = os.fstat(fd).st_dev
+        if os.major(dev) != LOOP_MAJOR or dev == os.stat(mountpoint.parent).st_dev:
+            return
+        with contextlib.suppress(OSError):  # not ext4, or an older kernel: a plain unmount
+            fcntl.ioctl(fd, EXT4_IOC_SHUTDOWN, struct.pack("=I", EXT4_GOING_FLAGS_NOLOGFLUSH))
+    finally:
+        os.close(fd)

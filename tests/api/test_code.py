@@ -186,6 +186,7 @@ def test_busy_session_answers_409(daemon: DaemonHandle, raw: httpx2.Client, cont
         r = raw.post(f"/v1/containers/{container}/code", json={"code": "1"})
         assert r.status_code == 409, r.text
         assert r.json()["error"]["code"] == "session_busy"
+        assert r.headers["x-should-retry"] == "true"  # nothing ran: a retry is safe
         statuses = {s["id"]: s["status"] for s in raw.get(
             f"/v1/containers/{container}/code/sessions").json()["data"]}  # fmt: skip
         assert statuses == {"default": "busy"}
@@ -272,3 +273,20 @@ def test_unknown_container_is_404(raw: httpx2.Client) -> None:
         r = raw.request(method, path, json={"code": "1"} if method == "POST" else None)
         assert r.status_code == 404, (method, path, r.text)
         assert r.json()["error"]["param"] == "container_id"
+
+
+def test_output_text_like_execs(raw: httpx2.Client, container: str) -> None:
+    """Bytes that are not UTF-8 cost 3 bytes each (raw U+FFFD); a trailing incomplete
+    character is flushed as U+FFFD in the stream as in the reply."""
+    source = "import sys\nsys.stdout.buffer.write(b'\\xff' * 1048576 + b'a\\xe2\\x82')"
+    body = {"code": source, "max_output_length": 2 << 20}
+    r = raw.post(f"/v1/containers/{container}/code", json=body)
+    assert r.status_code == 200
+    assert r.json()["stdout"] == "\ufffd" * (1 << 20) + "a\ufffd"
+    assert len(r.content) < 3 * (1 << 20) + 4096, len(r.content)
+    streamed = ""
+    with raw.stream("POST", f"/v1/containers/{container}/code", json={**body, "stream": True}) as s:
+        for line in s.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["type"] == "stdout":
+                streamed += json.loads(line[6:])["data"]
+    assert streamed == "\ufffd" * (1 << 20) + "a\ufffd"

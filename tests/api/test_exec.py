@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx2
 import pytest
@@ -83,3 +84,53 @@ def test_streaming_sse(raw: httpx2.Client, container: str) -> None:
     ]
     assert events[2]["outcome"] == {"type": "exit", "exit_code": 0}
     assert events[3]["outcome"] == {"type": "exit", "exit_code": 4}
+
+
+def _sse_events(raw: httpx2.Client, cid: str, body: dict[str, object]) -> list[dict[str, Any]]:
+    events = []
+    with raw.stream("POST", f"/v1/containers/{cid}/exec", json={**body, "stream": True}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():  # splits like str.splitlines: at U+2028 too
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def test_bytes_that_are_not_utf8_cost_three_bytes_each(raw: httpx2.Client, container: str) -> None:
+    """Each invalid byte is U+FFFD sent as raw UTF-8 (3 bytes), not a 6-byte escape."""
+    r = raw.post(
+        f"/v1/containers/{container}/exec",
+        json={"commands": ["head -c 1048576 /dev/zero | tr '\\0' '\\377'"]},
+    )
+    assert r.status_code == 200
+    assert r.json()["output"][0]["stdout"] == "\ufffd" * (1 << 20)
+    assert len(r.content) < 3 * (1 << 20) + 1024, len(r.content)
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
+
+
+@pytest.mark.parametrize(
+    ("command", "text"),
+    [
+        # a euro sign split between two writes arrives whole
+        ("printf 'a\\342'; sleep 0.3; printf '\\202\\254b'", "a\u20acb"),
+        # an incomplete character at the very end is U+FFFD, in the stream as in the reply
+        ("printf 'a\\342\\202'", "a\ufffd"),
+        # U+2028/U+2029 and NEL go through, and never cut an event in two
+        ("printf '1\\342\\200\\2502\\342\\200\\2513\\302\\2054'", "1\u20282\u20293\u00854"),
+    ],
+    ids=["split", "tail", "separators"],
+)
+def test_streamed_text_equals_the_reply(
+    raw: httpx2.Client, container: str, command: str, text: str
+) -> None:
+    out = exec_(raw, container, command, "printf z")
+    assert [i["stdout"] for i in out["output"]] == [text, "z"]  # type: ignore[union-attr,index]
+    events = _sse_events(raw, container, {"commands": [command, "printf z"]})
+    streamed = ["", ""]
+    for e in events:
+        if e["type"] == "stdout":
+            streamed[e["command_index"]] += e["data"]
+        if e["type"] == "outcome":
+            assert streamed[e["command_index"]] == [text, "z"][e["command_index"]]
+    assert streamed == [text, "z"]
+    assert events[-1]["type"] == "done"

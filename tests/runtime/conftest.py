@@ -82,7 +82,8 @@ async def sh(
         (out if chunk.stream == "stdout" else err).extend(chunk.data)
 
     req = CommandRequest(cmd, env or {}, cwd, stdin, timeout_ms, max_output)
-    outcome = await run_command(runtime.agent(sid), lambda: runtime.kill_counters(sid), req, sink)
+    async with runtime.agent(sid).connection() as conn:
+        outcome = await run_command(conn, lambda: runtime.kill_counters(sid), req, sink)
     return (
         out.decode(errors="surrogateescape"),
         err.decode(errors="surrogateescape"),

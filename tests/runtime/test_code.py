@@ -40,7 +40,8 @@ async def cell(
 
     rt = backend.runtime
     req = CodeRequest(session, code, timeout_ms, max_output, max_sessions)
-    done = await run_code(rt.agent(sid), lambda: rt.kill_counters(sid), req, sink, stop)
+    async with rt.agent(sid).connection() as conn:
+        done = await run_code(conn, lambda: rt.kill_counters(sid), req, sink, stop)
     return out.decode(), err.decode(), done
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from sandbox.errors import AgentUnavailable, RuntimeFailure
+from sandbox.oci import workspace
 from tests.runtime.conftest import (
     Harness,
     RunResources,
@@ -137,3 +140,45 @@ async def test_cancelled_create_leaves_nothing(backend: Harness) -> None:
         assert backend.leftovers(s.sandbox_id) == []
         assert s.sandbox_id not in await rt.list_ids()
     assert leaked == {}
+
+
+async def test_slow_destroys_do_not_hold_up_creates(
+    backend: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight destroys stuck in their host-side step (a workspace that takes long to unmount)
+    leave creates their threads: destroys have a pool of their own."""
+    rt = backend.runtime
+    ids = []
+    for _ in range(8):
+        s = spec()
+        await rt.create(s)
+        ids.append(s.sandbox_id)
+    release = threading.Event()
+    stuck = threading.Semaphore(0)
+    real_destroy = workspace.destroy
+
+    def slow_destroy(mountpoint: Path) -> None:
+        stuck.release()
+        release.wait(60)
+        real_destroy(mountpoint)
+
+    monkeypatch.setattr(workspace, "destroy", slow_destroy)
+    destroys = [asyncio.ensure_future(rt.destroy(sid)) for sid in ids]
+    created: asyncio.Future[None] | None = None
+    try:
+        for _ in range(4):
+            assert await asyncio.to_thread(stuck.acquire, True, 20), "no destroy got that far"
+        deadline = time.monotonic() + 3  # time for more of them to get stuck, if they can
+        while time.monotonic() < deadline:
+            await asyncio.to_thread(stuck.acquire, True, max(0.0, deadline - time.monotonic()))
+        s = spec()
+        created = asyncio.ensure_future(rt.create(s))
+        await asyncio.wait({created}, timeout=20)
+        assert created.done(), "the create waited for the destroys' threads"
+        created.result()
+        assert not any(d.done() for d in destroys)
+        assert (await check(rt, s.sandbox_id, "echo fine")) == "fine\n"
+    finally:
+        release.set()
+        await asyncio.gather(*destroys, *([created] if created else []))
+    assert all(backend.leftovers(sid) == [] for sid in ids)

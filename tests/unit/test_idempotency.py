@@ -47,8 +47,8 @@ async def test_a_retry_gives_up_waiting_with_a_retryable_409(store: Store) -> No
     assert await keys.begin("alice", "k") is None
     with pytest.raises(RequestInFlight) as info:
         await keys.begin("alice", "k")
-    status, _body, retry = http_error(info.value)
-    assert (status, retry) == (409, True)
+    status, _body, headers = http_error(info.value)
+    assert (status, headers) == (409, {"x-should-retry": "true", "Retry-After": "1"})
     await keys.finish("alice", "k", None)
 
 

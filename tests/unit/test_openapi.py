@@ -132,7 +132,7 @@ def test_error_statuses_and_codes_cover_the_error_table(doc: dict[str, Any]) -> 
     documented = {
         status for _, _, op in _operations(doc) for status in op["responses"] if status[0] in "45"
     }
-    assert {str(status) for status, _, _ in HTTP_ERRORS.values()} <= documented
+    assert {str(mapping.status) for mapping in HTTP_ERRORS.values()} <= documented
     code_doc = _schema(doc, "Error")["properties"]["error"]["properties"]["code"]["description"]
     for cls in HTTP_ERRORS:
         assert f"`{cls.code}`" in code_doc

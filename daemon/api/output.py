@@ -1,0 +1,188 @@
+"""Command output on the wire: JSON replies written in bounded slices, and SSE event streams.
+
+Output arrives as bytes; the API sends text. Both writers decode each output stream with its
+own incremental UTF-8 decoder, so a character split between two chunks arrives whole and an
+incomplete one at the very end becomes one U+FFFD (flushed, never dropped). Bytes that are not
+UTF-8 become U+FFFD, sent as its three raw UTF-8 bytes (JSON with ensure_ascii=False), never as
+a six-byte `\\ufffd` escape. Neither writer encodes more than SLICE bytes of output between two
+turns of the event loop, and neither holds an encoded reply whole: megabytes of output go out
+slice by slice, as fast as the client reads them, while other requests keep being served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+from aiohttp import web
+
+from daemon.errors import DomainError, http_error
+
+SLICE = 64 << 10
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class Captured:
+    """One stream's output kept for a JSON reply: the chunks as they came, never copied."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+
+EMPTY = Captured()
+
+
+def _slices(data: bytes) -> Iterator[bytes]:
+    if len(data) <= SLICE:
+        yield data
+        return
+    for start in range(0, len(data), SLICE):
+        yield data[start : start + SLICE]
+
+
+def _text_decoder() -> codecs.IncrementalDecoder:
+    return codecs.getincrementaldecoder("utf-8")("replace")
+
+
+def _dumps(value: Any) -> str:
+    """Compact JSON, ASCII: strings that are not our decoded output (file paths, messages)
+    may hold lone surrogates, which only an escape can carry."""
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _text_json(text: str) -> str:
+    """A string of decoded output as JSON content without the quotes, its non-ASCII raw."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
+class _JsonWriter:
+    """Serialises a reply whose Captured values become JSON strings. Small replies go out
+    whole (with a Content-Length); once more than SLICE bytes are pending the reply is
+    streamed (chunked), one slice at a time."""
+
+    def __init__(self, request: web.Request) -> None:
+        self._request = request
+        self._pending = bytearray()
+        self._response: web.StreamResponse | None = None
+
+    async def _spill(self) -> None:
+        if len(self._pending) < SLICE:
+            return
+        if self._response is None:
+            self._response = web.StreamResponse(headers={"Content-Type": JSON_TYPE})
+            await self._response.prepare(self._request)
+        await self._response.write(bytes(self._pending))
+        self._pending.clear()
+        await asyncio.sleep(0)  # the next slice waits for a turn of the loop
+
+    async def value(self, value: Any) -> None:
+        if isinstance(value, Captured):
+            await self._text(value)
+        elif isinstance(value, dict):
+            self._pending += b"{"
+            for i, (key, item) in enumerate(value.items()):
+                self._pending += b"," if i else b""
+                self._pending += _dumps(str(key)).encode() + b":"
+                await self.value(item)
+            self._pending += b"}"
+        elif isinstance(value, list):
+            self._pending += b"["
+            for i, item in enumerate(value):
+                self._pending += b"," if i else b""
+                await self.value(item)
+            self._pending += b"]"
+        else:
+            self._pending += _dumps(value).encode()
+            await self._spill()
+
+    async def _text(self, captured: Captured) -> None:
+        decoder = _text_decoder()
+        self._pending += b'"'
+        for chunk in captured.chunks:
+            for piece in _slices(chunk):
+                self._pending += _text_json(decoder.decode(piece)).encode()
+                await self._spill()
+        self._pending += _text_json(decoder.decode(b"", True)).encode() + b'"'
+
+    async def finish(self) -> web.StreamResponse:
+        if self._response is None:
+            return web.Response(body=bytes(self._pending), headers={"Content-Type": JSON_TYPE})
+        await self._response.write(bytes(self._pending))
+        await self._response.write_eof()
+        return self._response
+
+
+async def json_reply(request: web.Request, value: Any) -> web.StreamResponse:
+    """A 200 JSON reply of `value`, whose Captured values are output to send as strings."""
+    writer = _JsonWriter(request)
+    await writer.value(value)
+    return await writer.finish()
+
+
+class SseReply:
+    """A 200 `text/event-stream` reply: one `data: <json>` event per send.
+
+    `output` decodes the bytes of one output stream (named by a key) into events carrying its
+    text; `flush` sends what its decoder still holds (an incomplete character at the end of
+    a command becomes U+FFFD). A write to a client that went away raises ConnectionResetError:
+    let it end the operation whose output it was (the API's middleware then closes quietly)."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self._texts: dict[Hashable, tuple[codecs.IncrementalDecoder, dict[str, Any]]] = {}
+
+    @classmethod
+    async def open(cls, request: web.Request) -> SseReply:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        return cls(response)
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self._write(_dumps(event))
+
+    async def _write(self, data: str) -> None:
+        # JSON leaves these line separators raw, and clients that split lines the way
+        # str.splitlines does (httpx's iter_lines) would cut the event there.
+        data = data.replace("\x85", "\\u0085").replace("\u2028", "\\u2028")
+        data = data.replace("\u2029", "\\u2029")
+        await self.response.write(b"data: " + data.encode() + b"\n\n")
+
+    async def output(self, key: Hashable, data: bytes, **fields: Any) -> None:
+        """Events {**fields, "data": text} for `data`, at most SLICE bytes of it per event."""
+        decoder, _ = self._texts.setdefault(key, (_text_decoder(), fields))
+        for piece in _slices(data):
+            if text := decoder.decode(piece):
+                await self._text_event(fields, text)
+                await asyncio.sleep(0)
+
+    async def _text_event(self, fields: dict[str, Any], text: str) -> None:
+        head = _dumps({**fields, "data": ""})[:-2]  # ... "data":"
+        await self._write(head + _text_json(text) + '"}')
+
+    async def flush(self, key: Hashable) -> None:
+        found = self._texts.pop(key, None)
+        if found is not None and (tail := found[0].decode(b"", True)):
+            await self._text_event(found[1], tail)
+
+    async def fail(self, exc: DomainError) -> None:
+        """The final `error` event (the error object of the JSON reply it replaces), after
+        what the decoders still hold."""
+        for key in list(self._texts):
+            await self.flush(key)
+        await self.send({"type": "error", **http_error(exc)[1]})
+
+    async def close(self) -> web.StreamResponse:
+        await self.response.write_eof()
+        return self.response

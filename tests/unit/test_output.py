@@ -1,0 +1,105 @@
+"""daemon/api/output.py against a real aiohttp server: captured output becomes the same text
+whether it goes out whole, in slices or as events (characters split anywhere, bytes that are
+not UTF-8 as raw U+FFFD), and other strings keep JSON's ASCII escapes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from daemon.api.output import SLICE, Captured, SseReply, json_reply
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+EURO = "\u20ac".encode()  # 3 bytes
+# A euro sign straddling a chunk boundary and a slice boundary, bytes that are not UTF-8,
+# and an incomplete character at the very end.
+CHUNKS = [
+    b"a" + EURO[:1],
+    EURO[1:] + b"\xff\xfe",
+    b"b" * (SLICE - 1) + EURO + b"c" * SLICE,
+    b"\xe2\x82",
+]
+WHOLE = b"".join(CHUNKS).decode("utf-8", "replace")
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[TestClient]]]:
+    clients: list[TestClient] = []
+
+    async def start(handler: Handler) -> TestClient:
+        app = web.Application()
+        app.router.add_get("/", handler)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+def _captured(chunks: list[bytes]) -> Captured:
+    captured = Captured()
+    for chunk in chunks:
+        captured.add(chunk)
+    return captured
+
+
+async def test_a_json_reply_carries_the_text_of_its_output(
+    serve: Callable[[Handler], Awaitable[TestClient]],
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        out = _captured(CHUNKS)
+        return await json_reply(request, {"out": out, "path": "x\udcff", "n": [1, None, out]})
+
+    client = await serve(handler)
+    r = await client.get("/")
+    raw = await r.read()
+    assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+    assert "Content-Length" not in r.headers  # more than a slice: streamed
+    assert json.loads(raw) == {"out": WHOLE, "path": "x\udcff", "n": [1, None, WHOLE]}
+    assert b"\\ufffd" not in raw and "\ufffd".encode() in raw  # raw U+FFFD, 3 bytes
+    assert b'"x\\udcff"' in raw  # a lone surrogate keeps its escape
+
+
+async def test_a_small_reply_goes_out_whole(
+    serve: Callable[[Handler], Awaitable[TestClient]],
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await json_reply(request, {"out": _captured([b"hi\xff"]), "empty": Captured()})
+
+    client = await serve(handler)
+    r = await client.get("/")
+    assert r.headers["Content-Length"] == str(len(await r.read()))
+    assert await r.json() == {"out": "hi\ufffd", "empty": ""}
+
+
+async def test_events_carry_the_same_text(
+    serve: Callable[[Handler], Awaitable[TestClient]],
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        events = await SseReply.open(request)
+        for chunk in [*CHUNKS, "\u2028\x85".encode()]:
+            await events.output("k", chunk, type="stdout", command_index=3)
+        await events.flush("k")
+        await events.send({"type": "done", "path": "x\udcff"})
+        return await events.close()
+
+    client = await serve(handler)
+    r = await client.get("/")
+    raw = await r.read()
+    assert raw.endswith(b"\n\n")
+    events = [json.loads(e.removeprefix(b"data: ")) for e in raw[:-2].split(b"\n\n")]
+    assert all(e.count(b"\n") == 0 for e in raw[:-2].split(b"\n\n"))
+    text = "".join(e["data"] for e in events[:-1])
+    assert text == (b"".join(CHUNKS) + "\u2028\x85".encode()).decode("utf-8", "replace")
+    assert {(e["type"], e["command_index"]) for e in events[:-1]} == {("stdout", 3)}
+    assert all(len(e["data"].encode()) <= 3 * SLICE for e in events[:-1])
+    assert events[-1] == {"type": "done", "path": "x\udcff"}
+    assert "\u2028".encode() not in raw  # escaped: line splitters keep each event whole
