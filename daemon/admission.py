@@ -1,8 +1,9 @@
 """Admission control: a sandbox exists only if the host can honour its memory tier.
 
-The ledger holds the tier of every sandbox this daemon has on the host (running containers,
-creates in flight, the warm pool). A create is admitted while the committed total plus its
-tier stays within host RAM x `[containers] memory_overcommit`; a tier bigger than host RAM is
+The ledger holds what every sandbox this daemon has on the host may use (running containers,
+creates in flight, the warm pool): its tier plus its agent's reserve (AGENT_RESERVE_BYTES, the
+sandbox's cgroup limit is the sum). A create is admitted while the committed total plus its
+own stays within host RAM x `[containers] memory_overcommit`; a tier bigger than host RAM is
 never admitted. `AdmittingRuntime` puts the ledger in front of a runtime: the one place every
 sandbox is made and destroyed, whoever asks (API, pool, reconciler), so no path forgets it.
 """
@@ -18,7 +19,7 @@ from daemon.errors import CapacityExceeded, InvalidRequest
 from sandbox.agent_client import AgentClient
 from sandbox.cgroups import CgroupCounters, KillCounters
 from sandbox.runtime import Runtime
-from sandbox.spec import MEMORY_TIERS, SandboxSpec, SkillFiles
+from sandbox.spec import AGENT_RESERVE_BYTES, MEMORY_TIERS, SandboxSpec, SkillFiles
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +55,13 @@ class Admission:
         return sum(self._tiers.values())
 
     def fits(self, memory_bytes: int) -> bool:
-        return memory_bytes <= self.host_bytes and self.committed + memory_bytes <= self.capacity
+        """Would a sandbox of this tier be admitted now?"""
+        needed = memory_bytes + AGENT_RESERVE_BYTES
+        return memory_bytes <= self.host_bytes and self.committed + needed <= self.capacity
 
     def reserve(self, sandbox_id: str, memory_bytes: int) -> None:
-        """Admit the sandbox or raise (nothing is recorded then). Synchronous: two creates
-        cannot both take the last room."""
+        """Admit a sandbox of this tier or raise (nothing is recorded then). Synchronous: two
+        creates cannot both take the last room."""
         if sandbox_id in self._tiers:
             return
         tier = tier_name(memory_bytes)
@@ -68,19 +71,20 @@ class Admission:
                 f"({self.host_bytes / GIB:.1f} GiB); choose a smaller memory_limit.",
                 param="memory_limit",
             )
-        if self.committed + memory_bytes > self.capacity:
+        if not self.fits(memory_bytes):
             free = max(self.capacity - self.committed, 0)
             raise CapacityExceeded(
                 f"No room for a {tier} container: {self.committed / GIB:.1f} of "
-                f"{self.capacity / GIB:.1f} GiB of memory tiers are committed on this host "
-                f"({free / GIB:.1f} GiB free; memory_overcommit {self._overcommit:g} x "
-                f"{self.host_bytes / GIB:.1f} GiB RAM). Delete a container or retry later."
+                f"{self.capacity / GIB:.1f} GiB are committed on this host to sandboxes' "
+                f"tiers and agents ({free / GIB:.1f} GiB free; memory_overcommit "
+                f"{self._overcommit:g} x {self.host_bytes / GIB:.1f} GiB RAM). Delete a "
+                "container or retry later."
             )
-        self._tiers[sandbox_id] = memory_bytes
+        self._tiers[sandbox_id] = memory_bytes + AGENT_RESERVE_BYTES
 
     def adopt(self, sandbox_id: str, memory_bytes: int) -> None:
-        """Record a sandbox that already exists (found running at start), room or not."""
-        self._tiers[sandbox_id] = memory_bytes
+        """Record a sandbox of this tier that already exists (found running), room or not."""
+        self._tiers[sandbox_id] = memory_bytes + AGENT_RESERVE_BYTES
 
     def release(self, sandbox_id: str) -> None:
         if self._tiers.pop(sandbox_id, None) is not None:

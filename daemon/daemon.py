@@ -290,8 +290,8 @@ class Daemon:
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
             self._metrics_runner = None
+        self.service.agent_watch.close()  # before the tasks: a death would spawn one
         await self.tasks.close(server.tasks_timeout_s)
-        self.service.agent_watch.close()
         if self.pool is not None:
             self.service.pool = None
             await self.pool.drain()

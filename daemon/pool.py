@@ -87,10 +87,24 @@ class WarmPool:
             logger.error("discarding a pooled sandbox failed", extra={"error": str(exc)})
 
     def _deficit(self) -> str | None:
+        """A tier short of its size that admission has room for."""
         for tier, size in self._sizes.items():
-            if len(self._ready[tier]) < size:
+            if len(self._ready[tier]) < size and self._admission.fits(MEMORY_TIERS[tier]):
                 return tier
         return None
+
+    def _short(self) -> bool:
+        return any(len(self._ready[t]) < size for t, size in self._sizes.items())
+
+    async def make_room(self, memory_bytes: int) -> None:
+        """Give pooled sandboxes back, other tiers' first, until a create of this tier would
+        be admitted (or the pool is empty): requests come before the pool."""
+        tiers = sorted(self._ready, key=lambda t: MEMORY_TIERS[t] == memory_bytes)
+        for tier in tiers:
+            while self._ready[tier] and not self._admission.fits(memory_bytes):
+                sid = self._ready[tier].popleft()
+                self._changed(tier)
+                await self._discard(sid)
 
     async def run(self) -> None:
         """Refill forever: one sandbox at a time, never while API creates are in flight."""
@@ -98,16 +112,16 @@ class WarmPool:
         while True:
             tier = self._deficit()
             if tier is None:
-                self._wanted.clear()
-                await self._wanted.wait()
+                if self._short():
+                    # No room on the host for what is missing: wait until a sandbox goes.
+                    self._admission.released.clear()
+                    await self._admission.released.wait()
+                else:
+                    self._wanted.clear()
+                    await self._wanted.wait()
                 continue
             if self._busy():
                 await asyncio.sleep(0.05)
-                continue
-            if not self._admission.fits(MEMORY_TIERS[tier]):
-                # No room on the host: wait until a sandbox goes (creates come first).
-                self._admission.released.clear()
-                await self._admission.released.wait()
                 continue
             sid = ids.container_id()
             spec = SandboxSpec(

@@ -384,6 +384,8 @@ class ContainerService:
         )
         self.creating += 1  # the warm pool does not refill while this is non-zero
         try:
+            if self.pool is not None:  # pooled sandboxes give way to a request
+                await self.pool.make_room(spec.memory_bytes)
             with _translate("create"):
                 await self._runtime.create(spec)
         finally:

@@ -44,10 +44,10 @@ from sandbox.hostdirs import (
     remove_sandbox_dir,
     sandbox_dir,
 )
-from sandbox.idranges import IdRanges, IdRangeSettings
+from sandbox.idranges import IdRanges, IdRangeSettings, lock_instance
 from sandbox.oci import skills, workspace
 from sandbox.skill_archive import SkillArchiveError
-from sandbox.spec import AGENT_OOM_SCORE_ADJ, SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
+from sandbox.spec import AGENT_OOM_ADJ, SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class HostRuntime(abc.ABC):
         self._layout = CgroupLayout.detect()
         self._agent_limits = host.agent_limits
         self._ids = IdRanges(host.ids, self.instance)
+        self._id_settings = host.ids
         self._id_range_size = host.ids.size
         self._agents: dict[str, AgentClient] = {}
         self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
@@ -100,6 +101,7 @@ class HostRuntime(abc.ABC):
         self._workspaces = workspace.Workspaces(host.state_dir / "templates")
         self._pycache = ""  # host dir bound at AGENT_PYCACHE ("": none), set by start()
         self._pin_refused = False
+        self._instance_lock = -1  # held from start() to close()
 
     @property
     def cgroup_layout(self) -> CgroupLayout:
@@ -116,9 +118,26 @@ class HostRuntime(abc.ABC):
         return await loop.run_in_executor(self._destroy_executor, lambda: fn(*args, **kwargs))
 
     async def _start_host(self) -> None:
-        """The state dirs (0700) and this instance's id-range claims (after a restart)."""
+        """Hold the instance id, make the state dirs (0700), load this instance's id-range
+        claims (after a restart) and remove sandbox dirs no claim names (left by a reboot,
+        which ends sandboxes and the registry on /run, not the state dir)."""
+        if self._instance_lock < 0:
+            self._instance_lock = await self._in_thread(
+                lock_instance, self._id_settings, self.instance, self._state_dir
+            )
         await self._in_thread(make_state_dirs, self._state_dir)
-        await self._in_thread(self._ids.load)
+        await self._in_thread(_check_instance_of, self._state_dir, self.instance)
+        claimed = await self._in_thread(self._ids.load)
+        await self._in_thread(self._remove_unclaimed_dirs, {str(f) for f in claimed.values()})
+
+    def _remove_unclaimed_dirs(self, claimed: set[str]) -> None:
+        """Sandbox dirs named by a range this instance does not hold (our state dir is ours
+        alone, so nothing else can be using them). Blocking."""
+        with contextlib.suppress(FileNotFoundError):
+            for sdir in (self._state_dir / "sandboxes").iterdir():
+                if sdir.name.isdigit() and sdir.name not in claimed:
+                    logger.info("removing a sandbox dir nothing claims", extra={"dir": str(sdir)})
+                    _clear_dir(sdir)
 
     async def _compile_agent(self, root: Path) -> None:
         """The agent's bytecode for sandboxes on `root` (see hostdirs.agent_pycache)."""
@@ -149,13 +168,19 @@ class HostRuntime(abc.ABC):
     async def destroy(self, sandbox_id: str) -> None: ...
 
     async def agent_pid(self, sandbox_id: str) -> int | None:
-        """The host pid of the sandbox's agent (its init), None if it is not running;
-        asked of the backend once per sandbox and daemon start."""
+        """The host pid of the sandbox's agent (its init), None if it is not running; asked
+        of the backend once per sandbox and daemon start, and checked to be a process of
+        the sandbox's cgroup each time (a pid is reused once its process is gone)."""
         pid = self._agent_pids.get(sandbox_id)
         if pid is None:
             pid = await self._find_agent_pid(sandbox_id)
-            if pid is not None:
-                self._agent_pids[sandbox_id] = pid
+            if pid is None:
+                return None
+        path = await self._cgroup_of(sandbox_id)
+        if path is None or not _in_cgroup(pid, path):
+            self._agent_pids.pop(sandbox_id, None)
+            return None
+        self._agent_pids[sandbox_id] = pid
         return pid
 
     @abc.abstractmethod
@@ -181,6 +206,8 @@ class HostRuntime(abc.ABC):
         """The sandbox's dir (0700 root), skills (0750, its group), egress dir (0700, its
         user) and workspace. Blocking."""
         home = SandboxHome(self._dir(spec.sandbox_id), first)
+        if home.dir.exists():  # left by a sandbox of this range before a reboot: ours to clear
+            _clear_dir(home.dir)
         make_sandbox_dir(home.dir)
         make_private_dir(home.dir / "skills", (0, home.owner[1]), 0o750)
         make_private_dir(home.dir / "egress", home.owner)
@@ -209,12 +236,12 @@ class HostRuntime(abc.ABC):
         await self._in_thread(confine)
 
     def _pin_agent(self, pid: int) -> None:
-        """Lower the agent's oom_score_adj (and with it the floor its children inherit,
-        which the agent raises back to 0 for each). Needs CAP_SYS_RESOURCE: without it the
-        work group alone keeps the agent out of the sandbox's OOMs."""
+        """Lower the agent's OOM score for host-wide OOMs, leaving the floor its children
+        inherit at 0 (see spec.AGENT_OOM_ADJ). Needs CAP_SYS_RESOURCE: without it, the work
+        group alone keeps the agent out of its sandbox's OOMs."""
         try:
-            with open(f"/proc/{pid}/oom_score_adj", "w") as f:
-                f.write(str(AGENT_OOM_SCORE_ADJ))
+            with open(f"/proc/{pid}/oom_adj", "w") as f:
+                f.write(str(AGENT_OOM_ADJ))
         except PermissionError:
             if not self._pin_refused:
                 self._pin_refused = True
@@ -316,6 +343,45 @@ class HostRuntime(abc.ABC):
         self._agents.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._destroy_executor.shutdown(wait=False, cancel_futures=True)
+        if self._instance_lock >= 0:
+            os.close(self._instance_lock)
+            self._instance_lock = -1
+
+
+def _check_instance_of(state_dir: Path, instance: str) -> None:
+    """A state dir keeps the instance id it was first used with: changing it would leave the
+    sandboxes of the old one running, unmanaged. Blocking."""
+    marker = state_dir / "instance"
+    try:
+        found = marker.read_text().strip()
+    except FileNotFoundError:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
+            f.write(instance + "\n")
+        return
+    if found != instance:
+        raise RuntimeFailure(
+            f"{state_dir} belongs to instance {found!r}, not {instance!r}: set runtime.instance "
+            f"back to {found!r} (or delete every container first and remove {marker})"
+        )
+
+
+def _in_cgroup(pid: int, path: str) -> bool:
+    """Is process `pid` in the group `path` (or a group below it)? A small read of
+    /proc/<pid>/cgroup; False if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read(1 << 16).splitlines()
+    except OSError:
+        return False
+    groups = (line.split(":", 2)[-1] for line in lines)
+    return any(group == path or group.startswith(path + "/") for group in groups)
+
+
+def _clear_dir(sdir: Path) -> None:
+    """Remove a stale sandbox dir, its workspace unmounted first (lazily if busy)."""
+    workspace.destroy(sdir / "data")
+    remove_sandbox_dir(sdir)
 
 
 def _lower_priority() -> None:

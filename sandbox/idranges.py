@@ -70,9 +70,14 @@ class IdRanges:
         self._next = 0  # round robin: a released range is reused as late as possible
 
     def load(self) -> dict[str, int]:
-        """Read this instance's claims (after a restart); sandbox id -> first host id."""
+        """Read this instance's claims (after a restart), merged into what it knows; sandbox
+        id -> first host id. New claims then start after the highest of them."""
         self._ensure_registry()
-        self._mine = {c.sandbox_id: c.first for c in self._scan() if c.instance == self._instance}
+        with self._locked():
+            found = {c.sandbox_id: c.first for c in self._scan() if c.instance == self._instance}
+        self._mine.update(found)
+        if found:
+            self._next = (max(found.values()) - self._s.base) // self._s.size + 1
         return dict(self._mine)
 
     def lookup(self, sandbox_id: str) -> int | None:
@@ -86,20 +91,22 @@ class IdRanges:
         _check_token(sandbox_id)
         self._ensure_registry()
         with self._locked():
-            taken = self._taken()
-            starts = list(self._s)
-            for i in range(len(starts)):
-                slot = (self._next + i) % len(starts)
-                first = starts[slot]
+            # Claims on our grid are a set lookup; any other (another base or size) is
+            # checked for overlap.
+            on_grid, off_grid = set(), []
+            for t_first, t_end in self._taken():
+                aligned = (t_first - self._s.base) % self._s.size == 0
+                if aligned and t_end - t_first == self._s.size:
+                    on_grid.add(t_first)
+                else:
+                    off_grid.append((t_first, t_end))
+            for i in range(self._s.count):
+                slot = (self._next + i) % self._s.count
+                first = self._s.base + slot * self._s.size
                 end = first + self._s.size
-                if any(first < t_end and t_first < end for t_first, t_end in taken):
+                if first in on_grid or any(f < end and first < e for f, e in off_grid):
                     continue
-                path = self._s.registry / f"{first}-{self._s.size}"
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    os.write(fd, f"{self._instance} {sandbox_id}\n".encode())
-                finally:
-                    os.close(fd)
+                self._write_claim(f"{first}-{self._s.size}", sandbox_id)
                 self._next = slot + 1
                 self._mine[sandbox_id] = first
                 return first
@@ -117,6 +124,20 @@ class IdRanges:
             ):
                 with contextlib.suppress(FileNotFoundError):
                     (self._s.registry / f"{claim.first}-{claim.size}").unlink()
+
+    def _write_claim(self, name: str, sandbox_id: str) -> None:
+        """Whole or not at all: written to a temporary name, then linked into place (a crash
+        never leaves a claim that names nobody)."""
+        tmp = self._s.registry / f".tmp-{os.getpid()}-{name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, f"{self._instance} {sandbox_id}\n".encode())
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, self._s.registry / name)
+        finally:
+            tmp.unlink()
 
     def _ensure_registry(self) -> None:
         self._s.registry.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -159,3 +180,28 @@ class IdRanges:
 def _check_token(value: str) -> None:
     if not value or any(c.isspace() for c in value) or "/" in value:
         raise ValueError(f"bad sandbox id {value!r}")
+
+
+class InstanceInUse(RuntimeFailure):
+    """Another daemon (another state dir) runs as this instance."""
+
+
+def lock_instance(settings: IdRangeSettings, instance: str, state_dir: Path) -> int:
+    """Hold the instance id for this daemon's lifetime (the returned fd; closing it, or the
+    process ending, lets go). Two state dirs configured with one `runtime.instance` would
+    otherwise share runc state, cgroups and claims, and reconcile each other away."""
+    directory = settings.registry.parent / "instances"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / f"{instance}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise InstanceInUse(
+            f"instance {instance!r} is in use by the daemon of {holder or 'another state dir'}"
+            "; give each state dir its own runtime.instance"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{state_dir.resolve()}\n".encode(), 0)
+    return fd

@@ -62,9 +62,12 @@ READONLY_PATHS = (
 # tier (sandbox/cgroups.py), the sandbox's group gets the tier plus this, so an OOM inside the
 # tier never has the agent to choose.
 AGENT_RESERVE_BYTES = 64 << 20
-# The agent's oom_score_adj, set from the host where the daemon may lower it (a host-wide
-# OOM then takes sandbox code, which starts at 0, before any agent).
-AGENT_OOM_SCORE_ADJ = -998
+# The agent's score for a host-wide OOM, set from the host where the daemon may lower it, through
+# the legacy /proc/<pid>/oom_adj (-16 is an oom_score_adj of -941): unlike oom_score_adj, a
+# privileged write there does not also lower the floor (oom_score_adj_min) that the agent's
+# children inherit, which stays 0 (the runtime sets it), so sandbox code cannot follow the agent
+# down. What the agent starts begins at 0 (it raises each child itself).
+AGENT_OOM_ADJ = -16
 
 
 def ipc_sysctls(memory_bytes: int) -> dict[str, str]:

@@ -150,6 +150,14 @@ def user_namespaces() -> Check:
         return Check("userns", FAIL, "user namespaces are disabled (max_user_namespaces=0)",
                      "sysctl -w user.max_user_namespaces=15000")  # fmt: skip
     detail = f"max_user_namespaces={limit}"
+    apparmor = Path("/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+    if apparmor.exists() and apparmor.read_text().strip() == "1":
+        return Check("userns", WARN,
+                     f"{detail}; AppArmor leaves namespaces of unprivileged users without "
+                     "capabilities: sandboxes get their own per-user budgets, not the caps "
+                     "inside them (user.max_* in their namespace)",
+                     "allow userns for sandboxd (an AppArmor profile with `userns,`) or "
+                     "sysctl kernel.apparmor_restrict_unprivileged_userns=0")  # fmt: skip
     clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
     if clone.exists():
         # Only unprivileged creation depends on it; the daemon runs as root.

@@ -83,6 +83,9 @@ MAX_CONFIG_ENV = 256
 EGRESS_LISTEN = ("127.0.0.1", 3128)
 EGRESS_MAX_CONNECTIONS = 256
 EGRESS_BUFFER = 64 << 10
+# cgroup v2 (see Reaper.spawn): the child waits behind this until it is in the work group.
+GATE_FD = 9
+GATE_SCRIPT = 'read -r _ <&9; exec 9<&-; exec "$0" "$@"'
 CHILD_DEFAULT_SIGNALS = (
     signal.SIGPIPE,
     signal.SIGINT,
@@ -324,12 +327,19 @@ class Reaper:
 
         The child starts in the sandbox's work group, where an OOM never picks the agent:
         on cgroup v1 this thread moves itself there for the spawn (the child is born in it)
-        and back; on v2 the child is moved as soon as it exists."""
+        and back; on v2 the child is spawned behind a gate (a shell that waits for a line on
+        GATE_FD, then execs the command), moved, and only then let through: sandbox code
+        never runs outside the work group."""
         waiter = {"status": None, "wake": wake_fd}
         with self.lock:
             mode, group = self.work_group or ("", ())
+            gate = None
             if mode == "tasks":
                 os.write(group[0], b"0")
+            elif mode == "procs":
+                gate = os.pipe()
+                argv = ["/bin/sh", "-c", GATE_SCRIPT, *argv]
+                fds = [*fds, (GATE_FD, gate[0])]  # last: no later dup2 reads fd GATE_FD
             pid = None
             os.chdir(cwd)
             try:
@@ -343,8 +353,9 @@ class Reaper:
                     setsigdef=CHILD_DEFAULT_SIGNALS,
                     setsigmask=(),
                 )
-                if mode == "procs":
+                if gate is not None:
                     os.write(group[0], b"%d" % pid)
+                    os.write(gate[1], b"\n")
             except OSError:
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)  # never let it run beside the agent
@@ -354,13 +365,16 @@ class Reaper:
                 os.chdir("/")
                 if mode == "tasks":
                     os.write(group[1], b"0")
+                for fd in gate or ():
+                    os.close(fd)
             self.waiters[pid] = waiter
             try:
                 self.spawned.release()
             except RuntimeError:
                 pass  # already released: the reaper has not looked since the last spawn
         try:
-            # The agent's own score is pinned low from the host; what it starts begins at 0.
+            # The agent's own score is pinned low from the host; what it starts begins at 0
+            # (raised from the agent's: the floor it inherits is 0, see sandbox/spec.py).
             with open("/proc/%d/oom_score_adj" % pid, "w") as f:
                 f.write("0")
         except OSError:

@@ -133,6 +133,7 @@ def create_args(
         "mem_limit": spec.memory_bytes + AGENT_RESERVE_BYTES,
         "memswap_limit": spec.memory_bytes + AGENT_RESERVE_BYTES,
         "oom_kill_disable": False,
+        "oom_score_adj": 0,  # the agent's, and the floor its children inherit (see spec.py)
         "pids_limit": lim.pids,
         "nano_cpus": int(lim.cpus * 1e9),
         "cap_drop": ["ALL"],

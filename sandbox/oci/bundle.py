@@ -163,6 +163,9 @@ def build_config(
             "cwd": "/",
             "capabilities": no_caps,
             "noNewPrivileges": True,
+            # Written by runc as root: the agent's score *and* the floor its children inherit
+            # (oom_score_adj_min) become 0, whatever the daemon's own (-500 under systemd).
+            "oomScoreAdj": 0,
         },
         "root": {"path": paths.rootfs, "readonly": True},
         "hostname": spec.hostname,

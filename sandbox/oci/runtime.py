@@ -81,6 +81,7 @@ class OciRuntime(HostRuntime):
         self._destroy_cli = OciCli(settings.binary, self.run_dir / "state", self._destroy_executor)
         self._legacy_cli = OciCli(settings.binary, settings.runtime_root, self._destroy_executor)
         self._legacy: dict[str, str] = {}  # adopted sandbox id -> its cgroup path
+        self._uncapped_logged = False
         self._rootfs: Path | None = None
         self._binds: list[tuple[str, str]] = []
 
@@ -169,7 +170,12 @@ class OciRuntime(HostRuntime):
         first = self._claim(spec)
         with UserNamespace(first, self._id_range_size) as userns:
             home = self._make_dirs(spec, first)
-            userns.ready()
+            if not userns.ready() and not self._uncapped_logged:
+                self._uncapped_logged = True
+                logger.warning(
+                    "sandboxes' user namespaces refuse their caps (/proc/sys/user/*): each "
+                    "sandbox keeps its own per-user budgets, not the tighter caps inside them"
+                )
             paths = BundlePaths(
                 rootfs=str(root),
                 workspace=str(home.dir / "data"),

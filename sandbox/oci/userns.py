@@ -51,12 +51,23 @@ _WAIT_FOR_MAPS = 'read _ && exec /bin/sh -c "$1"'
 
 
 def _caps_script() -> str:
+    """Set the caps (each one that exists here: older kernels lack some), then say "ready",
+    or "ready-uncapped" when the namespace refused them (e.g. an AppArmor policy that
+    leaves namespaces of unprivileged users without capabilities): the sandbox then still
+    has its own per-user budgets, without the tighter caps inside them."""
     writes = [
-        f"echo {value} > /proc/sys/user/{name}"
+        f"echo {value} > /proc/sys/user/{name} 2>/dev/null || capped=false"
         for name, value in USER_SYSCTLS.items()
-        if os.path.exists(f"/proc/sys/user/{name}")  # older kernels lack some
+        if os.path.exists(f"/proc/sys/user/{name}")
     ]
-    return " && ".join([*writes, "echo ready", "read _"])
+    return "; ".join(
+        [
+            "capped=true",
+            *writes,
+            "if $capped; then echo ready; else echo ready-uncapped; fi",
+            "read _",
+        ]
+    )
 
 
 class UserNamespace:
@@ -99,16 +110,17 @@ class UserNamespace:
             raise RuntimeFailure(f"cannot start the user namespace holder: {exc}") from exc
         return self
 
-    def ready(self) -> None:
-        """Map the namespace's ids and wait until its caps are set."""
-        self._map_and_wait()
+    def ready(self) -> bool:
+        """Map the namespace's ids and wait until its caps are set; False when the
+        namespace refused the caps (see _caps_script)."""
+        return self._map_and_wait()
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
-    def _map_and_wait(self) -> None:
+    def _map_and_wait(self) -> bool:
         proc = self._proc
         assert proc is not None
         assert proc.stdin is not None
@@ -137,8 +149,9 @@ class UserNamespace:
             if not chunk:
                 break
             line += chunk
-        if line != b"ready\n":
-            raise RuntimeFailure("the user namespace holder failed to set its limits")
+        if line not in (b"ready\n", b"ready-uncapped\n"):
+            raise RuntimeFailure("the user namespace holder did not get ready")
+        return line == b"ready\n"
 
     def close(self) -> None:
         proc, self._proc = self._proc, None

@@ -9,12 +9,14 @@ import time
 import pytest
 
 from daemon.admission import host_memory_bytes
+from sandbox.spec import AGENT_RESERVE_BYTES
 from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 GIB = 1 << 30
+RESERVE = AGENT_RESERVE_BYTES
 
 
 def _metric(c, series: str) -> float:  # type: ignore[no-untyped-def]
@@ -48,14 +50,15 @@ def test_admission_refuses_what_does_not_fit_and_the_pool_waits_for_room() -> No
             b = c.post("/v1/containers", json={"name": "b"}).json()["id"]
             time.sleep(1)  # the pool would refill now if it did not respect admission
             assert _metric(c, depth) == 0
-            assert _metric(c, "sandboxd_memory_committed_bytes") == 2 * GIB
+            # Each: its tier and its agent's reserve (the sandbox's cgroup limit is the sum).
+            assert _metric(c, "sandboxd_memory_committed_bytes") == 2 * (GIB + RESERVE)
             before = d.host_traces()
             r = c.post("/v1/containers", json={"name": "c"})
             assert r.status_code == 429, r.text
             assert r.headers["x-should-retry"] == "true"
             err = r.json()["error"]
             assert err["code"] == "insufficient_capacity"
-            assert "1g" in err["message"] and "0.5 GiB free" in err["message"]
+            assert "1g" in err["message"] and "0.4 GiB free" in err["message"]
             assert d.host_traces() == before
             assert sorted(d.rows()) == sorted([a, b])
             assert c.delete(f"/v1/containers/{a}").status_code == 200
@@ -63,6 +66,28 @@ def test_admission_refuses_what_does_not_fit_and_the_pool_waits_for_room() -> No
             r = c.post("/v1/containers", json={"name": "c"})
             assert r.status_code == 200, r.text
             assert r.json()["id"] not in (a, b)
+    finally:
+        d.cleanup()
+
+
+def test_pooled_sandboxes_give_way_to_a_create() -> None:
+    """A pooled 4g sandbox holds the room a 1g create needs: the create gets it (the pooled
+    one is given back), and the pool does not take it back while it does not fit."""
+    overcommit = 4.5 * GIB / host_memory_bytes()
+    d = DaemonProcess(pool={"sizes": {"4g": 1}}, containers={"memory_overcommit": overcommit})
+    try:
+        d.start()
+        with d.client() as c:
+            depth = 'sandboxd_pool_depth{tier="4g"}'
+            _wait("pool filled", lambda: _metric(c, depth) == 1)
+            r = c.post("/v1/containers", json={"name": "small", "memory_limit": "1g"})
+            assert r.status_code == 200, r.text
+            assert _metric(c, depth) == 0
+            time.sleep(1)  # the pool would refill now if it did not respect admission
+            assert _metric(c, depth) == 0
+            assert _metric(c, "sandboxd_memory_committed_bytes") == GIB + RESERVE
+            assert c.delete(f"/v1/containers/{r.json()['id']}").status_code == 200
+            _wait("pool refilled after the delete", lambda: _metric(c, depth) == 1)
     finally:
         d.cleanup()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.agent_client import hand_over_work_group
 from sandbox.hostruntime import HostRuntime
 from sandbox.spec import MEMORY_TIERS, SANDBOX_UID
 from tests.runtime.conftest import MIB, Harness, check, chunks_of, sh, spec
@@ -256,3 +257,33 @@ async def test_sandbox_code_runs_in_the_work_group_below_the_agent(backend: Harn
     assert work and agent_pid not in work
     counters = await rt.counters(sid)
     assert counters is not None and counters.memory_limit == MEMORY_TIERS["1g"]
+
+
+async def test_the_v2_way_into_the_work_group_gates_every_child(backend: Harness) -> None:
+    """The agent's cgroup-v2 mode, run here through v1's cgroup.procs (it moves whole
+    processes on both): a child waits behind its gate until it is in the work group, quick
+    commands keep their exit status, and a spawn failure is the command's."""
+    rt = backend.runtime
+    assert isinstance(rt, HostRuntime)
+    layout = rt.cgroup_layout
+    if layout.version.value != "v1":
+        pytest.skip("v2 hosts run this mode for real in every other test")
+    s = spec()
+    await rt.create(s)
+    sid = s.sandbox_id
+    path = await rt._cgroup_of(sid)
+    assert path is not None
+    work = layout.root / "memory" / path.lstrip("/") / "work"
+    fd = os.open(work / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        socket_path = rt._agent_socket(sid)
+        await asyncio.to_thread(hand_over_work_group, socket_path, "procs", (fd,))
+    finally:
+        os.close(fd)
+    for code in (0, 3, 0, 7):
+        _, _, outcome = await sh(rt, sid, f"exit {code}")
+        assert outcome.exit_code == code
+    out = await check(rt, sid, "sh -c 'cat /proc/$$/cgroup' | grep memory")
+    assert out.strip().endswith("/work")
+    _, _, outcome = await sh(rt, sid, "/no/such/program")
+    assert outcome.exit_code == 127
