@@ -37,7 +37,7 @@ from sandbox.hostdirs import (
     all_or_nothing,
 )
 from sandbox.hostruntime import HostRuntime, HostSettings
-from sandbox.idranges import IdRanges, IdRangeSettings
+from sandbox.idranges import IdRanges, IdRangeSettings, InstanceInUse, lock_instance
 from sandbox.oci import loopmount, rootfs
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
 from sandbox.oci.runc import PID_FILE, RUNTIME_ENV, OciCli
@@ -324,4 +324,10 @@ def forget_instance(runtime_root: Path, cgroup_parents: Sequence[str], instance:
     for sandbox_id in ranges.load():
         ranges.release(sandbox_id)
         removed.append(f"id range of {sandbox_id}")
+    with contextlib.suppress(InstanceInUse, OSError):
+        fd = lock_instance(IdRangeSettings(), instance, Path("/"))  # not held by a daemon
+        lock = IdRangeSettings().registry.parent / "instances" / f"{instance}.lock"
+        lock.unlink()
+        os.close(fd)
+        removed.append(str(lock))
     return removed

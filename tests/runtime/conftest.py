@@ -39,7 +39,7 @@ from sandbox.execution import CommandOutcome, CommandRequest, run_command
 from sandbox.hostdirs import instance_of
 from sandbox.hostruntime import HostRuntime
 from sandbox.idranges import HOST_REGISTRY
-from sandbox.oci.runtime import OciRuntime, OciSettings
+from sandbox.oci.runtime import OciRuntime, OciSettings, forget_instance
 from sandbox.runtime import Runtime
 from sandbox.spec import MEMORY_TIERS, SandboxSpec
 from tests import dockerd
@@ -271,7 +271,7 @@ async def _open_oci(run: RunResources, failure: str | None) -> AsyncIterator[Har
                 await _destroy_all(cleaner)
             finally:
                 await cleaner.close()
-        _remove_instance(runtime.cgroup_base, runtime.run_dir / "rootfs")
+        forget_instance(settings.runtime_root, [run.cgroup_parent], runtime.instance)
         shutil.rmtree(state)
 
 
@@ -334,17 +334,8 @@ async def _open_docker(run: RunResources, failure: str | None) -> AsyncIterator[
             await _destroy_all(runtime)
         finally:
             await runtime.close()
-        _remove_instance(runtime.cgroup_base)
+        forget_instance(state / "runc", [run.docker_cgroup_parent], runtime.instance)
         shutil.rmtree(state)
-
-
-def _remove_instance(cgroup_base: str, root_view: Path | None = None) -> None:
-    """What a runtime keeps for its daemon's lifetime (and the next one's): the instance's
-    cgroup parent, and (oci) the shared root's bind. Its sandboxes must be gone already."""
-    for top in cgroup_dirs(cgroup_base):
-        top.rmdir()
-    if root_view is not None:
-        subprocess.run(["umount", str(root_view)], check=True)
 
 
 async def _destroy_all(runtime: Runtime) -> None:
