@@ -43,17 +43,17 @@ def ensure_ca(directory: Path, gid: int | None = None) -> Path:
     try:
         key, cert = confdir.entry(dir_fd, KEY_FILE), confdir.entry(dir_fd, CERT_FILE)
         for name in (DHPARAM_FILE, UPSTREAM_BUNDLE):
-            confdir.entry(dir_fd, name)  # refuses what the proxy could not replace either
+            confdir.entry(dir_fd, name)  # the proxy rewrites them; a link or fifo: refused now
         if key is None:
             key_pem, cert_pem = _generate()
             confdir.write_file(dir_fd, KEY_FILE, key_pem + cert_pem, KEY_MODE, group)
             confdir.write_file(dir_fd, CERT_FILE, cert_pem, PUBLIC_MODE, group)
             return directory / CERT_FILE
-        fresh = not confdir.settled(key, KEY_MODE, group)
-        if fresh or not confdir.settled(cert, PUBLIC_MODE, group):
+        rewrite_key = not confdir.settled(key, KEY_MODE, group)
+        if rewrite_key or not confdir.settled(cert, PUBLIC_MODE, group):
             pem = confdir.read_file(dir_fd, KEY_FILE)
             cert_pem = _certificate_of(pem, directory / KEY_FILE)
-            if fresh:
+            if rewrite_key:
                 confdir.write_file(dir_fd, KEY_FILE, pem, KEY_MODE, group)
             confdir.write_file(dir_fd, CERT_FILE, cert_pem, PUBLIC_MODE, group)
     finally:
