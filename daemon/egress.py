@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from typing import Any
 from daemon.metrics import Metrics
 from daemon.tasks import TaskSupervisor
 from proxy import ca, wire
+from proxy.confdir import UnsafeConfdir
 from proxy.state import REASONS as EGRESS_REASONS
 from proxy.state import Limits
 from sandbox.spec import EGRESS_SOCKET
@@ -52,7 +54,7 @@ class EgressUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ProxySettings:
-    state_dir: Path  # the proxy's own dir (CA, mitmproxy confdir), owned by its user
+    state_dir: Path  # the proxy's own dir (CA, mitmproxy confdir): root's, its group reads
     user: str = "sandboxd-proxy"
     memory_bytes: int = 2 << 30
     nofile: int = 8192
@@ -95,9 +97,12 @@ class EgressProxy:
         loop = asyncio.get_running_loop()
         owner = await loop.run_in_executor(self._rpc_thread, ensure_user, self._s.user)
         self._owner = owner
-        self.ca_cert = await loop.run_in_executor(
-            self._rpc_thread, ca.ensure_ca, self._s.state_dir, owner
-        )
+        try:
+            self.ca_cert = await loop.run_in_executor(
+                self._rpc_thread, ca.ensure_ca, self._s.state_dir, owner[1]
+            )
+        except UnsafeConfdir as exc:
+            raise EgressUnavailable(str(exc)) from None
         async with self._lock:
             await self._spawn()
         self._tasks.spawn("egress-proxy", self._supervise())
@@ -330,7 +335,8 @@ class EgressProxy:
 
 def ensure_user(name: str) -> tuple[int, int]:
     """(uid, gid) of the proxy's own system user, created when missing (useradd). Never a
-    shared account: whoever else ran as it could read the CA key every sandbox trusts."""
+    shared account or group: whoever else ran as it, or was in its group, could read the CA
+    key every sandbox trusts (the key is 0640 root:<that group>)."""
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
@@ -360,7 +366,28 @@ def ensure_user(name: str) -> tuple[int, int]:
         logger.info("created the egress proxy's user", extra={"user": name})
     if entry.pw_uid == 0 or entry.pw_name in SHARED_USERS or entry.pw_uid == NOBODY:
         raise EgressUnavailable(f"[proxy] user {name!r} is a shared account; use its own user")
+    _check_group(entry)
     return entry.pw_uid, entry.pw_gid
+
+
+def _check_group(user: pwd.struct_passwd) -> None:
+    """The proxy user's primary group is its own: no other account has it or is in it."""
+    try:
+        group = grp.getgrgid(user.pw_gid)
+    except KeyError:
+        raise EgressUnavailable(
+            f"[proxy] user {user.pw_name!r}: its group {user.pw_gid} does not exist"
+        ) from None
+    others = {m for m in group.gr_mem if m != user.pw_name}
+    others.update(
+        p.pw_name for p in pwd.getpwall() if p.pw_gid == user.pw_gid and p.pw_name != user.pw_name
+    )
+    if user.pw_gid in (0, NOBODY) or group.gr_name in SHARED_USERS or others:
+        shared = f" with {', '.join(sorted(others)[:3])}" if others else ""
+        raise EgressUnavailable(
+            f"[proxy] user {user.pw_name!r}: its group {group.gr_name!r} is shared{shared}; "
+            "give it a group of its own (useradd --user-group)"
+        )
 
 
 def _bind(path: Path) -> socket.socket:

@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mitmproxy import options
+from mitmproxy import certs, options
 from mitmproxy.addons import core, disable_h2c, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 from mitmproxy.proxy.mode_servers import ServerInstance
 
-from proxy import wire
+from proxy import ca, confdir, wire
 from proxy.addon import EgressAddon
 from proxy.front import Front
 from proxy.head_limit import install_head_limit
@@ -92,14 +92,13 @@ class ProxyProcess:
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Future[None]] = set()
 
-    def _options(self) -> dict[str, Any]:
+    def _options(self, upstream_bundle: bool) -> dict[str, Any]:
         """mitmproxy's options. The confdir is this process's working directory, named "."
         (run() enters it while still root): mitmproxy reads its CA again after the privilege
         drop, and the proxy user may not traverse the daemon's private state dir above it."""
-        confdir = Path(".")
         opts: dict[str, Any] = {
             "server": False,
-            "confdir": str(confdir),
+            "confdir": ".",
             "connection_strategy": "lazy",
             "upstream_cert": False,
             "ssl_insecure": False,
@@ -108,19 +107,28 @@ class ProxyProcess:
             "rawtcp": False,
             "tcp_timeout": int(self._limits.idle_timeout_s),
         }
+        if upstream_bundle:
+            opts["ssl_verify_upstream_trusted_ca"] = f"./{ca.UPSTREAM_BUNDLE}"
+        return opts
+
+    def _enter_confdir(self, gid: int) -> bool:
+        """While still root: enter the confdir (root's, made by the daemon, never through a
+        link) and write there the files mitmproxy reads that the daemon cannot make (it does
+        not import mitmproxy): the DH parameters, which from_files() would otherwise create
+        after the privilege drop in a directory the proxy may not write, and the diagnostics
+        CA bundle (certifi's plus `upstream_ca_bundle`). True when there is a bundle."""
+        files = {ca.DHPARAM_FILE: certs.DEFAULT_DHPARAM}
         extra = self._config.get("upstream_ca_bundle")
         if extra:
             import certifi
 
-            bundle = confdir / "upstream-ca.pem"
-            bundle.write_bytes(
-                Path(certifi.where()).read_bytes() + b"\n" + Path(extra).read_bytes()
-            )
-            opts["ssl_verify_upstream_trusted_ca"] = str(bundle)
-        return opts
+            bundle = Path(certifi.where()).read_bytes() + b"\n" + Path(extra).read_bytes()
+            files[ca.UPSTREAM_BUNDLE] = bundle
+        confdir.enter(self._config["confdir"], files, ca.PUBLIC_MODE, gid)
+        return bool(extra)
 
     async def run(self, user: tuple[int, int]) -> None:
-        os.chdir(self._config["confdir"])  # see _options
+        upstream_bundle = self._enter_confdir(user[1])  # see _options
         master = Master(options.Options(), with_termlog=False)
         server = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
         addons: list[Any] = [
@@ -132,10 +140,11 @@ class ProxyProcess:
             self._addon,
         ]
         master.addons.add(*addons)  # type: ignore[no-untyped-call]
-        master.options.update(**self._options())  # type: ignore[no-untyped-call]
+        master.options.update(**self._options(upstream_bundle))  # type: ignore[no-untyped-call]
         install_head_limit(self._limits.max_head_bytes)
         self._front.set_handler(ServerInstance.make("regular", server))
         drop_privileges(*user)  # before the first byte from the daemon or a sandbox is read
+        _check_confdir()
         loop = asyncio.get_running_loop()
         self._resolver.install(loop)
         self._control.setblocking(False)
@@ -219,6 +228,18 @@ _PRELOAD = (
     "mitmproxy.proxy.layers.modes",
     "mitmproxy.net.tls", "mitmproxy.certs", "mitmproxy.contentviews", "publicsuffixlist",
 )  # fmt: skip
+
+
+def _check_confdir() -> None:
+    """After the drop: mitmproxy reads its CA again once running (TlsConfig.running()) and
+    would only log an "Addon error" if it could not; a proxy that cannot stops here."""
+    for name in (ca.KEY_FILE, ca.DHPARAM_FILE):
+        try:
+            with open(name, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            message = f"sandboxd-proxy: its confdir is unreadable after the drop: {exc}"
+            raise SystemExit(message) from None
 
 
 def drop_privileges(uid: int, gid: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -80,8 +81,10 @@ def test_a_tier_larger_than_the_host_is_refused_and_nothing_made(
 
 
 def test_the_proxy_runs_as_its_own_user_and_keeps_its_key(daemon: DaemonHandle) -> None:
-    """The egress proxy never runs as nobody: its own system user, and no other uid can
-    read its CA key or write its directory."""
+    """The egress proxy never runs as nobody: its own system user, which reads its CA key
+    and writes nothing in its directory (all of it root's: no name the proxy owns is one
+    root acts on); no other uid reads the key or writes the directory; mitmproxy's re-read
+    of its CA after the privilege drop logged no error."""
     user = pwd.getpwnam("sandboxd-proxy")
     assert user.pw_uid not in (0, 65534)
     proxies = [
@@ -94,16 +97,42 @@ def test_the_proxy_runs_as_its_own_user_and_keeps_its_key(daemon: DaemonHandle) 
         assert {int(u) for u in uids} == {user.pw_uid}
     confdir = daemon.root / "state" / "proxy"
     st = confdir.stat()
-    assert (st.st_uid, st.st_mode & 0o777) == (user.pw_uid, 0o700)
-    key = confdir / ca.KEY_FILE
-    assert (key.stat().st_uid, key.stat().st_mode & 0o777) == (user.pw_uid, 0o600)
-    code = f"open({str(key)!r}, 'rb').read(1)"
-    stranger = subprocess.run(
-        ["setpriv", "--reuid=4000001", "--regid=4000001", "--clear-groups", "--",
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, user.pw_gid, 0o750)
+    modes = {ca.KEY_FILE: 0o640, ca.CERT_FILE: 0o644, ca.DHPARAM_FILE: 0o644}
+    assert set(modes) <= set(os.listdir(confdir))
+    for entry in confdir.iterdir():
+        est = entry.lstat()
+        assert stat.S_ISREG(est.st_mode) and est.st_nlink == 1, entry
+        assert (est.st_uid, est.st_gid) == (0, user.pw_gid), entry
+        assert est.st_mode & 0o7777 == modes.get(entry.name, 0o644), entry
+    # From inside the directory, as the proxy itself works (cwd entered while root): the
+    # state dir above it is 0700, which would stop these opens before the directory could.
+    key, planted = ca.KEY_FILE, "planted"
+    as_proxy = (str(user.pw_uid), str(user.pw_gid))
+    read = f"print(open({key!r}, 'rb').read(5))"
+    assert _python_as(*as_proxy, read, confdir).stdout == "b'-----'\n"
+    for who, code in (
+        (as_proxy, f"open({planted!r}, 'x')"),
+        (as_proxy, f"open({key!r}, 'r+b')"),
+        (("4000001", "4000001"), read),
+        (("4000001", "4000001"), f"open({planted!r}, 'x')"),
+    ):
+        assert "PermissionError" in _python_as(*who, code, confdir).stderr, (who, code)
+    assert not (confdir / planted).exists()
+    proxy_errors = [
+        line for line in daemon.log.read_text(errors="replace").splitlines()
+        if "Addon error" in line or ("PermissionError" in line and "proxy" in line)
+        or line.startswith("sandboxd-proxy:")
+    ]  # fmt: skip
+    assert not proxy_errors, proxy_errors[:3]
+
+
+def _python_as(uid: str, gid: str, code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
          "/usr/bin/python3", "-I", "-c", code],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=60, check=False, cwd=cwd,
     )  # fmt: skip
-    assert "PermissionError" in stranger.stderr
 
 
 def _cmdline(proc: Path) -> str:

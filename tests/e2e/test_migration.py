@@ -5,6 +5,7 @@ are deleted cleanly; its pooled ones are removed."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -56,10 +57,15 @@ def test_sandboxes_of_the_previous_layout_are_adopted() -> None:
         assert (d.runtime_root / box / "state.json").exists()  # runc state, not scoped
         pooled = {p.name for p in (d.root / "state" / "sandboxes").iterdir()} - {box}
         assert d.stop() == 0
+        proxy_dir, proxy_user = d.root / "state" / "proxy", pwd.getpwnam("sandboxd-proxy")
+        assert proxy_dir.stat().st_uid == proxy_user.pw_uid  # the old layout: the proxy's own
 
         d.start()  # today's daemon, same state dir and config
         with d.client() as c:
             assert c.get(f"/v1/containers/{box}").json()["status"] == "running"
+            st = proxy_dir.stat()  # taken back: root's, the proxy's group reads (proxy/ca.py)
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (0, proxy_user.pw_gid, 0o750)
+            assert {p.stat().st_uid for p in proxy_dir.iterdir()} == {0}
             r = c.post(f"/v1/containers/{box}/exec", json={"commands": ["cat f"]})
             assert r.json()["output"][0]["stdout"] == "kept\n"
             events = [e["type"] for e in c.get(f"/v1/containers/{box}/events").json()["data"]]

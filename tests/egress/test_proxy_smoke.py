@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from tests.egress.conftest import ProxyHarness, client_tls, https_request
+from daemon.egress import EgressProxy, EgressUnavailable
+from daemon.metrics import Metrics
+from daemon.tasks import TaskSupervisor
+from proxy import ca
+from tests.egress.conftest import ProxyHarness, client_tls, https_request, proxy_settings
 from tests.egress.upstream import ThrowawayCA, Upstreams
 
 # One event loop for the module and the session-scoped proxy it shares.
@@ -49,3 +57,19 @@ async def test_secret_substituted_when_intercepted(
     assert ["Authorization", "Bearer XX"] in json.loads(reply.body.replace(ph.encode(), b"XX"))[
         "headers"
     ]
+
+
+async def test_a_proxy_that_cannot_read_its_ca_once_dropped_does_not_come_up(
+    egress_dir: Path, test_ca: ThrowawayCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mitmproxy reads its CA again after the privilege drop and only logs a failure: the
+    proxy checks it can itself, so a confdir its group cannot read stops the start."""
+    monkeypatch.setattr(ca, "KEY_MODE", 0o600)  # root's alone: unreadable to the proxy
+    base = Path(tempfile.mkdtemp(prefix="px-", dir=egress_dir))
+    proxy = EgressProxy(proxy_settings(base, test_ca), Metrics("oci"), TaskSupervisor())
+    try:
+        with pytest.raises(EgressUnavailable):
+            await asyncio.wait_for(proxy.start(), 20)
+    finally:
+        await proxy.close()
+        shutil.rmtree(base, ignore_errors=True)
