@@ -364,14 +364,17 @@ def ensure_user(name: str) -> tuple[int, int]:
                 "create it (scripts/install does) or set [proxy] user"
             ) from None
         logger.info("created the egress proxy's user", extra={"user": name})
-    if entry.pw_uid == 0 or entry.pw_name in SHARED_USERS or entry.pw_uid == NOBODY:
-        raise EgressUnavailable(f"[proxy] user {name!r} is a shared account; use its own user")
-    _check_group(entry)
+    refuse_shared(entry)
     return entry.pw_uid, entry.pw_gid
 
 
-def _check_group(user: pwd.struct_passwd) -> None:
-    """The proxy user's primary group is its own: no other account has it or is in it."""
+def refuse_shared(user: pwd.struct_passwd) -> None:
+    """EgressUnavailable unless the proxy user and its primary group are its own: not a
+    shared account, and no other account has the group or is in it."""
+    if user.pw_uid == 0 or user.pw_name in SHARED_USERS or user.pw_uid == NOBODY:
+        raise EgressUnavailable(
+            f"[proxy] user {user.pw_name!r} is a shared account; use its own user"
+        )
     try:
         group = grp.getgrgid(user.pw_gid)
     except KeyError:

@@ -22,6 +22,7 @@ from daemon.admission import host_memory_bytes
 from daemon.clitool import output
 from daemon.clitool.check_runtime import LiveCheckFailed, live_sandbox
 from daemon.config import Config
+from daemon.egress import EgressUnavailable, refuse_shared
 from daemon.store import committed_memory
 from sandbox.cgroups import CgroupError, CgroupLayout, CgroupVersion
 from sandbox.idranges import IdRangeSettings
@@ -336,6 +337,10 @@ def proxy_user(name: str, enabled: bool) -> Check:
                          f"create the system user {name} (scripts/install does)")  # fmt: skip
         return Check("proxy-user", WARN, f"user {name} is missing; the daemon will create it",
                      "scripts/install (systemd-sysusers) creates it")  # fmt: skip
+    try:
+        refuse_shared(entry)
+    except EgressUnavailable as exc:
+        return Check("proxy-user", FAIL, str(exc), "give the proxy a user and group of its own")
     return Check("proxy-user", OK, f"the egress proxy runs as {name} (uid {entry.pw_uid})")
 
 

@@ -363,7 +363,7 @@ def test_the_proxy_user_needs_a_group_of_its_own(
     monkeypatch.setattr(grp, "getgrgid", lambda _gid: group)
     monkeypatch.setattr(pwd, "getpwall", lambda: [me, *others])
     if match is None:
-        egress._check_group(me)
+        egress.refuse_shared(me)
     else:
         with pytest.raises(EgressUnavailable, match=match):
-            egress._check_group(me)
+            egress.refuse_shared(me)
