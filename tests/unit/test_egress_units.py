@@ -685,6 +685,7 @@ def test_proxy_good_values(tmp_path: Path, body: str, check: tuple[str, object] 
         "max_connections = 0",
         "max_head_bytes = 0",
         "max_body_bytes = -5",
+        "max_buffered_bytes = 1024",
         "max_connections = 1.5",
         "max_connections = true",
         "header_timeout_s = 0",
