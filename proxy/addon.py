@@ -358,9 +358,10 @@ class EgressAddon:
     # ------------------------------------------------------------------ WebSocket
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        """Each whole message (body_limit.py caps its size): from the sandbox, no foreign
-        placeholder (dropped, and the connection closed with 1008); from the upstream,
-        secret values turned back into placeholders where the upgrade had them substituted."""
+        """Each whole message, at most max_body_bytes (else dropped, closed with 1009): from
+        the sandbox, no foreign placeholder (else dropped, closed with 1008); from the
+        upstream, secret values turned back into placeholders where the upgrade had them
+        substituted. body_limit.py closes the connection after the hook."""
         if flow.websocket is None or not flow.websocket.messages:
             return
         message = flow.websocket.messages[-1]
@@ -368,12 +369,19 @@ class EgressAddon:
             if WS_CLOSE in flow.metadata:  # being closed: nothing more passes
                 message.drop()  # type: ignore[no-untyped-call]
                 return
+            conn = self._registry.of(flow.client_conn.id)
+            if len(message.content) > self._limits.max_body_bytes:
+                # body_limit.py closes on a partial message past the cap; one that ended in
+                # the same read as it crossed the cap is caught here.
+                message.drop()  # type: ignore[no-untyped-call]
+                flow.metadata[WS_CLOSE] = (1009, "body_too_large")
+                self._audit(conn, "deny", "body_too_large", host=flow.request.pretty_host[:255])
+                return
             if not message.from_client:
                 redactor: Redactor | None = flow.metadata.get("sandboxd_redactor")
                 if redactor is not None:
                     message.content = redactor.whole(message.content)
                 return
-            conn = self._registry.of(flow.client_conn.id)
             if conn is None or not conn.usable or conn.connect_host is None:
                 reason, secret = "unknown_origin", None
             else:
