@@ -88,6 +88,8 @@ class Sample:
     t_s: float
     rss_mib: float
     store_mib: float
+    daemon_cpu: float  # the daemon's CPU use since the previous sample (1.0 = one core)
+    load1: float  # the host's 1-minute load average
 
 
 @dataclass
@@ -169,6 +171,14 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
 def _store_mib(state: Path) -> float:
     total = 0
     for suffix in ("", "-wal", "-shm"):
@@ -195,10 +205,16 @@ def _soak(settings: Settings, api: Api, daemon: RunningDaemon, result: SoakResul
     ]
     for proc in procs:
         proc.start()
+    last_t, last_cpu = start, _cpu_s(daemon.pid)
     try:
         while time.monotonic() < deadline:
             rss = _rss_mib(daemon.pid)
-            result.samples.append(Sample(time.monotonic() - start, rss, _store_mib(daemon.state)))
+            now, cpu = time.monotonic(), _cpu_s(daemon.pid)
+            busy = (cpu - last_cpu) / max(now - last_t, 1e-6)
+            last_t, last_cpu = now, cpu
+            result.samples.append(
+                Sample(now - start, rss, _store_mib(daemon.state), busy, os.getloadavg()[0])
+            )
             if rss > settings.rss_abort_mib:
                 result.aborted = f"daemon RSS {rss:.0f} MiB > {settings.rss_abort_mib} MiB"
                 break
@@ -278,12 +294,16 @@ def render(r: SoakResult) -> str:
                 out.append(f"| {name} | {op} | {x.n} | {x.median:.1f} | {x.p99:.1f} | "
                            f"{max(x.samples_ms):.1f} |")  # fmt: skip
     out += ["", "## Daemon RSS and store size over time", "",
-            "| t (s) | RSS (MiB) | store (MiB) |", "|---:|---:|---:|"]  # fmt: skip
+            "(daemon CPU: its share of one core since the previous sample; load: the host's "
+            "1-minute load average, for telling a stall from a busy machine.)", "",
+            "| t (s) | RSS (MiB) | store (MiB) | daemon CPU | load |",
+            "|---:|---:|---:|---:|---:|"]  # fmt: skip
     step = max(1, len(r.samples) // TIMELINE_ROWS)
     picked = r.samples[::step] + (
         [r.samples[-1]] if r.samples[-1:] != r.samples[::step][-1:] else []
     )
-    out += [f"| {x.t_s:.0f} | {x.rss_mib:.0f} | {x.store_mib:.1f} |" for x in picked]
+    out += [f"| {x.t_s:.0f} | {x.rss_mib:.0f} | {x.store_mib:.1f} | {x.daemon_cpu:.2f} | "
+            f"{x.load1:.1f} |" for x in picked]  # fmt: skip
     statuses = sorted(r.statuses(), key=lambda k: (not k.isdigit(), k))
     out += ["", "## Replies by status", "",
             "(`conn_error`: the request or connection failed; `held` and `connected` count the "

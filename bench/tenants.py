@@ -2,7 +2,8 @@
 event) and returns a Tally of what it saw. Hostile tenants each use an owner of their own
 (TCP bearer keys), so per-owner limits cannot hide what they do to their neighbours.
 
-Probes:   healthz     GET /healthz every 100 ms on the unix socket (no owner)
+Probes:   healthz     GET /healthz every 100 ms on the unix socket (no owner), and every
+                      second on a new connection
           neighbour   one long-lived container, exec `true` every 200 ms
 Normal:   normal      create -> exec -> upload -> list -> download -> delete, over and over
 Hostile:  output      the maximum exec output: every command at max_output_length of 0xff
@@ -179,8 +180,13 @@ class Run:
 
 
 def healthz(run: Run, params: dict[str, int]) -> None:
-    for _ in run.rounds(HEALTHZ_INTERVAL_S):
+    """On one keep-alive connection; every 10th round also on a new one (can a new client
+    still get in?), recorded as `healthz_new_conn`."""
+    for i in run.rounds(HEALTHZ_INTERVAL_S):
         run.tally.call(run.client, "healthz", "GET", "/healthz")
+        if i % 10 == 5:
+            with run.api.client() as fresh:
+                run.tally.call(fresh, "healthz_new_conn", "GET", "/healthz")
 
 
 def neighbour(run: Run, params: dict[str, int]) -> None:
