@@ -9,8 +9,8 @@ two probes: /healthz every 100 ms and a neighbour's exec `true` every 200 ms. It
 /healthz and the neighbour's exec p50/p99, the daemon's RSS over time, the store's size, and
 every reply by status, against the targets: p99 <= 50 ms for both probes, RSS <= 300 MiB,
 no 5xx. Run as root from the repository root; not part of the test suite (tests/soak/ runs a
-2-minute version). If the daemon's RSS passes --rss-abort-mib the run stops early (and says
-so) rather than take the machine down with it.
+2-minute version). If the daemon's RSS passes --rss-abort-mib or its store --store-abort-mib
+the run stops early (and says so) rather than take the machine down with it.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class Settings:
     dirty_sandboxes: int = 4
     dirty_mib: int = 256
     rss_abort_mib: int = 2048
+    store_abort_mib: int = 2048
     sample_interval_s: float = 1.0
 
     def tenants(self) -> list[Tenant]:
@@ -218,6 +219,9 @@ def _soak(settings: Settings, api: Api, daemon: RunningDaemon, result: SoakResul
             if rss > settings.rss_abort_mib:
                 result.aborted = f"daemon RSS {rss:.0f} MiB > {settings.rss_abort_mib} MiB"
                 break
+            if result.samples[-1].store_mib > settings.store_abort_mib:
+                result.aborted = f"store over {settings.store_abort_mib} MiB"
+                break
             time.sleep(settings.sample_interval_s)
     finally:
         stop.set()
@@ -338,7 +342,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--flood-connections", type=int, default=d.flood_connections)
     p.add_argument("--dirty-sandboxes", type=int, default=d.dirty_sandboxes)
     p.add_argument("--dirty-mib", type=int, default=d.dirty_mib)
-    p.add_argument("--rss-abort-mib", type=int, default=d.rss_abort_mib)
+    p.add_argument("--rss-abort-mib", type=int, default=d.rss_abort_mib,
+                   help="stop early when the daemon's RSS passes this")  # fmt: skip
+    p.add_argument("--store-abort-mib", type=int, default=d.store_abort_mib,
+                   help="stop early when the store (SQLite) passes this")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     return p
 

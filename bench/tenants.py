@@ -248,20 +248,20 @@ def output(run: Run, params: dict[str, int]) -> None:
 
 
 def files(run: Run, params: dict[str, int]) -> None:
-    """A flood of files, its directory renamed between lists (the index must not grow)."""
+    """A flood of files, its directory renamed to a new name between lists: every path of a
+    listing is new and every path of the last one gone (the index must not grow)."""
     cid = run.create(run.owner)
     if cid is None:
         return
     n = params["files"]
     make = (
-        "python3 -c \"import os; os.makedirs('/mnt/data/flood-a', exist_ok=True); "
-        f"[open(f'/mnt/data/flood-a/f{{i}}.txt', 'w').close() for i in range({n})]\""
+        "python3 -c \"import os; os.makedirs('/mnt/data/flood-0', exist_ok=True); "
+        f"[open(f'/mnt/data/flood-0/f{{i}}.txt', 'w').close() for i in range({n})]\""
     )
     try:
         run.exec(cid, [make], op="exec_flood", timeout_ms=120_000)
         for i in run.rounds():
-            src, dst = ("flood-a", "flood-b") if i % 2 == 0 else ("flood-b", "flood-a")
-            run.exec(cid, [f"mv /mnt/data/{src} /mnt/data/{dst}"], op="exec_rename")
+            run.exec(cid, [f"mv /mnt/data/flood-{i} /mnt/data/flood-{i + 1}"], op="exec_rename")
             run.list_files(cid)
     finally:
         run.delete(cid)
