@@ -28,6 +28,7 @@ class RunningDaemon:
     log: Path  # the daemon's stderr: one JSON object per line
     argv: tuple[str, ...]
     pid: int
+    state: Path  # its state directory (the store is state/sandboxd.db)
 
 
 def sandboxd_binary() -> Path:
@@ -70,13 +71,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_daemon(work: Path, engine_url: str = "") -> Iterator[RunningDaemon]:
+def running_daemon(
+    work: Path, engine_url: str = "", *, server_toml: str = ""
+) -> Iterator[RunningDaemon]:
     """Start the daemon (the docker backend when given an engine URL), wait for GET /healthz,
-    and always SIGTERM it and wait on exit."""
+    and always SIGTERM it and wait on exit. `server_toml`: lines of its [server] table (the
+    soak adds a TCP listener with one bearer key per owner)."""
     config = work / "sandboxd.toml"
     backend = f'backend = "docker"\n[docker]\nengine_url = "{engine_url}"\n' if engine_url else ""
+    server = f"[server]\n{server_toml}\n" if server_toml else ""
     config.write_text(
-        f'[runtime]\nruntime_root = "{work / "runc"}"\n{backend}'
+        f'{server}[runtime]\nruntime_root = "{work / "runc"}"\n{backend}'
         # 1g creates hit the warm pool; 4g creates (no pool) are the cold path.
         "[pool]\nsizes = { 1g = 2 }\n"
         f"[containers]\nmax_containers_per_owner = {MAX_CONTAINERS}\n"
@@ -107,6 +112,6 @@ def running_daemon(work: Path, engine_url: str = "") -> Iterator[RunningDaemon]:
         )
     try:
         _wait_ready(proc, sock, log)
-        yield RunningDaemon(sock, log, argv, proc.pid)
+        yield RunningDaemon(sock, log, argv, proc.pid, work / "state")
     finally:
         _stop(proc)

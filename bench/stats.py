@@ -1,4 +1,4 @@
-"""Latency samples and their summary (median, p95, min), all in milliseconds."""
+"""Latency samples and their summary (median, p95, p99, min), all in milliseconds."""
 
 from __future__ import annotations
 
@@ -26,9 +26,16 @@ class Summary:
 
     @property
     def p95(self) -> float:
-        """Nearest-rank 95th percentile."""
+        return self.percentile(0.95)
+
+    @property
+    def p99(self) -> float:
+        return self.percentile(0.99)
+
+    def percentile(self, q: float) -> float:
+        """Nearest-rank percentile (q in 0..1)."""
         ordered = sorted(self.samples_ms)
-        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+        return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
     @property
     def min(self) -> float:

@@ -228,7 +228,8 @@ class ProxyConfig:
     max_head_bytes: int = 64 << 10  # one request head
     header_timeout_s: float = 10.0  # to send the first request head
     idle_timeout_s: float = 120.0  # a connection with no traffic either way is closed
-    max_body_bytes: int = 8 << 20  # intercepted request bodies (scanned for placeholders)
+    max_body_bytes: int = 8 << 20  # an intercepted request body or WebSocket message, held whole
+    max_buffered_bytes: int = 32 << 20  # all of them one sandbox's connections hold at once
     health_interval_s: float = 2.0  # health check; 3 missed answers restart the proxy
     # Diagnostics for offline testing only (off by default; never needed in production):
     hosts: dict[str, str] = field(default_factory=dict)  # name -> "addr[,addr...]", not DNS
@@ -410,6 +411,8 @@ def _validate_proxy(p: ProxyConfig) -> None:
     for key in ("memory_bytes", "nofile", "max_connections", "max_head_bytes", "max_body_bytes"):
         if getattr(p, key) <= 0:
             raise ConfigError(f"proxy.{key} must be positive")
+    if p.max_buffered_bytes < p.max_body_bytes:
+        raise ConfigError("proxy.max_buffered_bytes must be at least proxy.max_body_bytes")
     for key in ("header_timeout_s", "idle_timeout_s", "health_interval_s"):
         if not 0.1 <= getattr(p, key) <= 3600:
             raise ConfigError(f"proxy.{key} must be within 0.1..3600")

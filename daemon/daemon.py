@@ -326,6 +326,7 @@ def _proxy_settings(cfg: ProxyConfig, state: Path, log_level: str) -> ProxySetti
             header_timeout_s=cfg.header_timeout_s,
             idle_timeout_s=cfg.idle_timeout_s,
             max_body_bytes=cfg.max_body_bytes,
+            max_buffered_bytes=cfg.max_buffered_bytes,
         ),
         log_level=log_level,
     )

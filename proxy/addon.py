@@ -10,9 +10,13 @@ decision points, in the order a connection meets them:
                      addresses vetted at CONNECT, with the upstream SNI pinned to the host
   requestheaders /   intercepted HTTPS only: Host/:authority and the URL host equal the
   request            CONNECT host (421), no foreign placeholder anywhere (403), secrets
-                     substituted in header values, hop-by-hop proxy headers dropped
+                     substituted in header values, hop-by-hop proxy headers dropped; the
+                     body is held whole (body_limit.py caps it) and scanned in `request`,
+                     before any upstream connection exists
   responseheaders /  where a secret was substituted, its value is turned back into the
   response           placeholder in headers and body
+  websocket_message  a message from the sandbox with a foreign placeholder is dropped and
+                     the connection closed (1008); replies are redacted like bodies
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
+from proxy.body_limit import WS_CLOSE
 from proxy.resolver import ResolveError, Resolver
-from proxy.secrets import PLACEHOLDER_LEN, Redactor, Secret, SecretSet
-from proxy.state import Connection, Limits, Registry
+from proxy.secrets import Redactor, Secret
+from proxy.state import Connection, Limits, Registry, Sandbox
 from sandbox.policy import canonical_host, is_ip_literal
 
 logger = logging.getLogger("proxy.egress")
@@ -67,39 +72,6 @@ def _authority_host(value: str) -> tuple[str, int | None] | None:
         return None
     port = int(digits)
     return (host, port) if 0 < port < 65536 else None
-
-
-class BodyGuard:
-    """A streamed request body (no declared length): forwarded chunk by chunk once scanned
-    for placeholders that may not go to `host` (a placeholder split across chunks is seen),
-    at most `cap` bytes. On a violation the rest of the body is dropped, so the placeholder
-    never leaves, and the client's answer becomes the refusal."""
-
-    def __init__(self, secrets: SecretSet, host: str, cap: int) -> None:
-        self._secrets = secrets
-        self._host = host
-        self._cap = cap
-        self._seen = 0
-        self._tail = b""
-        self.violation = ""
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if self.violation:
-            return b""
-        self._seen += len(chunk)
-        if self._seen > self._cap:
-            self.violation = "body_too_large"
-            return b""
-        data = self._tail + chunk
-        if self._secrets.foreign(self._host, [data]) is not None:
-            self.violation = "placeholder"
-            return b""
-        if not chunk:  # end of the body
-            self._tail = b""
-            return data
-        keep = min(len(data), PLACEHOLDER_LEN - 1)
-        self._tail = data[len(data) - keep :]
-        return data[: len(data) - keep]
 
 
 class EgressAddon:
@@ -289,12 +261,9 @@ class EgressAddon:
             self._deny_flow(flow, conn, 413, "body_too_large")
             flow.kill()  # type: ignore[no-untyped-call]
             return None
-        if (not length and "transfer-encoding" in req.headers) or req.is_http2:
-            # No declared length: mitmproxy would buffer without bound. Stream it through a
-            # guard that scans it (up to the cap) and drops the rest on a violation.
-            guard = BodyGuard(secrets, host, self._limits.max_body_bytes)
-            req.stream = guard
-            flow.metadata["sandboxd_guard"] = guard
+        # Any other body (no declared length: chunked, HTTP/2) is held whole too, within the
+        # caps body_limit.py enforces, and scanned in `request`: never streamed, because a
+        # streamed request sends its head upstream before its body has been seen.
         for name in PROXY_HEADERS:
             req.headers.pop(name, None)
         self._substitute(flow, conn, host)
@@ -326,18 +295,29 @@ class EgressAddon:
         )
 
     def request(self, flow: http.HTTPFlow) -> None:
-        """The whole (buffered, size-capped) body is here: no foreign placeholder in it."""
-        if flow.response is not None or flow.request.method == "CONNECT" or flow.request.stream:
+        """The whole (buffered, size-capped) body is here, and nothing of the request has left
+        yet: no foreign placeholder in it."""
+        if flow.response is not None or flow.request.method == "CONNECT":
             return
         conn = self._registry.of(flow.client_conn.id)
         try:
             if conn is None or conn.connect_host is None:
                 self._deny_flow(flow, conn, 403, "unknown_origin")
                 return
-            body = flow.request.raw_content or b""
+            req = flow.request
+            body = req.raw_content or b""
             foreign = conn.sandbox.secrets.foreign(conn.connect_host, [body])
             if foreign is not None:
                 self._deny_flow(flow, conn, 403, "placeholder", secret=foreign.name)
+                return
+            if (
+                body
+                and "content-length" not in req.headers
+                and "transfer-encoding" not in req.headers
+            ):
+                # An HTTP/2 body without content-length: the whole length is known now, and an
+                # HTTP/1 upstream needs it (mitmproxy's conversion would send no framing).
+                req.headers["content-length"] = str(len(body))
         except Exception:
             logger.exception("egress hook failed: request")
             self._deny_flow(flow, conn, 403, "internal_error")
@@ -347,9 +327,6 @@ class EgressAddon:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is None:
             return
-        guard: BodyGuard | None = flow.metadata.get("sandboxd_guard")
-        if guard is not None and guard.violation:
-            return  # the whole answer is replaced in `response`
         length = flow.response.headers.get("content-length", "")
         small = (
             length.isascii() and length.isdigit() and int(length) <= self._limits.max_redact_bytes
@@ -371,15 +348,69 @@ class EgressAddon:
         flow.metadata["sandboxd_redactor"] = redactor
 
     def response(self, flow: http.HTTPFlow) -> None:
-        guard: BodyGuard | None = flow.metadata.get("sandboxd_guard")
-        if guard is not None and guard.violation:
-            conn = self._registry.of(flow.client_conn.id)
-            status = 413 if guard.violation == "body_too_large" else 403
-            self._deny_flow(flow, conn, status, guard.violation)
-            return
         redactor: Redactor | None = flow.metadata.get("sandboxd_redactor")
         if redactor is None or flow.response is None or flow.response.stream:
             return
         content = flow.response.get_content(strict=False)
         if content:
             flow.response.set_content(redactor.whole(content))  # updates Content-Length
+
+    # ------------------------------------------------------------------ WebSocket
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        """Each whole message, at most max_body_bytes (else dropped, closed with 1009): from
+        the sandbox, no foreign placeholder (else dropped, closed with 1008); from the
+        upstream, secret values turned back into placeholders where the upgrade had them
+        substituted. body_limit.py closes the connection after the hook."""
+        if flow.websocket is None or not flow.websocket.messages:
+            return
+        message = flow.websocket.messages[-1]
+        try:
+            if WS_CLOSE in flow.metadata:  # being closed: nothing more passes
+                message.drop()  # type: ignore[no-untyped-call]
+                return
+            conn = self._registry.of(flow.client_conn.id)
+            if len(message.content) > self._limits.max_body_bytes:
+                # body_limit.py closes on a partial message past the cap; one that ended in
+                # the same read as it crossed the cap is caught here.
+                message.drop()  # type: ignore[no-untyped-call]
+                flow.metadata[WS_CLOSE] = (1009, "body_too_large")
+                self._audit(conn, "deny", "body_too_large", host=flow.request.pretty_host[:255])
+                return
+            if not message.from_client:
+                redactor: Redactor | None = flow.metadata.get("sandboxd_redactor")
+                if redactor is not None:
+                    message.content = redactor.whole(message.content)
+                return
+            if conn is None or not conn.usable or conn.connect_host is None:
+                reason, secret = "unknown_origin", None
+            else:
+                secret = conn.sandbox.secrets.foreign(conn.connect_host, [message.content])
+                if secret is None:
+                    return
+                reason = "placeholder"
+        except Exception:
+            logger.exception("egress hook failed: websocket_message")
+            conn, reason, secret = None, "internal_error", None
+        message.drop()  # type: ignore[no-untyped-call]
+        flow.metadata[WS_CLOSE] = (1008, reason)
+        extra = {"secret": secret.name} if secret is not None else {}
+        self._audit(conn, "deny", reason, host=flow.request.pretty_host[:255], **extra)
+
+    # ------------------------------------------------------------------ body_limit.Refusals
+
+    def sandbox_of(self, client_id: str) -> Sandbox | None:
+        conn = self._registry.of(client_id)
+        return conn.sandbox if conn is not None and conn.usable else None
+
+    def refuse_body(self, flow: http.HTTPFlow, status: int, reason: str) -> http.Response:
+        self._deny_flow(flow, self._registry.of(flow.client_conn.id), status, reason)
+        if flow.response is None:
+            raise RuntimeError("no refusal made")
+        if status == 503:
+            flow.response.headers["Retry-After"] = "1"  # the budget frees as bodies finish
+        return flow.response
+
+    def refuse_message(self, flow: http.HTTPFlow, reason: str) -> None:
+        conn = self._registry.of(flow.client_conn.id)
+        self._audit(conn, "deny", reason, host=flow.request.pretty_host[:255])

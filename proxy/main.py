@@ -29,6 +29,7 @@ from mitmproxy.proxy.mode_servers import ServerInstance
 
 from proxy import ca, confdir, wire
 from proxy.addon import EgressAddon
+from proxy.body_limit import install_body_limits
 from proxy.front import Front
 from proxy.head_limit import install_head_limit
 from proxy.resolver import Resolver
@@ -142,6 +143,7 @@ class ProxyProcess:
         master.addons.add(*addons)  # type: ignore[no-untyped-call]
         master.options.update(**self._options(upstream_bundle))  # type: ignore[no-untyped-call]
         install_head_limit(self._limits.max_head_bytes)
+        install_body_limits(self._limits, self._addon)
         self._front.set_handler(ServerInstance.make("regular", server))
         drop_privileges(*user)  # before the first byte from the daemon or a sandbox is read
         _check_confdir()

@@ -21,7 +21,7 @@ DENY_REASONS = (
     "unknown_origin", "internal_error", "second_connect", "ip_literal", "bad_host", "port",
     "not_allowed", "resolve_failed", "non_global_address", "sni_mismatch", "no_vetted_tunnel",
     "placeholder", "plain_http", "duplicate_host", "host_mismatch", "missing_host",
-    "connection_limit", "header_timeout", "head_too_large", "body_too_large",
+    "connection_limit", "header_timeout", "head_too_large", "body_too_large", "body_budget",
 )  # fmt: skip
 REASONS = ALLOW_REASONS + DENY_REASONS
 
@@ -32,7 +32,8 @@ class Limits:
     max_head_bytes: int = 64 << 10  # a request head (line + headers)
     header_timeout_s: float = 10.0  # to receive the first request head
     idle_timeout_s: float = 120.0  # no byte either way
-    max_body_bytes: int = 8 << 20  # intercepted request bodies are buffered and scanned
+    max_body_bytes: int = 8 << 20  # an intercepted request body or WebSocket message, held whole
+    max_buffered_bytes: int = 32 << 20  # all of them a sandbox's connections hold at once
     max_redact_bytes: int = 1 << 20  # response bodies up to this are scanned whole
 
 
@@ -45,6 +46,7 @@ class Sandbox:
     server: asyncio.Server | None = None
     connections: set[Connection] = field(default_factory=set)
     detached: bool = False
+    buffered_bytes: int = 0  # request bodies and WebSocket messages held now (see Held)
 
     def intercepts(self, host: str) -> bool:
         return self.intercept_all or self.secrets.any_for(host)
@@ -66,6 +68,28 @@ class Connection:
     @property
     def usable(self) -> bool:
         return not self.sandbox.detached and not self.refused
+
+
+class Held:
+    """What one message (a request body being received, a WebSocket message being assembled)
+    holds in the proxy, counted in its sandbox's `buffered_bytes` until released."""
+
+    __slots__ = ("bytes", "sandbox")
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+        self.bytes = 0
+
+    def fits(self, total: int, budget: int) -> bool:
+        """Whether holding `total` bytes (instead of what it holds now) stays in `budget`."""
+        return self.sandbox.buffered_bytes - self.bytes + total <= budget
+
+    def set(self, total: int) -> None:
+        self.sandbox.buffered_bytes += total - self.bytes
+        self.bytes = total
+
+    def release(self) -> None:
+        self.set(0)
 
 
 class Registry:

@@ -3,7 +3,9 @@
 Each upstream listens on its own loopback address, port 443 (the tests run in a private
 network namespace, where that is ours to bind), presents a certificate for its names signed
 by a CA made for this test session, and answers every request with JSON describing exactly
-what reached it: method, path, query, headers, body, TLS SNI and the HTTP version.
+what reached it: method, path, query, headers, body, TLS SNI and the HTTP version. It also
+counts TLS handshakes (so a test can assert that nothing at all connected) and, on `/ws`,
+speaks WebSocket: every message it receives is recorded and echoed back.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -86,6 +88,13 @@ class Upstream:
     port: int = 443
     requests: list[dict[str, Any]] = field(default_factory=list)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # path -> (type, body)
+    handshakes: int = 0  # TLS ClientHellos received (any connection at all)
+    ws_messages: list[str | bytes] = field(default_factory=list)  # received on /ws
+
+    def clear(self) -> None:
+        self.requests.clear()
+        self.ws_messages.clear()
+        self.handshakes = 0
 
 
 class Upstreams:
@@ -109,7 +118,12 @@ class Upstreams:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(cert, key)
         ctx.set_alpn_protocols(["http/1.1"])
-        ctx.sni_callback = lambda obj, name, _ctx: _SNI.__setitem__(id(obj), name)
+
+        def on_hello(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+            _SNI[id(obj)] = name
+            upstream.handshakes += 1
+
+        ctx.sni_callback = on_hello  # type: ignore[assignment]
         fut = asyncio.run_coroutine_threadsafe(self._serve(upstream, ctx, redirect_to), self._loop)
         fut.result(10)
         for name in names:
@@ -130,7 +144,23 @@ class Upstreams:
                 return web.Response(text=f"you sent {auth}", headers={"X-Echo": auth})
             return web.json_response(record)
 
+        async def websocket(request: web.Request) -> web.StreamResponse:
+            upstream.requests.append(await _describe(request))
+            ws = web.WebSocketResponse(max_msg_size=64 << 20)
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT and msg.data == "authorization?":
+                    await ws.send_str(request.headers.get("Authorization", ""))  # an echo
+                elif msg.type == WSMsgType.TEXT:
+                    upstream.ws_messages.append(msg.data)
+                    await ws.send_str("echo:" + msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    upstream.ws_messages.append(msg.data)
+                    await ws.send_bytes(b"echo:" + msg.data)
+            return ws
+
         app = web.Application(client_max_size=64 << 20)
+        app.router.add_get("/ws", websocket)
         app.router.add_route("*", "/{tail:.*}", echo)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()

@@ -1,7 +1,8 @@
 """Egress building blocks in isolation: placeholders and redaction (proxy/secrets.py), sealed
 secret values (daemon/secretbox.py), the daemon<->proxy control channel (proxy/wire.py), the
-[proxy] config table, placeholder minting and proxy env (daemon/network.py), and the
-authority splitter of the addon (proxy/addon.py). Pure and fast: no daemon, no proxy process.
+[proxy] config table, placeholder minting and proxy env (daemon/network.py), the
+authority splitter of the addon (proxy/addon.py) and the per-sandbox account of held bodies
+(proxy/state.py). Pure and fast: no daemon, no proxy process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from daemon.secretbox import KEY_BYTES, NONCE_BYTES, SecretBox, SecretBoxError
 from proxy import wire
 from proxy.addon import _authority_host
 from proxy.secrets import PLACEHOLDER_LEN, PLACEHOLDER_PREFIX, Redactor, Secret, SecretSet
+from proxy.state import Held, Sandbox
 from proxy.wire import MAX_MESSAGE, WireError
+from sandbox.policy import parse_network_policy
 
 # --------------------------------------------------------------------------- helpers
 
@@ -652,6 +655,7 @@ def test_proxy_defaults(tmp_path: Path) -> None:
         ('intercept = "secrets"', ("intercept", "secrets")),
         ("enabled = false", ("enabled", False)),
         ("max_connections = 1", ("max_connections", 1)),
+        ("max_buffered_bytes = 8388608", ("max_buffered_bytes", 8 << 20)),
         ("header_timeout_s = 0.1", ("header_timeout_s", 0.1)),
         ("idle_timeout_s = 3600", ("idle_timeout_s", 3600.0)),
         ("health_interval_s = 5", ("health_interval_s", 5.0)),
@@ -685,6 +689,7 @@ def test_proxy_good_values(tmp_path: Path, body: str, check: tuple[str, object] 
         "max_connections = 0",
         "max_head_bytes = 0",
         "max_body_bytes = -5",
+        "max_buffered_bytes = 1024",
         "max_connections = 1.5",
         "max_connections = true",
         "header_timeout_s = 0",
@@ -814,3 +819,24 @@ def test_authority_host_superscript_port() -> None:
 
 def test_authority_host_out_of_range_port() -> None:
     assert _authority_host("host:99999") is None
+
+
+# --------------------------------------------------------------------------- held bodies
+
+
+def test_held_bodies_are_counted_per_sandbox_and_released() -> None:
+    policy = parse_network_policy({"type": "allowlist", "allowed_domains": ["a.example.com"]})
+    assert policy is not None
+    sandbox = Sandbox("cntr_x", policy, SecretSet([]), intercept_all=False)
+    one, two = Held(sandbox), Held(sandbox)
+    one.set(10)
+    assert two.fits(20, 30) and not two.fits(21, 30)
+    two.set(20)
+    assert sandbox.buffered_bytes == 30
+    assert one.fits(10, 30) and not one.fits(11, 30)  # its own bytes are not counted twice
+    one.set(4)
+    assert sandbox.buffered_bytes == 24
+    one.release()
+    one.release()  # idempotent: an abandoned body may be released twice
+    two.release()
+    assert sandbox.buffered_bytes == 0
