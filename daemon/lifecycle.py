@@ -112,7 +112,10 @@ class IdleReaper:
 
     async def sweep(self) -> int:
         expired = 0
-        for rec in await self._store.expirable(int(time.time())):
+        now = int(time.time())
+        for rec in await self._store.expirable(now):
+            if self._service.last_active(rec) + rec.expires_minutes * 60 > now:
+                continue  # touched since, the write still on its way to the store
             reason = f"idle for {rec.expires_minutes} minutes"
             if await self._service.expire(rec.id, reason):
                 expired += 1

@@ -6,7 +6,6 @@ translated into domain errors at this boundary (see _translate).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -190,25 +189,31 @@ class ContainerService:
         self.trust_bundle: Path | None = None  # host CAs + the egress proxy's, for every sandbox
         self.creating = 0  # cold creates using the runtime right now
         self._expiring: set[str] = set()  # being expired: no new operation may start
-        self._touched: dict[str, int] = {}  # last second written per container
+        self._touched: dict[str, int] = {}  # last second recorded per container
+        self._tasks = tasks
         self.agent_watch = AgentWatch(runtime, tasks, self._agent_died)
 
-    def _touch_due(self, cid: str) -> bool:
-        return self._touched.get(cid, 0) < _now()
-
-    async def _touch(self, cid: str) -> int:
-        """Record activity now; a burst of calls within one second writes once."""
+    def _touch(self, cid: str) -> int:
+        """Record activity now; a burst of calls within one second writes once. The write
+        goes to the store in the background: a request never waits for bookkeeping behind
+        another tenant's big transaction on the one store thread (the reaper reads
+        `last_active`, which knows of writes still on their way)."""
         now = _now()
         if self._touched.get(cid, 0) < now:
             self._touched[cid] = now
-            try:
-                await self._store.touch(cid, now)
-            except StorageFull:
-                # Bookkeeping only: a full state disk must not stop running sandboxes. The
-                # open operation itself keeps the container from being reaped meanwhile.
-                self._touched.pop(cid, None)
-                logger.warning("last_active_at not recorded: state disk full")
+            self._tasks.spawn("touch", self._write_touch(cid, now))
         return now
+
+    async def _write_touch(self, cid: str, now: int) -> None:
+        try:
+            await self._store.touch(cid, now)
+        except StorageFull:
+            # Bookkeeping only: a full state disk must not stop running sandboxes.
+            logger.warning("last_active_at not recorded: state disk full")
+
+    def last_active(self, rec: ContainerRecord) -> int:
+        """The container's last activity, counting what is not in the store yet."""
+        return max(rec.last_active_at, self._touched.get(rec.id, 0))
 
     @contextlib.asynccontextmanager
     async def active(self, cid: str) -> AsyncIterator[None]:
@@ -223,8 +228,7 @@ class ContainerService:
             yield
         finally:
             self.open_operations.leave(cid)
-            if self._touch_due(cid):  # a shielded task costs loop turns: only when it writes
-                await asyncio.shield(self._touch(cid))
+            self._touch(cid)
 
     async def record_event(self, cid: str, kind: str, **detail: str | int | None) -> None:
         """Append to the container's event history and log it (one line per event)."""
@@ -399,7 +403,7 @@ class ContainerService:
             raise NotFound(f"No container found with id '{cid}'.", param="container_id")
         log_container_id.set(cid)
         if touch and rec.status == Status.RUNNING:
-            now = await self._touch(cid)
+            now = self._touch(cid)
             rec = dataclasses.replace(rec, last_active_at=max(now, rec.last_active_at))
         return rec
 

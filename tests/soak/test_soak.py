@@ -24,13 +24,6 @@ SETTINGS = soak.Settings(minutes=2.0, dirty_mib=128, rss_abort_mib=1024)
 
 
 @pytest.mark.timeout(1200)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 16 items 1-3 (bounded exec output, a file index that cannot grow and takes "
-    "non-UTF-8 names, backpressure instead of 500s) are built on other branches; remove "
-    "this mark once they are merged (strict: this fails as soon as the soak passes)",
-)
 def test_two_minute_soak_with_hostile_tenants() -> None:
     """Hostile tenants beside normal ones for 2 minutes: no 5xx, bounded daemon RSS, and
     /healthz and a neighbour's exec stay responsive."""
