@@ -1,7 +1,7 @@
 """Docker figures: sandboxd on its docker backend, and the plain engine in the same run.
 
 The engine is the host's when one answers, else a private `dockerd --bridge=none` started for
-the run (tests/dockerd.py; needs root and docker.io). No registry: the image is the one the
+the run (bench/dockerd.py; needs root and docker.io). No registry: the image is the one the
 docker backend imports from the host (`sandboxd/host:<tag>`, a skeleton whose /usr, /lib...
 are bound from the host), so the plain `docker run` gets the same read-only host binds.
 """
@@ -14,12 +14,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import dockerd
 from bench.client import BenchError, Client
 from bench.daemon import running_daemon
 from bench.sandboxd import COLD_TIER, cycle, pool_cycles
 from bench.stats import Summary, summarize, timed_ms
 from sandbox.oci.rootfs import host_binds
-from tests import dockerd
 
 
 @dataclass(frozen=True)

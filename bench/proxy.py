@@ -129,10 +129,10 @@ def _fresh(make: Any, n: int, headers: str = "") -> list[float]:
 
 
 async def _run(n: int) -> list[dict[str, Any]]:
+    from bench.upstream import ThrowawayCA, Upstreams
     from daemon.egress import EgressProxy, ProxySettings
     from daemon.metrics import Metrics
     from daemon.tasks import TaskSupervisor
-    from tests.egress.upstream import ThrowawayCA, Upstreams
 
     base = Path(tempfile.mkdtemp(prefix="sbxd-bench-px-", dir="/tmp"))
     base.chmod(0o755)  # noqa: ASYNC240 - one-shot setup

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests import dockerd
+from bench import dockerd
 
 # SECURITY.md's tables: one JSON line per security case when SANDBOXD_SECURITY_RESULTS is set.
 pytest_plugins = ["tests.security_report"]

@@ -21,11 +21,11 @@ import httpx2
 import openai
 import pytest
 
+from bench import dockerd
 from daemon.keys import hash_key
 from sandbox.cgroups import CgroupLayout
 from sandbox.hostdirs import instance_of
 from sandbox.oci.runtime import forget_instance
-from tests import dockerd
 
 pytestmark = pytest.mark.root
 

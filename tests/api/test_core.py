@@ -7,8 +7,8 @@ from __future__ import annotations
 import openai
 import pytest
 
+from bench import dockerd
 from sandbox.hostdirs import instance_of
-from tests import dockerd
 from tests.api.conftest import DaemonHandle, exec_
 from tests.hosttraces import sandbox_dirs
 

@@ -14,11 +14,11 @@ import httpx2
 import openai
 import pytest
 
+from bench import dockerd
 from daemon.admission import host_memory_bytes
 from proxy import ca
 from sandbox.cgroups import CgroupLayout
 from sandbox.hostdirs import instance_of
-from tests import dockerd
 from tests.api.conftest import DaemonHandle
 from tests.hosttraces import sandbox_dirs
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from bench import dockerd
 from sandbox.hostdirs import instance_of
-from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.docker]

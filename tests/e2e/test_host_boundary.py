@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from bench import dockerd
 from daemon.admission import host_memory_bytes
 from sandbox.spec import AGENT_RESERVE_BYTES
-from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]

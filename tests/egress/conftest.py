@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from bench.upstream import ThrowawayCA, Upstreams
 from daemon.egress import EgressProxy, ProxySettings
 from daemon.metrics import Metrics
 from daemon.tasks import TaskSupervisor
 from proxy.secrets import PLACEHOLDER_BODY, PLACEHOLDER_PREFIX
 from proxy.state import Limits
-from tests.egress.upstream import ThrowawayCA, Upstreams
 
 # name -> loopback address of its upstream (all on port 443)
 HOSTS = {

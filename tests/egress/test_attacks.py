@@ -15,6 +15,7 @@ import ssl
 
 import pytest
 
+from bench.upstream import ThrowawayCA, Upstreams, header
 from tests.egress.conftest import (
     FakeSandbox,
     ProxyHarness,
@@ -24,7 +25,6 @@ from tests.egress.conftest import (
     https_request,
     read_reply,
 )
-from tests.egress.upstream import ThrowawayCA, Upstreams, header
 
 # One event loop for the module and the session-scoped proxy it shares.
 pytestmark = pytest.mark.asyncio(loop_scope="session")

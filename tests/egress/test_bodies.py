@@ -22,8 +22,8 @@ import pytest
 import wsproto
 import wsproto.events
 
+from bench.upstream import Upstream, Upstreams, header
 from tests.egress.conftest import FakeSandbox, ProxyHarness, Reply, client_tls, connect, read_reply
-from tests.egress.upstream import Upstream, Upstreams, header
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.upstream import ThrowawayCA, Upstreams
 from daemon.egress import EgressProxy, EgressUnavailable
 from daemon.metrics import Metrics
 from daemon.tasks import TaskSupervisor
 from proxy import ca
 from tests.egress.conftest import ProxyHarness, client_tls, https_request, proxy_settings
-from tests.egress.upstream import ThrowawayCA, Upstreams
 
 # One event loop for the module and the session-scoped proxy it shares.
 pytestmark = pytest.mark.asyncio(loop_scope="session")

@@ -23,11 +23,11 @@ from typing import Any
 import httpx2
 import pytest
 
+from bench import dockerd
+from bench.upstream import ThrowawayCA, Upstreams, header
 from sandbox.hostdirs import instance_of
-from tests import dockerd
 from tests.e2e.harness import DaemonProcess
 from tests.egress.conftest import HOSTS, PRIVATE_HOSTS
-from tests.egress.upstream import ThrowawayCA, Upstreams, header
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.slow]
 

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from bench import dockerd
 from sandbox.agent_client import AgentClient, ExecChunk
 from sandbox.cgroups import CgroupLayout
 from sandbox.docker.container import ContainerArgs
@@ -42,7 +43,6 @@ from sandbox.idranges import HOST_REGISTRY
 from sandbox.oci.runtime import OciRuntime, OciSettings, forget_instance
 from sandbox.runtime import Runtime
 from sandbox.spec import MEMORY_TIERS, SandboxSpec
-from tests import dockerd
 from tests.hosttraces import claims
 
 BACKENDS = ["oci", pytest.param("docker", marks=pytest.mark.docker)]

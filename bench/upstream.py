@@ -1,4 +1,5 @@
-"""Loopback TLS upstreams for the egress tests: a throwaway CA and aiohttp echo servers.
+"""Loopback TLS upstreams for the proxy benchmark and the egress tests: a throwaway CA and
+aiohttp echo servers (here, in bench/, so that the benchmark needs nothing from tests/).
 
 Each upstream listens on its own loopback address, port 443 (the tests run in a private
 network namespace, where that is ours to bind), presents a certificate for its names signed

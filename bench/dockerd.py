@@ -1,4 +1,5 @@
-"""A Docker engine for the docker-marked tests: the host's, or a private dockerd of our own.
+"""A Docker engine for the benchmark and the docker-marked tests: the host's, or a private
+dockerd of our own (here, in bench/, so that the benchmark needs nothing from tests/).
 
 When nothing answers on /var/run/docker.sock, the session starts
 `dockerd --bridge=none --iptables=false` with its data, exec root, socket and pidfile under a
