@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import machine
 from bench.client import BenchError, Client
 
 READY_TIMEOUT_S = 30.0
@@ -72,25 +73,30 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_daemon(
-    work: Path, engine_url: str = "", *, server_toml: str = ""
+    work: Path, engine_url: str = "", *, server_toml: str = "", code: Path | None = None
 ) -> Iterator[RunningDaemon]:
     """Start the daemon (the docker backend when given an engine URL), wait for GET /healthz,
     and always SIGTERM it and wait on exit. `server_toml`: lines of its [server] table (the
-    soak adds a TCP listener with one bearer key per owner)."""
+    soak adds a TCP listener with one bearer key per owner). `code`: the source tree of
+    another revision to run instead of this one (`python -m bench.against`)."""
     config = work / "sandboxd.toml"
     backend = f'backend = "docker"\n[docker]\nengine_url = "{engine_url}"\n' if engine_url else ""
     server = f"[server]\n{server_toml}\n" if server_toml else ""
+    # Idle density creates far more 1g sandboxes than RAM would back at full use (admission
+    # control; a revision from before it knows no such key).
+    known = (code or machine.REPO) / "daemon" / "config.py"
+    overcommit = "memory_overcommit" in known.read_text()
     config.write_text(
         f'{server}[runtime]\nruntime_root = "{work / "runc"}"\n{backend}'
         # 1g creates hit the warm pool; 4g creates (no pool) are the cold path.
         "[pool]\nsizes = { 1g = 2 }\n"
         f"[containers]\nmax_containers_per_owner = {MAX_CONTAINERS}\n"
-        # Idle density creates far more 1g sandboxes than RAM would back at full use.
-        f"memory_overcommit = {MEMORY_OVERCOMMIT}\n"
+        + (f"memory_overcommit = {MEMORY_OVERCOMMIT}\n" if overcommit else "")
     )
     sock, log = work / "api.sock", work / "daemon.log"
+    command = (sys.executable, "-m", "daemon") if code else (str(sandboxd_binary()),)
     argv = (
-        str(sandboxd_binary()),
+        *command,
         "serve",
         "--config",
         str(config),
@@ -100,6 +106,8 @@ def running_daemon(
         str(work / "state"),
     )
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     with open(log, "wb") as stderr:
         # Own session: a Ctrl-C reaches only the benchmark, which then cleans up in order.
         proc = subprocess.Popen(
@@ -108,6 +116,7 @@ def running_daemon(
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,
+            cwd=code,
             start_new_session=True,
         )
     try:

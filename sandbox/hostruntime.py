@@ -21,8 +21,9 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from sandbox.agent_client import AgentClient, AgentLimits, hand_over_work_group
 from sandbox.cgroups import (
@@ -58,15 +59,19 @@ DESTROY_THREADS = 4
 DESTROY_NICE = 10
 
 
-@dataclass(frozen=True)
-class HostSettings:
-    """What both backends need on the host."""
+class HostSettings(Protocol):
+    """What both backends' settings carry for the host side."""
 
-    state_dir: Path
-    threads: int = 8
-    agent_limits: AgentLimits = field(default_factory=AgentLimits)
-    instance: str = ""  # "" = derived from the state dir (hostdirs.instance_of)
-    ids: IdRangeSettings = field(default_factory=IdRangeSettings)
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def agent_limits(self) -> AgentLimits: ...
+    @property
+    def instance(self) -> str: ...  # "" = derived from the state dir (hostdirs.instance_of)
+    @property
+    def ids(self) -> IdRangeSettings: ...
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from sandbox.hostdirs import (
     all_or_nothing,
     make_private_dir,
 )
-from sandbox.hostruntime import HostRuntime, HostSettings, SandboxHome
+from sandbox.hostruntime import HostRuntime, SandboxHome
 from sandbox.idranges import IdRangeSettings
 from sandbox.oci import rootfs
 from sandbox.spec import SandboxSpec
@@ -74,14 +74,7 @@ class DockerRuntime(HostRuntime):
         self, settings: DockerSettings, seccomp: Mapping[str, Any], engine: Engine | None = None
     ) -> None:
         # Host-side file work (mkfs, mount, rmtree) has its own threads, not the engine's.
-        host = HostSettings(
-            settings.state_dir,
-            settings.threads,
-            settings.agent_limits,
-            settings.instance,
-            settings.ids,
-        )
-        super().__init__(host, "docker-host")
+        super().__init__(settings, "docker-host")
         self._s = settings
         self._seccomp = seccomp
         self._engine = engine or Engine(settings.engine_url, settings.threads, settings.timeout_s)

@@ -36,7 +36,7 @@ from sandbox.hostdirs import (
     INTERPRETER_SCRIPT,
     all_or_nothing,
 )
-from sandbox.hostruntime import HostRuntime, HostSettings
+from sandbox.hostruntime import HostRuntime
 from sandbox.idranges import IdRanges, IdRangeSettings, InstanceInUse, lock_instance
 from sandbox.oci import loopmount, rootfs
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
@@ -64,14 +64,7 @@ class OciRuntime(HostRuntime):
     name = "oci"
 
     def __init__(self, settings: OciSettings, seccomp: Mapping[str, Any]) -> None:
-        host = HostSettings(
-            settings.state_dir,
-            settings.threads,
-            settings.agent_limits,
-            settings.instance,
-            settings.ids,
-        )
-        super().__init__(host, "oci")
+        super().__init__(settings, "oci")
         self._s = settings
         self._seccomp = seccomp
         self.run_dir = settings.runtime_root / self.instance

@@ -3,9 +3,6 @@ skill folder, list limits as the spec states them, error messages that name the 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import httpx2
 import openai
 import pytest
@@ -13,15 +10,6 @@ import pytest
 from tests.api.test_skills import make_zip, skill_md
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def skills(client: openai.OpenAI) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for sid in made:
-        with contextlib.suppress(openai.NotFoundError):
-            client.skills.delete(sid)
 
 
 def test_a_zip_made_inside_the_skill_folder_is_a_skill(

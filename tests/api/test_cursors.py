@@ -4,14 +4,12 @@ container files, files, skills and skill versions; malformed cursors are 400."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -141,15 +139,6 @@ def test_list_and_delete_empties_files(client: openai.OpenAI) -> None:
     finally:
         for f in client.files.list(purpose="evals"):
             client.files.delete(f.id)
-
-
-@pytest.fixture
-def skills(client: openai.OpenAI) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for sid in made:
-        with contextlib.suppress(openai.NotFoundError):
-            client.skills.delete(sid)
 
 
 def test_list_and_delete_empties_skills_and_versions(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,6 @@ from daemon.models import StoredResponse
 from daemon.store import Store
 
 OK = StoredResponse("fp", 200, b'{"id": "x"}')
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "state.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_a_retry_waits_for_the_first_and_gets_its_response(store: Store) -> None:

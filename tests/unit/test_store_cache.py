@@ -4,8 +4,6 @@ a row (even one that fails to commit) can leave a stale record behind."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -16,14 +14,6 @@ from daemon.store import Store
 
 def _rec(cid: str, status: Status = Status.RUNNING) -> ContainerRecord:
     return ContainerRecord(cid, "owner", "name", 100, 100, status, "1g", 20, "oci")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "state.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def test_every_write_is_seen_by_the_next_read(store: Store) -> None:

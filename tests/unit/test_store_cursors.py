@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ from daemon.store import Store
 
 def _container(cid: str, created: int = 100) -> ContainerRecord:
     return ContainerRecord(cid, "owner", "n", created, created, Status.RUNNING, "1g", 20, "oci")
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "state.db")
-    await s.open()
-    yield s
-    await s.close()
 
 
 async def _ids(store: Store, after: str | None, limit: int = 100, desc: bool = True) -> list[str]:
