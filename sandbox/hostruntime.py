@@ -32,10 +32,12 @@ from sandbox.cgroups import (
     CgroupLayout,
     CgroupReader,
     KillCounters,
+    WorkGroup,
     make_work_group,
 )
 from sandbox.errors import HostStorageFull, RuntimeFailure, SandboxError
 from sandbox.hostdirs import (
+    AGENT_READY_TIMEOUT_S,
     agent_pycache,
     disk_full,
     instance_of,
@@ -221,24 +223,33 @@ class HostRuntime(abc.ABC):
 
     async def _confine(self, spec: SandboxSpec) -> None:
         """The last step of a create, the agent answering: sandbox code goes to the work
-        group (its memory limit is the tier), and the agent's oom_score_adj is pinned."""
+        group (its memory limit is the tier), and the agent's OOM score is pinned."""
         sid = spec.sandbox_id
         path, pid = await self._cgroup_of(sid), await self.agent_pid(sid)
         if path is None or pid is None:
             raise RuntimeFailure(f"sandbox {sid} stopped while starting")
 
         def confine() -> None:
-            try:
-                group = make_work_group(self._layout, path, spec.memory_bytes)
-            except CgroupError as exc:
-                raise RuntimeFailure(f"work group of {sid}: {exc}") from exc
-            try:
-                hand_over_work_group(self._agent_socket(sid), group.mode, group.fds)
-            finally:
-                group.close()
-            self._pin_agent(pid)
+            group = self._work_group(sid, path, spec.memory_bytes)
+            self._hand_over(sid, group, pid, AGENT_READY_TIMEOUT_S)
 
         await self._in_thread(confine)
+
+    def _work_group(self, sid: str, path: str, memory_bytes: int) -> WorkGroup:
+        """Make the sandbox's work group (see cgroups.make_work_group). Blocking."""
+        try:
+            return make_work_group(self._layout, path, memory_bytes)
+        except CgroupError as exc:
+            raise RuntimeFailure(f"work group of {sid}: {exc}") from exc
+
+    def _hand_over(self, sid: str, group: WorkGroup, pid: int, timeout_s: float) -> None:
+        """Give the agent its work group (waiting up to `timeout_s` for it to answer), then
+        pin its OOM score; the group's files are closed either way. Blocking."""
+        try:
+            hand_over_work_group(self._agent_socket(sid), group.mode, group.fds, timeout_s)
+        finally:
+            group.close()
+        self._pin_agent(pid)
 
     def _pin_agent(self, pid: int) -> None:
         """Lower the agent's OOM score for host-wide OOMs, leaving the floor its children

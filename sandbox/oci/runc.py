@@ -7,8 +7,10 @@ and crun read NOTIFY_SOCKET, so os.environ must never leak into them).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import resource
 import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +22,13 @@ from sandbox.errors import RuntimeFailure
 RUNTIME_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 CALL_TIMEOUT_S = 30.0
 MAX_LOG_TAIL = 64 << 10
-PRLIMIT = "/usr/bin/prlimit"
+# The rlimits a sandbox runs under, set on runc (its init inherits them): raising or setting
+# them on a process in a user namespace that root does not own needs CAP_SYS_RESOURCE.
+RLIMITS = {
+    "nofile": resource.RLIMIT_NOFILE,
+    "fsize": resource.RLIMIT_FSIZE,
+    "core": resource.RLIMIT_CORE,
+}
 PID_FILE = "init.pid"  # in the bundle: the container's init (the agent), written by `run`
 
 
@@ -70,16 +78,15 @@ class OciCli:
         rlimits: Sequence[tuple[str, int]] = (),
     ) -> None:
         """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null, under
-        `rlimits` ((prlimit option, value) pairs, soft = hard), which the container inherits;
-        its init's host pid goes to PID_FILE in the bundle. Blocking: call it on the
-        runtime's thread pool.
+        `rlimits` ((RLIMITS name, value) pairs, soft = hard), which the container inherits
+        (check_rlimits() confirms it); its init's host pid goes to PID_FILE in the bundle.
+        Blocking: call it on the runtime's thread pool.
 
-        posix_spawn is used because subprocess cannot place a descriptor at a given number.
+        posix_spawn is used because subprocess cannot place a descriptor at a given number;
+        the limits are set on runc the moment it exists, long before it forks its init.
         """
         log = bundle / "runtime.log"
-        limits = [f"--{name}={value}:{value}" for name, value in rlimits]
         argv = [
-            *([PRLIMIT, *limits, "--"] if limits else []),
             *self._base(log),
             "run",
             "--detach",
@@ -108,6 +115,9 @@ class OciCli:
                     (os.POSIX_SPAWN_DUP2, listen_fd, 3),
                 ],
             )
+            for name, value in rlimits:
+                with contextlib.suppress(ProcessLookupError):  # it failed: waitpid says how
+                    resource.prlimit(pid, RLIMITS[name], (value, value))
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
         except OSError as exc:
@@ -152,6 +162,21 @@ class OciCli:
             raise RuntimeFailure(f"{self._binary} list failed: {proc.stderr[-300:]!r}")
         items = json.loads(proc.stdout or b"null") or []
         return [str(item["id"]) for item in items if isinstance(item, dict) and "id" in item]
+
+
+def check_rlimits(pid: int, rlimits: Sequence[tuple[str, int]]) -> None:
+    """RuntimeFailure unless process `pid` runs under exactly these limits (soft and hard)."""
+    try:
+        with open(f"/proc/{pid}/limits") as f:
+            table = f.read(1 << 16)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot read the limits of {pid}: {exc.strerror}") from exc
+    labels = {"nofile": "Max open files", "fsize": "Max file size", "core": "Max core file size"}
+    for name, value in rlimits:
+        line = next((ln for ln in table.splitlines() if ln.startswith(labels[name])), "")
+        fields = line[len(labels[name]) :].split()
+        if fields[:2] != [str(value), str(value)]:
+            raise RuntimeFailure(f"the sandbox's {name} limit is {fields[:2]}, not {value}")
 
 
 def _which(name: str) -> str:

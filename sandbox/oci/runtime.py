@@ -28,7 +28,7 @@ from typing import Any
 
 from sandbox import images
 from sandbox.agent_client import AgentLimits
-from sandbox.cgroups import CgroupError, CgroupLayout, children
+from sandbox.cgroups import CgroupError, CgroupLayout, WorkGroup, children
 from sandbox.errors import RuntimeFailure
 from sandbox.hostdirs import (
     AGENT_READY_TIMEOUT_S,
@@ -38,9 +38,9 @@ from sandbox.hostdirs import (
 )
 from sandbox.hostruntime import HostRuntime
 from sandbox.idranges import IdRanges, IdRangeSettings, InstanceInUse, lock_instance
-from sandbox.oci import loopmount, rootfs
+from sandbox.oci import loopmount, rootfs, userns
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
-from sandbox.oci.runc import PID_FILE, RUNTIME_ENV, OciCli
+from sandbox.oci.runc import PID_FILE, RUNTIME_ENV, OciCli, check_rlimits
 from sandbox.oci.userns import UserNamespace
 from sandbox.spec import SandboxSpec
 
@@ -148,27 +148,24 @@ class OciRuntime(HostRuntime):
     async def _create(self, spec: SandboxSpec, root: Path) -> None:
         sid = spec.sandbox_id
         try:
-            await self._in_thread(self._start, spec, root)
-            await self.agent(sid).wait_ready(AGENT_READY_TIMEOUT_S)
-            await self._confine(spec)
+            group, pid = await self._in_thread(self._start, spec, root)
+            # The agent's socket was bound before runc ran: handing the agent its work group
+            # waits for it to answer, and is the readiness check.
+            await self._in_thread(self._hand_over, sid, group, pid, AGENT_READY_TIMEOUT_S)
         except Exception as exc:
             await self._create_failed(sid, exc)
             raise
 
-    def _start(self, spec: SandboxSpec, root: Path) -> None:
+    def _start(self, spec: SandboxSpec, root: Path) -> tuple[WorkGroup, int]:
         """Everything on the host in one thread hop: the uid range, the sandbox's home,
-        config.json and the agent's listening socket, then `runc run` in a user namespace
-        owned by the sandbox's first host id (its holder starts first and gets ready while
-        the home is made; it is let go once runc has joined the namespace)."""
+        config.json and the agent's listening socket, `runc run` in a user namespace owned
+        by the sandbox's first host id (its holder starts first and gets ready while the
+        home is made; it is let go once runc has joined the namespace), then the work group.
+        The work group's files (the caller hands them over) and the agent's host pid."""
         first = self._claim(spec)
-        with UserNamespace(first, self._id_range_size) as userns:
+        with UserNamespace(first, self._id_range_size, self._reap_later) as namespace:
             home = self._make_dirs(spec, first)
-            if not userns.ready() and not self._uncapped_logged:
-                self._uncapped_logged = True
-                logger.warning(
-                    "sandboxes' user namespaces refuse their caps (/proc/sys/user/*): each "
-                    "sandbox keeps its own per-user budgets, not the tighter caps inside them"
-                )
+            namespace.map()
             paths = BundlePaths(
                 rootfs=str(root),
                 workspace=str(home.dir / "data"),
@@ -178,12 +175,30 @@ class OciRuntime(HostRuntime):
                 skills=str(home.dir / "skills"),
                 egress=str(home.dir / "egress"),
                 agent_pycache=self._pycache,
-                userns=userns.path,
+                userns=namespace.path,
             )
             ids = (home.first_id, self._id_range_size)
             config = build_config(spec, paths, ids, self._cgroup(spec.sandbox_id), self._seccomp)
             with _write_bundle(home.dir, json.dumps(config)) as listener:
                 self._cli.run_detached(spec.sandbox_id, home.dir, listener.fileno(), rlimits(spec))
+            if not namespace.ready() and not self._uncapped_logged:
+                self._uncapped_logged = True
+                logger.warning(
+                    "sandboxes' user namespaces refuse their caps (/proc/sys/user/*): each "
+                    "sandbox keeps its own per-user budgets, not the tighter caps inside them"
+                )
+        try:
+            pid = int((home.dir / PID_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise RuntimeFailure(f"runc wrote no pid for {spec.sandbox_id}: {exc}") from exc
+        check_rlimits(pid, rlimits(spec))
+        self._agent_pids[spec.sandbox_id] = pid
+        path = self._cgroup(spec.sandbox_id)
+        return self._work_group(spec.sandbox_id, path, spec.memory_bytes), pid
+
+    def _reap_later(self, holder: int) -> None:
+        """A released namespace holder is waited for off the create's path."""
+        self._destroy_executor.submit(userns.reap, holder)
 
     async def destroy(self, sandbox_id: str) -> None:
         """Every step is attempted even if an earlier one failed; the first error is raised."""

@@ -8,10 +8,11 @@ inotify instances in one sandbox broke `tail -f` on the host). This one is creat
 holder process running as the sandbox's first host id: the sandbox's usage is charged to that
 id, which nothing else uses, and its in-namespace caps (/proc/sys/user/*) are set on the way.
 
-The holder is `unshare --user` running sh: it waits until the daemon has written its uid and
-gid maps, then re-executes sh, which (now root in the namespace, with every capability there)
-writes the caps, says "ready", and waits for its stdin to close. runc joins the namespace at
-/proc/<holder>/ns/user; once the sandbox's init lives in it the holder is let go.
+The holder is `setpriv` (to the sandbox's first id), then `unshare --user` running sh: it
+waits until the daemon has written its uid and gid maps, then re-executes sh, which (now root
+in the namespace, with every capability there) writes the caps, says "ready", and waits for
+its stdin to close. runc joins the namespace at /proc/<holder>/ns/user; once the sandbox's
+init lives in it the holder is let go.
 
 Blocking: call off the event loop.
 """
@@ -21,14 +22,17 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import subprocess
+import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 from sandbox.errors import RuntimeFailure
 
 UNSHARE = "/usr/bin/unshare"
+SETPRIV = "/usr/bin/setpriv"
 READY_TIMEOUT_S = 10.0
 # Per-namespace caps, for the sandbox's own users. Nested user namespaces: none. The other
 # namespace kinds: runc makes one of each inside; sandbox code can make none (no capability,
@@ -70,82 +74,103 @@ def _caps_script() -> str:
     )
 
 
-class UserNamespace:
-    """`with UserNamespace(first, size) as ns:` ... `ns.ready()`, then run runc with
-    `ns.path`; the holder exits at the end of the block (the namespace lives on in the
-    sandbox). The holder starts at `with`; other work can go on until `ready()`."""
+@dataclass
+class Holder:
+    """The holder process: its pid and our ends of its stdin and stdout."""
 
-    def __init__(self, first: int, size: int) -> None:
+    pid: int
+    stdin: int
+    stdout: int
+
+
+class UserNamespace:
+    """`with UserNamespace(first, size) as ns:` ... `ns.map()`, run runc with `ns.path`,
+    `ns.ready()`; the holder exits at the end of the block (the namespace lives on in the
+    sandbox). The holder starts at `with`; other work can go on until `map()`, and until
+    `ready()` after it."""
+
+    def __init__(
+        self, first: int, size: int, reap: Callable[[int], object] = lambda pid: reap(pid)
+    ) -> None:
+        """`reap` waits for the released holder's pid (off the create's path, if it likes)."""
         self._first, self._size = first, size
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._reap = reap
+        self._holder: Holder | None = None
 
     @property
     def path(self) -> str:
-        assert self._proc is not None, "enter first"
-        return f"/proc/{self._proc.pid}/ns/user"
+        assert self._holder is not None, "enter first"
+        return f"/proc/{self._holder.pid}/ns/user"
 
     def __enter__(self) -> Self:
+        """Start the holder: posix_spawn (a vfork, not a copy of the daemon's memory as
+        subprocess's setuid path would make) of setpriv, which becomes the sandbox's first
+        id, then unshare."""
+        argv = [
+            SETPRIV, f"--reuid={self._first}", f"--regid={self._first}", "--clear-groups",
+            "--", UNSHARE, "--user", "--", "/bin/sh", "-c", _WAIT_FOR_MAPS, "holder",
+            _caps_script(),
+        ]  # fmt: skip
+        to_child, from_us = os.pipe()
+        to_us, from_child = os.pipe()
         try:
-            self._proc = subprocess.Popen(
-                [
-                    UNSHARE,
-                    "--user",
-                    "--",
-                    "/bin/sh",
-                    "-c",
-                    _WAIT_FOR_MAPS,
-                    "holder",
-                    _caps_script(),
+            pid = os.posix_spawn(
+                SETPRIV,
+                argv,
+                {"PATH": "/usr/bin:/bin"},
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, to_child, 0),
+                    (os.POSIX_SPAWN_DUP2, from_child, 1),
+                    (os.POSIX_SPAWN_OPEN, 2, "/dev/null", os.O_WRONLY, 0),
                 ],
-                user=self._first,
-                group=self._first,
-                extra_groups=[],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                env={"PATH": "/usr/bin:/bin"},
-                cwd="/",
             )
         except OSError as exc:
+            for fd in (to_child, from_us, to_us, from_child):
+                os.close(fd)
             raise RuntimeFailure(f"cannot start the user namespace holder: {exc}") from exc
+        os.close(to_child)
+        os.close(from_child)
+        self._holder = Holder(pid, from_us, to_us)
         return self
-
-    def ready(self) -> bool:
-        """Map the namespace's ids and wait until its caps are set; False when the
-        namespace refused the caps (see _caps_script)."""
-        return self._map_and_wait()
 
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
-    def _map_and_wait(self) -> bool:
-        proc = self._proc
-        assert proc is not None
-        assert proc.stdin is not None
-        assert proc.stdout is not None
+    def map(self) -> None:
+        """Map the namespace's ids (once the holder has unshared) and let it set its caps:
+        from here runc may join it (the caps may still be on their way; they bound what is
+        made after them, and runc makes nothing they forbid)."""
+        holder = self._holder
+        assert holder is not None
         deadline = time.monotonic() + READY_TIMEOUT_S
         ours = os.readlink("/proc/self/ns/user")
-        while _user_ns(proc.pid) in (ours, None):
-            if proc.poll() is not None or time.monotonic() > deadline:
+        while _user_ns(holder.pid) in (ours, None):
+            if _exited(holder.pid) or time.monotonic() > deadline:
                 raise RuntimeFailure("the user namespace holder did not unshare")
             time.sleep(0.0002)
         mapping = f"0 {self._first} {self._size}\n"
         try:
             for name in ("uid_map", "gid_map"):
-                with open(f"/proc/{proc.pid}/{name}", "w") as f:
+                with open(f"/proc/{holder.pid}/{name}", "w") as f:
                     f.write(mapping)
-            proc.stdin.write(b"\n")
-            proc.stdin.flush()
+            os.write(holder.stdin, b"\n")
         except OSError as exc:
             raise RuntimeFailure(f"cannot map the sandbox's user namespace: {exc}") from exc
+
+    def ready(self) -> bool:
+        """Wait until the caps are set (after map()); False when the namespace refused
+        them (see _caps_script)."""
+        holder = self._holder
+        assert holder is not None
+        deadline = time.monotonic() + READY_TIMEOUT_S
         line = b""
         while not line.endswith(b"\n"):
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+            if left <= 0 or not select.select([holder.stdout], [], [], left)[0]:
                 raise RuntimeFailure("the user namespace holder did not get ready")
-            chunk = os.read(proc.stdout.fileno(), 64)
+            chunk = os.read(holder.stdout, 64)
             if not chunk:
                 break
             line += chunk
@@ -154,20 +179,34 @@ class UserNamespace:
         return line == b"ready\n"
 
     def close(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None:
+        """Let the holder go (its stdin closes, it exits) and hand its pid to `reap`."""
+        holder, self._holder = self._holder, None
+        if holder is None:
             return
-        with contextlib.suppress(OSError):
-            assert proc.stdin is not None
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        finally:
-            assert proc.stdout is not None
-            proc.stdout.close()
+        os.close(holder.stdin)
+        os.close(holder.stdout)
+        self._reap(holder.pid)
+
+
+def reap(pid: int) -> None:
+    """Wait for a released holder (it exits at once; a stuck one is killed)."""
+    deadline = time.monotonic() + 2
+    while not _exited(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
+        time.sleep(0.001)
+
+
+def _exited(pid: int) -> bool:
+    """Has our child `pid` exited (and been reaped now)?"""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return done == pid
 
 
 def _user_ns(pid: int) -> str | None:

@@ -206,8 +206,7 @@ async def test_the_agent_survives_an_oom_its_tenant_provokes(backend: Harness) -
     s = spec(MEMORY_TIERS["1g"])
     await rt.create(s)
     sid = s.sandbox_id
-    _, _, outcome = await sh(rt, sid, OOM_ATTACK, timeout_ms=60_000)
-    assert outcome.exit_code == 0  # the attacking shell outlived its victims, and so did...
+    await sh(rt, sid, OOM_ATTACK, timeout_ms=60_000)  # the attacking shell may be a victim too
     counters = await rt.counters(sid)
     assert counters is not None and counters.oom_kills >= 1
     await rt.agent(sid).ping()
