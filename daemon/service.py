@@ -187,7 +187,7 @@ class ContainerService:
         self.pool: WarmPool | None = None  # set by the composition root when configured
         self.egress: ContainerEgress | None = None  # set by the composition root
         self.trust_bundle: Path | None = None  # host CAs + the egress proxy's, for every sandbox
-        self.creating = 0  # cold creates using the runtime right now
+        self.creating = 0  # creates in flight, pool hits too: the pool refills when none are
         self._expiring: set[str] = set()  # being expired: no new operation may start
         self._touched: dict[str, int] = {}  # last second recorded per container
         self._tasks = tasks
@@ -291,7 +291,16 @@ class ContainerService:
     # ------------------------------------------------------------------ containers
 
     async def create(self, caller: Caller, params: CreateParams) -> ContainerRecord:
-        """Every file_id and skill resolves (else 404/400) before anything exists."""
+        """Every file_id and skill resolves (else 404/400) before anything exists. The warm
+        pool does not refill while a create is in flight: a refill's create would compete
+        with it for the CPUs (and the interpreter)."""
+        self.creating += 1
+        try:
+            return await self._resolve_and_create(caller, params)
+        finally:
+            self.creating -= 1
+
+    async def _resolve_and_create(self, caller: Caller, params: CreateParams) -> ContainerRecord:
         sources: list[UserFileRecord] = []
         if params.file_ids:
             sources = await self._user_files().resolve(caller, list(params.file_ids))
@@ -386,14 +395,10 @@ class ContainerService:
             limits=self._cfg.containers.limits(),
             trust_bundle=self.trust_bundle,
         )
-        self.creating += 1  # the warm pool does not refill while this is non-zero
-        try:
-            if self.pool is not None:  # pooled sandboxes give way to a request
-                await self.pool.make_room(spec.memory_bytes)
-            with _translate("create"):
-                await self._runtime.create(spec)
-        finally:
-            self.creating -= 1
+        if self.pool is not None:  # pooled sandboxes give way to a request
+            await self.pool.make_room(spec.memory_bytes)
+        with _translate("create"):
+            await self._runtime.create(spec)
 
     async def get(self, caller: Caller, cid: str, *, touch: bool = True) -> ContainerRecord:
         rec = await self._store.get_container(cid) if ids.CONTAINER_ID.fullmatch(cid) else None

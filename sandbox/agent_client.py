@@ -259,6 +259,21 @@ class AgentClient:
             raise
         return conn
 
+    async def adopt(self, sock: socket.socket) -> None:
+        """Keep a connection that has already had its hello (see hand_over_work_group) for
+        the next operation; the socket is ours from now on, even if this fails."""
+        try:
+            sock.settimeout(None)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME)
+        except OSError:
+            sock.close()
+            return  # only a head start lost: the next operation connects
+        conn = AgentConnection(reader, writer, self._limits.reply_timeout_s)
+        if self._closed:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
     async def _acquire(self) -> None:
         """A connection slot: at once if one is free, else after a bounded wait in a bounded
         queue; AgentBusy otherwise."""
@@ -473,10 +488,11 @@ class AgentClient:
 
 def hand_over_work_group(
     socket_path: Path, mode: str, fds: tuple[int, ...], timeout_s: float = 10.0
-) -> None:
+) -> socket.socket:
     """Give the agent the cgroup files that put what it starts into the sandbox's work group
     (the `cgroup` op; see sandbox.cgroups.WorkGroup). Descriptors cannot travel over asyncio's
-    streams, so this is one blocking connection of its own: call it off the event loop."""
+    streams, so this is one blocking connection of its own: call it off the event loop. The
+    connection, still open, is the caller's (AgentClient.adopt keeps it for the next call)."""
 
     def recv_json(sock: socket.socket) -> dict[str, Any]:
         header = _recv_exactly(sock, 5)
@@ -485,20 +501,25 @@ def hand_over_work_group(
             raise AgentProtocolError("expected a JSON frame from the agent")
         return decode_json(_recv_exactly(sock, length))
 
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout_s)
-            sock.connect(str(socket_path))
-            hello = recv_json(sock)
-            if hello.get("v") != PROTOCOL_VERSION:
-                raise AgentProtocolError("agent speaks an unsupported protocol version")
-            payload = json.dumps({"op": "cgroup", "mode": mode}).encode()
-            sock.sendall(b"J" + struct.pack(">I", len(payload)) + payload)
-            rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-            sock.sendmsg([b"C"], rights)
-            raise_if_error(recv_json(sock))
+        sock.settimeout(timeout_s)
+        sock.connect(str(socket_path))
+        hello = recv_json(sock)
+        if hello.get("v") != PROTOCOL_VERSION:
+            raise AgentProtocolError("agent speaks an unsupported protocol version")
+        payload = json.dumps({"op": "cgroup", "mode": mode}).encode()
+        sock.sendall(b"J" + struct.pack(">I", len(payload)) + payload)
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
+        sock.sendmsg([b"C"], rights)
+        raise_if_error(recv_json(sock))
     except (OSError, EOFError) as exc:
+        sock.close()
         raise AgentUnavailable(f"cannot hand the agent its cgroup: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -229,11 +230,11 @@ class HostRuntime(abc.ABC):
         if path is None or pid is None:
             raise RuntimeFailure(f"sandbox {sid} stopped while starting")
 
-        def confine() -> None:
+        def confine() -> socket.socket:
             group = self._work_group(sid, path, spec.memory_bytes)
-            self._hand_over(sid, group, pid, AGENT_READY_TIMEOUT_S)
+            return self._hand_over(sid, group, pid, AGENT_READY_TIMEOUT_S)
 
-        await self._in_thread(confine)
+        await self.agent(sid).adopt(await self._in_thread(confine))
 
     def _work_group(self, sid: str, path: str, memory_bytes: int) -> WorkGroup:
         """Make the sandbox's work group (see cgroups.make_work_group). Blocking."""
@@ -242,14 +243,20 @@ class HostRuntime(abc.ABC):
         except CgroupError as exc:
             raise RuntimeFailure(f"work group of {sid}: {exc}") from exc
 
-    def _hand_over(self, sid: str, group: WorkGroup, pid: int, timeout_s: float) -> None:
+    def _hand_over(self, sid: str, group: WorkGroup, pid: int, timeout_s: float) -> socket.socket:
         """Give the agent its work group (waiting up to `timeout_s` for it to answer), then
-        pin its OOM score; the group's files are closed either way. Blocking."""
+        pin its OOM score; the group's files are closed either way. The connection it went
+        over, for the agent's client to keep. Blocking."""
         try:
-            hand_over_work_group(self._agent_socket(sid), group.mode, group.fds, timeout_s)
+            sock = hand_over_work_group(self._agent_socket(sid), group.mode, group.fds, timeout_s)
         finally:
             group.close()
-        self._pin_agent(pid)
+        try:
+            self._pin_agent(pid)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _pin_agent(self, pid: int) -> None:
         """Lower the agent's OOM score for host-wide OOMs, leaving the floor its children

@@ -2,7 +2,7 @@
 
 The sandbox joins a user namespace made beforehand and owned by its own first host id (see
 sandbox/oci/userns.py), so the kernel's per-user counters are charged to the sandbox, not to
-root. Its rlimits are therefore set on runc itself (`rlimits()`, see runc.run_detached):
+root. Its rlimits are therefore set on runc as it starts (`rlimits()`, see runc.run_detached):
 raising or setting them on a process in a namespace root does not own needs CAP_SYS_RESOURCE,
 which the daemon may not have.
 """
@@ -67,7 +67,7 @@ def _ro_bind(src: str, dst: str) -> dict[str, Any]:
 
 
 def rlimits(spec: SandboxSpec) -> list[tuple[str, int]]:
-    """(name, value) pairs for every process of the sandbox (see runc.RLIMITS)."""
+    """(prlimit name, value) pairs for every process of the sandbox (see runc.run_detached)."""
     lim = spec.limits
     return [("nofile", lim.nofile), ("fsize", lim.fsize_bytes), ("core", 0)]
 

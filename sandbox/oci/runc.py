@@ -7,10 +7,8 @@ and crun read NOTIFY_SOCKET, so os.environ must never leak into them).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import resource
 import subprocess
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +20,11 @@ from sandbox.errors import RuntimeFailure
 RUNTIME_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 CALL_TIMEOUT_S = 30.0
 MAX_LOG_TAIL = 64 << 10
-# The rlimits a sandbox runs under, set on runc (its init inherits them): raising or setting
-# them on a process in a user namespace that root does not own needs CAP_SYS_RESOURCE.
-RLIMITS = {
-    "nofile": resource.RLIMIT_NOFILE,
-    "fsize": resource.RLIMIT_FSIZE,
-    "core": resource.RLIMIT_CORE,
-}
+# runc is started through prlimit(1), which sets the sandbox's rlimits on itself and execs
+# runc: its init inherits them. Setting them later, from outside, on a process in a user
+# namespace that root does not own needs CAP_SYS_RESOURCE; setting them on runc from outside
+# races with runc forking its init. Limits are named as prlimit names them (nofile...).
+PRLIMIT = "/usr/bin/prlimit"
 PID_FILE = "init.pid"  # in the bundle: the container's init (the agent), written by `run`
 
 
@@ -78,15 +74,16 @@ class OciCli:
         rlimits: Sequence[tuple[str, int]] = (),
     ) -> None:
         """`run -d` with `listen_fd` as the container's fd 3 and stdio on /dev/null, under
-        `rlimits` ((RLIMITS name, value) pairs, soft = hard), which the container inherits
+        `rlimits` ((prlimit name, value) pairs, soft = hard), which the container inherits
         (check_rlimits() confirms it); its init's host pid goes to PID_FILE in the bundle.
         Blocking: call it on the runtime's thread pool.
 
-        posix_spawn is used because subprocess cannot place a descriptor at a given number;
-        the limits are set on runc the moment it exists, long before it forks its init.
+        posix_spawn is used because subprocess cannot place a descriptor at a given number.
         """
         log = bundle / "runtime.log"
+        limits = [f"--{name}={value}:{value}" for name, value in rlimits]
         argv = [
+            *([PRLIMIT, *limits, "--"] if limits else []),
             *self._base(log),
             "run",
             "--detach",
@@ -115,9 +112,6 @@ class OciCli:
                     (os.POSIX_SPAWN_DUP2, listen_fd, 3),
                 ],
             )
-            for name, value in rlimits:
-                with contextlib.suppress(ProcessLookupError):  # it failed: waitpid says how
-                    resource.prlimit(pid, RLIMITS[name], (value, value))
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)
         except OSError as exc:

@@ -151,7 +151,8 @@ class OciRuntime(HostRuntime):
             group, pid = await self._in_thread(self._start, spec, root)
             # The agent's socket was bound before runc ran: handing the agent its work group
             # waits for it to answer, and is the readiness check.
-            await self._in_thread(self._hand_over, sid, group, pid, AGENT_READY_TIMEOUT_S)
+            sock = await self._in_thread(self._hand_over, sid, group, pid, AGENT_READY_TIMEOUT_S)
+            await self.agent(sid).adopt(sock)
         except Exception as exc:
             await self._create_failed(sid, exc)
             raise

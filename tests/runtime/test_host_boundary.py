@@ -276,7 +276,8 @@ async def test_the_v2_way_into_the_work_group_gates_every_child(backend: Harness
     fd = os.open(work / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
     try:
         socket_path = rt._agent_socket(sid)
-        await asyncio.to_thread(hand_over_work_group, socket_path, "procs", (fd,))
+        sock = await asyncio.to_thread(hand_over_work_group, socket_path, "procs", (fd,))
+        sock.close()
     finally:
         os.close(fd)
     for code in (0, 3, 0, 7):
