@@ -127,7 +127,7 @@ def _report(rev: str, sides: list[Side], densities: dict[str, list[str]]) -> str
         b, a = statistics.median(before), statistics.median(after)
         lines.append(f"| {figure} (n={len(after)}) | {b:.1f} | {a:.1f} | {a / b:.2f} |")
     for name, notes in densities.items():
-        lines += ["", f"Idle density, {name}:", *(f"- {note}" for note in notes)]
+        lines += ["", f"Idle density, {name}:", *notes]
     return "\n".join(lines)
 
 
