@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -176,7 +177,9 @@ class CgroupLayout:
         ``systemd`` and the hybrid ``unified`` mount are included because runc creates the
         group there too.
         """
-        parts = _check_path(cgroups_path)
+        return self._dirs(_check_path(cgroups_path))
+
+    def _dirs(self, parts: Sequence[str]) -> list[Path]:
         if self.version is CgroupVersion.V2:
             return [self.root.joinpath(*parts)]
         out: list[Path] = []
@@ -262,13 +265,15 @@ class CgroupReader:
         return counters
 
     def pids(self) -> list[int]:
-        """Every process of the group and its sub-groups."""
-        found: list[int] = []
-        for dirpath, _, _ in os.walk(self._group("memory")):
-            text = _read(Path(dirpath) / "cgroup.procs")
-            numbers = (_parse_uint(line.strip()) for line in (text or "").splitlines())
-            found += [pid for pid in numbers if pid]
-        return found
+        """Every process of the group and its sub-groups, in any hierarchy (a group half made
+        by a killed runc may hold its init where ``memory`` has no group yet)."""
+        found: dict[int, None] = {}
+        for top in self._layout.dirs(self.path):
+            for dirpath, _, _ in os.walk(top):
+                text = _read(Path(dirpath) / "cgroup.procs")
+                numbers = (_parse_uint(line.strip()) for line in (text or "").splitlines())
+                found.update(dict.fromkeys(pid for pid in numbers if pid))
+        return list(found)
 
     def remove(self) -> None:
         """rmdir the group (and any sub-groups, deepest first) in every hierarchy.
@@ -291,9 +296,11 @@ class CgroupReader:
 
 
 def children(layout: CgroupLayout, parent: str) -> list[str]:
-    """Names of the immediate sub-groups of ``parent``; [] if it does not exist."""
+    """Names of the immediate sub-groups of ``parent`` in any hierarchy; [] if it does not
+    exist. Every v1 hierarchy is listed: a runc killed mid-create leaves its group in the
+    hierarchies it got to (cpuset first), not necessarily in ``memory``."""
     parts = _check_path(parent, allow_root=True)
-    return _list_subdirs(layout._hierarchy("memory").joinpath(*parts))
+    return sorted({name for top in layout._dirs(parts) for name in _list_subdirs(top)})
 
 
 @dataclass(frozen=True)

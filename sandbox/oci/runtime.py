@@ -209,7 +209,6 @@ class OciRuntime(HostRuntime):
             await self._cli_of(sandbox_id).delete_force(sandbox_id)
         except RuntimeFailure as exc:
             errors.append(exc)
-            await self._in_destroy_thread(self._kill_cgroup, sandbox_id)
         cgroup_gone = True  # a group is removable only once no process is left in it
         try:
             await self._in_destroy_thread(self._remove_cgroup, sandbox_id)
@@ -222,20 +221,22 @@ class OciRuntime(HostRuntime):
             if cgroup_gone:
                 self._legacy.pop(sandbox_id, None)
 
-    def _kill_cgroup(self, sandbox_id: str) -> None:
-        """Fallback when the OCI runtime cannot delete: SIGKILL whatever is in the cgroup."""
+    def _remove_cgroup(self, sandbox_id: str) -> None:
+        """Remove the group; if processes the OCI runtime could not delete (or never knew
+        of: the init of a sandbox whose runc was killed mid-create) keep it busy, SIGKILL
+        them first."""
         reader = self._layout.reader(self._cgroup(sandbox_id))
+        with contextlib.suppress(CgroupError):
+            reader.remove()
+            return
         for _ in range(50):
             pids = reader.pids()
             if not pids:
-                return
+                break
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.02)
-
-    def _remove_cgroup(self, sandbox_id: str) -> None:
-        reader = self._layout.reader(self._cgroup(sandbox_id))
         try:
             reader.remove()
         except CgroupError as exc:

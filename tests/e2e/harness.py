@@ -82,6 +82,7 @@ class DaemonProcess:
                 [*prefix, *argv],
                 stdout=log,
                 stderr=log,
+                start_new_session=True,  # cleanup kills the group: runc calls in flight too
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
             )
         deadline = time.monotonic() + timeout_s
@@ -166,10 +167,18 @@ class DaemonProcess:
             "processes": procs,
         }
 
+    def kill_group(self) -> None:
+        """SIGKILL the daemon's process group: the daemon and the runc calls it has in flight
+        (a sandbox may be left half-made, in some cgroup hierarchies only)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.proc = None
+
     def cleanup(self) -> None:
-        if self.proc is not None:
-            with contextlib.suppress(Exception):
-                self.kill()
+        if self.proc is not None:  # a runc create left running would finish after the sweep
+            self.kill_group()
         roots = [self.runc_root]
         if self.runtime_root == self.root / "runc":  # private: sandboxes of older daemons too
             roots.append(str(self.runtime_root))
@@ -183,6 +192,7 @@ class DaemonProcess:
             if str(self.root) in line.split()[4]:
                 subprocess.run(["umount", "-l", line.split()[4]], check=False)
         layout = CgroupLayout.detect()
+        _kill_group_tree(layout, self.cgroup_base)  # e.g. the init of a half-made sandbox
         for parent in (self.cgroup_base, self.cgroup_parent):
             for sid in children(layout, parent):
                 if sid.startswith("cntr_"):
@@ -200,6 +210,24 @@ class DaemonProcess:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _kill_group_tree(layout: CgroupLayout, path: str, timeout_s: float = 10) -> None:
+    """SIGKILL every process in the groups under `path` (every hierarchy) until none is
+    left: a killed daemon's sandboxes, and processes that die slowly."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pids: set[int] = set()
+        for top in layout.dirs(path):
+            for dirpath, _, _ in os.walk(top):
+                with contextlib.suppress(OSError):
+                    pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 def _toml(value: Any) -> str:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import random
+import secrets
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from sandbox.cgroups import CgroupLayout
 from tests.e2e.harness import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -157,6 +161,31 @@ def test_shutdown_with_execs_in_flight() -> None:
         d.cleanup()
 
 
+def test_a_group_half_made_by_a_killed_runc_is_removed_with_its_process() -> None:
+    """runc makes a sandbox's cgroup one hierarchy at a time; killed in between, it leaves a
+    group where `memory` has none, perhaps with its init in it. The next start removes both."""
+    d = DaemonProcess()
+    try:
+        d.start()
+        assert d.stop() == 0
+        layout = CgroupLayout.detect()
+        sid = f"cntr_{secrets.token_hex(24)}"
+        half = next(p for p in layout.dirs(f"{d.cgroup_base}/{sid}") if "/memory/" not in str(p))
+        half.mkdir(parents=True)
+        init = subprocess.Popen(["sleep", "600"])
+        (half / "cgroup.procs").write_text(str(init.pid))
+        assert d.host_traces()["cgroups"] == {sid}
+        d.start()
+        with d.client() as c:
+            assert c.get("/healthz").status_code == 200
+        assert init.wait(timeout=10) == -signal.SIGKILL
+        assert not half.exists()
+        assert d.stop() == 0
+        assert all(not ids for ids in d.host_traces().values()), d.host_traces()
+    finally:
+        d.cleanup()
+
+
 @pytest.mark.slow
 # 50 daemon starts, each now with its egress proxy: ~110 s on a quiet 2-core host.
 @pytest.mark.timeout(300)
@@ -191,7 +220,10 @@ def test_sigkill_at_random_points_leaks_nothing() -> None:
                 worker = threading.Thread(target=work)
                 worker.start()
                 time.sleep(rng.uniform(0.0, 0.4))
-                d.kill()
+                if cycle % 2:
+                    d.kill()
+                else:  # as an OOM kill of the service's group would: runc mid-create too
+                    d.kill_group()
                 stop.set()
                 worker.join(timeout=15)
         d.start()

@@ -182,6 +182,17 @@ def test_v1_remove_and_children(tmp_path: Path) -> None:
         reader.counters()
 
 
+def test_v1_children_in_any_hierarchy(tmp_path: Path) -> None:
+    """A runc killed mid-create leaves its group in some hierarchies only: still a child."""
+    _make_v1(tmp_path)
+    layout = CgroupLayout.detect(tmp_path)
+    (tmp_path / "freezer" / "sandboxd" / "cntr_half").mkdir(parents=True)
+    assert children(layout, "/sandboxd") == ["cntr_abc", "cntr_half"]
+    _strip_files(tmp_path)
+    layout.reader("/sandboxd/cntr_half").remove()
+    assert children(layout, "/sandboxd") == ["cntr_abc"]
+
+
 def test_v1_group_missing_in_memory_is_gone(tmp_path: Path) -> None:
     _make_v1(tmp_path)
     reader = CgroupLayout.detect(tmp_path).reader("/sandboxd/other")
