@@ -16,7 +16,7 @@ from bench.client import BenchError, Client
 from bench.daemon import running_daemon
 from bench.docker import measure_docker
 from bench.proxy import measure_proxy
-from bench.report import Results, render
+from bench.report import KEPT_HEADING, Results, render
 from bench.sandboxd import Sizes, measure_api, server_side
 from bench.scale import CONCURRENT_CYCLES, DENSITY_TARGET, concurrent_cycles, density
 from bench.workdir import workdir
@@ -69,6 +69,17 @@ def run(sizes: Sizes, command: str, scale: bool) -> Results:
     )
 
 
+def _kept(out: Path) -> str:
+    """The part of an existing report from KEPT_HEADING on: figures of other commands
+    (`python -m bench.soak`, `python -m bench.against`), pasted there by hand."""
+    try:
+        text = out.read_text()
+    except FileNotFoundError:
+        return ""
+    at = text.find(KEPT_HEADING)
+    return "" if at < 0 else "\n" + text[at:]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if os.geteuid() != 0:
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = render(results)
     print(report)
-    args.out.write_text(report)
+    args.out.write_text(report + _kept(args.out))
     print(f"bench: wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -102,6 +102,10 @@ def _breakdown(f: dict[str, Summary]) -> list[str]:
     return [*lines, ""]
 
 
+# `python -m bench` rewrites the report above this heading and keeps what follows it.
+KEPT_HEADING = "## Soak and paired runs (other commands; kept when the report is rewritten)"
+
+
 def render(r: Results) -> str:
     f = r.by_key()
     m = r.machine
