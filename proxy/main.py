@@ -196,18 +196,23 @@ class ProxyProcess:
         sandbox_id = str(message.get("sandbox", ""))
         if not sandbox_id:
             raise ValueError("sandbox id missing")
-        old = self._registry.sandboxes.pop(sandbox_id, None)
-        if old is not None:
-            await self._front.detach(old)
         if op == "detach":
+            await self._detach(sandbox_id)
             return {}
         if op != "attach" or fd is None:
             raise ValueError(f"unknown op {op!r} or missing socket")
+        # Validated whole before the sandbox's current egress is touched.
         policy, secrets = _policy(message.get("policy"), message.get("secrets", []))
         sandbox = Sandbox(sandbox_id, policy, SecretSet(secrets), self._intercept_all)
+        await self._detach(sandbox_id)
         await self._front.attach(sandbox, fd)
         self._registry.sandboxes[sandbox_id] = sandbox
         return {}
+
+    async def _detach(self, sandbox_id: str) -> None:
+        old = self._registry.sandboxes.pop(sandbox_id, None)
+        if old is not None:
+            await self._front.detach(old)
 
 
 def _policy(raw: Any, raw_secrets: Any) -> tuple[NetworkPolicy, list[Secret]]:

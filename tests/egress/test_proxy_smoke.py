@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -57,6 +58,29 @@ async def test_secret_substituted_when_intercepted(
     assert ["Authorization", "Bearer XX"] in json.loads(reply.body.replace(ph.encode(), b"XX"))[
         "headers"
     ]
+
+
+async def test_a_refused_control_op_leaves_the_sandbox_egress_as_it_was(
+    proxy_harness: ProxyHarness, test_ca: ThrowawayCA
+) -> None:
+    """An unknown op, an attach without its socket or with a bad policy is refused before
+    the proxy touches the sandbox: its egress keeps working."""
+    sbx = await proxy_harness.sandbox(["api.allowed.test"])
+    bad_policy = {"type": "allowlist", "allowed_domains": ["*"]}
+    for message in (
+        {"op": "bogus", "sandbox": sbx.sandbox_id},
+        {"op": "attach", "sandbox": sbx.sandbox_id, "policy": bad_policy},
+    ):
+        with pytest.raises(EgressUnavailable, match="refused"):
+            await proxy_harness.proxy._rpc(message)
+    attach = {"op": "attach", "sandbox": sbx.sandbox_id, "policy": bad_policy}
+    with (  # a socket this time, but a policy that is refused
+        socket.socket(socket.AF_UNIX) as spare,
+        pytest.raises(EgressUnavailable, match="refused"),
+    ):
+        await proxy_harness.proxy._rpc(attach, spare.fileno())
+    reply = await https_request(sbx.socket_path, "api.allowed.test", client_tls(test_ca))
+    assert reply.status == 200, reply
 
 
 async def test_a_proxy_that_cannot_read_its_ca_once_dropped_does_not_come_up(
