@@ -259,7 +259,10 @@ class Store:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 db.close()
-                raise RuntimeError(f"state schema {version} is newer than this sandboxd")
+                raise StoreUnavailable(
+                    f"{self._path}: schema {version} is newer than this sandboxd's "
+                    f"({SCHEMA_VERSION}); run the sandboxd that wrote it"
+                )
             for v in range(version + 1, SCHEMA_VERSION + 1):
                 with db:
                     db.executescript(f"BEGIN;{MIGRATIONS[v]};PRAGMA user_version={v};COMMIT;")

@@ -3,6 +3,7 @@ killed. Each gives a clear error, and the daemon recovers once the fault is gone
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -209,6 +210,15 @@ def test_corrupt_database_at_start_is_refused_and_left_alone() -> None:
             d.start()
         assert cid in _runc_ids(d)  # no reconcile ran: the sandbox was not touched
         db.write_bytes(good)
+        with contextlib.closing(sqlite3.connect(db)) as newer:  # a later sandboxd's database
+            (version,) = newer.execute("PRAGMA user_version").fetchone()
+            newer.execute(f"PRAGMA user_version={version + 1}")
+        with pytest.raises(AssertionError, match="newer than this sandboxd") as refused:
+            d.start()
+        assert "Traceback" not in str(refused.value)  # a clean startup error, no crash
+        assert cid in _runc_ids(d)
+        with contextlib.closing(sqlite3.connect(db)) as back:
+            back.execute(f"PRAGMA user_version={version}")
         d.start()
         with d.client() as c:
             r = c.post(f"/v1/containers/{cid}/exec", json={"commands": ["echo still here"]})
