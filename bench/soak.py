@@ -46,6 +46,7 @@ STOP_GRACE_S = 330.0  # a tenant finishes its request in flight (one op may take
 TARGET_P99_MS = 50.0
 TARGET_RSS_MIB = 300.0
 TIMELINE_ROWS = 20
+HOSTILES = ("output", "files", "names", "connflood", "deletes")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Settings:
     rss_abort_mib: int = 2048
     store_abort_mib: int = 2048
     sample_interval_s: float = 1.0
+    hostiles: tuple[str, ...] = HOSTILES  # which hostile tenants run
 
     def tenants(self) -> list[Tenant]:
         normal = [Tenant(f"normal-{i}", "normal") for i in range(self.normal_tenants)]
@@ -68,6 +70,11 @@ class Settings:
             Tenant("healthz", "healthz"),
             Tenant("neighbour", "neighbour"),
             *normal,
+            *(t for t in self._hostile() if t.kind in self.hostiles),
+        ]
+
+    def _hostile(self) -> list[Tenant]:
+        return [
             Tenant(
                 "hostile-output",
                 "output",
@@ -280,7 +287,8 @@ def render(r: SoakResult) -> str:
         f"{m.memory}, kernel {m.kernel}, load {m.load} at start.",
         f"Hostile output: {s.output_commands} commands x {s.output_bytes / MIB:g} MiB of 0xff "
         f"per exec; {s.flood_files} files renamed per round; {s.flood_connections} held "
-        f"connections; {s.dirty_sandboxes} x {s.dirty_mib} MiB dirty sandboxes per delete round.",
+        f"connections; {s.dirty_sandboxes} x {s.dirty_mib} MiB dirty sandboxes per delete round. "
+        f"Hostile tenants run: {', '.join(s.hostiles) or 'none'}.",
         "",
         "| target | bound | measured | |",
         "|---|---|---|---|",
@@ -328,6 +336,13 @@ def render(r: SoakResult) -> str:
     return "\n".join(out) + "\n"
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k for k in text.split(",") if k)
+    if unknown := set(kinds) - set(HOSTILES):
+        raise argparse.ArgumentTypeError(f"unknown hostile tenants: {', '.join(sorted(unknown))}")
+    return kinds
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -346,6 +361,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="stop early when the daemon's RSS passes this")  # fmt: skip
     p.add_argument("--store-abort-mib", type=int, default=d.store_abort_mib,
                    help="stop early when the store (SQLite) passes this")  # fmt: skip
+    p.add_argument("--hostiles", type=_kinds, default=d.hostiles,
+                   help=f"comma-separated, of {','.join(HOSTILES)} (default: all)")  # fmt: skip
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     return p
 
