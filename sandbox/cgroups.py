@@ -17,9 +17,12 @@ may want ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
+import signal
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +277,17 @@ class CgroupReader:
                 numbers = (_parse_uint(line.strip()) for line in (text or "").splitlines())
                 found.update(dict.fromkeys(pid for pid in numbers if pid))
         return list(found)
+
+    def kill_all(self, timeout_s: float = 1.0) -> None:
+        """SIGKILL every process of the group (every hierarchy) until none is left or
+        `timeout_s` has passed: dying processes take a moment to leave, and a process may
+        still be joining (a runc create that is running)."""
+        deadline = time.monotonic() + timeout_s
+        while (pids := self.pids()) and time.monotonic() < deadline:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.02)
 
     def remove(self) -> None:
         """rmdir the group (and any sub-groups, deepest first) in every hierarchy.

@@ -18,9 +18,7 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,14 +227,7 @@ class OciRuntime(HostRuntime):
         with contextlib.suppress(CgroupError):
             reader.remove()
             return
-        for _ in range(50):
-            pids = reader.pids()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.02)
+        reader.kill_all()
         try:
             reader.remove()
         except CgroupError as exc:

@@ -192,7 +192,7 @@ class DaemonProcess:
             if str(self.root) in line.split()[4]:
                 subprocess.run(["umount", "-l", line.split()[4]], check=False)
         layout = CgroupLayout.detect()
-        _kill_group_tree(layout, self.cgroup_base)  # e.g. the init of a half-made sandbox
+        layout.reader(self.cgroup_base).kill_all(10)  # e.g. the init of a half-made sandbox
         for parent in (self.cgroup_base, self.cgroup_parent):
             for sid in children(layout, parent):
                 if sid.startswith("cntr_"):
@@ -210,24 +210,6 @@ class DaemonProcess:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _kill_group_tree(layout: CgroupLayout, path: str, timeout_s: float = 10) -> None:
-    """SIGKILL every process in the groups under `path` (every hierarchy) until none is
-    left: a killed daemon's sandboxes, and processes that die slowly."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        pids: set[int] = set()
-        for top in layout.dirs(path):
-            for dirpath, _, _ in os.walk(top):
-                with contextlib.suppress(OSError):
-                    pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
-        if not pids or time.monotonic() > deadline:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
 
 
 def _toml(value: Any) -> str:

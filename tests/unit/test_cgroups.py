@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -317,8 +318,8 @@ def test_real_group_lifecycle() -> None:
         with pytest.raises(CgroupError, match="Device or resource busy"):
             reader.remove()
 
-        proc.kill()
-        proc.wait()
+        reader.kill_all()
+        assert proc.wait(timeout=5) == -signal.SIGKILL
         deadline = time.monotonic() + 5
         while True:
             try:
