@@ -161,7 +161,7 @@ class Daemon:
 
     async def start(self) -> None:
         state = Path(self.config.state_dir)
-        await asyncio.to_thread(state.mkdir, parents=True, exist_ok=True, mode=0o711)
+        await asyncio.to_thread(state.mkdir, parents=True, exist_ok=True, mode=0o700)
         self._lock_fd = await asyncio.to_thread(_lock_state_dir, state)
         if self._systemd.listen_fds == 0 and await _socket_alive(Path(self.socket_path)):
             raise StartupError(f"another daemon is serving {self.socket_path}")
