@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from daemon.config import load
+from daemon.config import ServerConfig, load
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,3 +46,14 @@ def test_install_is_complete_and_idempotent(tmp_path: Path) -> None:
     second = _install(tmp_path)
     assert "wrote" not in second  # nothing changed, and the admin's config is kept
     assert config.read_text().endswith("# edited by the admin\n")
+
+
+def test_the_default_shutdown_fits_in_the_units_stop_timeout() -> None:
+    """systemd SIGKILLs a daemon still stopping after TimeoutStopSec: the staged shutdown
+    (drain, kill grace, cancel, tasks) plus what follows it unbounded by a stage (pool drain,
+    proxy, runtime and store close) must end before that."""
+    after_stages_s = 8.0
+    unit = (REPO / "systemd" / "sandboxd.service").read_text()
+    (line,) = [x for x in unit.splitlines() if x.startswith("TimeoutStopSec=")]
+    stop_timeout_s = float(line.removeprefix("TimeoutStopSec=").removesuffix("s"))
+    assert ServerConfig().shutdown_budget_s() + after_stages_s <= stop_timeout_s
