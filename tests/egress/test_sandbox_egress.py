@@ -7,6 +7,7 @@ test names through `proxy.hosts` and may dial only the upstreams' `ip:443` pairs
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -25,6 +26,7 @@ import pytest
 
 from bench import dockerd
 from bench.upstream import ThrowawayCA, Upstreams, header
+from sandbox.cgroups import CgroupError, CgroupLayout
 from sandbox.hostdirs import instance_of
 from tests.e2e.harness import DaemonProcess
 from tests.egress.conftest import HOSTS, PRIVATE_HOSTS
@@ -61,13 +63,11 @@ def daemon(
 ) -> Iterator[DaemonProcess]:
     sections = daemon_config(test_ca)
     engine_url = ""
+    engine_parent = f"/sandboxd-egress-{secrets.token_hex(4)}-docker"
     if module_backend == "docker":
         engine_url = request.getfixturevalue("docker_engine")
         sections["runtime"] = {"backend": "docker"}
-        sections["docker"] = {
-            "engine_url": engine_url,
-            "cgroup_parent": f"/sandboxd-egress-{secrets.token_hex(4)}-docker",
-        }
+        sections["docker"] = {"engine_url": engine_url, "cgroup_parent": engine_parent}
     d = DaemonProcess(**sections)
     try:
         d.start()
@@ -79,6 +79,8 @@ def daemon(
             label = f"sandboxd.instance={instance_of(state)}"
             for container in dockerd.containers(engine_url, label):
                 dockerd.remove_container(engine_url, container["Id"])
+            with contextlib.suppress(CgroupError):  # the engine leaves its parent groups
+                CgroupLayout.detect().reader(engine_parent).remove()
 
 
 @pytest.fixture(scope="module")
