@@ -99,6 +99,9 @@ class AdmittingRuntime:
         self.admission = admission
         self.name = inner.name
 
+    async def start(self) -> None:
+        await self.inner.start()
+
     async def create(self, spec: SandboxSpec) -> None:
         self.admission.reserve(spec.sandbox_id, spec.memory_bytes)
         try:

@@ -67,14 +67,14 @@ class Daemon:
         self.socket_path = socket_path
         state = Path(config.state_dir)
         self.store = Store(state / "sandboxd.db")
-        self._backend = self._make_runtime(config, state)
+        backend = self._make_runtime(config, state)
         try:
             host_memory = host_memory_bytes()
         except OSError as exc:
             raise StartupError(f"cannot read the host's memory size: {exc}") from exc
         self.admission = Admission(host_memory, config.containers.memory_overcommit)
         # Every sandbox, whoever makes it (API, pool, reconciler), passes admission control.
-        self.runtime: Runtime = AdmittingRuntime(self._backend, self.admission)
+        self.runtime: Runtime = AdmittingRuntime(backend, self.admission)
         self.shutdown = ShutdownControl()
         self.metrics = Metrics(self.runtime.name)
         self.metrics.memory_committed.set_function(lambda: self.admission.committed)
@@ -172,7 +172,7 @@ class Daemon:
         # Everything that can be checked is, before any child process starts: the runtime
         # (binary, dirs, image) before the egress proxy.
         try:
-            await self._backend.start()
+            await self.runtime.start()
         except RuntimeFailure as exc:
             raise StartupError(str(exc)) from exc
         await self._start_egress(state)

@@ -20,6 +20,12 @@ class Runtime(Protocol):
 
     name: str
 
+    async def start(self) -> None:
+        """Check what the backend needs (binary, engine, dirs, image) and make its host-side
+        state; before anything else is started, and before any other call. RuntimeFailure
+        says what is missing."""
+        ...
+
     async def create(self, spec: SandboxSpec) -> None:
         """Start a sandbox whose agent answers; all or nothing (destroys what it made on error)."""
         ...
