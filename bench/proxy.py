@@ -31,7 +31,7 @@ from bench.stats import Summary, summarize
 UPSTREAM = ("127.0.0.2", 443)
 HOST = "api.bench.test"
 SECRET_HOST = "secret.bench.test"
-PROXY_TARGET_MS = 1.5  # added p50 of a keep-alive request (DESIGN.md §8)
+PROXY_TARGET_MS = 1.5  # added p50 of a keep-alive request (our target)
 
 
 def measure_proxy(n: int) -> list[Summary]:

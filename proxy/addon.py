@@ -1,4 +1,5 @@
-"""The mitmproxy addon that enforces each sandbox's egress policy (EGRESS.md).
+"""The mitmproxy addon that enforces each sandbox's egress policy (README, Egress;
+docs/egress.md).
 
 Every hook fails closed: an exception in our code refuses the request or connection. The
 decision points, in the order a connection meets them:

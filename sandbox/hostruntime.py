@@ -5,11 +5,12 @@ clients, the cgroup readers and the work group, skills, and the host side of a d
 A backend adds how a sandbox is started, stopped and found (runc or the engine), and where
 its agent socket and cgroup are.
 
-The host boundary (DESIGN.md §4): every sandbox gets a uid range of its own, claimed in the
-host-wide registry (sandbox/idranges.py) before anything else exists; everything it owns on
-the host is 0700 to root and that range; its processes run in the work sub-group of its
-cgroup, below the agent (sandbox/cgroups.py); and every host-wide name carries the daemon's
-instance id, so this daemon never reconciles another one's sandboxes away.
+The host boundary (SECURITY.md has its tests): every sandbox gets a uid range of its own,
+claimed in the host-wide registry (sandbox/idranges.py) before anything else exists;
+everything it owns on the host is 0700 to root and that range; its processes run in the work
+sub-group of its cgroup, below the agent (sandbox/cgroups.py); and every host-wide name
+carries the daemon's instance id, so this daemon never reconciles another one's sandboxes
+away.
 """
 
 from __future__ import annotations

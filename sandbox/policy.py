@@ -1,4 +1,4 @@
-"""Network policy model and host matching for the egress proxy (EGRESS.md).
+"""Network policy model and host matching for the egress proxy (README, Egress).
 
 Pure data and functions: no I/O beyond reading the public suffix list bundled with
 `publicsuffixlist` (once, lazily), no logging. Imported by the daemon (validation at create)

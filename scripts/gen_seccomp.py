@@ -3,11 +3,13 @@
 
     python3 scripts/gen_seccomp.py [INPUT] [OUTPUT]
 
-INPUT defaults to ``../shared/reference/moby-default-seccomp.json`` and OUTPUT to
-``config/seccomp.json``, both relative to the repository root. The moby profile is flattened
-for the sandbox (no capabilities at all, x86_64 and aarch64 hosts, kernel >= 6.x), then
-tightened as DESIGN.md says. The script fails loudly when the result would allow anything on
-the forbidden list, or when the input has a shape it does not understand.
+INPUT is moby's ``profiles/seccomp/default.json`` (from a moby checkout or release; the
+environment variable ``SANDBOXD_MOBY_SECCOMP`` names it when INPUT is left out); OUTPUT
+defaults to ``config/seccomp.json`` in the repository. The moby profile is flattened for the
+sandbox (no capabilities at all, x86_64 and aarch64 hosts, kernel >= 6.x), then tightened
+(the forbidden list below; SECURITY.md, checklist #5). The script fails loudly when the
+result would allow anything on the forbidden list, or when the input has a shape it does not
+understand.
 
 Two runc/libseccomp facts shape the socket rules (runc 1.1.5, libseccomp 2.5.4):
 
@@ -28,6 +30,7 @@ system calls never reach an allow rule.
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -36,7 +39,7 @@ from typing import Any, Final
 Rule = dict[str, Any]
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
-DEFAULT_INPUT: Final = REPO_ROOT.parent / "shared" / "reference" / "moby-default-seccomp.json"
+INPUT_ENV: Final = "SANDBOXD_MOBY_SECCOMP"
 DEFAULT_OUTPUT: Final = REPO_ROOT / "config" / "seccomp.json"
 
 # Moby's names for architectures in `includes/excludes.arches`, mapped to libseccomp names.
@@ -61,7 +64,7 @@ ENOSYS: Final = 38
 ERRNO: Final = "SCMP_ACT_ERRNO"
 ALLOW: Final = "SCMP_ACT_ALLOW"
 
-# Removed from every allow rule and listed in an explicit EPERM rule (DESIGN.md, ISOLATION.md).
+# Removed from every allow rule and listed in an explicit EPERM rule (SECURITY.md, checklist).
 # runc skips rules equal to the default action, so what denies them is their absence from
 # every allow rule; the explicit rule documents intent and is what the tests look for.
 DENY_EPERM: Final = (
@@ -283,9 +286,11 @@ def render(profile: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("input", nargs="?", type=Path, default=DEFAULT_INPUT)
+    parser.add_argument("input", nargs="?", type=Path, default=os.environ.get(INPUT_ENV))
     parser.add_argument("output", nargs="?", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args(argv)
+    if args.input is None:
+        parser.error(f"INPUT (moby's profiles/seccomp/default.json) or ${INPUT_ENV} is needed")
     try:
         profile = generate(json.loads(args.input.read_text()))
     except (OSError, ValueError, ProfileError) as exc:

@@ -238,7 +238,7 @@ def render_host(cases: list[Row]) -> str:
 
 
 def egress_numbers(row: Row) -> list[int]:
-    """EGRESS.md attack numbers a test covers: test_07_... or "Cases 18 and 24" in its doc."""
+    """Attack cases of docs/egress.md a test covers: test_07_... or "Cases 18 and 24" in its doc."""
     found = [int(m) for m in re.findall(r"^test_(\d+)", str(row["test"]))]
     doc = re.search(r"\bCases? ((?:\d+(?:, | and )?)+)", str(row["description"]))
     if doc:
@@ -261,7 +261,7 @@ def render_egress(cases: list[Row]) -> str:
         by_backend.append(f"**{b}**: {len(tried(mine))} tried, {len(held(mine))} held")
     out = [
         f"{len(tried(rows))} egress cases tried, {len(held(rows))} held ({'; '.join(by_backend)})."
-        f" EGRESS.md attack numbers covered: {len(numbers)} ({', '.join(map(str, numbers))}),"
+        f" Attack cases of docs/egress.md covered: {len(numbers)} ({', '.join(map(str, numbers))}),"
         f" all of whose cases held: {len(held_numbers)}."
         " Backend `proxy`: the proxy process alone, reached through a sandbox's egress socket"
         " as the agent would; otherwise the backend of the real daemon the case ran against.",
@@ -278,7 +278,7 @@ def render_egress(cases: list[Row]) -> str:
         number = ", ".join(map(str, egress_numbers(group[0]))) or "—"
         backend = ", ".join(backends_of(group))
         body.append([number, f"`{module}::{test}`", what, backend, result(group)])
-    out.append(table(["EGRESS.md #", "Test", "What it checks", "Backend", "Result"], body))
+    out.append(table(["Case #", "Test", "What it checks", "Backend", "Result"], body))
     return "\n".join(out)
 
 

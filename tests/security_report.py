@@ -30,7 +30,7 @@ import pytest
 
 ENV = "SANDBOXD_SECURITY_RESULTS"
 RUNTIME_MODULES = ("test_hardening.py", "test_isolation.py", "test_limits.py")
-# The host boundary (DESIGN.md §4), wherever its tests live: runtime, daemon, whole daemons.
+# The host boundary (SECURITY.md), wherever its tests live: runtime, daemon, whole daemons.
 HOST_MODULES = ("test_host_boundary.py", "test_migration.py")
 # Fixtures whose parameter is a runtime backend name (tests/runtime/conftest.py).
 BACKEND_PARAMS = ("backend_name", "module_backend")

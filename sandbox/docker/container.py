@@ -1,6 +1,6 @@
 """Docker create() arguments for one sandbox, from the backend-neutral spec (plain data).
 
-Docker's defaults are not a sandbox, so every control is spelled out here (ISOLATION.md's
+Docker's defaults are not a sandbox, so every control is spelled out here (SECURITY.md's
 checklist, docker column). The agent runs as PID 1 (no docker-init): like on the oci backend
 it is the reaping init, and PID 1 of a pid namespace cannot be killed from inside it; under
 tini it would be PID 2, killable by sandbox code of the same uid.

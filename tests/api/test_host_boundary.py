@@ -1,4 +1,4 @@
-"""The host boundary through the daemon (DESIGN.md §4): admission against host memory, the
+"""The host boundary through the daemon (SECURITY.md): admission against host memory, the
 agent's death noticed at once, and the egress proxy's own user."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""EGRESS.md's numbered attack cases against the real proxy process (no sandbox needed for
+"""The numbered attack cases of docs/egress.md against the real proxy process (no sandbox needed for
 these: the test connects to a sandbox's egress socket exactly as its agent would).
 
 Cases 18 and 24 (no route, no resolver, nothing of the host reachable) need a real sandbox:

@@ -1,4 +1,4 @@
-"""Runtime contract: the hardening seen from inside a sandbox (ISOLATION.md's checklist).
+"""Runtime contract: the hardening seen from inside a sandbox (SECURITY.md's checklist).
 
 Read-only probes share one sandbox per module (and so one event loop per module).
 """

@@ -1,4 +1,4 @@
-"""Runtime contract: the host boundary (DESIGN.md §4). Nothing a sandbox owns is readable by
+"""Runtime contract: the host boundary (SECURITY.md). Nothing a sandbox owns is readable by
 another host account or sandbox, no sandbox spends host root's or a neighbour's per-user
 kernel budgets, shared memory nobody holds is freed, the agent outlives an OOM its tenant
 provokes, and nothing inside names another sandbox or the host's paths."""

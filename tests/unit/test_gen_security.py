@@ -186,8 +186,8 @@ def test_renders_every_section_and_keeps_the_prose(files: tuple[Path, Path]) -> 
     ) in text
     # runtime
     assert "| `test_hardening.py::test_no_network` | no network | held |" in text
-    # egress: EGRESS.md numbers from the test name or the docstring, proxy-level backend
-    assert "EGRESS.md attack numbers covered: 3 (6, 18, 24)" in text
+    # egress: case numbers from the test name or the docstring, proxy-level backend
+    assert "Attack cases of docs/egress.md covered: 3 (6, 18, 24)" in text
     assert "| 6 | `test_attacks.py::test_06_ip_literals` |" in text
     assert "| proxy | held |" in text
     assert "| 18, 24 | `test_sandbox_egress.py::test_no_route` |" in text
