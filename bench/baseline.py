@@ -30,7 +30,7 @@ from sandbox.seccomp import load_profile
 from sandbox.spec import MEMORY_TIERS, SANDBOX_GID, SANDBOX_UID, SandboxSpec
 
 REPO = Path(__file__).resolve().parent.parent
-SECCOMP = REPO / "config" / "seccomp.json"
+SECCOMP = REPO / "sandbox" / "seccomp.json"
 KILL_WAIT_TRIES = 1000
 PYTHON_START = ["/usr/bin/python3", "-I", "-S", "-B", "-c", "pass"]
 BASELINE_INSTANCE = "bench-baseline"

@@ -64,7 +64,7 @@ class RuntimeConfig:
     oci_binary: str = "runc"
     runtime_root: str = "/run/sandboxd/runc"  # runc's state: <runtime_root>/<instance>/
     cgroup_parent: str = "/sandboxd"  # sandboxes' cgroups: <cgroup_parent>/<instance>/<id>
-    seccomp_profile: str = ""  # "" = config/seccomp.json shipped with sandboxd
+    seccomp_profile: str = ""  # "" = sandbox/seccomp.json shipped with sandboxd
     image: str = ""  # "" = the host's /usr in a skeleton; NAME = `sandboxd image build NAME`
     # Every host-wide name carries this; "" = a hash of the state dir.
     instance: str = ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from sandbox.errors import SandboxError
 
-DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "config" / "seccomp.json"
+DEFAULT_PROFILE = Path(__file__).resolve().parent / "seccomp.json"  # package data
 NATIVE_ARCH = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-"""Generate ``config/seccomp.json`` (OCI ``linux.seccomp``) from moby's default profile.
+"""Generate ``sandbox/seccomp.json`` (OCI ``linux.seccomp``) from moby's default profile.
 
     python3 scripts/gen_seccomp.py [INPUT] [OUTPUT]
 
 INPUT is moby's ``profiles/seccomp/default.json`` (from a moby checkout or release; the
 environment variable ``SANDBOXD_MOBY_SECCOMP`` names it when INPUT is left out); OUTPUT
-defaults to ``config/seccomp.json`` in the repository. The moby profile is flattened for the
+defaults to ``sandbox/seccomp.json`` in the repository. The moby profile is flattened for the
 sandbox (no capabilities at all, x86_64 and aarch64 hosts, kernel >= 6.x), then tightened
 (the forbidden list below; SECURITY.md, checklist #5). The script fails loudly when the
 result would allow anything on the forbidden list, or when the input has a shape it does not
@@ -40,7 +40,7 @@ Rule = dict[str, Any]
 
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
 INPUT_ENV: Final = "SANDBOXD_MOBY_SECCOMP"
-DEFAULT_OUTPUT: Final = REPO_ROOT / "config" / "seccomp.json"
+DEFAULT_OUTPUT: Final = REPO_ROOT / "sandbox" / "seccomp.json"
 
 # Moby's names for architectures in `includes/excludes.arches`, mapped to libseccomp names.
 MOBY_ARCHES: Final = {

@@ -46,7 +46,7 @@ from sandbox.spec import MEMORY_TIERS, SandboxSpec
 from tests.hosttraces import claims
 
 BACKENDS = ["oci", pytest.param("docker", marks=pytest.mark.docker)]
-SECCOMP_PROFILE = Path(__file__).resolve().parents[2] / "config" / "seccomp.json"
+SECCOMP_PROFILE = Path(__file__).resolve().parents[2] / "sandbox" / "seccomp.json"
 STATE_PREFIX = "sbxd-rt-"
 GIB = MEMORY_TIERS["1g"]
 MIB = 1 << 20

@@ -33,7 +33,7 @@ def test_install_is_complete_and_idempotent(tmp_path: Path) -> None:
         "usr/lib/tmpfiles.d/sandboxd.conf",
         "etc/sandboxd/config.toml",
         "opt/sbx/daemon/cli.py",
-        "opt/sbx/config/seccomp.json",
+        "opt/sbx/sandbox/seccomp.json",
     ):
         assert (tmp_path / path).is_file(), path
     unit = (tmp_path / "etc/systemd/system/sandboxd.service").read_text()

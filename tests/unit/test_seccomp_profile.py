@@ -1,4 +1,4 @@
-"""Structural checks on config/seccomp.json, the sandbox's OCI seccomp profile.
+"""Structural checks on sandbox/seccomp.json, the sandbox's OCI seccomp profile.
 
 The runtime behaviour (errnos seen by a process under runc) is checked by hand with a probe;
 see scripts/gen_seccomp.py for why the socket rules look the way they do.
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PROFILE_PATH = ROOT / "config" / "seccomp.json"
+PROFILE_PATH = ROOT / "sandbox" / "seccomp.json"
 # moby's profiles/seccomp/default.json, which the profile is generated from (not shipped).
 REFERENCE = Path(os.environ.get("SANDBOXD_MOBY_SECCOMP", "/nonexistent"))
 
