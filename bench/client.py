@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from dataclasses import dataclass
 from typing import Any
+
+from daemon.clitool.client import UnixConnection
 
 TIMEOUT_S = 60.0
 READ_CHUNK = 1 << 16
@@ -22,22 +23,6 @@ class Reply:
     status: int
     body: bytes  # empty when the caller asked to discard it
     size: int  # bytes of body received
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)  # refused while the daemon binds but does not listen yet
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Client:
@@ -56,7 +41,7 @@ class Client:
                 host, int(port), timeout=timeout
             )
         else:
-            self._conn = _UnixConnection(socket_path, timeout)
+            self._conn = UnixConnection(socket_path, timeout)
         self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     def close(self) -> None:

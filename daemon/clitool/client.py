@@ -61,7 +61,9 @@ class Target:
         return f"url {self.url}" if self.url else f"socket {self.socket}"
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over the API's unix socket (the CLI's and the benchmarks')."""
+
     def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -89,7 +91,7 @@ class Client:
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._url is None:
-            return _UnixConnection(self.target.socket, timeout)
+            return UnixConnection(self.target.socket, timeout)
         host, port = self._url.hostname or "", self._url.port
         if self._url.scheme == "https":
             return http.client.HTTPSConnection(host, port, timeout=timeout)
