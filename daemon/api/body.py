@@ -18,7 +18,6 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from daemon.errors import DomainError, InvalidRequest, PayloadTooLarge
 
-BODY = "sandboxd.body"
 CHUNK = 256 << 10
 HASH_INLINE = 64 << 10  # smaller chunks are hashed on the loop (cheaper than a thread hop)
 
@@ -137,10 +136,12 @@ class RequestBody:
         return self._digest.hexdigest()
 
 
+BODY = web.RequestKey("body", RequestBody)
+
+
 def body_of(request: web.Request) -> RequestBody:
     """The request's body reader (a plain one unless an Idempotency-Key asked for more)."""
     body = request.get(BODY)
     if body is None:
         body = request[BODY] = RequestBody(request)
-    assert isinstance(body, RequestBody)
     return body

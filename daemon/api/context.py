@@ -26,7 +26,7 @@ CODE = web.AppKey("code", CodeService)
 FILES = web.AppKey("files", FileService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
-CALLER = "sandboxd.caller"
+CALLER = web.RequestKey("caller", Caller)
 
 
 def service_of(request: web.Request) -> ContainerService:
@@ -34,9 +34,7 @@ def service_of(request: web.Request) -> ContainerService:
 
 
 def caller_of(request: web.Request) -> Caller:
-    caller = request[CALLER]
-    assert isinstance(caller, Caller)
-    return caller
+    return request[CALLER]
 
 
 async def read_json(request: web.Request, cap: int | None = None) -> dict[str, Any]:
