@@ -62,12 +62,16 @@ class Daemon:
         socket_path: str,
         boot_id: str | None = None,
         systemd: SystemdEnv | None = None,
+        backend: Runtime | None = None,
     ) -> None:
+        """`backend` replaces the configured one (oci or docker): the in-process tests pass a
+        double there, never instead of the runtime contract suite."""
         self.config = config
         self.socket_path = socket_path
         state = Path(config.state_dir)
         self.store = Store(state / "sandboxd.db")
-        backend = self._make_runtime(config, state)
+        if backend is None:
+            backend = self._make_runtime(config, state)
         try:
             host_memory = host_memory_bytes()
         except OSError as exc:
