@@ -17,6 +17,8 @@ def _install(destdir: Path) -> str:
         "DESTDIR": str(destdir),
         "PREFIX": "/opt/sbx",
         "SANDBOXD_SKIP_VENV": "1",
+        # git's safe.directory for a checkout another user owns (scripts/as-nobody sets it)
+        **{k: v for k, v in os.environ.items() if k.startswith("GIT_CONFIG_")},
     }
     proc = subprocess.run(
         [str(REPO / "scripts" / "install")], env=env, capture_output=True, text=True, check=True

@@ -5,9 +5,9 @@ from __future__ import annotations
 import openai
 import pytest
 
-from tests.api.test_skills import make_zip, skill_md
+from tests.skillzips import make_zip, skill_md
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 
 
 def test_250_files_each_listed_once(client: openai.OpenAI) -> None:

@@ -7,9 +7,7 @@ import httpx2
 import openai
 import pytest
 
-from tests.api.test_skills import make_zip, skill_md
-
-pytestmark = pytest.mark.root
+from tests.skillzips import make_zip, skill_md
 
 
 def test_a_zip_made_inside_the_skill_folder_is_a_skill(
