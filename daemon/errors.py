@@ -1,5 +1,6 @@
 """Domain errors with stable codes, and the one table that maps them to HTTP and OpenAI's
-error object."""
+error object. docs/api.md (Errors) lists the table for users: a code added here belongs there
+and in daemon/openapi.json's `Error` schema too."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The aiohttp application: routes, request ids, identity and the error boundary."""
+"""The aiohttp application: routes, request ids, identity and the error boundary.
+
+The routes are described for users in docs/api.md (the contract is daemon/openapi.json).
+"""
 
 from __future__ import annotations
 

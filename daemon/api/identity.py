@@ -1,4 +1,7 @@
-"""Who is calling: the peer uid on the unix socket (SO_PEERCRED), a bearer key on TCP."""
+"""Who is calling: the peer uid on the unix socket (SO_PEERCRED), a bearer key on TCP.
+
+The API boundary this is part of (ownership, quotas, input caps) is in docs/security-model.md.
+"""
 
 from __future__ import annotations
 
