@@ -29,13 +29,15 @@ from mitmproxy.proxy.mode_servers import ServerInstance
 from proxy import ca, confdir, wire
 from proxy.addon import EgressAddon
 from proxy.body_limit import install_body_limits
+from proxy.control import Attach, Detach, Ping
+from proxy.control import parse as parse_request
 from proxy.front import Front
 from proxy.head_limit import install_head_limit
 from proxy.options import OptionsError, ProxyOptions
 from proxy.resolver import Resolver
-from proxy.secrets import Secret, SecretSet
+from proxy.secrets import SecretSet
 from proxy.state import Registry, Sandbox
-from sandbox.policy import NetworkPolicy, parse_network_policy
+from sandbox.policy import parse_network_policy
 
 logger = logging.getLogger("proxy")
 
@@ -187,40 +189,27 @@ class ProxyProcess:
             self._closed.set()
 
     async def _dispatch(self, message: dict[str, Any], fd: int | None) -> dict[str, Any]:
-        op = message.get("op")
-        if op == "ping":
-            return {"stats": self._registry.stats()}
-        sandbox_id = str(message.get("sandbox", ""))
-        if not sandbox_id:
-            raise ValueError("sandbox id missing")
-        if op == "detach":
-            await self._detach(sandbox_id)
-            return {}
-        if op != "attach" or fd is None:
-            raise ValueError(f"unknown op {op!r} or missing socket")
-        # Validated whole before the sandbox's current egress is touched.
-        policy, secrets = _policy(message.get("policy"), message.get("secrets", []))
-        sandbox = Sandbox(sandbox_id, policy, SecretSet(secrets), self._intercept_all)
-        await self._detach(sandbox_id)
-        await self._front.attach(sandbox, fd)
-        self._registry.sandboxes[sandbox_id] = sandbox
-        return {}
+        # Validated whole before anything is touched: a refused attach leaves the sandbox's
+        # current egress as it was.
+        op = parse_request(message, fd)
+        match op:
+            case Ping():
+                return {"stats": self._registry.stats()}
+            case Detach(sandbox_id):
+                await self._detach(sandbox_id)
+                return {}
+            case Attach():
+                secrets = SecretSet(op.secrets)
+                sandbox = Sandbox(op.sandbox_id, op.policy, secrets, self._intercept_all)
+                await self._detach(op.sandbox_id)
+                await self._front.attach(sandbox, op.fd)
+                self._registry.sandboxes[op.sandbox_id] = sandbox
+                return {}
 
     async def _detach(self, sandbox_id: str) -> None:
         old = self._registry.sandboxes.pop(sandbox_id, None)
         if old is not None:
             await self._front.detach(old)
-
-
-def _policy(raw: Any, raw_secrets: Any) -> tuple[NetworkPolicy, list[Secret]]:
-    policy = parse_network_policy(raw)
-    if policy is None:
-        raise ValueError("attach needs an allowlist policy")
-    secrets = [
-        Secret(str(s["name"]), str(s["domain"]), str(s["placeholder"]), str(s["value"]))
-        for s in raw_secrets
-    ]
-    return policy, secrets
 
 
 # Imported now, while the interpreter's files are still readable: after the privilege drop

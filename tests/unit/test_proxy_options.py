@@ -1,11 +1,14 @@
-"""The proxy's options (proxy/options.py): one schema, defaults stated once, validated before
-the proxy runs on them."""
+"""The proxy's options (proxy/options.py) and its control requests (proxy/control.py): one
+schema, defaults stated once, everything validated before the proxy acts on it."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,12 @@ import pytest
 
 from daemon.config import ProxyConfig, load
 from daemon.egress import ProxySettings
+from proxy import control
 from proxy.options import Limits, OptionsError, ProxyOptions
+from sandbox.policy import PolicyError
 
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+PLACEHOLDER = "sbxd_ph_" + "a" * 32
 
 # --------------------------------------------------------------------------- options
 
@@ -166,3 +172,136 @@ def test_every_proxy_key_reaches_the_proxy(tmp_path: Path) -> None:
     assert ProxyOptions.from_json(options.to_json()) == options
     for key in _proxy_limit_keys():
         assert getattr(options.limits, key) == values[key], key
+
+
+# --------------------------------------------------------------------------- control ops
+
+
+@pytest.fixture
+def listener(tmp_path: Path) -> Iterator[int]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(tmp_path / "s"))
+        sock.listen(1)
+        yield sock.fileno()
+
+
+def _attach(**changes: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "id": 7,
+        "op": "attach",
+        "sandbox": "cntr_x",
+        "policy": {"type": "allowlist", "allowed_domains": ["api.example.com", "*.example.org"]},
+        "secrets": [
+            {"name": "K", "domain": "api.example.com", "placeholder": PLACEHOLDER, "value": "v"}
+        ],
+    }
+    message.update(changes)
+    return message
+
+
+def test_control_ops() -> None:
+    assert control.parse({"id": 1, "op": "ping"}, None) == control.Ping()
+    detach = {"id": 2, "op": "detach", "sandbox": "cntr_x"}
+    assert control.parse(detach, None) == control.Detach("cntr_x")
+
+
+def test_control_attach(listener: int) -> None:
+    op = control.parse(_attach(), listener)
+    assert isinstance(op, control.Attach)
+    assert (op.sandbox_id, op.fd) == ("cntr_x", listener)
+    assert op.policy.allowed_domains == ("api.example.com", "*.example.org")
+    assert op.policy.secrets == ()  # kept apart, by placeholder
+    [secret] = op.secrets
+    assert (secret.name, secret.domain, secret.placeholder, secret.value) == (
+        "K",
+        "api.example.com",
+        PLACEHOLDER,
+        "v",
+    )
+    assert "'v'" not in repr(op)
+    assert control.parse(_attach(secrets=[]), listener) == control.Attach(
+        "cntr_x", op.policy, (), listener
+    )
+
+
+def _secret(**changes: Any) -> list[dict[str, Any]]:
+    secret = {"name": "K", "domain": "api.example.com", "placeholder": PLACEHOLDER, "value": "v"}
+    return [{**secret, **changes}]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"id": 1},
+        {"id": 1, "op": "bogus"},
+        {"id": 1, "op": ["ping"]},
+        {"id": 1, "op": "ping", "sandbox": "cntr_x"},
+        {"op": "ping"},
+        {"id": "1", "op": "ping"},
+        {"id": True, "op": "ping"},
+        {"id": 1, "op": "detach"},
+        {"id": 1, "op": "detach", "sandbox": ""},
+        {"id": 1, "op": "detach", "sandbox": 5},
+        {"id": 1, "op": "detach", "sandbox": "cntr_x", "policy": {}},
+        _attach(sandbox=None),
+        _attach(extra=1),
+        _attach(policy=None),
+        _attach(policy={"type": "disabled"}),
+        _attach(policy={"type": "allowlist", "allowed_domains": ["*"]}),
+        _attach(policy={"type": "allowlist", "allowed_domains": []}),
+        _attach(
+            policy={
+                "type": "allowlist",
+                "allowed_domains": ["api.example.com"],
+                "domain_secrets": [],
+            }
+        ),
+        {k: v for k, v in _attach().items() if k != "secrets"},
+        _attach(secrets={}),
+        _attach(secrets=["K"]),
+        _attach(secrets=[{"name": "K", "domain": "api.example.com", "value": "v"}]),
+        _attach(secrets=[{**_secret()[0], "extra": 1}]),
+        _attach(secrets=_secret(placeholder="sbxd_ph_short")),
+        _attach(secrets=_secret(placeholder=None)),
+        _attach(secrets=_secret() + _secret(name="L")),  # one placeholder twice
+        _attach(secrets=_secret(name=5)),
+        _attach(secrets=_secret(name="PATH")),  # reserved
+        _attach(secrets=_secret(name="K-1")),
+        _attach(secrets=_secret(domain="other.example.net")),  # not allowed
+        _attach(secrets=_secret(domain=None)),
+        _attach(secrets=_secret(value="")),
+        _attach(secrets=_secret(value=5)),
+        _attach(secrets=_secret(value="a\r\nb")),
+        _attach(secrets=_secret(value="v" * 9000)),
+        _attach(secrets=_secret() + _secret(placeholder="sbxd_ph_" + "b" * 32)),  # name twice
+    ],
+)
+def test_control_refuses_a_bad_request_whole(message: dict[str, Any], listener: int) -> None:
+    fd = listener if message.get("op") == "attach" else None
+    with pytest.raises((control.ControlError, PolicyError)) as caught:
+        control.parse(message, fd)
+    assert "a\r\nb" not in str(caught.value) and "vvvv" not in str(caught.value)
+
+
+def test_control_socket_only_with_attach(listener: int, tmp_path: Path) -> None:
+    with pytest.raises(control.ControlError, match="takes no socket"):
+        control.parse({"id": 1, "op": "ping"}, listener)
+    with pytest.raises(control.ControlError, match="takes no socket"):
+        control.parse({"id": 1, "op": "detach", "sandbox": "cntr_x"}, listener)
+    with pytest.raises(control.ControlError, match="socket is missing"):
+        control.parse(_attach(), None)
+    with (
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unbound,
+        pytest.raises(control.ControlError, match="not a listening"),
+    ):
+        control.parse(_attach(), unbound.fileno())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as datagram:
+        datagram.bind(str(tmp_path / "d"))
+        with pytest.raises(control.ControlError, match="not a listening"):
+            control.parse(_attach(), datagram.fileno())
+    with open(PYPROJECT, "rb") as not_a_socket:
+        with pytest.raises(control.ControlError, match="not a listening"):
+            control.parse(_attach(), not_a_socket.fileno())
+        assert not_a_socket.read(1)  # the fd is still the caller's, open
+    control.parse(_attach(), listener)
+    os.fstat(listener)  # still open: the check left it alone
