@@ -1,5 +1,6 @@
-"""The proxy's options (proxy/options.py) and its control requests (proxy/control.py): one
-schema, defaults stated once, everything validated before the proxy acts on it."""
+"""The proxy's options (proxy/options.py), its control requests (proxy/control.py) and its
+mitmproxy version check (proxy/version.py): one schema, defaults stated once, everything
+validated before the proxy acts on it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import os
 import re
 import socket
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 
 from daemon.config import ProxyConfig, load
 from daemon.egress import ProxySettings
-from proxy import control
+from proxy import control, version
 from proxy.options import Limits, OptionsError, ProxyOptions
 from sandbox.policy import PolicyError
 
@@ -305,3 +307,39 @@ def test_control_socket_only_with_attach(listener: int, tmp_path: Path) -> None:
         assert not_a_socket.read(1)  # the fd is still the caller's, open
     control.parse(_attach(), listener)
     os.fstat(listener)  # still open: the check left it alone
+
+
+# --------------------------------------------------------------------------- mitmproxy version
+
+
+def test_version_range_is_pyprojects() -> None:
+    with open(PYPROJECT, "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    [pin] = [d for d in deps if re.match(r"mitmproxy\b", d)]
+    low = ".".join(map(str, version.MITMPROXY_MIN))
+    high = ".".join(map(str, version.MITMPROXY_BELOW))
+    assert sorted(pin.removeprefix("mitmproxy").split(",")) == sorted([f">={low}", f"<{high}"])
+
+
+def test_installed_mitmproxy_is_in_range() -> None:
+    assert version.check_mitmproxy() == version.metadata.version("mitmproxy")
+
+
+@pytest.mark.parametrize("installed", ["12", "12.0.0", "12.3.1", "12.99.0rc1", "12.1.dev3"])
+def test_version_accepted(installed: str) -> None:
+    assert version.check_mitmproxy(installed) == installed
+
+
+@pytest.mark.parametrize("installed", ["11.1.3", "13.0.0", "13.0.0rc1", "13", "0.1", "x", ""])
+def test_version_refused(installed: str) -> None:
+    with pytest.raises(SystemExit, match=r"needs mitmproxy>=12,<13"):
+        version.check_mitmproxy(installed)
+
+
+def test_version_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> str:
+        raise version.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(version.metadata, "version", missing)
+    with pytest.raises(SystemExit, match=r"mitmproxy>=12,<13 is not installed"):
+        version.check_mitmproxy()
