@@ -258,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     uid, gid = (int(part) for part in args.user.split(":"))
-    control = socket.socket(fileno=args.control_fd)
     try:
         options = ProxyOptions.from_json(args.config)
     except OptionsError as exc:
         raise SystemExit(f"sandboxd-proxy: --config: {exc}") from None
+    control = socket.socket(fileno=args.control_fd)
 
     async def run() -> None:
         await ProxyProcess(control, options).run((uid, gid))
