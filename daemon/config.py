@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from daemon import keys
+from proxy.options import Limits as ProxyLimits
+from proxy.options import OptionsError
 from sandbox.agent_client import AgentLimits
 from sandbox.idranges import IdRangeSettings
 from sandbox.images import NAME as IMAGE_NAME
@@ -224,17 +226,29 @@ class ProxyConfig:
     intercept: str = "secrets"  # "secrets": TLS interception only for secret domains; "all"
     memory_bytes: int = 2 << 30  # RLIMIT_AS of the proxy process
     nofile: int = 8192  # RLIMIT_NOFILE of the proxy process
-    max_connections: int = 64  # concurrent connections per sandbox
-    max_head_bytes: int = 64 << 10  # one request head
-    header_timeout_s: float = 10.0  # to send the first request head
-    idle_timeout_s: float = 120.0  # a connection with no traffic either way is closed
-    max_body_bytes: int = 8 << 20  # an intercepted request body or WebSocket message, held whole
-    max_buffered_bytes: int = 32 << 20  # all of them one sandbox's connections hold at once
+    # The proxy's limits; their defaults (and bounds) are the proxy's own (proxy/options.py).
+    max_connections: int = ProxyLimits.max_connections  # concurrent connections per sandbox
+    max_head_bytes: int = ProxyLimits.max_head_bytes  # one request head
+    header_timeout_s: float = ProxyLimits.header_timeout_s  # to send the first request head
+    idle_timeout_s: float = ProxyLimits.idle_timeout_s  # no traffic either way: closed
+    max_body_bytes: int = ProxyLimits.max_body_bytes  # a request body or WebSocket message
+    max_buffered_bytes: int = ProxyLimits.max_buffered_bytes  # all one sandbox holds at once
     health_interval_s: float = 2.0  # health check; 3 missed answers restart the proxy
     # Diagnostics for offline testing only (off by default; never needed in production):
     hosts: dict[str, str] = field(default_factory=dict)  # name -> "addr[,addr...]", not DNS
     allow_upstreams: list[str] = field(default_factory=list)  # "ip:port" dialable anyway
     upstream_ca_bundle: str = ""  # extra CA file trusted for upstream certificates
+
+    def limits(self) -> ProxyLimits:
+        """The proxy's limits as configured here (OptionsError when out of their bounds)."""
+        return ProxyLimits(
+            max_connections=self.max_connections,
+            max_head_bytes=self.max_head_bytes,
+            header_timeout_s=self.header_timeout_s,
+            idle_timeout_s=self.idle_timeout_s,
+            max_body_bytes=self.max_body_bytes,
+            max_buffered_bytes=self.max_buffered_bytes,
+        )
 
 
 @dataclass(frozen=True)
@@ -408,14 +422,15 @@ def _validate_proxy(p: ProxyConfig) -> None:
         raise ConfigError("proxy.user must be a system user of the proxy's own")
     if p.intercept not in ("secrets", "all"):
         raise ConfigError("proxy.intercept must be 'secrets' or 'all'")
-    for key in ("memory_bytes", "nofile", "max_connections", "max_head_bytes", "max_body_bytes"):
+    for key in ("memory_bytes", "nofile"):
         if getattr(p, key) <= 0:
             raise ConfigError(f"proxy.{key} must be positive")
-    if p.max_buffered_bytes < p.max_body_bytes:
-        raise ConfigError("proxy.max_buffered_bytes must be at least proxy.max_body_bytes")
-    for key in ("header_timeout_s", "idle_timeout_s", "health_interval_s"):
-        if not 0.1 <= getattr(p, key) <= 3600:
-            raise ConfigError(f"proxy.{key} must be within 0.1..3600")
+    try:
+        p.limits()  # the proxy's own bounds, so that it never refuses what passed here
+    except OptionsError as exc:
+        raise ConfigError(f"proxy.{exc}") from None
+    if not 0.1 <= p.health_interval_s <= 3600:
+        raise ConfigError("proxy.health_interval_s must be within 0.1..3600")
     for name, addresses in p.hosts.items():
         for address in addresses.split(","):
             if not _ip(address.strip()):

@@ -35,7 +35,6 @@ from daemon.skills import SkillService
 from daemon.store import Store, StoreUnavailable
 from daemon.systemd import Notifier, SystemdEnv
 from daemon.tasks import TaskSupervisor
-from proxy.state import Limits as ProxyLimits
 from sandbox.errors import RuntimeFailure
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
@@ -310,30 +309,7 @@ class Daemon:
 
 
 def _proxy_settings(cfg: ProxyConfig, state: Path, log_level: str) -> ProxySettings:
-    upstreams = []
-    for pair in cfg.allow_upstreams:
-        host, port = split_host_port(pair)
-        upstreams.append((host, port))
-    return ProxySettings(
-        state_dir=state,
-        user=cfg.user,
-        memory_bytes=cfg.memory_bytes,
-        nofile=cfg.nofile,
-        intercept_all=cfg.intercept == "all",
-        health_interval_s=cfg.health_interval_s,
-        hosts={k: [a.strip() for a in v.split(",")] for k, v in cfg.hosts.items()},
-        allow_upstreams=tuple(upstreams),
-        upstream_ca_bundle=cfg.upstream_ca_bundle,
-        limits=ProxyLimits(
-            max_connections=cfg.max_connections,
-            max_head_bytes=cfg.max_head_bytes,
-            header_timeout_s=cfg.header_timeout_s,
-            idle_timeout_s=cfg.idle_timeout_s,
-            max_body_bytes=cfg.max_body_bytes,
-            max_buffered_bytes=cfg.max_buffered_bytes,
-        ),
-        log_level=log_level,
-    )
+    return ProxySettings.from_config(cfg, state, log_level)
 
 
 def _write_trust_bundle(path: Path, ca_cert: Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import grp
-import json
 import logging
 import os
 import pwd
@@ -23,18 +22,19 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.config import Config, ProxyConfig, split_host_port
 from daemon.metrics import Metrics
 from daemon.tasks import TaskSupervisor
 from proxy import ca, wire
 from proxy.confdir import UnsafeConfdir
+from proxy.options import Limits, ProxyOptions
 from proxy.state import REASONS as EGRESS_REASONS
-from proxy.state import Limits
 from sandbox.spec import EGRESS_SOCKET
 
 logger = logging.getLogger(__name__)
@@ -54,17 +54,49 @@ class EgressUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ProxySettings:
+    """How the daemon runs the proxy (its user, rlimits, health checks, log level) and the
+    options it hands it. No default is stated here: the process's come from [proxy]
+    (ProxyConfig), the options' from the proxy's own schema (proxy/options.py)."""
+
     state_dir: Path  # the proxy's own dir (CA, mitmproxy confdir): root's, its group reads
-    user: str = "sandboxd-proxy"
-    memory_bytes: int = 2 << 30
-    nofile: int = 8192
-    intercept_all: bool = False
-    health_interval_s: float = 2.0
-    hosts: Mapping[str, list[str]] = field(default_factory=dict)
-    allow_upstreams: tuple[tuple[str, int], ...] = ()
-    upstream_ca_bundle: str = ""
+    user: str = ProxyConfig.user
+    memory_bytes: int = ProxyConfig.memory_bytes
+    nofile: int = ProxyConfig.nofile
+    intercept_all: bool = ProxyOptions.intercept_all
+    health_interval_s: float = ProxyConfig.health_interval_s
+    hosts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    allow_upstreams: tuple[tuple[str, int], ...] = ProxyOptions.allow_upstreams
+    upstream_ca_bundle: str = ProxyOptions.upstream_ca_bundle
     limits: Limits = field(default_factory=Limits)
-    log_level: str = "info"
+    log_level: str = Config.log_level
+
+    @classmethod
+    def from_config(cls, cfg: ProxyConfig, state_dir: Path, log_level: str) -> ProxySettings:
+        """[proxy] as the daemon runs it (the config was validated when it was loaded)."""
+        return cls(
+            state_dir=state_dir,
+            user=cfg.user,
+            memory_bytes=cfg.memory_bytes,
+            nofile=cfg.nofile,
+            intercept_all=cfg.intercept == "all",
+            health_interval_s=cfg.health_interval_s,
+            hosts={k: [a.strip() for a in v.split(",")] for k, v in cfg.hosts.items()},
+            allow_upstreams=tuple(split_host_port(pair) for pair in cfg.allow_upstreams),
+            upstream_ca_bundle=cfg.upstream_ca_bundle,
+            limits=cfg.limits(),
+            log_level=log_level,
+        )
+
+    def options(self) -> ProxyOptions:
+        """What the proxy process is told on its command line."""
+        return ProxyOptions(
+            confdir=str(self.state_dir),
+            intercept_all=self.intercept_all,
+            hosts={name: tuple(addresses) for name, addresses in self.hosts.items()},
+            allow_upstreams=self.allow_upstreams,
+            upstream_ca_bundle=self.upstream_ca_bundle,
+            limits=self.limits,
+        )
 
 
 @dataclass(frozen=True)
@@ -114,18 +146,6 @@ class EgressProxy:
         await self._stop_process()
         self._rpc_thread.shutdown(wait=False, cancel_futures=True)
 
-    def _config_json(self) -> str:
-        return json.dumps(
-            {
-                "confdir": str(self._s.state_dir),
-                "intercept_all": self._s.intercept_all,
-                "hosts": dict(self._s.hosts),
-                "allow_upstreams": [list(pair) for pair in self._s.allow_upstreams],
-                "upstream_ca_bundle": self._s.upstream_ca_bundle,
-                "limits": asdict(self._s.limits),
-            }
-        )
-
     async def _spawn(self) -> None:
         assert self._owner is not None, "start() first"
         uid, gid = self._owner
@@ -134,7 +154,7 @@ class EgressProxy:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-I", "-m", "proxy",
                 "--control-fd", str(theirs.fileno()),
-                "--config", self._config_json(),
+                "--config", self._s.options().to_json(),
                 "--log-level", self._s.log_level,
                 # It drops to this user itself once its imports are done (the interpreter
                 # may live where that user cannot read, e.g. under /root with pyenv).

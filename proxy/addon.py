@@ -29,9 +29,10 @@ from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
 from proxy.body_limit import WS_CLOSE
+from proxy.options import Limits
 from proxy.resolver import ResolveError, Resolver
 from proxy.secrets import Redactor, Secret
-from proxy.state import Connection, Limits, Registry, Sandbox
+from proxy.state import Connection, Registry, Sandbox
 from sandbox.policy import canonical_host, is_ip_literal
 
 logger = logging.getLogger("proxy.egress")

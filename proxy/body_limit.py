@@ -37,7 +37,8 @@ from mitmproxy.proxy.layers import websocket
 from mitmproxy.proxy.layers.http import _events
 from wsproto.connection import ConnectionState
 
-from proxy.state import Held, Limits, Sandbox
+from proxy.options import Limits
+from proxy.state import Held, Sandbox
 
 logger = logging.getLogger("proxy.egress")
 

@@ -15,7 +15,8 @@ import logging
 import socket
 from typing import Any, Protocol
 
-from proxy.state import ORIGIN_HOST, Limits, Registry, Sandbox
+from proxy.options import Limits
+from proxy.state import ORIGIN_HOST, Registry, Sandbox
 
 logger = logging.getLogger("proxy.front")
 

@@ -18,7 +18,6 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +29,15 @@ from mitmproxy.proxy.mode_servers import ServerInstance
 from proxy import ca, confdir, wire
 from proxy.addon import EgressAddon
 from proxy.body_limit import install_body_limits
+from proxy.control import Attach, Detach, Ping
+from proxy.control import parse as parse_request
 from proxy.front import Front
 from proxy.head_limit import install_head_limit
+from proxy.options import OptionsError, ProxyOptions
 from proxy.resolver import Resolver
-from proxy.secrets import Secret, SecretSet
-from proxy.state import Limits, Registry, Sandbox
-from sandbox.policy import NetworkPolicy, parse_network_policy
+from proxy.secrets import SecretSet
+from proxy.state import Registry, Sandbox
+from sandbox.policy import parse_network_policy
 
 logger = logging.getLogger("proxy")
 
@@ -76,24 +78,21 @@ def _setup_logging(level: str) -> None:
 
 
 class ProxyProcess:
-    def __init__(self, control: socket.socket, config: Mapping[str, Any]) -> None:
+    def __init__(self, control: socket.socket, options: ProxyOptions) -> None:
         self._control = control
-        self._config = config
-        self._limits = Limits(**config.get("limits", {}))
+        self._options = options
+        self._limits = options.limits
         self._registry = Registry()
         self._front = Front(self._registry, self._limits)
-        self._intercept_all = bool(config.get("intercept_all", False))
+        self._intercept_all = options.intercept_all
         self._resolver = Resolver(
-            hosts={k: list(v) for k, v in config.get("hosts", {}).items()},
-            allow_upstreams=frozenset(
-                (str(a), int(p)) for a, p in config.get("allow_upstreams", [])
-            ),
+            hosts=options.hosts, allow_upstreams=frozenset(options.allow_upstreams)
         )
         self._addon = EgressAddon(self._registry, self._resolver, self._limits)
         self._closed = asyncio.Event()
         self._tasks: set[asyncio.Future[None]] = set()
 
-    def _options(self, upstream_bundle: bool) -> dict[str, Any]:
+    def _mitmproxy_options(self, upstream_bundle: bool) -> dict[str, Any]:
         """mitmproxy's options. The confdir is this process's working directory, named "."
         (run() enters it while still root): mitmproxy reads its CA again after the privilege
         drop, and the proxy user may not traverse the daemon's private state dir above it."""
@@ -119,17 +118,17 @@ class ProxyProcess:
         after the privilege drop in a directory the proxy may not write, and the diagnostics
         CA bundle (certifi's plus `upstream_ca_bundle`). True when there is a bundle."""
         files = {ca.DHPARAM_FILE: certs.DEFAULT_DHPARAM}
-        extra = self._config.get("upstream_ca_bundle")
+        extra = self._options.upstream_ca_bundle
         if extra:
             import certifi
 
             bundle = Path(certifi.where()).read_bytes() + b"\n" + Path(extra).read_bytes()
             files[ca.UPSTREAM_BUNDLE] = bundle
-        confdir.enter(self._config["confdir"], files, ca.PUBLIC_MODE, gid)
+        confdir.enter(self._options.confdir, files, ca.PUBLIC_MODE, gid)
         return bool(extra)
 
     async def run(self, user: tuple[int, int]) -> None:
-        upstream_bundle = self._enter_confdir(user[1])  # see _options
+        upstream_bundle = self._enter_confdir(user[1])  # see _mitmproxy_options
         master = Master(options.Options(), with_termlog=False)
         server = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
         addons: list[Any] = [
@@ -141,7 +140,7 @@ class ProxyProcess:
             self._addon,
         ]
         master.addons.add(*addons)  # type: ignore[no-untyped-call]
-        master.options.update(**self._options(upstream_bundle))  # type: ignore[no-untyped-call]
+        master.options.update(**self._mitmproxy_options(upstream_bundle))  # type: ignore[no-untyped-call]
         install_head_limit(self._limits.max_head_bytes)
         install_body_limits(self._limits, self._addon)
         self._front.set_handler(ServerInstance.make("regular", server))
@@ -190,40 +189,27 @@ class ProxyProcess:
             self._closed.set()
 
     async def _dispatch(self, message: dict[str, Any], fd: int | None) -> dict[str, Any]:
-        op = message.get("op")
-        if op == "ping":
-            return {"stats": self._registry.stats()}
-        sandbox_id = str(message.get("sandbox", ""))
-        if not sandbox_id:
-            raise ValueError("sandbox id missing")
-        if op == "detach":
-            await self._detach(sandbox_id)
-            return {}
-        if op != "attach" or fd is None:
-            raise ValueError(f"unknown op {op!r} or missing socket")
-        # Validated whole before the sandbox's current egress is touched.
-        policy, secrets = _policy(message.get("policy"), message.get("secrets", []))
-        sandbox = Sandbox(sandbox_id, policy, SecretSet(secrets), self._intercept_all)
-        await self._detach(sandbox_id)
-        await self._front.attach(sandbox, fd)
-        self._registry.sandboxes[sandbox_id] = sandbox
-        return {}
+        # Validated whole before anything is touched: a refused attach leaves the sandbox's
+        # current egress as it was.
+        op = parse_request(message, fd)
+        match op:
+            case Ping():
+                return {"stats": self._registry.stats()}
+            case Detach(sandbox_id):
+                await self._detach(sandbox_id)
+                return {}
+            case Attach():
+                secrets = SecretSet(op.secrets)
+                sandbox = Sandbox(op.sandbox_id, op.policy, secrets, self._intercept_all)
+                await self._detach(op.sandbox_id)
+                await self._front.attach(sandbox, op.fd)
+                self._registry.sandboxes[op.sandbox_id] = sandbox
+                return {}
 
     async def _detach(self, sandbox_id: str) -> None:
         old = self._registry.sandboxes.pop(sandbox_id, None)
         if old is not None:
             await self._front.detach(old)
-
-
-def _policy(raw: Any, raw_secrets: Any) -> tuple[NetworkPolicy, list[Secret]]:
-    policy = parse_network_policy(raw)
-    if policy is None:
-        raise ValueError("attach needs an allowlist policy")
-    secrets = [
-        Secret(str(s["name"]), str(s["domain"]), str(s["placeholder"]), str(s["value"]))
-        for s in raw_secrets
-    ]
-    return policy, secrets
 
 
 # Imported now, while the interpreter's files are still readable: after the privilege drop
@@ -268,15 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--control-fd", type=int, required=True)
     parser.add_argument("--config", required=True, help="JSON settings (no secrets)")
     parser.add_argument("--user", required=True, help="UID:GID to run as")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", required=True)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     uid, gid = (int(part) for part in args.user.split(":"))
+    try:
+        options = ProxyOptions.from_json(args.config)
+    except OptionsError as exc:
+        raise SystemExit(f"sandboxd-proxy: --config: {exc}") from None
     control = socket.socket(fileno=args.control_fd)
-    process_config = json.loads(args.config)
 
     async def run() -> None:
-        await ProxyProcess(control, process_config).run((uid, gid))
+        await ProxyProcess(control, options).run((uid, gid))
 
     asyncio.run(run())
     return 0

@@ -24,6 +24,11 @@ _PLACEHOLDER_RE = re.compile(re.escape(PLACEHOLDER_PREFIX) + f"[a-z2-7]{{{PLACEH
 _PLACEHOLDER_RE_B = re.compile(_PLACEHOLDER_RE.pattern.encode())
 
 
+def is_placeholder(text: str) -> bool:
+    """Whether `text` is one whole placeholder (the only kind SecretSet can ever find)."""
+    return _PLACEHOLDER_RE.fullmatch(text) is not None
+
+
 @dataclass(frozen=True)
 class Secret:
     name: str

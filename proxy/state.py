@@ -26,17 +26,6 @@ DENY_REASONS = (
 REASONS = ALLOW_REASONS + DENY_REASONS
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_connections: int = 64  # per sandbox, concurrent
-    max_head_bytes: int = 64 << 10  # a request head (line + headers)
-    header_timeout_s: float = 10.0  # to receive the first request head
-    idle_timeout_s: float = 120.0  # no byte either way
-    max_body_bytes: int = 8 << 20  # an intercepted request body or WebSocket message, held whole
-    max_buffered_bytes: int = 32 << 20  # all of them a sandbox's connections hold at once
-    max_redact_bytes: int = 1 << 20  # response bodies up to this are scanned whole
-
-
 @dataclass
 class Sandbox:
     sandbox_id: str

@@ -26,8 +26,8 @@ from bench.upstream import ThrowawayCA, Upstreams
 from daemon.egress import EgressProxy, ProxySettings
 from daemon.metrics import Metrics
 from daemon.tasks import TaskSupervisor
+from proxy.options import Limits
 from proxy.secrets import PLACEHOLDER_BODY, PLACEHOLDER_PREFIX
-from proxy.state import Limits
 
 # name -> loopback address of its upstream (all on port 443)
 HOSTS = {

@@ -83,6 +83,27 @@ async def test_a_refused_control_op_leaves_the_sandbox_egress_as_it_was(
     assert reply.status == 200, reply
 
 
+async def test_an_attach_with_a_socket_it_cannot_serve_leaves_the_egress_as_it_was(
+    proxy_harness: ProxyHarness, test_ca: ThrowawayCA
+) -> None:
+    """A good policy but a socket that is not listening: refused before the sandbox's
+    current socket is detached (the check used to come after it)."""
+    sbx = await proxy_harness.sandbox(["api.allowed.test"])
+    attach = {
+        "op": "attach",
+        "sandbox": sbx.sandbox_id,
+        "policy": {"type": "allowlist", "allowed_domains": ["api.allowed.test"]},
+        "secrets": [],
+    }
+    with (
+        socket.socket(socket.AF_UNIX) as not_listening,
+        pytest.raises(EgressUnavailable, match="not a listening"),
+    ):
+        await proxy_harness.proxy._rpc(attach, not_listening.fileno())
+    reply = await https_request(sbx.socket_path, "api.allowed.test", client_tls(test_ca))
+    assert reply.status == 200, reply
+
+
 async def test_a_proxy_that_cannot_read_its_ca_once_dropped_does_not_come_up(
     egress_dir: Path, test_ca: ThrowawayCA, monkeypatch: pytest.MonkeyPatch
 ) -> None:
