@@ -69,7 +69,7 @@ class ContainerEgress:
                 )
             )
             pushed.append(_pushed(secret.name, secret.domain, placeholder, secret.value))
-        await self._store.insert_secrets(cid, rows)
+        await self._store.containers.insert_secrets(cid, rows)
         await self._proxy.attach(cid, self._runtime.egress_dir(cid), policy.public(), pushed)
         env = dict(PROXY_ENV)
         env.update({row.name: row.placeholder for row in rows})
@@ -86,7 +86,7 @@ class ContainerEgress:
             _pushed(
                 s.name, s.domain, s.placeholder, self._box.unseal(f"{rec.id}/{s.name}", s.sealed)
             )
-            for s in await self._store.secrets_of(rec.id)
+            for s in await self._store.containers.secrets(rec.id)
         ]
         await self._proxy.attach(rec.id, self._runtime.egress_dir(rec.id), policy.public(), pushed)
 
