@@ -10,7 +10,6 @@ attaches every running container again from the store.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import secrets
 from typing import Any
@@ -79,7 +78,7 @@ class ContainerEgress:
         """Hand a running container's socket and policy to this daemon's proxy again."""
         if rec.network_policy is None or self._proxy is None or self._box is None:
             return
-        policy = parse_network_policy(json.loads(rec.network_policy))
+        policy = parse_network_policy(rec.network_policy)
         if policy is None:
             return
         pushed = [

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -344,7 +343,7 @@ class ContainerService:
             memory_limit=params.memory_limit,
             expires_minutes=params.expires_minutes,
             runtime=self._runtime.name,
-            network_policy=json.dumps(params.network.public()) if params.network else None,
+            network_policy=params.network.public() if params.network else None,
         )
         log_container_id.set(rec.id)
         await self._store.containers.insert(rec)

@@ -29,8 +29,9 @@ _COLS = (
 
 def _container(row: tuple[Any, ...]) -> ContainerRecord:
     cid, owner, name, created, active, status, memory, minutes, runtime, reason, policy = row
+    network = json.loads(policy) if policy else None
     return ContainerRecord(
-        cid, owner, name, created, active, Status(status), memory, minutes, runtime, reason, policy
+        cid, owner, name, created, active, Status(status), memory, minutes, runtime, reason, network
     )
 
 
@@ -46,7 +47,8 @@ class Containers:
         values = (
             rec.id, rec.owner, rec.name, rec.created_at, rec.last_active_at, str(rec.status),
             rec.memory_limit, rec.expires_minutes, rec.runtime, rec.status_reason,
-            rec.network_policy,
+            # json.dumps' default separators: the bytes stored before records were decoded
+            None if rec.network_policy is None else json.dumps(rec.network_policy),
         )  # fmt: skip
         await self._db.run(
             lambda db: db.execute(
