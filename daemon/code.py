@@ -165,7 +165,7 @@ class CodeService:
         what it removed leaves the records, as a listing would find."""
         if not changed and not removed:
             return []
-        found = await self._store.record_changes(
+        found = await self._store.container_files.record_changes(
             cid,
             {f.path: f.bytes for f in changed},
             removed,

@@ -122,7 +122,7 @@ class FileService:
 
     async def start(self) -> None:
         """Create the blob dirs; drop temp leftovers and blobs that have no record."""
-        known = await self._store.user_file_ids()
+        known = await self._store.files.ids()
 
         def prepare() -> int:
             removed = 0
@@ -148,7 +148,7 @@ class FileService:
 
     async def receive(self, caller: Owner, chunks: AsyncIterator[bytes]) -> StagedBlob:
         """Stream an upload into a temp file with a running cap; 413 (and nothing left) over it."""
-        count, used = await self._store.user_file_usage(caller.owner, _now())
+        count, used = await self._store.files.usage(caller.owner, _now())
         if count >= self._cfg.max_files_per_owner:
             raise QuotaExceeded(f"At most {self._cfg.max_files_per_owner} files per owner.")
         cap = min(self._cfg.max_file_bytes, self._cfg.max_owner_bytes - used)
@@ -194,7 +194,7 @@ class FileService:
         check_filename(filename)
         async with self._commit_lock:  # the per-owner caps hold under concurrent uploads
             now = _now()
-            count, used = await self._store.user_file_usage(caller.owner, now)
+            count, used = await self._store.files.usage(caller.owner, now)
             if count >= self._cfg.max_files_per_owner:
                 raise QuotaExceeded(f"At most {self._cfg.max_files_per_owner} files per owner.")
             if used + staged.size > self._cfg.max_owner_bytes:
@@ -211,7 +211,7 @@ class FileService:
             await asyncio.to_thread(_publish, staged.path, self.blob_path(rec.id))
             staged.committed = True
             try:
-                await self._store.insert_user_file(rec)
+                await self._store.files.insert(rec)
             except BaseException:
                 await asyncio.to_thread(self.blob_path(rec.id).unlink, missing_ok=True)
                 raise
@@ -223,7 +223,7 @@ class FileService:
     async def get(self, caller: Owner, fid: str) -> UserFileRecord:
         rec = None
         if ids.USER_FILE_ID.fullmatch(fid):
-            rec = await self._store.get_user_file(fid, _now())
+            rec = await self._store.files.get(fid, _now())
         if rec is None or (not caller.admin and rec.owner != caller.owner):
             raise NotFound(f"No such File object: '{fid}'.", param="file_id")
         return rec
@@ -236,7 +236,7 @@ class FileService:
         self, caller: Owner, purpose: str | None, after: str | None, limit: int, desc: bool
     ) -> Page[UserFileRecord]:
         owner = None if caller.admin else caller.owner
-        return await self._store.list_user_files(owner, purpose, _now(), after, limit, desc)
+        return await self._store.files.page(owner, purpose, _now(), after, limit, desc)
 
     def chunks(self, rec: UserFileRecord) -> AsyncGenerator[bytes]:
         gone = NotFound(f"No such File object: '{rec.id}'.", param="file_id")
@@ -248,14 +248,14 @@ class FileService:
         logger.info("file deleted", extra={"file_id": rec.id})
 
     async def _remove(self, fid: str) -> None:
-        await self._store.delete_user_file(fid)
+        await self._store.files.delete(fid)
         await asyncio.to_thread(self.blob_path(fid).unlink, missing_ok=True)
 
     # -------------------------------------------------------------------- expiry
 
     async def sweep(self) -> int:
         """Remove expired files (records and blobs); returns how many."""
-        gone = await self._store.expired_user_files(_now(), SWEEP_BATCH)
+        gone = await self._store.files.expired(_now(), SWEEP_BATCH)
         for fid in gone:
             await self._remove(fid)
         if gone:

@@ -10,7 +10,7 @@ that timed out and retried gets the first request's object, never a second one.
 Only successes are stored: a create that failed made nothing (creates are all or nothing), so
 its key is not spent and a retry runs again. Requests in flight are known to this process only
 (one daemon serves a state dir); stored responses survive restarts. A supervised task sweeps
-keys older than `ttl_s`, and the cursor places kept for deleted old ids (daemon/store.py).
+keys older than `ttl_s`, and the cursor places kept for deleted old ids (daemon/store/pages.py).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Idempotency:
                         "A request with this Idempotency-Key is still running; retry shortly."
                     ) from None
                 continue
-            stored = await self._store.stored_response(owner, key, _now() - self._cfg.ttl_s)
+            stored = await self._store.idempotency.get(owner, key, _now() - self._cfg.ttl_s)
             if slot in self._running:
                 continue  # another request took the key meanwhile: wait for it
             if stored is not None:
@@ -63,7 +63,7 @@ class Idempotency:
         try:
             if response is not None:
                 keep = self._cfg.max_per_owner
-                await self._store.store_response(owner, key, response, _now(), keep)
+                await self._store.idempotency.put(owner, key, response, _now(), keep)
         except StorageFull:
             # The object exists and its response goes out; only a retry would make another.
             logger.error("idempotency key not stored: state disk full")

@@ -55,13 +55,13 @@ async def reconcile(
     - a sandbox of this daemon instance (runtime state, cgroup, workspace, id-range claim)
       with no running record is destroyed. Another instance's sandboxes are never listed.
     """
-    rebooted = (await store.get_meta("boot_id")) not in (None, boot_id)
-    for rec in await store.containers_with_status((Status.CREATING, Status.DELETING)):
+    rebooted = (await store.meta.get("boot_id")) not in (None, boot_id)
+    for rec in await store.containers.with_status((Status.CREATING, Status.DELETING)):
         await _destroy(runtime, rec.id)
-        await store.delete_container(rec.id)
+        await store.containers.delete(rec.id)
         logger.info("reconcile: removed unfinished container", extra={"container_id": rec.id})
     running: set[str] = set()
-    for rec in await store.containers_with_status((Status.RUNNING,)):
+    for rec in await store.containers.with_status((Status.RUNNING,)):
         alive = not rebooted and await runtime.is_running(rec.id)
         if alive:
             running.add(rec.id)
@@ -72,15 +72,15 @@ async def reconcile(
                 await _restore_egress(service.egress, rec)
             continue
         await _destroy(runtime, rec.id)
-        await store.delete_secrets(rec.id)
+        await store.containers.delete_secrets(rec.id)
         reason = REASON_REBOOT if rebooted else REASON_GONE
-        await store.set_status(rec.id, Status.EXPIRED, reason)
+        await store.containers.set_status(rec.id, Status.EXPIRED, reason)
         await service.record_event(rec.id, "expired", reason=reason)
     for sid in await runtime.list_ids():
         if sid not in running:
             await _destroy(runtime, sid)
             logger.info("reconcile: destroyed orphan sandbox", extra={"container_id": sid})
-    await store.set_meta("boot_id", boot_id)
+    await store.meta.set("boot_id", boot_id)
 
 
 async def _restore_egress(egress: ContainerEgress, rec: ContainerRecord) -> None:
@@ -113,7 +113,7 @@ class IdleReaper:
     async def sweep(self) -> int:
         expired = 0
         now = int(time.time())
-        for rec in await self._store.expirable(now):
+        for rec in await self._store.containers.expirable(now):
             if self._service.last_active(rec) + rec.expires_minutes * 60 > now:
                 continue  # touched since, the write still on its way to the store
             reason = f"idle for {rec.expires_minutes} minutes"

@@ -26,7 +26,8 @@ class ContainerRecord:
     expires_minutes: int
     runtime: str
     status_reason: str | None = None
-    network_policy: str | None = None  # public JSON of an allowlist policy; None = disabled
+    # The public form of an allowlist policy (NetworkPolicy.public()); None = disabled.
+    network_policy: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

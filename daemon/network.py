@@ -10,7 +10,6 @@ attaches every running container again from the store.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import secrets
 from typing import Any
@@ -69,7 +68,7 @@ class ContainerEgress:
                 )
             )
             pushed.append(_pushed(secret.name, secret.domain, placeholder, secret.value))
-        await self._store.insert_secrets(cid, rows)
+        await self._store.containers.insert_secrets(cid, rows)
         await self._proxy.attach(cid, self._runtime.egress_dir(cid), policy.public(), pushed)
         env = dict(PROXY_ENV)
         env.update({row.name: row.placeholder for row in rows})
@@ -79,14 +78,14 @@ class ContainerEgress:
         """Hand a running container's socket and policy to this daemon's proxy again."""
         if rec.network_policy is None or self._proxy is None or self._box is None:
             return
-        policy = parse_network_policy(json.loads(rec.network_policy))
+        policy = parse_network_policy(rec.network_policy)
         if policy is None:
             return
         pushed = [
             _pushed(
                 s.name, s.domain, s.placeholder, self._box.unseal(f"{rec.id}/{s.name}", s.sealed)
             )
-            for s in await self._store.secrets_of(rec.id)
+            for s in await self._store.containers.secrets(rec.id)
         ]
         await self._proxy.attach(rec.id, self._runtime.egress_dir(rec.id), policy.public(), pushed)
 

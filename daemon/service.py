@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -206,7 +205,7 @@ class ContainerService:
 
     async def _write_touch(self, cid: str, now: int) -> None:
         try:
-            await self._store.touch(cid, now)
+            await self._store.containers.touch(cid, now)
         except StorageFull:
             # Bookkeeping only: a full state disk must not stop running sandboxes.
             logger.warning("last_active_at not recorded: state disk full")
@@ -233,11 +232,11 @@ class ContainerService:
     async def record_event(self, cid: str, kind: str, **detail: str | int | None) -> None:
         """Append to the container's event history and log it (one line per event)."""
         logger.info("container event", extra={"event": kind, "container_id": cid, **detail})
-        await self._store.add_event(cid, _now(), kind, detail)
+        await self._store.containers.add_event(cid, _now(), kind, detail)
 
     async def events(self, caller: Caller, cid: str) -> list[EventRecord]:
         rec = await self.get(caller, cid, touch=False)
-        return await self._store.events(rec.id)
+        return await self._store.containers.events(rec.id)
 
     async def expire(self, cid: str, reason: str, *, force: bool = False) -> bool:
         """Free the sandbox, keep the record as `expired`. False if the container is busy
@@ -247,12 +246,13 @@ class ContainerService:
             return False
         self._expiring.add(cid)
         try:
-            await self._store.set_status(cid, Status.EXPIRED, reason)
+            await self._store.containers.set_status(cid, Status.EXPIRED, reason)
             self._touched.pop(cid, None)
             self.agent_watch.unwatch(cid)
             if self.egress is not None:
                 await self.egress.release(cid)
-            await self._store.delete_secrets(cid)  # an expired container never runs again
+            # an expired container never runs again
+            await self._store.containers.delete_secrets(cid)
             try:
                 await self._runtime.destroy(cid)
             except SandboxError as exc:
@@ -268,7 +268,7 @@ class ContainerService:
     async def _agent_died(self, cid: str) -> None:
         """The sandbox's agent is gone, and with it the sandbox: expire the container with
         the cause (an OOM kill of the agent, else a kill from outside), at once."""
-        rec = await self._store.get_container(cid)
+        rec = await self._store.containers.get(cid)
         if rec is None or rec.status != Status.RUNNING or cid in self._expiring:
             return  # deleted or expired meanwhile: the watch fired on our own destroy
         counters = await self._runtime.counters(cid)
@@ -280,9 +280,9 @@ class ContainerService:
 
     async def refresh_metrics(self) -> None:
         """Update the state gauges (containers by status/tier, memory by tier) for a scrape."""
-        self.metrics.set_containers(await self._store.count_by_status_tier())
+        self.metrics.set_containers(await self._store.containers.count_by_status_tier())
         memory: dict[str, int] = {}
-        for rec in await self._store.containers_with_status((Status.RUNNING,)):
+        for rec in await self._store.containers.with_status((Status.RUNNING,)):
             counters = await self._runtime.counters(rec.id)
             if counters is not None:
                 memory[rec.memory_limit] = memory.get(rec.memory_limit, 0) + counters.memory_bytes
@@ -328,7 +328,7 @@ class ContainerService:
                 param="network_policy.type",
             )
         limit = self._cfg.containers.max_containers_per_owner
-        if await self._store.count_containers(caller.owner) >= limit:
+        if await self._store.containers.count(caller.owner) >= limit:
             raise QuotaExceeded(f"At most {limit} containers per owner may exist at once.")
         now = _now()
         started = time.monotonic()
@@ -343,16 +343,16 @@ class ContainerService:
             memory_limit=params.memory_limit,
             expires_minutes=params.expires_minutes,
             runtime=self._runtime.name,
-            network_policy=json.dumps(params.network.public()) if params.network else None,
+            network_policy=params.network.public() if params.network else None,
         )
         log_container_id.set(rec.id)
-        await self._store.insert_container(rec)
+        await self._store.containers.insert(rec)
         try:
             if pooled is None:
                 await self._cold_start(rec.id, params.memory_limit)
         except BaseException:
             self.metrics.create_failures.labels(self._runtime.name).inc()
-            await self._store.delete_container(rec.id)
+            await self._store.containers.delete(rec.id)
             raise
         elapsed = time.monotonic() - started
         pool = "miss" if pooled is None else "hit"
@@ -375,9 +375,9 @@ class ContainerService:
                 await self._runtime.destroy(rec.id)
             except SandboxError as exc:
                 logger.error("cleanup after a failed create", extra={"error": str(exc)})
-            await self._store.delete_container(rec.id)
+            await self._store.containers.delete(rec.id)
             raise
-        await self._store.set_status(rec.id, Status.RUNNING)
+        await self._store.containers.set_status(rec.id, Status.RUNNING)
         await self.agent_watch.watch(rec.id)
         await self.record_event(
             rec.id,
@@ -401,7 +401,7 @@ class ContainerService:
             await self._runtime.create(spec)
 
     async def get(self, caller: Caller, cid: str, *, touch: bool = True) -> ContainerRecord:
-        rec = await self._store.get_container(cid) if ids.CONTAINER_ID.fullmatch(cid) else None
+        rec = await self._store.containers.get(cid) if ids.CONTAINER_ID.fullmatch(cid) else None
         if rec is None or rec.status in (Status.CREATING, Status.DELETING):
             raise NotFound(f"No container found with id '{cid}'.", param="container_id")
         if not caller.admin and rec.owner != caller.owner:
@@ -423,17 +423,17 @@ class ContainerService:
         self, caller: Caller, name: str | None, after: str | None, limit: int, desc: bool
     ) -> Page[ContainerRecord]:
         owner = None if caller.admin else caller.owner
-        return await self._store.list_containers(owner, name, after, limit, desc)
+        return await self._store.containers.page(owner, name, after, limit, desc)
 
     async def delete(self, caller: Caller, cid: str) -> None:
         rec = await self.get(caller, cid, touch=False)
-        await self._store.set_status(rec.id, Status.DELETING)
+        await self._store.containers.set_status(rec.id, Status.DELETING)
         self.agent_watch.unwatch(rec.id)
         if self.egress is not None:
             await self.egress.release(rec.id)
         with _translate("delete"):
             await self._runtime.destroy(rec.id)
-        await self._store.delete_container(rec.id)
+        await self._store.containers.delete(rec.id)
         self._touched.pop(rec.id, None)
         logger.info("container deleted")
 
@@ -453,7 +453,7 @@ class ContainerService:
             # An agent from before ordered listings may cut anywhere: then forget nothing.
             ordered = listing.ordered and found
             upto = max(pathnames.raw(p) for p in found) if ordered else b""
-        await self._store.sync_files(
+        await self._store.container_files.sync(
             cid, found, upto, _now(), ids.container_file_id, cfg.max_file_records
         )
 
@@ -468,7 +468,7 @@ class ContainerService:
                 agent = self._runtime.agent(cid)
                 path, size = await agent.write_file(WORKSPACE, filename, data, cap)
         rec = FileRecord(ids.container_file_id(), cid, path, "user", size, _now())
-        await self._store.insert_file(rec, self._cfg.containers.max_file_records)
+        await self._store.container_files.insert(rec, self._cfg.containers.max_file_records)
         logger.info("file uploaded", extra={"bytes": size})
         return rec
 
@@ -492,7 +492,7 @@ class ContainerService:
                 agent = self._runtime.agent(cid)
                 path, size = await agent.write_file(WORKSPACE, src.filename, files.chunks(src), cap)
             rec = FileRecord(ids.container_file_id(), cid, path, "user", size, _now())
-            await self._store.insert_file(rec, self._cfg.containers.max_file_records)
+            await self._store.container_files.insert(rec, self._cfg.containers.max_file_records)
             copied.append(rec)
         if copied:
             logger.info("files copied", extra={"count": len(copied)})
@@ -511,13 +511,13 @@ class ContainerService:
         rec = await self.get(caller, cid)
         if rec.status == Status.RUNNING and after is None:
             await self._scan(cid)  # later pages read the records the first one refreshed
-        return await self._store.list_files(cid, after, limit, desc)
+        return await self._store.container_files.page(cid, after, limit, desc)
 
     async def get_file(self, caller: Caller, cid: str, fid: str) -> FileRecord:
         rec = await self.get(caller, cid)
         if rec.status == Status.RUNNING and ids.CONTAINER_FILE_ID.fullmatch(fid):
             await self._scan(cid)
-        found = await self._store.get_file(cid, fid)
+        found = await self._store.container_files.get(cid, fid)
         if found is None:
             raise NotFound(f"No file found with id '{fid}'.", param="file_id")
         return found
@@ -528,7 +528,7 @@ class ContainerService:
     ) -> AsyncIterator[tuple[FileRecord, int, AsyncIterator[bytes]]]:
         await self.running(caller, cid)
         async with self.active(cid):
-            found = await self._store.get_file(cid, fid)
+            found = await self._store.container_files.get(cid, fid)
             if found is None:
                 raise NotFound(f"No file found with id '{fid}'.", param="file_id")
             cap = self._cfg.containers.max_download_bytes
@@ -538,12 +538,12 @@ class ContainerService:
 
     async def delete_file(self, caller: Caller, cid: str, fid: str) -> None:
         await self.running(caller, cid)
-        found = await self._store.get_file(cid, fid)
+        found = await self._store.container_files.get(cid, fid)
         if found is None:
             raise NotFound(f"No file found with id '{fid}'.", param="file_id")
         with contextlib.suppress(NotFound), _translate("delete file"):
             await self._runtime.agent(cid).delete_file(found.path)
-        await self._store.delete_file(fid)
+        await self._store.container_files.delete(fid)
 
     # ------------------------------------------------------------------------ exec
 

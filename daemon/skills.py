@@ -76,7 +76,7 @@ class SkillService:
         return self._dir / f"{version_id}.zip"
 
     async def start(self) -> None:
-        known = await self._store.skill_version_ids()
+        known = await self._store.skills.version_ids()
 
         def prepare() -> None:
             for d in (self._dir, self._tmp):
@@ -133,12 +133,12 @@ class SkillService:
 
     async def create(self, caller: Owner, upload: SkillUpload) -> SkillRecord:
         cap = self._cfg.max_skills_per_owner
-        if await self._store.count_skills(caller.owner) >= cap:
+        if await self._store.skills.count(caller.owner) >= cap:
             raise QuotaExceeded(f"At most {cap} skills per owner.")
         sid, vid = ids.skill_id(), ids.skill_version_id()
         found, size = await self._pack(upload, vid)
         try:
-            await self._store.insert_skill(
+            await self._store.skills.insert(
                 sid, caller.owner, self._version(vid, sid, 1, found, size)
             )
         except BaseException:
@@ -148,7 +148,7 @@ class SkillService:
         return await self.get(caller, sid)
 
     async def get(self, caller: Owner, sid: str) -> SkillRecord:
-        rec = await self._store.get_skill(sid) if ids.SKILL_ID.fullmatch(sid) else None
+        rec = await self._store.skills.get(sid) if ids.SKILL_ID.fullmatch(sid) else None
         if rec is None or (not caller.admin and rec.owner != caller.owner):
             raise NotFound(f"No skill found with id '{sid}'.", param="skill_id")
         return rec
@@ -157,17 +157,17 @@ class SkillService:
         self, caller: Owner, after: str | None, limit: int, desc: bool
     ) -> Page[SkillRecord]:
         owner = None if caller.admin else caller.owner
-        return await self._store.list_skills(owner, after, limit, desc)
+        return await self._store.skills.page(owner, after, limit, desc)
 
     async def set_default(self, caller: Owner, sid: str, version: int) -> SkillRecord:
         await self.get(caller, sid)
-        if not await self._store.set_default_version(sid, version):
+        if not await self._store.skills.set_default_version(sid, version):
             raise NotFound(f"Skill '{sid}' has no version {version}.", param="default_version")
         return await self.get(caller, sid)
 
     async def delete(self, caller: Owner, sid: str) -> None:
         await self.get(caller, sid)
-        for vid in await self._store.delete_skill(sid):
+        for vid in await self._store.skills.delete(sid):
             await asyncio.to_thread(self.blob_path(vid).unlink, missing_ok=True)
         logger.info("skill deleted", extra={"skill_id": sid})
 
@@ -179,7 +179,7 @@ class SkillService:
         await self.get(caller, sid)
         vid = ids.skill_version_id()
         found, size = await self._pack(upload, vid)
-        rec = await self._store.add_skill_version(
+        rec = await self._store.skills.add_version(
             sid, lambda n: self._version(vid, sid, n, found, size), make_default
         )
         if rec is None:
@@ -195,7 +195,7 @@ class SkillService:
             number = int(version)
         else:
             number = 0
-        rec = await self._store.get_skill_version(sid, number) if number else None
+        rec = await self._store.skills.get_version(sid, number) if number else None
         if rec is None:
             raise NotFound(f"Skill '{sid}' has no version '{version[:20]}'.", param="version")
         return rec
@@ -208,11 +208,11 @@ class SkillService:
         self, caller: Owner, sid: str, after: str | None, limit: int, desc: bool
     ) -> Page[SkillVersionRecord]:
         await self.get(caller, sid)
-        return await self._store.list_skill_versions(sid, after, limit, desc)
+        return await self._store.skills.version_page(sid, after, limit, desc)
 
     async def delete_version(self, caller: Owner, sid: str, version: str) -> SkillVersionRecord:
         rec = await self.get_version(caller, sid, version)
-        outcome = await self._store.delete_skill_version(sid, rec.version)
+        outcome = await self._store.skills.delete_version(sid, rec.version)
         if outcome == "is_default":
             raise InvalidRequest(
                 "The default version cannot be deleted; set another default first.",

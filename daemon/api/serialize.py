@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,9 +19,7 @@ def container(rec: ContainerRecord) -> dict[str, Any]:
         "expires_after": {"anchor": "last_active_at", "minutes": rec.expires_minutes},
         "expires_at": rec.last_active_at + rec.expires_minutes * 60,
         "memory_limit": rec.memory_limit,
-        "network_policy": (
-            json.loads(rec.network_policy) if rec.network_policy else {"type": "disabled"}
-        ),
+        "network_policy": rec.network_policy or {"type": "disabled"},
         **({"status_reason": rec.status_reason} if rec.status_reason else {}),
     }
 

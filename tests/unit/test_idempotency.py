@@ -45,12 +45,12 @@ async def test_a_retry_gives_up_waiting_with_a_retryable_409(store: Store) -> No
 async def test_keys_are_bounded_per_owner_and_swept(store: Store) -> None:
     now = int(time.time())
     for i in range(5):
-        await store.store_response("alice", f"k{i}", OK, now - 10 + i, keep=3)
-    await store.store_response("bob", "old", OK, now - 100, keep=3)
-    assert [await store.stored_response("alice", f"k{i}", 0) is not None for i in range(5)] == [
+        await store.idempotency.put("alice", f"k{i}", OK, now - 10 + i, keep=3)
+    await store.idempotency.put("bob", "old", OK, now - 100, keep=3)
+    assert [await store.idempotency.get("alice", f"k{i}", 0) is not None for i in range(5)] == [
         False, False, True, True, True,
     ]  # fmt: skip
-    assert await store.stored_response("alice", "k4", now - 5) is None  # past its ttl
+    assert await store.idempotency.get("alice", "k4", now - 5) is None  # past its ttl
     assert await store.sweep(now - 50) == (1, 0)  # bob's old key goes
-    assert await store.stored_response("bob", "old", 0) is None
-    assert await store.stored_response("alice", "k4", 0) == OK
+    assert await store.idempotency.get("bob", "old", 0) is None
+    assert await store.idempotency.get("alice", "k4", 0) == OK

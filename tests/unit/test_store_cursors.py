@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from daemon import ids
-from daemon import store as store_mod
 from daemon.errors import InvalidRequest
 from daemon.models import ContainerRecord, Status, UserFileRecord
-from daemon.store import Store
+from daemon.store import Store, migrations
 
 
 def _container(cid: str, created: int = 100) -> ContainerRecord:
@@ -23,7 +22,7 @@ def _container(cid: str, created: int = 100) -> ContainerRecord:
 
 
 async def _ids(store: Store, after: str | None, limit: int = 100, desc: bool = True) -> list[str]:
-    page = await store.list_containers("owner", None, after, limit, desc)
+    page = await store.containers.page("owner", None, after, limit, desc)
     return [r.id for r in page.items]
 
 
@@ -51,20 +50,20 @@ def test_ids_sort_like_their_creation_time() -> None:
 async def test_a_deleted_cursor_continues_where_it_stood(store: Store) -> None:
     made = [ids.container_id() for _ in range(10)]
     for cid in made:
-        await store.insert_container(_container(cid))
+        await store.containers.insert(_container(cid))
     newest_first = made[::-1]
     assert await _ids(store, None, limit=3) == newest_first[:3]
     for cid in newest_first[:3]:  # the SDK's list-and-delete loop
-        await store.delete_container(cid)
+        await store.containers.delete(cid)
     assert await _ids(store, newest_first[2], limit=3) == newest_first[3:6]
-    await store.delete_container(made[0])
+    await store.containers.delete(made[0])
     assert await _ids(store, made[0], desc=False) == made[1:7]
 
 
 async def test_a_never_made_id_is_placed_by_its_time(store: Store) -> None:
     made = [ids.container_id() for _ in range(4)]
     for cid in made:
-        await store.insert_container(_container(cid))
+        await store.containers.insert(_container(cid))
     between = "cntr_" + made[2][5:21] + "0" * 32  # made[2]'s time, sorts just before it
     assert await _ids(store, between) == [made[1], made[0]]
     assert await _ids(store, between, desc=False) == [made[2], made[3]]
@@ -75,7 +74,7 @@ async def test_a_never_made_id_is_placed_by_its_time(store: Store) -> None:
 
 async def test_an_old_file_id_that_is_gone_has_no_place(store: Store) -> None:
     with pytest.raises(InvalidRequest) as info:
-        await store.list_user_files("owner", None, 0, "file-" + "A" * 24, 10, True)
+        await store.files.page("owner", None, 0, "file-" + "A" * 24, 10, True)
     assert info.value.param == "after"
 
 
@@ -83,7 +82,7 @@ def _v4_database(path: Path) -> tuple[list[str], list[str]]:
     """A schema-4 database (before time-ordered ids) holding old random ids."""
     db = sqlite3.connect(path)
     for v in range(1, 5):
-        db.executescript(f"BEGIN;{store_mod.MIGRATIONS[v]};PRAGMA user_version={v};COMMIT;")
+        db.executescript(f"BEGIN;{migrations.MIGRATIONS[v]};PRAGMA user_version={v};COMMIT;")
     cids = ["cntr_" + secrets.token_hex(24) for _ in range(6)]
     for i, cid in enumerate(cids):
         db.execute(
@@ -112,24 +111,24 @@ async def test_old_ids_keep_their_place_after_the_migration(tmp_path: Path) -> N
     try:
         assert await _ids(store, None) == cids[::-1]  # the order they were made in
         new = ids.container_id()
-        await store.insert_container(_container(new, int(time.time())))
+        await store.containers.insert(_container(new, int(time.time())))
         assert await _ids(store, None) == [new, *cids[::-1]]
         # A deleted old id has no time in it: its place is kept (a tombstone).
-        await store.delete_container(cids[3])
+        await store.containers.delete(cids[3])
         assert await _ids(store, cids[3]) == cids[2::-1]
         assert await _ids(store, cids[3], desc=False) == [*cids[4:], new]
-        page = await store.list_user_files("owner", None, 0, None, 2, True)
+        page = await store.files.page("owner", None, 0, None, 2, True)
         assert [r.id for r in page.items] == fids[:1:-1] and page.has_more
-        await store.delete_user_file(fids[2])
-        rest = await store.list_user_files("owner", None, 0, fids[2], 10, True)
+        await store.files.delete(fids[2])
+        rest = await store.files.page("owner", None, 0, fids[2], 10, True)
         assert [r.id for r in rest.items] == fids[1::-1]
-        await store.insert_user_file(
+        await store.files.insert(
             UserFileRecord(ids.user_file_id(), "owner", "g.txt", "batch", 1, 2000, None)
         )
         # The places of deleted old ids are kept for a day (the idempotency sweeper's pass).
         assert await store.sweep(int(time.time()) - 60) == (0, 0)
         assert await store.sweep(int(time.time()) + 1) == (0, 2)
         with pytest.raises(InvalidRequest):
-            await store.list_user_files("owner", None, 0, fids[2], 10, True)
+            await store.files.page("owner", None, 0, fids[2], 10, True)
     finally:
         await store.close()
