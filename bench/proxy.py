@@ -130,7 +130,7 @@ def _fresh(make: Any, n: int, headers: str = "") -> list[float]:
 
 async def _run(n: int) -> list[dict[str, Any]]:
     from bench.upstream import ThrowawayCA, Upstreams
-    from daemon.egress import EgressProxy, ProxySettings
+    from daemon.egress_proxy import EgressProxy, ProxySettings
     from daemon.metrics import Metrics
     from daemon.tasks import TaskSupervisor
 

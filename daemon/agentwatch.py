@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from daemon.tasks import TaskSupervisor
 from sandbox.errors import SandboxError
-from sandbox.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +23,11 @@ logger = logging.getLogger(__name__)
 class AgentWatch:
     def __init__(
         self,
-        runtime: Runtime,
+        agent_pid: Callable[[str], Awaitable[int | None]],
         tasks: TaskSupervisor,
         on_death: Callable[[str], Coroutine[Any, Any, None]],
     ) -> None:
-        self._runtime = runtime
+        self._agent_pid = agent_pid  # Runtime.agent_pid
         self._tasks = tasks
         self._on_death = on_death
         self._fds: dict[str, int] = {}
@@ -39,7 +38,7 @@ class AgentWatch:
         if cid in self._fds:
             return
         try:
-            pid = await self._runtime.agent_pid(cid)
+            pid = await self._agent_pid(cid)
         except SandboxError as exc:
             logger.warning("agent not watched", extra={"container_id": cid, "error": str(exc)})
             return

@@ -15,15 +15,15 @@ from dataclasses import dataclass
 
 from daemon import ids
 from daemon.config import Config
+from daemon.containers import Caller, ContainerService
 from daemon.errors import NotFound
+from daemon.metrics import Metrics
 from daemon.models import FileRecord
-from daemon.service import Caller, ContainerService, translate
+from daemon.sandboxes import Sandboxes
 from daemon.shutdown import ShutdownControl
 from daemon.store import Store
 from sandbox.agent_client import AgentFile, CodeError, CodeSession, ExecChunk
-from sandbox.cgroups import KillCounters
 from sandbox.execution import CodeOutcome, CodeRequest, run_code
-from sandbox.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +70,16 @@ class CodeService:
         config: Config,
         containers: ContainerService,
         store: Store,
-        runtime: Runtime,
+        sandboxes: Sandboxes,
         shutdown: ShutdownControl,
+        metrics: Metrics,
     ) -> None:
         self._cfg = config
         self._containers = containers
         self._store = store
-        self._runtime = runtime
+        self._sandboxes = sandboxes
         self._shutdown = shutdown
+        self._metrics = metrics
         self._deaths: dict[tuple[str, str], str] = {}
 
     async def check(self, caller: Caller, cid: str) -> None:
@@ -95,9 +97,6 @@ class CodeService:
             async def relay(chunk: ExecChunk) -> None:
                 await sink(chunk.stream, chunk.data)
 
-            async def counters() -> KillCounters | None:
-                return await self._runtime.kill_counters(cid)
-
             req = CodeRequest(
                 session_id=params.session_id,
                 code=params.code,
@@ -106,9 +105,8 @@ class CodeService:
                 max_sessions=self._cfg.code.max_sessions,
             )
             stop = self._shutdown.stop_commands
-            with translate("code"):
-                async with self._runtime.agent(cid).connection() as conn:
-                    done = await run_code(conn, counters, req, relay, stop)
+            async with self._sandboxes.lease(cid, "code") as lease:
+                done = await run_code(lease.conn, lease.counters, req, relay, stop)
             run = await self._finish(cid, params.session_id, done)
         logger.info(
             "code finished",
@@ -132,10 +130,8 @@ class CodeService:
                 del self._deaths[next(iter(self._deaths))]
             self._deaths[key] = "oom"
         if done.killed is not None:
-            self._containers.metrics.kills.labels(done.killed).inc()
-        if done.killed in ("oom", "pids"):
-            kind = "oom_kill" if done.killed == "oom" else "pids_limit"
-            await self._containers.record_event(cid, kind, session=sid)
+            self._metrics.kills.labels(done.killed).inc()
+        await self._containers.record_kill(cid, done.killed, session=sid)
         if res.stop == "timeout":
             outcome = "timeout"
         elif res.status in ("died", "interrupted"):
@@ -177,14 +173,14 @@ class CodeService:
 
     async def sessions(self, caller: Caller, cid: str) -> list[CodeSession]:
         await self._containers.running(caller, cid)
-        with translate("list sessions"):
-            return await self._runtime.agent(cid).sessions()
+        async with self._sandboxes.agent(cid, "list sessions") as agent:
+            return await agent.sessions()
 
     async def delete_session(self, caller: Caller, cid: str, sid: str) -> None:
         await self._containers.running(caller, cid)
         try:
-            with translate("delete session"):
-                await self._runtime.agent(cid).delete_session(sid)
+            async with self._sandboxes.agent(cid, "delete session") as agent:
+                await agent.delete_session(sid)
         except NotFound:
             raise NotFound(f"No code session found with id '{sid}'.", param="session_id") from None
         self._deaths.pop((cid, sid), None)

@@ -18,23 +18,27 @@ from aiohttp import web
 
 from daemon.admission import Admission, AdmittingRuntime, host_memory_bytes
 from daemon.api.app import create_app, create_metrics_app
-from daemon.api.context import CODE, FILES, IDEMPOTENCY, SKILLS
+from daemon.api.context import Services
 from daemon.code import CodeService
+from daemon.commands import ExecService
 from daemon.config import Config, ProxyConfig, split_host_port
-from daemon.egress import EgressProxy, EgressUnavailable, ProxySettings
-from daemon.files import FileService
+from daemon.container_egress import ContainerEgress
+from daemon.container_files import ContainerFileService
+from daemon.containers import ContainerService
+from daemon.egress_proxy import EgressProxy, EgressUnavailable, ProxySettings
 from daemon.idempotency import Idempotency
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
-from daemon.network import ContainerEgress
 from daemon.pool import WarmPool
-from daemon.secretbox import SecretBox, SecretBoxError
-from daemon.service import ContainerService
+from daemon.sandboxes import Sandboxes
+from daemon.secretbox import SecretBoxError
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
 from daemon.store import Store, StoreUnavailable
 from daemon.systemd import Notifier, SystemdEnv
 from daemon.tasks import TaskSupervisor
+from daemon.user_files import FileService
+from daemon.workspace_files import WorkspaceFiles
 from sandbox.errors import RuntimeFailure
 from sandbox.oci.runtime import OciRuntime, OciSettings
 from sandbox.runtime import Runtime
@@ -44,8 +48,6 @@ if TYPE_CHECKING:
     from sandbox.docker.runtime import DockerRuntime
 
 logger = logging.getLogger(__name__)
-
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 
 class StartupError(Exception):
@@ -86,28 +88,53 @@ class Daemon:
         self.files = FileService(config.files, self.store, state / "blobs")
         self.skills = SkillService(config.skills, self.store, state / "blobs")
         self.idempotency = Idempotency(config.idempotency, self.store)
-        self.service = ContainerService(
+        proxy = None
+        if config.proxy.enabled:
+            settings = _proxy_settings(config.proxy, state / "proxy", config.log_level)
+            proxy = EgressProxy(settings, self.metrics, self.tasks)
+        self.egress = ContainerEgress(proxy, self.store, self.runtime, state)
+        self.pool: WarmPool | None = None
+        if any(config.pool.sizes.values()):
+            self.pool = WarmPool(
+                self.runtime,
+                config.pool.sizes,
+                config.containers.limits(),
+                self.metrics,
+                self.admission,
+                busy=lambda: self.containers.creating > 0,
+                trust_bundle=lambda: self.egress.trust_bundle,
+            )
+        sandboxes = Sandboxes(self.runtime)
+        workspace = WorkspaceFiles(config, self.store, sandboxes, self.files)
+        self.containers = ContainerService(
             config,
             self.store,
-            self.runtime,
-            self.shutdown,
+            sandboxes,
             self.metrics,
             self.tasks,
+            workspace=workspace,
+            user_files=self.files,
+            skills=self.skills,
+            egress=self.egress,
+            pool=self.pool,
+        )
+        self.services = Services(
+            containers=self.containers,
+            container_files=ContainerFileService(
+                self.containers, workspace, self.store, self.files
+            ),
+            exec=ExecService(config, self.containers, sandboxes, self.shutdown, self.metrics),
+            code=CodeService(
+                config, self.containers, self.store, sandboxes, self.shutdown, self.metrics
+            ),
             files=self.files,
             skills=self.skills,
+            idempotency=self.idempotency,
+            metrics=self.metrics,
         )
-        self.code = CodeService(config, self.service, self.store, self.runtime, self.shutdown)
-        self.proxy: EgressProxy | None = None
-        if config.proxy.enabled:
-            self.proxy = EgressProxy(
-                _proxy_settings(config.proxy, state / "proxy", config.log_level),
-                self.metrics,
-                self.tasks,
-            )
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
-        self.pool: WarmPool | None = None
         self._lock_fd: int | None = None
         self._owns_socket_path = False
         self._systemd = systemd or SystemdEnv()
@@ -178,32 +205,24 @@ class Daemon:
             await self.runtime.start()
         except RuntimeFailure as exc:
             raise StartupError(str(exc)) from exc
-        await self._start_egress(state)
-        await reconcile(self.store, self.runtime, self.service, self.admission, self.boot_id)
-        reaper = IdleReaper(self.store, self.service, self.config.containers.reaper_interval_s)
+        try:
+            await self.egress.start()
+        except (SecretBoxError, EgressUnavailable, OSError) as exc:
+            raise StartupError(f"egress proxy: {exc}") from exc
+        await reconcile(
+            self.store, self.runtime, self.containers, self.egress, self.admission, self.boot_id
+        )
+        interval = self.config.containers.reaper_interval_s
+        reaper = IdleReaper(self.store, self.containers, self.metrics, interval)
         self.tasks.spawn("idle-reaper", reaper.run())
         await self.skills.start()
         await self.files.start()
         self.tasks.spawn("file-sweeper", self.files.run_sweeper())
         self.tasks.spawn("idempotency-sweeper", self.idempotency.run_sweeper())
-        if any(self.config.pool.sizes.values()):
-            self.pool = WarmPool(
-                self.runtime,
-                self.config.pool.sizes,
-                self.config.containers.limits(),
-                self.metrics,
-                self.admission,
-                busy=lambda: self.service.creating > 0,
-                trust_bundle=self.service.trust_bundle,
-            )
-            self.service.pool = self.pool
+        if self.pool is not None:
             self.tasks.spawn("warm-pool", self.pool.run())
         doc = resources.files("daemon").joinpath("openapi.json").read_bytes()
-        app = create_app(self.config, self.service, doc, self.shutdown)
-        app[CODE] = self.code
-        app[FILES] = self.files
-        app[SKILLS] = self.skills
-        app[IDEMPOTENCY] = self.idempotency
+        app = create_app(self.config, self.services, doc, self.shutdown)
         self._runner = web.AppRunner(
             app,
             handle_signals=False,
@@ -218,7 +237,7 @@ class Daemon:
             await web.TCPSite(self._runner, host, port).start()
         if self.config.metrics.listen:
             self._metrics_runner = web.AppRunner(
-                create_metrics_app(self.service), handle_signals=False, access_log=None
+                create_metrics_app(self.services), handle_signals=False, access_log=None
             )
             await self._metrics_runner.setup()
             host, port = split_host_port(self.config.metrics.listen)
@@ -229,22 +248,6 @@ class Daemon:
             "sandboxd serving",
             extra={"socket": self.socket_path, "tcp": self.config.server.tcp or None},
         )
-
-    async def _start_egress(self, state: Path) -> None:
-        """Secret key, CA and proxy process; every sandbox then trusts the proxy's CA."""
-        if self.proxy is None:
-            self.service.egress = ContainerEgress(None, None, self.store, self.runtime)
-            return
-        try:
-            box = await asyncio.to_thread(SecretBox.open_or_create, state / "secrets.key")
-            await self.proxy.start()
-        except (SecretBoxError, EgressUnavailable, OSError) as exc:
-            raise StartupError(f"egress proxy: {exc}") from exc
-        assert self.proxy.ca_cert is not None
-        self.service.trust_bundle = await asyncio.to_thread(
-            _write_trust_bundle, state / "trust-bundle.pem", self.proxy.ca_cert
-        )
-        self.service.egress = ContainerEgress(self.proxy, box, self.store, self.runtime)
 
     async def _listen_unix(self, runner: web.AppRunner) -> None:
         sock = self._systemd.activated_socket()  # socket activation: systemd owns the path
@@ -293,13 +296,11 @@ class Daemon:
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
             self._metrics_runner = None
-        self.service.agent_watch.close()  # before the tasks: a death would spawn one
+        self.containers.agent_watch.close()  # before the tasks: a death would spawn one
         await self.tasks.close(server.tasks_timeout_s)
         if self.pool is not None:
-            self.service.pool = None
             await self.pool.drain()
-        if self.proxy is not None:
-            await self.proxy.close()
+        await self.egress.close()
         await self.runtime.close()
         await self.store.close()
         if self._lock_fd is not None:
@@ -310,17 +311,6 @@ class Daemon:
 
 def _proxy_settings(cfg: ProxyConfig, state: Path, log_level: str) -> ProxySettings:
     return ProxySettings.from_config(cfg, state, log_level)
-
-
-def _write_trust_bundle(path: Path, ca_cert: Path) -> Path:
-    """The host's CA bundle plus the proxy's CA: bound over the system bundle in sandboxes."""
-    host = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
-    data = host.rstrip(b"\n") + b"\n" + ca_cert.read_bytes()
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    tmp.rename(path)
-    return path
 
 
 def _lock_state_dir(state: Path) -> int:

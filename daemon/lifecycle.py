@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 from daemon.admission import Admission
-from daemon.egress import EgressUnavailable
+from daemon.container_egress import ContainerEgress
+from daemon.containers import ContainerService
+from daemon.egress_proxy import EgressUnavailable
+from daemon.metrics import Metrics
 from daemon.models import ContainerRecord, Status
-from daemon.network import ContainerEgress
 from daemon.secretbox import SecretBoxError
-from daemon.service import ContainerService
 from daemon.store import Store
 from sandbox.errors import SandboxError
 from sandbox.runtime import Runtime
@@ -43,6 +44,7 @@ async def reconcile(
     store: Store,
     runtime: Runtime,
     service: ContainerService,
+    egress: ContainerEgress,
     admission: Admission,
     boot_id: str,
 ) -> None:
@@ -68,8 +70,7 @@ async def reconcile(
             admission.adopt(rec.id, MEMORY_TIERS[rec.memory_limit])
             await service.agent_watch.watch(rec.id)
             await service.record_event(rec.id, "restarted_daemon")
-            if service.egress is not None:
-                await _restore_egress(service.egress, rec)
+            await _restore_egress(egress, rec)
             continue
         await _destroy(runtime, rec.id)
         await store.containers.delete_secrets(rec.id)
@@ -97,9 +98,12 @@ async def _restore_egress(egress: ContainerEgress, rec: ContainerRecord) -> None
 class IdleReaper:
     """Expires running containers `expires_after.minutes` after `last_active_at`."""
 
-    def __init__(self, store: Store, service: ContainerService, interval_s: float) -> None:
+    def __init__(
+        self, store: Store, service: ContainerService, metrics: Metrics, interval_s: float
+    ) -> None:
         self._store = store
         self._service = service
+        self._metrics = metrics
         self._interval = interval_s
 
     async def run(self) -> None:
@@ -119,6 +123,6 @@ class IdleReaper:
             reason = f"idle for {rec.expires_minutes} minutes"
             if await self._service.expire(rec.id, reason):
                 expired += 1
-                self._service.metrics.reaper_expired.inc()
-        self._service.metrics.reaper_sweeps.inc()
+                self._metrics.reaper_expired.inc()
+        self._metrics.reaper_sweeps.inc()
         return expired

@@ -38,11 +38,12 @@ class WarmPool:
         metrics: Metrics,
         admission: Admission,
         busy: Callable[[], bool],
-        trust_bundle: Path | None = None,
+        trust_bundle: Callable[[], Path | None] = lambda: None,
     ) -> None:
         self._runtime = runtime
         self._admission = admission
-        self._trust_bundle = trust_bundle
+        self._trust_bundle = trust_bundle  # known once the egress proxy has started
+        self._draining = False
         self._sizes = {tier: n for tier, n in sizes.items() if n > 0}
         self._limits = limits
         self._metrics = metrics
@@ -59,7 +60,10 @@ class WarmPool:
         return len(self._ready[tier])
 
     async def claim(self, tier: str) -> str | None:
-        """A ready sandbox of this tier, now the caller's alone; None on a miss."""
+        """A ready sandbox of this tier, now the caller's alone; None on a miss (and from
+        the moment the pool drains)."""
+        if self._draining:
+            return None
         while self._ready[tier]:
             sid = self._ready[tier].popleft()
             self._changed(tier)
@@ -125,7 +129,7 @@ class WarmPool:
                 continue
             sid = ids.container_id()
             spec = SandboxSpec(
-                sid, MEMORY_TIERS[tier], self._limits, trust_bundle=self._trust_bundle
+                sid, MEMORY_TIERS[tier], self._limits, trust_bundle=self._trust_bundle()
             )
             try:
                 await self._runtime.create(spec)
@@ -139,7 +143,8 @@ class WarmPool:
             self._metrics.pool_depth.labels(tier).set(len(self._ready[tier]))
 
     async def drain(self) -> None:
-        """Destroy every pooled sandbox (shutdown)."""
+        """Destroy every pooled sandbox (shutdown); no claim succeeds from now on."""
+        self._draining = True
         for tier, queue in self._ready.items():
             while queue:
                 await self._discard(queue.popleft())

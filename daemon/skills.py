@@ -22,9 +22,9 @@ from pathlib import Path
 from daemon import ids
 from daemon.config import SkillsConfig
 from daemon.errors import InvalidRequest, NotFound, QuotaExceeded
-from daemon.files import Owner, read_blob
 from daemon.models import Page, SkillRecord, SkillVersionRecord
 from daemon.store import Store
+from daemon.user_files import Owner, read_blob
 from sandbox.skill_archive import SkillArchiveError, SkillManifest, repack_files, repack_zip
 from sandbox.spec import SkillFiles
 

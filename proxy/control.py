@@ -1,6 +1,6 @@
 """The control channel's requests, parsed and validated whole before the proxy acts on one.
 
-The daemon sends three ops (daemon/egress.py): `ping`, `detach` and `attach`, the last with
+The daemon sends three ops (daemon/egress_proxy.py): `ping`, `detach` and `attach`, the last with
 the sandbox's listening socket. `parse` checks every field of a request (and that a socket
 comes with attach and only with it) and returns a typed op, so the proxy never changes a
 sandbox's egress on a request it would refuse halfway: a refused attach leaves the egress the

@@ -14,14 +14,22 @@ from aiohttp import web
 from daemon import ids
 from daemon import metrics as metrics_mod
 from daemon.api import code as code_api
-from daemon.api import containers, execute, files, files_api, skills
-from daemon.api.context import CALLER, CONFIG, OPENAPI, SERVICE, SHUTDOWN
+from daemon.api import container_files, containers, execute, skills, user_files
+from daemon.api.context import (
+    CALLER,
+    CONFIG,
+    CONTAINERS,
+    METRICS,
+    OPENAPI,
+    SHUTDOWN,
+    Services,
+    install,
+)
 from daemon.api.idempotent import idempotent
 from daemon.api.identity import identify
 from daemon.config import Config
 from daemon.errors import UNEXPECTED, DomainError, ShuttingDown, error_body, http_error
 from daemon.logs import container_id, request_id
-from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
 
 logger = logging.getLogger(__name__)
@@ -80,7 +88,7 @@ async def boundary(request: web.Request, handler: Handler) -> web.StreamResponse
         shutdown.leave()
         elapsed = time.monotonic() - started
         route = _route_label(request)
-        metrics = request.app[SERVICE].metrics
+        metrics = request.app[METRICS]
         metrics.api_requests.labels(route, str(status)).inc()
         metrics.api_seconds.labels(route).observe(elapsed)
         logger.info(
@@ -128,10 +136,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    service = request.app[SERVICE]
-    await service.refresh_metrics()
+    await request.app[CONTAINERS].refresh_metrics()
     return web.Response(
-        body=service.metrics.render(), headers={"Content-Type": metrics_mod.CONTENT_TYPE}
+        body=request.app[METRICS].render(), headers={"Content-Type": metrics_mod.CONTENT_TYPE}
     )
 
 
@@ -140,13 +147,13 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def create_app(
-    config: Config, service: ContainerService, openapi_doc: bytes, shutdown: ShutdownControl
+    config: Config, services: Services, openapi_doc: bytes, shutdown: ShutdownControl
 ) -> web.Application:
     app = web.Application(
         middlewares=[boundary], client_max_size=config.server.max_json_bytes, handler_args={}
     )
     app[CONFIG] = config
-    app[SERVICE] = service
+    install(app, services)
     app[OPENAPI] = openapi_doc
     app[SHUTDOWN] = shutdown
     app.on_response_prepare.append(_stamp_request_id)
@@ -161,20 +168,20 @@ def create_app(
             web.get(cid, containers.retrieve),
             web.delete(cid, containers.delete),
             web.get(f"{cid}/events", containers.events),
-            web.post(f"{cid}/files", idempotent(files.upload)),
-            web.get(f"{cid}/files", files.list_),
-            web.get(cid + "/files/{file_id}", files.retrieve),
-            web.delete(cid + "/files/{file_id}", files.delete),
-            web.get(cid + "/files/{file_id}/content", files.content),
+            web.post(f"{cid}/files", idempotent(container_files.upload)),
+            web.get(f"{cid}/files", container_files.list_),
+            web.get(cid + "/files/{file_id}", container_files.retrieve),
+            web.delete(cid + "/files/{file_id}", container_files.delete),
+            web.get(cid + "/files/{file_id}/content", container_files.content),
             web.post(f"{cid}/exec", execute.exec_),
             web.post(f"{cid}/code", code_api.run),
             web.get(f"{cid}/code/sessions", code_api.list_sessions),
             web.delete(cid + "/code/sessions/{session_id}", code_api.delete_session),
-            web.post("/v1/files", idempotent(files_api.create)),
-            web.get("/v1/files", files_api.list_),
-            web.get("/v1/files/{file_id}", files_api.retrieve),
-            web.delete("/v1/files/{file_id}", files_api.delete),
-            web.get("/v1/files/{file_id}/content", files_api.content),
+            web.post("/v1/files", idempotent(user_files.create)),
+            web.get("/v1/files", user_files.list_),
+            web.get("/v1/files/{file_id}", user_files.retrieve),
+            web.delete("/v1/files/{file_id}", user_files.delete),
+            web.get("/v1/files/{file_id}/content", user_files.content),
             web.post("/v1/skills", idempotent(skills.create)),
             web.get("/v1/skills", skills.list_),
             web.get("/v1/skills/{skill_id}", skills.retrieve),
@@ -191,9 +198,9 @@ def create_app(
     return app
 
 
-def create_metrics_app(service: ContainerService) -> web.Application:
+def create_metrics_app(services: Services) -> web.Application:
     """The optional loopback listener: /metrics only, for Prometheus."""
     app = web.Application()
-    app[SERVICE] = service
+    install(app, services)
     app.add_routes([web.get("/metrics", metrics)])
     return app

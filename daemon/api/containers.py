@@ -8,7 +8,7 @@ from aiohttp import web
 
 from daemon import ids
 from daemon.api import serialize
-from daemon.api.context import CONFIG, caller_of, read_json, service_of
+from daemon.api.context import CONFIG, CONTAINERS, caller_of, read_json
 from daemon.api.validation import (
     get_enum,
     get_int,
@@ -17,8 +17,8 @@ from daemon.api.validation import (
     reject_unknown,
 )
 from daemon.config import Config
+from daemon.containers import CreateParams
 from daemon.errors import InvalidRequest
-from daemon.service import CreateParams
 from daemon.skills import SkillRef
 from sandbox.policy import PolicyError, parse_network_policy
 from sandbox.spec import MEMORY_TIERS
@@ -130,30 +130,32 @@ def parse_file_ids(value: list[Any]) -> tuple[str, ...]:
 
 async def create(request: web.Request) -> web.Response:
     params = parse_create(await read_json(request), request.app[CONFIG])
-    rec = await service_of(request).create(caller_of(request), params)
+    rec = await request.app[CONTAINERS].create(caller_of(request), params)
     return web.json_response(serialize.container(rec))
 
 
 async def list_(request: web.Request) -> web.Response:
     after, limit, desc = query_list_params(request.query, ids.CONTAINER_ID)
     name = request.query.get("name")
-    page = await service_of(request).list_containers(caller_of(request), name, after, limit, desc)
+    page = await request.app[CONTAINERS].list_containers(
+        caller_of(request), name, after, limit, desc
+    )
     return web.json_response(serialize.page(page, serialize.container))
 
 
 async def retrieve(request: web.Request) -> web.Response:
-    rec = await service_of(request).get(caller_of(request), request.match_info["container_id"])
+    rec = await request.app[CONTAINERS].get(caller_of(request), request.match_info["container_id"])
     return web.json_response(serialize.container(rec))
 
 
 async def delete(request: web.Request) -> web.Response:
     cid = request.match_info["container_id"]
-    await service_of(request).delete(caller_of(request), cid)
+    await request.app[CONTAINERS].delete(caller_of(request), cid)
     return web.json_response(serialize.deleted(cid, "container"))
 
 
 async def events(request: web.Request) -> web.Response:
     cid = request.match_info["container_id"]
-    found = await service_of(request).events(caller_of(request), cid)
+    found = await request.app[CONTAINERS].events(caller_of(request), cid)
     data = [serialize.event(cid, e) for e in found]
     return web.json_response({"object": "list", "data": data, "has_more": False})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -10,27 +11,57 @@ from aiohttp import web
 from daemon.api.body import body_of
 from daemon.api.validation import parse_json_object
 from daemon.code import CodeService
+from daemon.commands import ExecService
 from daemon.config import Config
+from daemon.container_files import ContainerFileService
+from daemon.containers import Caller, ContainerService
 from daemon.errors import PayloadTooLarge
-from daemon.files import FileService
 from daemon.idempotency import Idempotency
-from daemon.service import Caller, ContainerService
+from daemon.metrics import Metrics
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
+from daemon.user_files import FileService
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the handlers call, built by the composition root (daemon/daemon.py)."""
+
+    containers: ContainerService
+    container_files: ContainerFileService
+    exec: ExecService
+    code: CodeService
+    files: FileService  # /v1/files
+    skills: SkillService
+    idempotency: Idempotency
+    metrics: Metrics
+
 
 CONFIG = web.AppKey("config", Config)
-SERVICE = web.AppKey("service", ContainerService)
-OPENAPI = web.AppKey("openapi", bytes)
-SHUTDOWN = web.AppKey("shutdown", ShutdownControl)
+CONTAINERS = web.AppKey("containers", ContainerService)
+CONTAINER_FILES = web.AppKey("container_files", ContainerFileService)
+EXEC = web.AppKey("exec", ExecService)
 CODE = web.AppKey("code", CodeService)
 FILES = web.AppKey("files", FileService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
+METRICS = web.AppKey("metrics", Metrics)
+OPENAPI = web.AppKey("openapi", bytes)
+SHUTDOWN = web.AppKey("shutdown", ShutdownControl)
+
+
+def install(app: web.Application, services: Services) -> None:
+    app[CONTAINERS] = services.containers
+    app[CONTAINER_FILES] = services.container_files
+    app[EXEC] = services.exec
+    app[CODE] = services.code
+    app[FILES] = services.files
+    app[SKILLS] = services.skills
+    app[IDEMPOTENCY] = services.idempotency
+    app[METRICS] = services.metrics
+
+
 CALLER = web.RequestKey("caller", Caller)
-
-
-def service_of(request: web.Request) -> ContainerService:
-    return request.app[SERVICE]
 
 
 def caller_of(request: web.Request) -> Caller:

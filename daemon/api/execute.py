@@ -6,12 +6,12 @@ from typing import Any
 
 from aiohttp import web
 
-from daemon.api.context import CONFIG, caller_of, read_json, service_of
+from daemon.api.context import CONFIG, EXEC, caller_of, read_json
 from daemon.api.output import EMPTY, Captured, SseReply, json_reply
 from daemon.api.validation import ENV_NAME, get_int, get_str, reject_unknown
+from daemon.commands import ExecParams
 from daemon.config import ExecConfig
 from daemon.errors import DomainError, InvalidRequest
-from daemon.service import ExecParams
 from sandbox.execution import CommandOutcome
 from sandbox.spec import WORKSPACE
 
@@ -103,7 +103,7 @@ async def exec_(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG].exec
     params, stream = parse_exec(await read_json(request), cfg)
     cid = request.match_info["container_id"]
-    service, caller = service_of(request), caller_of(request)
+    service, caller = request.app[EXEC], caller_of(request)
     if not stream:
         kept: dict[tuple[int, str], Captured] = {}
 
@@ -117,7 +117,7 @@ async def exec_(request: web.Request) -> web.StreamResponse:
         ]
         reply = {"object": "container.exec", "output": output}
         return await json_reply(request, {**reply, "max_output_length": params.max_output})
-    await service.running(caller, cid)  # 404/400 before we commit to a 200 stream
+    await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
     events = await SseReply.open(request)
 
     async def sink(index: int, stream_name: str, data: bytes) -> None:

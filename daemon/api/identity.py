@@ -12,8 +12,8 @@ from aiohttp import web
 
 from daemon import keys
 from daemon.config import ServerConfig
+from daemon.containers import Caller
 from daemon.errors import Unauthorized
-from daemon.service import Caller
 
 UCRED = struct.Struct("3i")
 

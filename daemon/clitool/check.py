@@ -22,7 +22,7 @@ from daemon.admission import host_memory_bytes
 from daemon.clitool import output
 from daemon.clitool.check_runtime import LiveCheckFailed, live_sandbox
 from daemon.config import Config
-from daemon.egress import EgressUnavailable, refuse_shared
+from daemon.egress_proxy import EgressUnavailable, refuse_shared
 from daemon.store import committed_memory
 from sandbox.cgroups import CgroupError, CgroupLayout, CgroupVersion
 from sandbox.idranges import IdRangeSettings

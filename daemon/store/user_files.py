@@ -1,4 +1,4 @@
-"""Records of the files uploaded through /v1/files (their bytes are blobs: daemon/files.py)."""
+"""Records of the files uploaded through /v1/files (their bytes are blobs: daemon/user_files.py)."""
 
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from daemon.config import load
+from daemon.containers import Caller, CreateParams
 from daemon.daemon import Daemon
 from daemon.lifecycle import REASON_REBOOT
-from daemon.service import Caller, CreateParams
 from tests.e2e.harness import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
@@ -27,13 +27,13 @@ async def test_reboot_expires_every_running_container() -> None:
     caller = Caller(owner="uid:0", admin=True)
     try:
         async with Daemon(cfg, probe.socket, boot_id="boot-one") as d:
-            rec = await d.service.create(caller, CreateParams("r", "1g", 20))
+            rec = await d.containers.create(caller, CreateParams("r", "1g", 20))
         assert probe.rows() == {rec.id: "running"}
         async with Daemon(cfg, probe.socket, boot_id="boot-two") as d:
-            after = await d.service.get(caller, rec.id, touch=False)
+            after = await d.containers.get(caller, rec.id, touch=False)
             assert after.status == "expired"
             assert after.status_reason == REASON_REBOOT
-            kinds = [e.type for e in await d.service.events(caller, rec.id)]
+            kinds = [e.type for e in await d.containers.events(caller, rec.id)]
             assert kinds == ["created", "expired"]
         assert all(not ids for ids in probe.host_traces().values()), probe.host_traces()
     finally:
@@ -48,8 +48,8 @@ async def test_idle_deadlines_are_honoured_across_a_daemon_gap() -> None:
     caller = Caller(owner="uid:0", admin=True)
     try:
         async with Daemon(cfg, probe.socket, boot_id="same-boot") as d:
-            stale = await d.service.create(caller, CreateParams("stale", "1g", 20))
-            fresh = await d.service.create(caller, CreateParams("fresh", "1g", 20))
+            stale = await d.containers.create(caller, CreateParams("stale", "1g", 20))
+            fresh = await d.containers.create(caller, CreateParams("fresh", "1g", 20))
         db = sqlite3.connect(probe.root / "state" / "sandboxd.db")
         with db:
             db.execute(
@@ -59,8 +59,8 @@ async def test_idle_deadlines_are_honoured_across_a_daemon_gap() -> None:
         db.close()
         async with Daemon(cfg, probe.socket, boot_id="same-boot") as d:
             await asyncio.sleep(1.5)
-            assert (await d.service.get(caller, stale.id, touch=False)).status == "expired"
-            assert (await d.service.get(caller, fresh.id, touch=False)).status == "running"
-            await d.service.delete(caller, fresh.id)
+            assert (await d.containers.get(caller, stale.id, touch=False)).status == "expired"
+            assert (await d.containers.get(caller, fresh.id, touch=False)).status == "running"
+            await d.containers.delete(caller, fresh.id)
     finally:
         probe.cleanup()

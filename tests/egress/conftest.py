@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from bench.upstream import ThrowawayCA, Upstreams
-from daemon.egress import EgressProxy, ProxySettings
+from daemon.egress_proxy import EgressProxy, ProxySettings
 from daemon.metrics import Metrics
 from daemon.tasks import TaskSupervisor
 from proxy.options import Limits

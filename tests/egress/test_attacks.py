@@ -295,7 +295,7 @@ async def test_11b_intercept_all_config_refuses_placeholder_to_secretless_host(
     import tempfile
     from pathlib import Path
 
-    from daemon.egress import EgressProxy
+    from daemon.egress_proxy import EgressProxy
     from daemon.metrics import Metrics
     from daemon.tasks import TaskSupervisor
     from tests.egress.conftest import proxy_settings

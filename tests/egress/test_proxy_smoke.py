@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.upstream import ThrowawayCA, Upstreams
-from daemon.egress import EgressProxy, EgressUnavailable
+from daemon.egress_proxy import EgressProxy, EgressUnavailable
 from daemon.metrics import Metrics
 from daemon.tasks import TaskSupervisor
 from proxy import ca

@@ -1,6 +1,6 @@
 """Egress building blocks in isolation: placeholders and redaction (proxy/secrets.py), sealed
 secret values (daemon/secretbox.py), the daemon<->proxy control channel (proxy/wire.py), the
-[proxy] config table, placeholder minting and proxy env (daemon/network.py), the
+[proxy] config table, placeholder minting and proxy env (daemon/container_egress.py), the
 authority splitter of the addon (proxy/addon.py) and the per-sandbox account of held bodies
 (proxy/state.py). Pure and fast: no daemon, no proxy process.
 """
@@ -21,7 +21,7 @@ import pytest
 
 from daemon import config as config_mod
 from daemon.config import ConfigError, ProxyConfig
-from daemon.network import PROXY_ENV, PROXY_URL, new_placeholder
+from daemon.container_egress import PROXY_ENV, PROXY_URL, new_placeholder
 from daemon.secretbox import KEY_BYTES, NONCE_BYTES, SecretBox, SecretBoxError
 from proxy import wire
 from proxy.addon import _authority_host
@@ -739,7 +739,7 @@ def test_proxy_overrides_are_validated_too() -> None:
     assert config_mod.load(None, {"proxy.intercept": "all"}).proxy.intercept == "all"
 
 
-# --------------------------------------------------------------------------- daemon/network.py
+# ----------------------------------------------------------------- daemon/container_egress.py
 
 PLACEHOLDER_FORMAT = re.compile(r"^sbxd_ph_[a-z2-7]{32}$")
 

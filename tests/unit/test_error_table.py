@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from daemon import errors
-from daemon.egress import EgressUnavailable
-from daemon.service import translate
+from daemon.egress_proxy import EgressUnavailable
+from daemon.sandboxes import translate
 from sandbox import errors as sandbox_errors
 
 TRANSIENT = {

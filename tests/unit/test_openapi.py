@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from collections.abc import Iterator
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from daemon.api import code as code_api
-from daemon.api import containers, execute, files_api
+from daemon.api import containers, execute, user_files
 from daemon.api.app import PUBLIC_PATHS, create_app
+from daemon.api.context import Services
 from daemon.api.validation import query_list_params
 from daemon.config import Config
 from daemon.errors import HTTP_ERRORS
-from daemon.service import ContainerService
 from daemon.shutdown import ShutdownControl
 from sandbox.spec import MEMORY_TIERS
 
@@ -90,8 +91,8 @@ def test_document_is_stably_formatted() -> None:
 
 
 def test_paths_match_the_registered_routes(doc: dict[str, Any]) -> None:
-    service = cast(ContainerService, object())  # stored, never called
-    app = create_app(Config(), service, b"{}", ShutdownControl())
+    unused = {f.name: object() for f in dataclasses.fields(Services)}  # stored, never called
+    app = create_app(Config(), Services(**unused), b"{}", ShutdownControl())  # type: ignore[arg-type]
     routes = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
@@ -173,7 +174,7 @@ def test_limits_match_the_parsers_and_config_defaults(doc: dict[str, Any]) -> No
     assert (skills_limit["minimum"], skills_limit["maximum"]) == (0, max_limit)
     files_params = doc["paths"]["/v1/files"]["get"]["parameters"]
     files_limit = next(p for p in files_params if p.get("name") == "limit")["schema"]
-    assert files_limit["default"] == files_limit["maximum"] == files_api.MAX_LIST_LIMIT
+    assert files_limit["default"] == files_limit["maximum"] == user_files.MAX_LIST_LIMIT
 
 
 def test_validates_with_openapi_spec_validator(doc: dict[str, Any]) -> None:

@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from mitmproxy import certs
 from mitmproxy.options import CONF_BASENAME
 
-from daemon import egress
-from daemon.egress import EgressUnavailable
+from daemon import egress_proxy as egress
+from daemon.egress_proxy import EgressUnavailable
 from proxy import ca, confdir
 from proxy.confdir import UnsafeConfdir
 

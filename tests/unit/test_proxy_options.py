@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from daemon.config import ProxyConfig, load
-from daemon.egress import ProxySettings
+from daemon.egress_proxy import ProxySettings
 from proxy import control, version
 from proxy.options import Limits, OptionsError, ProxyOptions
 from sandbox.policy import PolicyError

@@ -10,10 +10,10 @@ from aiohttp import web
 from daemon import ids
 from daemon.api import serialize
 from daemon.api.body import body_of
-from daemon.api.context import CONFIG, caller_of, read_json, service_of
+from daemon.api.context import CONFIG, CONTAINER_FILES, caller_of, read_json
 from daemon.api.validation import get_str, malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
-from daemon.files import api_filename
+from daemon.user_files import api_filename
 
 CHUNK = 256 << 10
 
@@ -25,7 +25,7 @@ async def upload(request: web.Request) -> web.Response:
         body = await read_json(request)
         reject_unknown(body, {"file_id"})
         file_id = get_str(body, "file_id", max_len=128)
-        rec = await service_of(request).copy_file(caller_of(request), cid, file_id)
+        rec = await request.app[CONTAINER_FILES].copy_file(caller_of(request), cid, file_id)
         return web.json_response(serialize.container_file(rec))
     if not request.content_type.startswith("multipart/"):
         raise InvalidRequest("Send a multipart/form-data body with a 'file' part.", param="file")
@@ -55,14 +55,16 @@ async def upload(request: web.Request) -> web.Response:
                 raise PayloadTooLarge(f"The upload exceeds {cap} bytes.", param="file")
             yield chunk
 
-    rec = await service_of(request).upload(caller_of(request), cid, filename, chunks())
+    rec = await request.app[CONTAINER_FILES].upload(caller_of(request), cid, filename, chunks())
     return web.json_response(serialize.container_file(rec))
 
 
 async def list_(request: web.Request) -> web.Response:
     after, limit, desc = query_list_params(request.query, ids.CONTAINER_FILE_ID)
     cid = request.match_info["container_id"]
-    page = await service_of(request).list_files(caller_of(request), cid, after, limit, desc)
+    page = await request.app[CONTAINER_FILES].list_files(
+        caller_of(request), cid, after, limit, desc
+    )
     body = serialize.page(page, serialize.container_file)
     body["workspace_truncated"] = page.truncated  # ours: records cover only the first paths
     return web.json_response(body)
@@ -70,13 +72,15 @@ async def list_(request: web.Request) -> web.Response:
 
 async def retrieve(request: web.Request) -> web.Response:
     m = request.match_info
-    rec = await service_of(request).get_file(caller_of(request), m["container_id"], m["file_id"])
+    rec = await request.app[CONTAINER_FILES].get_file(
+        caller_of(request), m["container_id"], m["file_id"]
+    )
     return web.json_response(serialize.container_file(rec))
 
 
 async def content(request: web.Request) -> web.StreamResponse:
     m = request.match_info
-    service = service_of(request)
+    service = request.app[CONTAINER_FILES]
     async with service.file_content(caller_of(request), m["container_id"], m["file_id"]) as (
         rec,
         size,
@@ -95,5 +99,7 @@ async def content(request: web.Request) -> web.StreamResponse:
 
 async def delete(request: web.Request) -> web.Response:
     m = request.match_info
-    await service_of(request).delete_file(caller_of(request), m["container_id"], m["file_id"])
+    await request.app[CONTAINER_FILES].delete_file(
+        caller_of(request), m["container_id"], m["file_id"]
+    )
     return web.json_response(serialize.deleted(m["file_id"], "container.file"))

@@ -14,7 +14,7 @@ from daemon.api.context import CONFIG, FILES, caller_of, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params
 from daemon.config import FilesConfig
 from daemon.errors import InvalidRequest, PayloadTooLarge
-from daemon.files import CHUNK, PURPOSES, StagedBlob, api_filename
+from daemon.user_files import CHUNK, PURPOSES, StagedBlob, api_filename
 
 MAX_LIST_LIMIT = 10_000  # and the default, as OpenAI's spec says
 MAX_FIELD_BYTES = 1024  # purpose, expires_after[...]

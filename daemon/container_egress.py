@@ -9,12 +9,14 @@ attaches every running container again from the store.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets
+from pathlib import Path
 from typing import Any
 
-from daemon.egress import EgressProxy
+from daemon.egress_proxy import EgressProxy
 from daemon.models import ContainerRecord, SealedSecret
 from daemon.secretbox import SecretBox
 from daemon.store import Store
@@ -24,6 +26,8 @@ from sandbox.runtime import Runtime
 from sandbox.spec import EGRESS_SOCKET
 
 logger = logging.getLogger(__name__)
+
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 
 PROXY_URL = "http://127.0.0.1:3128"
 PROXY_ENV = {
@@ -40,13 +44,37 @@ def new_placeholder() -> str:
 
 
 class ContainerEgress:
+    """Egress of every container; without a proxy (`[proxy] enabled = false`) it is off and
+    a create asking for an allowlist is refused."""
+
     def __init__(
-        self, proxy: EgressProxy | None, box: SecretBox | None, store: Store, runtime: Runtime
+        self, proxy: EgressProxy | None, store: Store, runtime: Runtime, state_dir: Path
     ) -> None:
         self._proxy = proxy
-        self._box = box
+        self._box: SecretBox | None = None
         self._store = store
         self._runtime = runtime
+        self._state_dir = state_dir
+        # Host CAs + the proxy's, bound over the system bundle in every sandbox (from start).
+        self.trust_bundle: Path | None = None
+
+    async def start(self) -> None:
+        """Secret key, proxy process, trust bundle. Raises EgressUnavailable, SecretBoxError
+        or OSError (the daemon does not start)."""
+        if self._proxy is None:
+            return
+        self._box = await asyncio.to_thread(
+            SecretBox.open_or_create, self._state_dir / "secrets.key"
+        )
+        await self._proxy.start()
+        assert self._proxy.ca_cert is not None
+        self.trust_bundle = await asyncio.to_thread(
+            _write_trust_bundle, self._state_dir / "trust-bundle.pem", self._proxy.ca_cert
+        )
+
+    async def close(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.close()
 
     @property
     def enabled(self) -> bool:
@@ -96,3 +124,14 @@ class ContainerEgress:
 
 def _pushed(name: str, domain: str, placeholder: str, value: str) -> dict[str, Any]:
     return {"name": name, "domain": domain, "placeholder": placeholder, "value": value}
+
+
+def _write_trust_bundle(path: Path, ca_cert: Path) -> Path:
+    """The host's CA bundle plus the proxy's CA: bound over the system bundle in sandboxes."""
+    host = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
+    data = host.rstrip(b"\n") + b"\n" + ca_cert.read_bytes()
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o644)
+    tmp.rename(path)
+    return path
