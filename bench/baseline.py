@@ -21,9 +21,9 @@ from bench.stats import Summary, summarize, timed_ms
 from bench.workdir import BASELINE_CGROUP_PARENT
 from daemon.config import ContainerConfig, RuntimeConfig
 from sandbox.cgroups import CgroupLayout
-from sandbox.hostdirs import AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.host import rootfs, workspace
+from sandbox.host.agent import AGENT_SCRIPT, INTERPRETER_SCRIPT
 from sandbox.idranges import IdRanges
-from sandbox.oci import rootfs, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV
 from sandbox.seccomp import load_profile

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.oci.bundle import AGENT_ARGV, AGENT_ENV
+from sandbox.host.agent import AGENT_ARGV, AGENT_ENV
 from sandbox.spec import (
     AGENT_DIR,
     AGENT_PYCACHE,
@@ -60,7 +60,7 @@ class HostPaths:
     # /etc/passwd and /etc/group naming the sandbox's own host uid and gid as "sandbox".
     passwd: str
     group: str
-    agent_pycache: str = ""  # the agent's bytecode ("": none), see sandbox/hostdirs.py
+    agent_pycache: str = ""  # the agent's bytecode ("": none), see sandbox/host/agent.py
 
 
 def _bind(src: str, dst: str, mode: str = "ro") -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.host.agent import AGENT_ARGV, AGENT_ENV
 from sandbox.spec import (
     AGENT_DIR,
     AGENT_PYCACHE,
@@ -30,16 +31,6 @@ from sandbox.spec import (
 )
 
 CPU_PERIOD_US = 100_000
-# Imported (not run as a script) so that a matching __pycache__/agent.*.pyc is used.
-AGENT_ARGV = [
-    "/usr/bin/python3",
-    "-I",
-    "-S",
-    "-B",
-    "-c",
-    f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import agent; agent.main()",
-]
-AGENT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 # The six standard character devices runc creates (null, zero, full, random, urandom, tty).
 STANDARD_DEVICES = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)]
 
