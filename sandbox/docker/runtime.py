@@ -30,7 +30,6 @@ from sandbox.docker.container import (
     LABEL_ID,
     LABEL_INSTANCE,
     LABEL_MANAGED,
-    HostPaths,
     create_args,
     etc_files,
 )
@@ -40,6 +39,7 @@ from sandbox.host import rootfs
 from sandbox.host.agent import AGENT_READY_TIMEOUT_S, AGENT_SCRIPT, INTERPRETER_SCRIPT
 from sandbox.host.base import HostRuntime, SandboxHome, all_or_nothing
 from sandbox.host.dirs import make_private_dir
+from sandbox.host.mounts import HostPaths
 from sandbox.idranges import IdRangeSettings
 from sandbox.spec import SandboxSpec
 

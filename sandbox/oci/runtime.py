@@ -31,6 +31,7 @@ from sandbox.errors import RuntimeFailure
 from sandbox.host import loopmount, rootfs
 from sandbox.host.agent import AGENT_READY_TIMEOUT_S, AGENT_SCRIPT, INTERPRETER_SCRIPT
 from sandbox.host.base import HostRuntime, all_or_nothing
+from sandbox.host.mounts import HostPaths
 from sandbox.idranges import IdRanges, IdRangeSettings, InstanceInUse, lock_instance
 from sandbox.oci import userns
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
@@ -161,8 +162,7 @@ class OciRuntime(HostRuntime):
         with UserNamespace(first, self._id_range_size, self._reap_later) as namespace:
             home = self._make_dirs(spec, first)
             namespace.map()
-            paths = BundlePaths(
-                rootfs=str(root),
+            host = HostPaths(
                 workspace=str(home.dir / "data"),
                 agent_script=str(AGENT_SCRIPT),
                 interpreter_script=str(INTERPRETER_SCRIPT),
@@ -170,8 +170,8 @@ class OciRuntime(HostRuntime):
                 skills=str(home.dir / "skills"),
                 egress=str(home.dir / "egress"),
                 agent_pycache=self._pycache,
-                userns=namespace.path,
             )
+            paths = BundlePaths(rootfs=str(root), host=host, userns=namespace.path)
             ids = (home.first_id, self._id_range_size)
             config = build_config(spec, paths, ids, self._cgroup(spec.sandbox_id), self._seccomp)
             with _write_bundle(home.dir, json.dumps(config)) as listener:
