@@ -21,9 +21,10 @@ from bench.stats import Summary, summarize, timed_ms
 from bench.workdir import BASELINE_CGROUP_PARENT
 from daemon.config import ContainerConfig, RuntimeConfig
 from sandbox.cgroups import CgroupLayout
-from sandbox.hostdirs import AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.host import rootfs, workspace
+from sandbox.host.agent import AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.host.mounts import HostPaths
 from sandbox.idranges import IdRanges
-from sandbox.oci import rootfs, workspace
 from sandbox.oci.bundle import BundlePaths, build_config
 from sandbox.oci.runc import RUNTIME_ENV
 from sandbox.seccomp import load_profile
@@ -55,10 +56,12 @@ class Runc:
         shutil.chown(ws, uid, gid)
         self._paths = BundlePaths(
             rootfs=str(rootfs.ensure_skeleton(work / "skeleton")),
-            workspace=str(ws),
-            agent_script=str(AGENT_SCRIPT),
-            interpreter_script=str(INTERPRETER_SCRIPT),
-            binds=rootfs.host_binds(),
+            host=HostPaths(
+                workspace=str(ws),
+                agent_script=str(AGENT_SCRIPT),
+                interpreter_script=str(INTERPRETER_SCRIPT),
+                binds=rootfs.host_binds(),
+            ),
         )
         self._bundles.mkdir()
         self._count = 0

@@ -19,7 +19,7 @@ from bench.client import BenchError, Client
 from bench.daemon import running_daemon
 from bench.sandboxd import COLD_TIER, cycle, pool_cycles
 from bench.stats import Summary, summarize, timed_ms
-from sandbox.oci.rootfs import host_binds
+from sandbox.host.rootfs import host_binds
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sandbox.cgroups import CgroupError, CgroupLayout
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from sandbox.oci.runc import RUNTIME_ENV
 from sandbox.oci.runtime import forget_instance
 

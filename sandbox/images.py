@@ -4,7 +4,7 @@ An image is a directory tree (`rootfs/`) plus `image.json` (its build id, packag
 date), made by `sandboxd image build` (see sandbox/image_build.py). The oci backend uses the
 tree directly as its shared read-only root; the docker backend imports it once as
 `sandboxd/<name>:<build id>`. The empty name "" means no image: the host's own /usr, bound
-into a generated skeleton (sandbox/oci/rootfs.py). Blocking: call off the event loop.
+into a generated skeleton (sandbox/host/rootfs.py). Blocking: call off the event loop.
 """
 
 from __future__ import annotations

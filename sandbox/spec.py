@@ -19,7 +19,7 @@ WORKSPACE = "/mnt/data"
 SKILLS_DIR = "/mnt/skills"  # read-only; one folder per skill + index.json
 AGENT_DIR = "/.sandboxd"
 # The agent's bytecode, compiled once per daemon start by the sandbox's Python (see
-# sandbox/hostdirs.py), bound here read-only: the agent then starts without compiling itself.
+# sandbox/host/agent.py), bound here read-only: the agent then starts without compiling itself.
 AGENT_PYCACHE = f"{AGENT_DIR}/__pycache__"
 # Egress (network_policy allowlist): the host directory Runtime.egress_dir() is bound here
 # read-only; the daemon puts the sandbox's proxy socket in it when the container's policy

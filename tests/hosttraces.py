@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from sandbox.idranges import HOST_REGISTRY
 
 

@@ -25,9 +25,9 @@ from daemon.config import Config
 from daemon.egress_proxy import EgressUnavailable, refuse_shared
 from daemon.store import committed_memory
 from sandbox.cgroups import CgroupError, CgroupLayout, CgroupVersion
+from sandbox.host.workspace import TOOL_ENV
 from sandbox.idranges import IdRangeSettings
 from sandbox.oci.runc import RUNTIME_ENV
-from sandbox.oci.workspace import TOOL_ENV
 from sandbox.seccomp import SeccompProfileError, load_profile
 from sandbox.spec import MEMORY_TIERS
 

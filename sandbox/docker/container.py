@@ -9,27 +9,20 @@ tini it would be PID 2, killable by sandbox code of the same uid.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.oci.bundle import AGENT_ARGV, AGENT_ENV
+from sandbox.host.agent import AGENT_ARGV, AGENT_ENV
+from sandbox.host.mounts import AGENT_SOCKET_DIR, HostPaths, Kind, Mount, mounts
 from sandbox.spec import (
-    AGENT_DIR,
-    AGENT_PYCACHE,
     AGENT_RESERVE_BYTES,
-    EGRESS_DIR,
     MASKED_PATHS,
     READONLY_PATHS,
-    SKILLS_DIR,
-    SYSTEM_CA_BUNDLE,
-    WORKSPACE,
     SandboxSpec,
     ipc_sysctls,
 )
 
-# The agent binds its listening socket here (a per-sandbox host dir), see agent.open_listener.
-AGENT_SOCKET_DIR = f"{AGENT_DIR}/sock"
 AGENT_SOCKET = f"{AGENT_SOCKET_DIR}/agent"  # short: the host path must stay < 108 bytes
 LABEL_MANAGED = "sandboxd.managed"
 LABEL_ID = "sandboxd.id"
@@ -46,32 +39,45 @@ class ContainerArgs:
     raw_host: dict[str, Any]
 
 
-@dataclass(frozen=True)
-class HostPaths:
-    workspace: str  # host mountpoint of the workspace image (mounted nosuid,nodev)
-    agent_script: str
-    interpreter_script: str
-    agent_socket_dir: str
-    skills: str
-    egress: str
-    binds: Sequence[tuple[str, str]]  # extra read-only binds (the host trees, for "host")
-    # An empty file over /etc/resolv.conf: docker otherwise copies the host's nameservers in.
-    empty_file: str
-    # /etc/passwd and /etc/group naming the sandbox's own host uid and gid as "sandbox".
-    passwd: str
-    group: str
-    agent_pycache: str = ""  # the agent's bytecode ("": none), see sandbox/hostdirs.py
-
-
-def _bind(src: str, dst: str, mode: str = "ro") -> dict[str, Any]:
-    """A bind in the engine API's Mounts form (a missing source is an error, not a new dir)."""
+def _engine_mount(mount: Mount) -> dict[str, Any]:
+    """A bind in the engine API's Mounts form (a missing source is an error, not a new dir).
+    The API has no nosuid/nodev for a bind (the oci bundle's): here no-new-privileges and
+    the engine's device cgroup do that work."""
     return {
         "Type": "bind",
-        "Source": src,
-        "Target": dst,
-        "ReadOnly": mode == "ro",
+        "Source": mount.source,
+        "Target": mount.destination,
+        "ReadOnly": mount.read_only,
         "BindOptions": {"Propagation": "rprivate"},
     }
+
+
+def _tmpfs_options(mount: Mount) -> str:
+    """A tmpfs's options for HostConfig.Tmpfs: flags, then data. The engine's tmpfs are
+    noexec unless told otherwise, so a tmpfs the layout leaves executable says `exec`."""
+    flags = [option for option in mount.options if "=" not in option]
+    data = [option for option in mount.options if "=" in option]
+    executable = [] if "noexec" in flags else ["exec"]
+    return ",".join(["ro" if mount.read_only else "rw", *flags, *executable, *data])
+
+
+def engine_mounts(
+    spec: SandboxSpec, paths: HostPaths
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """The layout (sandbox/host/mounts.py) as engine binds and tmpfs mounts; the standard
+    mounts (/proc, /dev, /sys...) are the engine's own."""
+    binds: list[dict[str, Any]] = []
+    tmpfs: dict[str, str] = {}
+    for mount in mounts(spec, paths):
+        if mount.standard:
+            continue
+        if mount.kind is Kind.BIND:
+            binds.append(_engine_mount(mount))
+        elif mount.kind is Kind.TMPFS:
+            tmpfs[mount.destination] = _tmpfs_options(mount)
+        else:
+            raise ValueError(f"no engine mount for a {mount.kind} at {mount.destination}")
+    return binds, tmpfs
 
 
 def etc_files(uid: int, gid: int) -> tuple[str, str]:
@@ -98,20 +104,7 @@ def create_args(
     lim = spec.limits
     env = dict(item.split("=", 1) for item in AGENT_ENV)
     env["SANDBOXD_AGENT_SOCKET"] = AGENT_SOCKET
-    mounts = [
-        *(_bind(src, dst) for src, dst in paths.binds),
-        _bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
-        _bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
-        *([_bind(paths.agent_pycache, AGENT_PYCACHE)] if paths.agent_pycache else []),
-        _bind(paths.agent_socket_dir, AGENT_SOCKET_DIR, "rw"),
-        _bind(paths.workspace, WORKSPACE, "rw"),
-        _bind(paths.skills, SKILLS_DIR),
-        _bind(paths.egress, EGRESS_DIR),
-        _bind(paths.empty_file, "/etc/resolv.conf"),
-        _bind(paths.passwd, "/etc/passwd"),
-        _bind(paths.group, "/etc/group"),
-        *([_bind(str(spec.trust_bundle), SYSTEM_CA_BUNDLE)] if spec.trust_bundle else []),
-    ]
+    binds, tmpfs = engine_mounts(spec, paths)
     create = {
         "image": image,
         "command": list(AGENT_ARGV),
@@ -144,12 +137,8 @@ def create_args(
         "init": False,
         "read_only": True,
         "privileged": False,
-        "tmpfs": {
-            "/tmp": f"rw,nosuid,nodev,exec,mode=1777,size={lim.tmp_bytes},"
-            f"nr_inodes={lim.tmp_inodes}",
-            "/run": "rw,nosuid,nodev,noexec,mode=755,size=1m",
-        },
-        "mounts": mounts,
+        "tmpfs": tmpfs,
+        "mounts": binds,
         "ulimits": [
             {"name": "nofile", "soft": lim.nofile, "hard": lim.nofile},
             {"name": "fsize", "soft": lim.fsize_bytes, "hard": lim.fsize_bytes},

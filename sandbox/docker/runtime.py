@@ -30,22 +30,17 @@ from sandbox.docker.container import (
     LABEL_ID,
     LABEL_INSTANCE,
     LABEL_MANAGED,
-    HostPaths,
     create_args,
     etc_files,
 )
 from sandbox.docker.engine import Engine
 from sandbox.errors import RuntimeFailure, SandboxError
-from sandbox.hostdirs import (
-    AGENT_READY_TIMEOUT_S,
-    AGENT_SCRIPT,
-    INTERPRETER_SCRIPT,
-    all_or_nothing,
-    make_private_dir,
-)
-from sandbox.hostruntime import HostRuntime, SandboxHome
+from sandbox.host import rootfs
+from sandbox.host.agent import AGENT_READY_TIMEOUT_S, AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.host.base import HostRuntime, SandboxHome, all_or_nothing
+from sandbox.host.dirs import make_private_dir
+from sandbox.host.mounts import HostPaths
 from sandbox.idranges import IdRangeSettings
-from sandbox.oci import rootfs
 from sandbox.spec import SandboxSpec
 
 logger = logging.getLogger(__name__)

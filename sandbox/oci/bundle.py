@@ -9,37 +9,23 @@ which the daemon may not have.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.host.agent import AGENT_ARGV, AGENT_ENV
+from sandbox.host.mounts import HostPaths, Kind, Mount, mounts
 from sandbox.spec import (
-    AGENT_DIR,
-    AGENT_PYCACHE,
     AGENT_RESERVE_BYTES,
-    EGRESS_DIR,
     MASKED_PATHS,
     READONLY_PATHS,
     SANDBOX_GID,
     SANDBOX_UID,
-    SKILLS_DIR,
-    SYSTEM_CA_BUNDLE,
-    WORKSPACE,
     SandboxSpec,
     ipc_sysctls,
 )
 
 CPU_PERIOD_US = 100_000
-# Imported (not run as a script) so that a matching __pycache__/agent.*.pyc is used.
-AGENT_ARGV = [
-    "/usr/bin/python3",
-    "-I",
-    "-S",
-    "-B",
-    "-c",
-    f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import agent; agent.main()",
-]
-AGENT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
 # The six standard character devices runc creates (null, zero, full, random, urandom, tty).
 STANDARD_DEVICES = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)]
 
@@ -47,22 +33,22 @@ STANDARD_DEVICES = [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0)]
 @dataclass(frozen=True)
 class BundlePaths:
     rootfs: str
-    workspace: str  # host mountpoint of the workspace image
-    agent_script: str
-    interpreter_script: str  # started by the agent for code sessions
-    binds: Sequence[tuple[str, str]]  # read-only host binds (source, destination)
-    skills: str = ""  # host dir bound read-only at /mnt/skills, filled after the start
-    egress: str = ""  # host dir bound read-only at EGRESS_DIR (the proxy socket's home)
-    agent_pycache: str = ""  # host dir of the agent's bytecode, bound read-only at AGENT_PYCACHE
+    host: HostPaths  # what is bound into the sandbox (see sandbox/host/mounts.py)
     userns: str = ""  # the user namespace to join (a /proc/<pid>/ns/user path); "": a new one
 
 
-def _ro_bind(src: str, dst: str) -> dict[str, Any]:
+def _oci_mount(mount: Mount) -> dict[str, Any]:
+    """A mount of the layout as a config.json `mounts` entry; every bind recursive, private,
+    nosuid and nodev."""
+    if mount.kind is Kind.BIND:
+        options = ["rbind", "ro" if mount.read_only else "rw", "nosuid", "nodev", "rprivate"]
+    else:
+        options = [*mount.options, *(["ro"] if mount.read_only else [])]
     return {
-        "destination": dst,
-        "type": "bind",
-        "source": src,
-        "options": ["rbind", "ro", "nosuid", "nodev", "rprivate"],
+        "destination": mount.destination,
+        "type": mount.kind.value,
+        "source": mount.source,
+        "options": options,
     }
 
 
@@ -81,75 +67,6 @@ def build_config(
 ) -> dict[str, Any]:
     """`ids`: (first host id, count) of the sandbox's uid/gid range."""
     lim = spec.limits
-    mounts: list[dict[str, Any]] = [
-        {
-            "destination": "/proc",
-            "type": "proc",
-            "source": "proc",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "noexec", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
-        },
-        {
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-        {
-            "destination": "/tmp",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": [
-                "nosuid",
-                "nodev",
-                "mode=1777",
-                f"size={lim.tmp_bytes}",
-                f"nr_inodes={lim.tmp_inodes}",
-            ],
-        },
-        {
-            "destination": "/run",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "nodev", "noexec", "mode=755", "size=1m"],
-        },
-        *(_ro_bind(src, dst) for src, dst in paths.binds),
-        _ro_bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
-        _ro_bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
-        *([_ro_bind(paths.agent_pycache, AGENT_PYCACHE)] if paths.agent_pycache else []),
-        {
-            "destination": WORKSPACE,
-            "type": "bind",
-            "source": paths.workspace,
-            "options": ["rbind", "rw", "nosuid", "nodev", "rprivate"],
-        },
-        *([_ro_bind(paths.skills, SKILLS_DIR)] if paths.skills else []),
-        *([_ro_bind(paths.egress, EGRESS_DIR)] if paths.egress else []),
-        *([_ro_bind(str(spec.trust_bundle), SYSTEM_CA_BUNDLE)] if spec.trust_bundle else []),
-    ]
     no_caps: dict[str, list[str]] = {
         k: [] for k in ("bounding", "effective", "permitted", "inheritable", "ambient")
     }
@@ -169,7 +86,7 @@ def build_config(
         },
         "root": {"path": paths.rootfs, "readonly": True},
         "hostname": spec.hostname,
-        "mounts": mounts,
+        "mounts": [_oci_mount(m) for m in mounts(spec, paths.host)],
         "linux": {
             # Also given when joining: runc needs to know who the sandbox's root is.
             "uidMappings": [{"containerID": 0, "hostID": ids[0], "size": ids[1]}],

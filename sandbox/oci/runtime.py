@@ -28,15 +28,12 @@ from sandbox import images
 from sandbox.agent_client import AgentLimits
 from sandbox.cgroups import CgroupError, CgroupLayout, WorkGroup, children
 from sandbox.errors import RuntimeFailure
-from sandbox.hostdirs import (
-    AGENT_READY_TIMEOUT_S,
-    AGENT_SCRIPT,
-    INTERPRETER_SCRIPT,
-    all_or_nothing,
-)
-from sandbox.hostruntime import HostRuntime
+from sandbox.host import loopmount, rootfs
+from sandbox.host.agent import AGENT_READY_TIMEOUT_S, AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.host.base import HostRuntime, all_or_nothing
+from sandbox.host.mounts import HostPaths
 from sandbox.idranges import IdRanges, IdRangeSettings, InstanceInUse, lock_instance
-from sandbox.oci import loopmount, rootfs, userns
+from sandbox.oci import userns
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
 from sandbox.oci.runc import PID_FILE, RUNTIME_ENV, OciCli, check_rlimits
 from sandbox.oci.userns import UserNamespace
@@ -68,7 +65,7 @@ class OciRuntime(HostRuntime):
         self.run_dir = settings.runtime_root / self.instance
         self.cgroup_base = f"{settings.cgroup_parent}/{self.instance}"
         self._cli = OciCli(settings.binary, self.run_dir / "state", self._executor)
-        # Deletes run on the destroy threads (see hostruntime): creates never wait for them.
+        # Deletes run on the destroy threads (see host.base): creates never wait for them.
         self._destroy_cli = OciCli(settings.binary, self.run_dir / "state", self._destroy_executor)
         self._legacy_cli = OciCli(settings.binary, settings.runtime_root, self._destroy_executor)
         self._legacy: dict[str, str] = {}  # adopted sandbox id -> its cgroup path
@@ -165,8 +162,7 @@ class OciRuntime(HostRuntime):
         with UserNamespace(first, self._id_range_size, self._reap_later) as namespace:
             home = self._make_dirs(spec, first)
             namespace.map()
-            paths = BundlePaths(
-                rootfs=str(root),
+            host = HostPaths(
                 workspace=str(home.dir / "data"),
                 agent_script=str(AGENT_SCRIPT),
                 interpreter_script=str(INTERPRETER_SCRIPT),
@@ -174,8 +170,8 @@ class OciRuntime(HostRuntime):
                 skills=str(home.dir / "skills"),
                 egress=str(home.dir / "egress"),
                 agent_pycache=self._pycache,
-                userns=namespace.path,
             )
+            paths = BundlePaths(rootfs=str(root), host=host, userns=namespace.path)
             ids = (home.first_id, self._id_range_size)
             config = build_config(spec, paths, ids, self._cgroup(spec.sandbox_id), self._seccomp)
             with _write_bundle(home.dir, json.dumps(config)) as listener:

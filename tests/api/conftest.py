@@ -24,7 +24,7 @@ import pytest
 from bench import dockerd
 from daemon.keys import hash_key
 from sandbox.cgroups import CgroupLayout
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from sandbox.oci.runtime import forget_instance
 
 pytestmark = pytest.mark.root

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from bench import dockerd
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from tests.api.conftest import DaemonHandle, exec_
 from tests.hosttraces import sandbox_dirs
 

@@ -18,7 +18,7 @@ from bench import dockerd
 from daemon.admission import host_memory_bytes
 from proxy import ca
 from sandbox.cgroups import CgroupLayout
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from tests.api.conftest import DaemonHandle
 from tests.hosttraces import sandbox_dirs
 

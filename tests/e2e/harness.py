@@ -21,7 +21,7 @@ import httpx2
 
 from daemon.config import RuntimeConfig
 from sandbox.cgroups import CgroupLayout, children
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from sandbox.oci.runtime import forget_instance
 from tests.hosttraces import claims, sandbox_dirs
 

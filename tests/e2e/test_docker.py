@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from bench import dockerd
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from tests.e2e.harness import DaemonProcess
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.docker]

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from sandbox.cgroups import CgroupLayout
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from sandbox.oci.runtime import forget_instance
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]

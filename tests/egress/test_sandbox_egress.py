@@ -27,7 +27,7 @@ import pytest
 from bench import dockerd
 from bench.upstream import ThrowawayCA, Upstreams, header
 from sandbox.cgroups import CgroupError, CgroupLayout
-from sandbox.hostdirs import instance_of
+from sandbox.host.dirs import instance_of
 from tests.e2e.harness import DaemonProcess
 from tests.egress.conftest import HOSTS, PRIVATE_HOSTS
 

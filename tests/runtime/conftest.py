@@ -37,8 +37,8 @@ from sandbox.docker.engine import Engine
 from sandbox.docker.runtime import DockerRuntime, DockerSettings
 from sandbox.errors import RuntimeFailure
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
-from sandbox.hostdirs import instance_of
-from sandbox.hostruntime import HostRuntime
+from sandbox.host.base import HostRuntime
+from sandbox.host.dirs import instance_of
 from sandbox.idranges import HOST_REGISTRY
 from sandbox.oci.runtime import OciRuntime, OciSettings, forget_instance
 from sandbox.runtime import Runtime

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from sandbox.hostruntime import HostRuntime
+from sandbox.host.base import HostRuntime
 from sandbox.idranges import IdRangeSettings
 from tests.runtime.conftest import Harness, check, sh
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.agent_client import hand_over_work_group
-from sandbox.hostruntime import HostRuntime
+from sandbox.host.base import HostRuntime
 from sandbox.spec import MEMORY_TIERS, SANDBOX_UID
 from tests.runtime.conftest import MIB, Harness, check, chunks_of, sh, spec
 

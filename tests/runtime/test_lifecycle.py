@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import AgentUnavailable, RuntimeFailure
-from sandbox.oci import workspace
+from sandbox.host import workspace
 from tests.runtime.conftest import (
     Harness,
     RunResources,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.oci import workspace
+from sandbox.host import workspace
 from tests.runtime.conftest import loop_devices_backed_by
 
 pytestmark = pytest.mark.root

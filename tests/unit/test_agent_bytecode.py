@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.hostdirs import AGENT_SCRIPT, SANDBOX_PYTHON, agent_bytecode, agent_pycache
+from sandbox.host.agent import AGENT_SCRIPT, SANDBOX_PYTHON, agent_bytecode, agent_pycache
 from sandbox.spec import AGENT_PYCACHE
 
 pytestmark = pytest.mark.skipif(not Path(SANDBOX_PYTHON).exists(), reason="no /usr/bin/python3")

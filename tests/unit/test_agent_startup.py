@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.hostdirs import AGENT_SCRIPT, SANDBOX_PYTHON
+from sandbox.host.agent import AGENT_SCRIPT, SANDBOX_PYTHON
 
 pytestmark = pytest.mark.skipif(not Path(SANDBOX_PYTHON).exists(), reason="no /usr/bin/python3")
 

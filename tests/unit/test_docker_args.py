@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from sandbox.docker.container import AGENT_SOCKET, HostPaths, create_args
-from sandbox.oci.bundle import AGENT_ARGV
+from sandbox.docker.container import AGENT_SOCKET, create_args
+from sandbox.host.agent import AGENT_ARGV
+from sandbox.host.mounts import HostPaths
 from sandbox.seccomp import load_profile
 from sandbox.spec import (
     AGENT_RESERVE_BYTES,

@@ -1,34 +1,20 @@
-"""What both runtime backends share on the host: the daemon's instance id, the state and
-per-sandbox directories, the agent's files, and the all-or-nothing create.
-
-Nothing a sandbox owns on the host is reachable by other host accounts: the state dir, its
-`sandboxes/` and every sandbox's dir are 0700 root, and what a sandbox's own ids must reach
-lies below that. A sandbox's dir is named after the first host id of its uid range, not its
-container id, so neither the host's world-readable /proc/mounts nor the sandbox's own
-mountinfo names a container."""
+"""The in-sandbox agent as both backends start it: its files on the host (bound read-only
+into every sandbox), its bytecode, and the command line and environment it starts with."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import errno
 import hashlib
 import logging
-import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
-from sandbox.errors import RuntimeFailure
-from sandbox.oci import workspace
 from sandbox.spec import AGENT_DIR, AGENT_PYCACHE
 
 logger = logging.getLogger(__name__)
 
-AGENT_SCRIPT = Path(__file__).resolve().parent / "agent" / "agent.py"
+AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
 INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
 AGENT_READY_TIMEOUT_S = 15.0
 SANDBOX_PYTHON = "/usr/bin/python3"  # the host's, which the host skeleton binds in
@@ -92,58 +78,15 @@ def agent_bytecode(state_dir: Path, python: str = SANDBOX_PYTHON) -> Path | None
         shutil.rmtree(tmp, ignore_errors=True)  # already gone if it became the target
 
 
-def instance_of(state_dir: Path) -> str:
-    """The instance id of the daemon that owns `state_dir`: part of every host-wide name it
-    creates or reconciles (runtime root, cgroup parents, id-range claims, docker labels), so
-    two daemons on one host never touch each other's sandboxes."""
-    return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
-
-
-def make_state_dirs(state_dir: Path) -> None:
-    """The state dir and sandboxes/, 0700 root: sandboxes reach what they need by mounts."""
-    for path in (state_dir, state_dir / "sandboxes"):
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.chmod(0o700)
-
-
-def sandbox_dir(state_dir: Path, name: str) -> Path:
-    if "/" in name or name in ("", ".", ".."):
-        raise ValueError("bad sandbox dir name")
-    return state_dir / "sandboxes" / name
-
-
-def make_sandbox_dir(sdir: Path) -> None:
-    sdir.mkdir(mode=0o700)
-
-
-def make_private_dir(path: Path, owner: tuple[int, int], mode: int = 0o700) -> None:
-    path.mkdir(mode=mode)
-    os.chown(path, *owner)
-    path.chmod(mode)
-
-
-def remove_sandbox_dir(sdir: Path) -> None:
-    if workspace.is_mounted(sdir / "data"):
-        raise RuntimeFailure(f"{sdir / 'data'} is still mounted; not removing {sdir}")
-    shutil.rmtree(sdir, ignore_errors=True)
-
-
-def disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return isinstance(exc, RuntimeFailure) and "No space left on device" in str(exc)
-
-
-async def all_or_nothing(
-    create: Coroutine[Any, Any, None], undo: Callable[[], Awaitable[None]]
-) -> None:
-    """Run `create` to completion even when the caller is cancelled (its steps run in
-    threads that cannot be interrupted), then undo a cancelled create."""
-    task = asyncio.ensure_future(create)  # scoped, not background: awaited whatever happens
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(task)
-        await asyncio.shield(undo())
-        raise
+# The agent's command line and environment on both backends (runc's process.args, the
+# container's command). Imported (not run as a script) so that a matching
+# __pycache__/agent.*.pyc is used.
+AGENT_ARGV = [
+    "/usr/bin/python3",
+    "-I",
+    "-S",
+    "-B",
+    "-c",
+    f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import agent; agent.main()",
+]
+AGENT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]

@@ -24,7 +24,7 @@ import threading
 from pathlib import Path
 
 from sandbox.errors import RuntimeFailure
-from sandbox.oci import loopmount
+from sandbox.host import loopmount
 
 TOOL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 FICLONE = 0x40049409

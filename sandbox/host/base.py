@@ -1,7 +1,8 @@
 """The part of a runtime backend that lives on the host, the same for oci and docker: the
 thread pools for blocking host work (destroys have their own, so a burst of slow destroys
 cannot hold up creates), the sandbox's uid range and its dir and workspace, the agent
-clients, the cgroup readers and the work group, skills, and the host side of a destroy.
+clients, the cgroup readers and the work group, skills, the host side of a destroy, and
+the all-or-nothing create both backends run theirs in.
 A backend adds how a sandbox is started, stopped and found (runc or the engine), and where
 its agent socket and cgroup are.
 
@@ -18,14 +19,15 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from sandbox.agent_client import AgentClient, AgentLimits, hand_over_work_group
 from sandbox.cgroups import (
@@ -38,10 +40,9 @@ from sandbox.cgroups import (
     make_work_group,
 )
 from sandbox.errors import HostStorageFull, RuntimeFailure, SandboxError
-from sandbox.hostdirs import (
-    AGENT_READY_TIMEOUT_S,
-    agent_pycache,
-    disk_full,
+from sandbox.host import skills, workspace
+from sandbox.host.agent import AGENT_READY_TIMEOUT_S, agent_pycache
+from sandbox.host.dirs import (
     instance_of,
     make_private_dir,
     make_sandbox_dir,
@@ -50,7 +51,6 @@ from sandbox.hostdirs import (
     sandbox_dir,
 )
 from sandbox.idranges import IdRanges, IdRangeSettings, lock_instance
-from sandbox.oci import skills, workspace
 from sandbox.skill_archive import SkillArchiveError
 from sandbox.spec import AGENT_OOM_ADJ, SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
 
@@ -73,7 +73,7 @@ class HostSettings(Protocol):
     @property
     def agent_limits(self) -> AgentLimits: ...
     @property
-    def instance(self) -> str: ...  # "" = derived from the state dir (hostdirs.instance_of)
+    def instance(self) -> str: ...  # "" = derived from the state dir (dirs.instance_of)
     @property
     def ids(self) -> IdRangeSettings: ...
 
@@ -149,7 +149,7 @@ class HostRuntime(abc.ABC):
                     _clear_dir(sdir)
 
     async def _compile_agent(self, root: Path) -> None:
-        """The agent's bytecode for sandboxes on `root` (see hostdirs.agent_pycache)."""
+        """The agent's bytecode for sandboxes on `root` (see host.agent.agent_pycache)."""
         self._pycache = await self._in_thread(agent_pycache, self._state_dir, root)
 
     def _dir(self, sandbox_id: str) -> Path:
@@ -370,6 +370,27 @@ class HostRuntime(abc.ABC):
         if self._instance_lock >= 0:
             os.close(self._instance_lock)
             self._instance_lock = -1
+
+
+def disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, RuntimeFailure) and "No space left on device" in str(exc)
+
+
+async def all_or_nothing(
+    create: Coroutine[Any, Any, None], undo: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `create` to completion even when the caller is cancelled (its steps run in
+    threads that cannot be interrupted), then undo a cancelled create."""
+    task = asyncio.ensure_future(create)  # scoped, not background: awaited whatever happens
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(task)
+        await asyncio.shield(undo())
+        raise
 
 
 def _check_instance_of(state_dir: Path, instance: str) -> None:
