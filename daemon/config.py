@@ -131,6 +131,8 @@ class ExecConfig:
     # stdout+stderr kept for one exec call (all its commands) or one /code call: the daemon's
     # memory per call, whatever max_output_length and the number of commands say.
     max_total_output: int = 16 << 20
+    # An exec or /code event stream with nothing to say this long sends an SSE comment, so a
+    # quiet command keeps its connection through clients' and proxies' idle timeouts.
     keepalive_s: float = 15.0
 
 
@@ -380,6 +382,8 @@ def _validate(cfg: Config) -> None:
             f"containers.max_files_listed must be within 1..{MAX_AGENT_LISTED}, and "
             "containers.max_file_records at least as large"
         )
+    if not 0.1 <= cfg.exec.keepalive_s <= 300:
+        raise ConfigError("exec.keepalive_s must be within 0.1..300")
     if not 0.1 <= c.reaper_interval_s <= 600:
         raise ConfigError("containers.reaper_interval_s must be within 0.1..600")
     stages = ("drain_timeout_s", "kill_grace_s", "cancel_timeout_s", "tasks_timeout_s")

@@ -9,13 +9,12 @@ from aiohttp import web
 
 from daemon.api import serialize
 from daemon.api.context import CODE, CONFIG, caller_of, read_json
-from daemon.api.output import Captured, SseReply, json_reply
+from daemon.api.output import Captured, SseReply, json_reply, sse_response
 from daemon.api.validation import get_int, get_str, reject_unknown
-from daemon.code import DEFAULT_SESSION, CodeParams, CodeRun
+from daemon.code import DEFAULT_SESSION, CodeParams
 from daemon.config import Config
-from daemon.errors import DomainError, InvalidRequest, NotFound
+from daemon.errors import InvalidRequest, NotFound
 from daemon.models import Page
-from sandbox.agent_client import CodeSession
 
 CODE_KEYS = {"code", "session_id", "timeout_ms", "max_output_length", "stream"}
 SESSION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -65,44 +64,6 @@ def parse_code(body: dict[str, Any], cfg: Config) -> tuple[CodeParams, bool]:
     return params, stream
 
 
-def code_result(run: CodeRun, cid: str, output: dict[str, Captured]) -> dict[str, Any]:
-    """The reply; `output` holds stdout and stderr (none for the stream's result event)."""
-    body: dict[str, Any] = {
-        "object": "container.code_result",
-        "container_id": cid,
-        "session_id": run.session_id,
-        **output,
-        "truncated": run.truncated,
-        "result": run.result,
-        "result_truncated": run.result_truncated,
-        "error": None,
-        "outcome": {"type": run.outcome, "state_lost": run.state_lost},
-        "restarted": run.restarted,
-        "files": [serialize.container_file(f) for f in run.files],
-        "files_truncated": run.files_truncated,
-        "duration_ms": run.duration_ms,
-    }
-    if run.error is not None:
-        e = run.error
-        body["error"] = {"name": e.name, "value": e.value, "traceback": e.traceback}
-    if run.killed is not None:
-        body["killed"] = run.killed
-    if run.restarted:
-        body["restart_reason"] = run.restart_reason or "killed"
-    return body
-
-
-def code_session(session: CodeSession, cid: str) -> dict[str, Any]:
-    return {
-        "id": session.id,
-        "object": "container.code_session",
-        "container_id": cid,
-        "created_at": session.created_at,
-        "last_used_at": session.last_used_at,
-        "status": session.status,
-    }
-
-
 async def run(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
     params, stream = parse_code(await read_json(request, body_cap(cfg)), cfg)
@@ -115,29 +76,24 @@ async def run(request: web.Request) -> web.StreamResponse:
             kept[stream_name].add(data)
 
         run = await service.run(caller, cid, params, keep)
-        return await json_reply(request, code_result(run, cid, kept))
+        return await json_reply(request, serialize.code_result(run, cid, kept))
     await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
-    events = await SseReply.open(request)
 
-    async def sink(stream_name: str, data: bytes) -> None:
-        await events.output(stream_name, data, type=stream_name)
+    async def stream_run(events: SseReply) -> dict[str, Any]:
+        async def sink(stream_name: str, data: bytes) -> None:
+            await events.output(stream_name, data, type=stream_name)
 
-    try:
         result = await service.run(caller, cid, params, sink)
-    except DomainError as exc:
-        await events.fail(exc)
-    else:
-        await events.flush("stdout")
-        await events.flush("stderr")
-        await events.send({"type": "result", **code_result(result, cid, {})})
-    return await events.close()
+        return {"type": "result", **serialize.code_result(result, cid, {})}
+
+    return await sse_response(request, stream_run, cfg.exec.keepalive_s)
 
 
 async def list_sessions(request: web.Request) -> web.Response:
     cid = request.match_info["container_id"]
     sessions = await request.app[CODE].sessions(caller_of(request), cid)
     page = Page(sessions, has_more=False)  # oldest first, as the agent keeps them
-    return web.json_response(serialize.page(page, lambda s: code_session(s, cid)))
+    return web.json_response(serialize.page(page, lambda s: serialize.code_session(s, cid)))
 
 
 async def delete_session(request: web.Request) -> web.Response:

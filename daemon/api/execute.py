@@ -6,12 +6,13 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.api import serialize
 from daemon.api.context import CONFIG, EXEC, caller_of, read_json
-from daemon.api.output import EMPTY, Captured, SseReply, json_reply
+from daemon.api.output import EMPTY, Captured, SseReply, json_reply, sse_response
 from daemon.api.validation import ENV_NAME, get_int, get_str, reject_unknown
 from daemon.commands import ExecParams
 from daemon.config import ExecConfig
-from daemon.errors import DomainError, InvalidRequest
+from daemon.errors import InvalidRequest
 from sandbox.execution import CommandOutcome
 from sandbox.spec import WORKSPACE
 
@@ -85,20 +86,6 @@ def _utf8(value: str, param: str) -> bytes:
         raise InvalidRequest(f"'{param}' is not valid UTF-8 text.", param=param) from None
 
 
-def output_item(
-    o: CommandOutcome, stdout: Captured | None = None, stderr: Captured | None = None
-) -> dict[str, Any]:
-    """One `output` item (shell_call_output's shape); without output for stream events."""
-    outcome: dict[str, Any] = (
-        {"type": "timeout"} if o.timed_out else {"type": "exit", "exit_code": o.exit_code}
-    )
-    item: dict[str, Any] = {} if stdout is None else {"stdout": stdout, "stderr": stderr}
-    item.update(outcome=outcome, truncated=o.truncated, duration_ms=o.duration_ms)
-    if o.killed is not None:
-        item["killed"] = o.killed
-    return item
-
-
 async def exec_(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG].exec
     params, stream = parse_exec(await read_json(request), cfg)
@@ -112,26 +99,24 @@ async def exec_(request: web.Request) -> web.StreamResponse:
 
         outcomes = await service.exec(caller, cid, params, keep)
         output = [
-            output_item(o, kept.get((i, "stdout"), EMPTY), kept.get((i, "stderr"), EMPTY))
+            serialize.output_item(o, kept.get((i, "stdout"), EMPTY), kept.get((i, "stderr"), EMPTY))
             for i, o in enumerate(outcomes)
         ]
         reply = {"object": "container.exec", "output": output}
         return await json_reply(request, {**reply, "max_output_length": params.max_output})
     await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
-    events = await SseReply.open(request)
 
-    async def sink(index: int, stream_name: str, data: bytes) -> None:
-        await events.output((index, stream_name), data, type=stream_name, command_index=index)
+    async def run(events: SseReply) -> dict[str, Any]:
+        async def sink(index: int, stream_name: str, data: bytes) -> None:
+            await events.output((index, stream_name), data, type=stream_name, command_index=index)
 
-    async def finished(index: int, outcome: CommandOutcome) -> None:
-        await events.flush((index, "stdout"))
-        await events.flush((index, "stderr"))
-        await events.send({"type": "outcome", "command_index": index, **output_item(outcome)})
+        async def finished(index: int, outcome: CommandOutcome) -> None:
+            await events.flush((index, "stdout"))
+            await events.flush((index, "stderr"))
+            item = serialize.output_item(outcome)
+            await events.send({"type": "outcome", "command_index": index, **item})
 
-    try:
         await service.exec(caller, cid, params, sink, finished)
-    except DomainError as exc:
-        await events.fail(exc)
-    else:
-        await events.send({"type": "done", "max_output_length": params.max_output})
-    return await events.close()
+        return {"type": "done", "max_output_length": params.max_output}
+
+    return await sse_response(request, run, cfg.keepalive_s)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import json
-from collections.abc import Hashable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -139,6 +139,7 @@ class SseReply:
 
     def __init__(self, response: web.StreamResponse) -> None:
         self.response = response
+        self.last_write = asyncio.get_running_loop().time()
         self._texts: dict[Hashable, tuple[codecs.IncrementalDecoder, dict[str, Any]]] = {}
 
     @classmethod
@@ -157,7 +158,25 @@ class SseReply:
         # str.splitlines does (httpx's iter_lines) would cut the event there.
         data = data.replace("\x85", "\\u0085").replace("\u2028", "\\u2028")
         data = data.replace("\u2029", "\\u2029")
-        await self.response.write(b"data: " + data.encode() + b"\n\n")
+        await self._send(b"data: " + data.encode() + b"\n\n")
+
+    async def _send(self, frame: bytes) -> None:
+        self.last_write = asyncio.get_running_loop().time()
+        await self.response.write(frame)
+
+    async def keepalive(self, every_s: float) -> None:
+        """Until cancelled: a comment line (which clients ignore) whenever nothing else was
+        written for `every_s`; each write is one whole frame, never inside an event."""
+        loop = asyncio.get_running_loop()
+        while True:
+            quiet = loop.time() - self.last_write
+            if quiet >= every_s:
+                try:
+                    await self._send(b": keepalive\n\n")
+                except ConnectionResetError:
+                    return  # the client is gone: the operation's next write says so
+                quiet = 0.0
+            await asyncio.sleep(every_s - quiet)
 
     async def output(self, key: Hashable, data: bytes, **fields: Any) -> None:
         """Events {**fields, "data": text} for `data`, at most SLICE bytes of it per event."""
@@ -176,13 +195,35 @@ class SseReply:
         if found is not None and (tail := found[0].decode(b"", True)):
             await self._text_event(found[1], tail)
 
-    async def fail(self, exc: DomainError) -> None:
-        """The final `error` event (the error object of the JSON reply it replaces), after
-        what the decoders still hold."""
+    async def flush_all(self) -> None:
         for key in list(self._texts):
             await self.flush(key)
-        await self.send({"type": "error", **http_error(exc)[1]})
 
     async def close(self) -> web.StreamResponse:
         await self.response.write_eof()
         return self.response
+
+
+async def sse_response(
+    request: web.Request,
+    run: Callable[[SseReply], Awaitable[dict[str, Any]]],
+    keepalive_s: float,
+) -> web.StreamResponse:
+    """A 200 event stream: `run` sends its events and returns the final one; a DomainError
+    it raises becomes the final `error` event instead (the error object of the JSON reply
+    it replaces). What the decoders still hold goes out before the final event either way.
+    Check what can be refused (404, 400) before: once this starts, the status is 200."""
+    events = await SseReply.open(request)
+    # Owned here, like the watchdog of sandbox/execution.py's pump: cancelled and awaited
+    # before the final event, so it outlives neither this reply nor a cancelled request.
+    keepalive = asyncio.get_running_loop().create_task(events.keepalive(keepalive_s))
+    try:
+        final = await run(events)
+    except DomainError as exc:
+        final = {"type": "error", **http_error(exc)[1]}
+    finally:
+        keepalive.cancel()
+        await asyncio.wait({keepalive})  # its frame is out (or was never started)
+    await events.flush_all()
+    await events.send(final)
+    return await events.close()

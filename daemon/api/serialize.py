@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from daemon.models import ContainerRecord, EventRecord, FileRecord, Page, UserFileRecord
+from daemon.api.output import Captured
+from daemon.code import CodeRun
+from daemon.models import (
+    ContainerRecord,
+    EventRecord,
+    FileRecord,
+    Page,
+    SkillRecord,
+    SkillVersionRecord,
+    UserFileRecord,
+)
+from sandbox.agent_client import CodeSession
+from sandbox.execution import CommandOutcome
 
 
 def container(rec: ContainerRecord) -> dict[str, Any]:
@@ -73,3 +85,79 @@ def page[T](p: Page[T], fn: Callable[[T], dict[str, Any]]) -> dict[str, Any]:
 
 def deleted(object_id: str, kind: str) -> dict[str, Any]:
     return {"id": object_id, "object": f"{kind}.deleted", "deleted": True}
+
+
+def skill(rec: SkillRecord) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "object": "skill",
+        "created_at": rec.created_at,
+        "name": rec.name,
+        "description": rec.description,
+        "default_version": str(rec.default_version),
+        "latest_version": str(rec.latest_version),
+    }
+
+
+def skill_version(rec: SkillVersionRecord) -> dict[str, Any]:
+    return {
+        "id": rec.id,
+        "object": "skill.version",
+        "skill_id": rec.skill_id,
+        "version": str(rec.version),
+        "created_at": rec.created_at,
+        "name": rec.name,
+        "description": rec.description,
+    }
+
+
+def output_item(
+    o: CommandOutcome, stdout: Captured | None = None, stderr: Captured | None = None
+) -> dict[str, Any]:
+    """One `output` item (shell_call_output's shape); without output for stream events."""
+    outcome: dict[str, Any] = (
+        {"type": "timeout"} if o.timed_out else {"type": "exit", "exit_code": o.exit_code}
+    )
+    item: dict[str, Any] = {} if stdout is None else {"stdout": stdout, "stderr": stderr}
+    item.update(outcome=outcome, truncated=o.truncated, duration_ms=o.duration_ms)
+    if o.killed is not None:
+        item["killed"] = o.killed
+    return item
+
+
+def code_result(run: CodeRun, cid: str, output: dict[str, Captured]) -> dict[str, Any]:
+    """The reply; `output` holds stdout and stderr (none for the stream's result event)."""
+    body: dict[str, Any] = {
+        "object": "container.code_result",
+        "container_id": cid,
+        "session_id": run.session_id,
+        **output,
+        "truncated": run.truncated,
+        "result": run.result,
+        "result_truncated": run.result_truncated,
+        "error": None,
+        "outcome": {"type": run.outcome, "state_lost": run.state_lost},
+        "restarted": run.restarted,
+        "files": [container_file(f) for f in run.files],
+        "files_truncated": run.files_truncated,
+        "duration_ms": run.duration_ms,
+    }
+    if run.error is not None:
+        e = run.error
+        body["error"] = {"name": e.name, "value": e.value, "traceback": e.traceback}
+    if run.killed is not None:
+        body["killed"] = run.killed
+    if run.restarted:
+        body["restart_reason"] = run.restart_reason or "killed"
+    return body
+
+
+def code_session(session: CodeSession, cid: str) -> dict[str, Any]:
+    return {
+        "id": session.id,
+        "object": "container.code_session",
+        "container_id": cid,
+        "created_at": session.created_at,
+        "last_used_at": session.last_used_at,
+        "status": session.status,
+    }

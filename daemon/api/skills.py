@@ -8,48 +8,15 @@ from typing import Any
 from aiohttp import web
 
 from daemon import ids
+from daemon.api import serialize
 from daemon.api.body import Part, body_of
 from daemon.api.context import CONFIG, SKILLS, caller_of, read_json, stream_blob
 from daemon.api.validation import malformed_multipart, query_list_params, reject_unknown
 from daemon.errors import InvalidRequest, PayloadTooLarge
-from daemon.models import SkillRecord, SkillVersionRecord
+from daemon.models import SkillVersionRecord
 from daemon.skills import CHUNK, SkillService, SkillUpload, parse_version
 
 MAX_FIELD_BYTES = 64
-
-
-def skill(rec: SkillRecord) -> dict[str, Any]:
-    return {
-        "id": rec.id,
-        "object": "skill",
-        "created_at": rec.created_at,
-        "name": rec.name,
-        "description": rec.description,
-        "default_version": str(rec.default_version),
-        "latest_version": str(rec.latest_version),
-    }
-
-
-def version(rec: SkillVersionRecord) -> dict[str, Any]:
-    return {
-        "id": rec.id,
-        "object": "skill.version",
-        "skill_id": rec.skill_id,
-        "version": str(rec.version),
-        "created_at": rec.created_at,
-        "name": rec.name,
-        "description": rec.description,
-    }
-
-
-def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
-    return {
-        "object": "list",
-        "data": items,
-        "first_id": items[0]["id"] if items else None,
-        "last_id": items[-1]["id"] if items else None,
-        "has_more": has_more,
-    }
 
 
 async def _receive(request: web.Request, service: SkillService) -> tuple[SkillUpload, bool]:
@@ -112,18 +79,18 @@ async def create(request: web.Request) -> web.Response:
         rec = await service.create(caller_of(request), upload)
     finally:
         await service.discard(upload)
-    return web.json_response(skill(rec))
+    return web.json_response(serialize.skill(rec))
 
 
 async def list_(request: web.Request) -> web.Response:
     after, limit, desc = query_list_params(request.query, ids.SKILL_ID, min_limit=0)
     page = await request.app[SKILLS].list_skills(caller_of(request), after, limit, desc)
-    return web.json_response(_page([skill(r) for r in page.items], page.has_more))
+    return web.json_response(serialize.page(page, serialize.skill))
 
 
 async def retrieve(request: web.Request) -> web.Response:
     rec = await request.app[SKILLS].get(caller_of(request), request.match_info["skill_id"])
-    return web.json_response(skill(rec))
+    return web.json_response(serialize.skill(rec))
 
 
 async def update(request: web.Request) -> web.Response:
@@ -139,7 +106,7 @@ async def update(request: web.Request) -> web.Response:
     number = parse_version(raw, "default_version")
     sid = request.match_info["skill_id"]
     rec = await request.app[SKILLS].set_default(caller_of(request), sid, number)
-    return web.json_response(skill(rec))
+    return web.json_response(serialize.skill(rec))
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -173,20 +140,20 @@ async def create_version(request: web.Request) -> web.Response:
         rec = await service.add_version(caller_of(request), sid, upload, make_default)
     finally:
         await service.discard(upload)
-    return web.json_response(version(rec))
+    return web.json_response(serialize.skill_version(rec))
 
 
 async def list_versions(request: web.Request) -> web.Response:
     after, limit, desc = query_list_params(request.query, ids.SKILL_VERSION_ID, min_limit=0)
     sid = request.match_info["skill_id"]
     page = await request.app[SKILLS].list_versions(caller_of(request), sid, after, limit, desc)
-    return web.json_response(_page([version(r) for r in page.items], page.has_more))
+    return web.json_response(serialize.page(page, serialize.skill_version))
 
 
 async def retrieve_version(request: web.Request) -> web.Response:
     m = request.match_info
     rec = await request.app[SKILLS].get_version(caller_of(request), m["skill_id"], m["version"])
-    return web.json_response(version(rec))
+    return web.json_response(serialize.skill_version(rec))
 
 
 async def delete_version(request: web.Request) -> web.Response:

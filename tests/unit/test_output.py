@@ -4,6 +4,7 @@ not UTF-8 as raw U+FFFD), and other strings keep JSON's ASCII escapes."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -11,7 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.api.output import SLICE, Captured, SseReply, json_reply
+from daemon.api.output import SLICE, Captured, SseReply, json_reply, sse_response
+from daemon.errors import SandboxBusy
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,3 +105,47 @@ async def test_events_carry_the_same_text(
     assert all(len(e["data"].encode()) <= 3 * SLICE for e in events[:-1])
     assert events[-1] == {"type": "done", "path": "x\udcff"}
     assert "\u2028".encode() not in raw  # escaped: line splitters keep each event whole
+
+
+async def test_a_quiet_stream_sends_keepalive_comments_and_ends_with_its_final_event(
+    serve: Callable[[Handler], Awaitable[TestClient]],
+) -> None:
+    async def run(events: SseReply) -> dict[str, object]:
+        await asyncio.sleep(0.35)  # a command with nothing to say for a while
+        await events.output("k", b"late" + EURO[:2], type="stdout")  # ends mid-character
+        return {"type": "done"}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await sse_response(request, run, keepalive_s=0.1)
+
+    client = await serve(handler)
+    raw = await (await client.get("/")).read()
+    frames = raw[:-2].split(b"\n\n")
+    comments = [f for f in frames if f.startswith(b":")]
+    assert len(comments) >= 2 and set(comments) == {b": keepalive"}
+    events = [json.loads(f.removeprefix(b"data: ")) for f in frames if not f.startswith(b":")]
+    # the decoder's tail goes out before the final event
+    assert events == [
+        {"type": "stdout", "data": "late"},
+        {"type": "stdout", "data": "\ufffd"},
+        {"type": "done"},
+    ]
+
+
+async def test_a_domain_error_ends_the_stream_with_an_error_event(
+    serve: Callable[[Handler], Awaitable[TestClient]],
+) -> None:
+    async def run(events: SseReply) -> dict[str, object]:
+        await events.output("k", b"partial " + EURO[:1], type="stderr")
+        raise SandboxBusy("busy")
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await sse_response(request, run, keepalive_s=10)
+
+    client = await serve(handler)
+    r = await client.get("/")
+    assert r.status == 200
+    frames = (await r.read())[:-2].split(b"\n\n")
+    events = [json.loads(f.removeprefix(b"data: ")) for f in frames]
+    assert [e["type"] for e in events] == ["stderr", "stderr", "error"]
+    assert events[-1]["error"]["code"] == "sandbox_busy"
