@@ -1,7 +1,7 @@
 """`sandboxd` command line: the only place that reads os.environ and argv.
 
 `serve` runs the daemon; `check` and `config show` run locally; the other commands are
-clients of a running daemon (see daemon/clitool/, and commands.py for exit codes).
+clients of a running daemon (see daemon/clitool/, and dispatch.py for exit codes).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from daemon import config as config_mod
 from daemon import logs
-from daemon.clitool import commands, image
+from daemon.clitool import dispatch, image
 from daemon.clitool.client import Target
 from daemon.clitool.containers import Console
 from daemon.systemd import SystemdEnv
@@ -133,7 +133,7 @@ def _local_parsers(sub: Any) -> None:
 
 
 def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from daemon.daemon import StartupError  # aiohttp & co.: client commands skip it
+    from daemon.composition import StartupError  # aiohttp & co.: client commands skip it
 
     overrides: dict[str, Any] = {}
     if args.state_dir:
@@ -169,7 +169,7 @@ def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 async def _serve(cfg: config_mod.Config, socket_path: str, systemd: SystemdEnv) -> None:
-    from daemon.daemon import Daemon
+    from daemon.composition import Daemon
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -228,20 +228,20 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args, env)
     con = Console(sys.stdout, sys.stderr)
     if args.command == "check":
-        return commands.run_check(args, os.geteuid(), con)
+        return dispatch.run_check(args, os.geteuid(), con)
     if args.command == "key":
         return _new_key(args.owner, con)
     if args.command == "image":
         return image.build(args, os.geteuid(), con)
     if args.command == "config":
-        return commands.run_config_show(
+        return dispatch.run_config_show(
             args.config, lambda cfg: config_mod.default_socket(os.geteuid(), env), con
         )
     target = client_target(args, env, os.geteuid())
     if target is None:
         parser.error("give either --socket or --url, not both")
-    command = commands.client_command(args.command, sys.stdin.buffer, sys.stdout.buffer)
-    return commands.run_client(command, args, target, con)
+    command = dispatch.client_command(args.command, sys.stdin.buffer, sys.stdout.buffer)
+    return dispatch.run_client(command, args, target, con)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ from aiohttp import web
 from daemon.api.body import body_of
 from daemon.api.validation import parse_json_object
 from daemon.code import CodeService
-from daemon.commands import ExecService
 from daemon.config import Config
 from daemon.container_files import ContainerFileService
 from daemon.containers import Caller, ContainerService
 from daemon.errors import PayloadTooLarge
+from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
 from daemon.metrics import Metrics
 from daemon.shutdown import ShutdownControl
@@ -25,7 +25,7 @@ from daemon.user_files import FileService
 
 @dataclass(frozen=True)
 class Services:
-    """What the handlers call, built by the composition root (daemon/daemon.py)."""
+    """What the handlers call, built by the composition root (daemon/composition.py)."""
 
     containers: ContainerService
     container_files: ContainerFileService

@@ -10,9 +10,9 @@ from daemon.api import serialize
 from daemon.api.context import CONFIG, EXEC, caller_of, read_json
 from daemon.api.output import EMPTY, Captured, SseReply, json_reply, sse_response
 from daemon.api.validation import ENV_NAME, get_int, get_str, reject_unknown
-from daemon.commands import ExecParams
 from daemon.config import ExecConfig
 from daemon.errors import InvalidRequest
+from daemon.exec import ExecParams
 from sandbox.execution import CommandOutcome
 from sandbox.spec import WORKSPACE
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from daemon.composition import Daemon
 from daemon.config import load
 from daemon.containers import Caller, CreateParams
-from daemon.daemon import Daemon
 from daemon.lifecycle import REASON_REBOOT
 from tests.e2e.harness import DaemonProcess
 

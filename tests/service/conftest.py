@@ -23,8 +23,8 @@ import openai
 import pytest
 
 from daemon import config as config_mod
+from daemon.composition import Daemon
 from daemon.config import Config
-from daemon.daemon import Daemon
 from daemon.keys import hash_key
 from tests.service.runtime_double import MemoryRuntime
 

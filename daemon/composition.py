@@ -20,12 +20,12 @@ from daemon.admission import Admission, AdmittingRuntime, host_memory_bytes
 from daemon.api.app import create_app, create_metrics_app
 from daemon.api.context import Services
 from daemon.code import CodeService
-from daemon.commands import ExecService
 from daemon.config import Config, ProxyConfig, split_host_port
 from daemon.container_egress import ContainerEgress
 from daemon.container_files import ContainerFileService
 from daemon.containers import ContainerService
 from daemon.egress_proxy import EgressProxy, EgressUnavailable, ProxySettings
+from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
