@@ -452,12 +452,15 @@ def handle_exec(reaper, conn, req):
         for fd in (out_w, err_w, in_r):
             os.close(fd)
             own.remove(fd)
-        own.remove(in_w)  # pump_exec owns and closes it
-        deadline = started + timeout_ms / 1000.0
         try:
-            result = pump_exec(
-                conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, deadline
-            )
+            pump = Pump(conn, pid, waiter, cap, started + timeout_ms / 1000.0, out_r, err_r, wake_r)
+            if stdin_bytes:
+                os.set_blocking(in_w, False)
+                pump.feed(in_w, stdin_bytes, close_input=True)
+            else:
+                os.close(in_w)  # at once: the command reads an empty stdin
+            own.remove(in_w)
+            pump.run()
         finally:
             with reaper.lock:
                 waiter["wake"] = None
@@ -467,96 +470,152 @@ def handle_exec(reaper, conn, req):
                 os.close(fd)
             except OSError:
                 pass
+    result = {"ev": "exit", "timed_out": pump.timed_out, "truncated": pump.truncated, "pid": pid}
+    result.update(exit_fields(pump.status))
+    if pump.killed_by_request is not None:
+        result["killed"] = pump.killed_by_request
     result["duration_ms"] = int((time.monotonic() - started) * 1000)
     send_json(conn, result)
 
 
-def pump_exec(conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, deadline):
-    sel = Poller()
-    sel.register(out_r, EVENT_READ, b"O")
-    sel.register(err_r, EVENT_READ, b"E")
-    sel.register(wake_r, EVENT_READ, None)
-    sel.register(conn, EVENT_READ, "conn")
-    if stdin_bytes:
-        os.set_blocking(in_w, False)
-        sel.register(in_w, EVENT_WRITE, "stdin")
-        stdin_open = True
-    else:
-        os.close(in_w)
-        stdin_open = False
-    pending_stdin = memoryview(stdin_bytes)
-    sent = 0
-    truncated = False
-    timed_out = False
-    killed_by_request = None
-    status = None
-    exited_at = None
-    open_pipes = 2
-    try:
-        while True:
-            now = time.monotonic()
-            if status is None and not timed_out and now >= deadline:
-                timed_out = True
-                kill_group(pid)
-            if status is not None:
-                if open_pipes == 0 or now - exited_at >= DRAIN_GRACE_S:
+class Pump:
+    """The select loop of one child (an exec's shell, a code cell's interpreter): relays its
+    stdout and stderr as O/E frames (at most `cap` bytes together, the rest read and dropped,
+    `truncated`), feeds it one buffer of input, takes kill requests from the daemon and enforces
+    the deadline. Exec uses it as it is; a code cell (sessions.py) overrides the hooks where a
+    cell differs: how it stops, what it reads besides its output, and what a lost daemon means.
+
+    The fds stay the caller's, but an input fd fed with close_input is closed when written
+    (its end is how the child sees EOF)."""
+
+    # A write error that means the reader is gone (the rest of the input is dropped).
+    INPUT_GONE = BrokenPipeError
+
+    def __init__(self, conn, pid, waiter, cap, deadline, out_r, err_r, wake_r):
+        self.conn, self.pid, self.waiter = conn, pid, waiter
+        self.cap, self.deadline = cap, deadline
+        self.sent = 0  # output bytes relayed, against cap
+        self.truncated = False
+        self.relay = True  # False once the daemon can no longer be sent to
+        self.status = None  # the child's wait status, once the reaper has it
+        self.timed_out = False  # an exec killed at its deadline
+        self.exited_at = None
+        self.killed_by_request = None  # the reason of the daemon's kill op
+        self.open_pipes = 2
+        self.input_fd, self.pending, self.close_input = None, None, False
+        self.sel = Poller()
+        self.sel.register(out_r, EVENT_READ, b"O")
+        self.sel.register(err_r, EVENT_READ, b"E")
+        self.sel.register(wake_r, EVENT_READ, "wake")
+        self.sel.register(conn, EVENT_READ, "conn")
+
+    def feed(self, fd, data, close_input):
+        """Write `data` to the child's input fd as it becomes writable."""
+        self.input_fd, self.pending, self.close_input = fd, memoryview(data), close_input
+        self.sel.register(fd, EVENT_WRITE, "input")
+
+    def run(self):
+        try:
+            while True:
+                timeout = self.tick(time.monotonic())
+                if timeout is None:
                     break
-                timeout = exited_at + DRAIN_GRACE_S - now
-            else:
-                timeout = max(0.0, deadline - now) if not timed_out else 1.0
-            for key, _ in sel.select(timeout):
-                tag = key.data
-                if tag == "conn":
-                    kind, payload = recv_frame(conn)
-                    msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
-                    if isinstance(msg, dict) and msg.get("op") == "kill":
-                        killed_by_request = str(msg.get("reason") or "request")
-                        kill_group(pid)
-                elif tag == "stdin":
-                    try:
-                        n = os.write(in_w, pending_stdin[:65536])
-                        pending_stdin = pending_stdin[n:]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending_stdin = pending_stdin[:0]
-                    if not pending_stdin:
-                        sel.unregister(in_w)
-                        os.close(in_w)
-                        stdin_open = False
-                elif tag is None:
-                    os.read(wake_r, 16)
-                    sel.unregister(wake_r)
-                    exited_at = time.monotonic()
-                    status = waiter["status"]
-                else:
-                    data = os.read(key.fd, READ_CHUNK)
-                    if not data:
-                        sel.unregister(key.fd)
-                        open_pipes -= 1
-                        continue
-                    room = cap - sent
-                    if room <= 0:
-                        truncated = True
-                        continue
-                    if len(data) > room:
-                        data = data[:room]
-                        truncated = True
-                    sent += len(data)
-                    send_frame(conn, tag, data)
-    except (EOFError, OSError, ProtocolError, ValueError):
-        # The daemon went away mid-exec: do not leave the command running unattended.
-        kill_group(pid)
-        raise
-    finally:
-        sel.close()
-        if stdin_open:
-            os.close(in_w)
-    result = {"ev": "exit", "timed_out": timed_out, "truncated": truncated, "pid": pid}
-    result.update(exit_fields(status))
-    if killed_by_request is not None:
-        result["killed"] = killed_by_request
-    return result
+                for key, _ in self.sel.select(timeout):
+                    self.dispatch(key)
+            self.finish()
+        except (EOFError, OSError, ProtocolError, ValueError):
+            # The daemon went away mid-run: do not leave the child running unattended.
+            kill_group(self.pid)
+            raise
+        finally:
+            self.sel.close()
+            if self.close_input and self.input_fd is not None:
+                os.close(self.input_fd)
+
+    def tick(self, now):
+        """Enforce the deadline; how long to wait for events, or None: the run is over.
+
+        An exec is killed at its deadline, and once it has exited its pipes get
+        DRAIN_GRACE_S to deliver what its leftover children still write."""
+        if self.status is None and not self.timed_out and now >= self.deadline:
+            self.timed_out = True
+            kill_group(self.pid)
+        if self.status is not None:
+            if self.open_pipes == 0 or now - self.exited_at >= DRAIN_GRACE_S:
+                return None
+            return self.exited_at + DRAIN_GRACE_S - now
+        return max(0.0, self.deadline - now) if not self.timed_out else 1.0
+
+    def finish(self):
+        """After the loop (a cell reads what was written before its reply here)."""
+
+    def dispatch(self, key):
+        tag = key.data
+        if tag == "conn":
+            self.from_daemon()
+        elif tag == "input":
+            self.write_input()
+        elif tag == "wake":
+            os.read(key.fd, 16)
+            self.sel.unregister(key.fd)
+            self.exited_at = time.monotonic()
+            self.status = self.waiter["status"]
+        elif tag in (b"O", b"E"):
+            if not self.output(key.fd, tag):
+                self.sel.unregister(key.fd)
+                self.open_pipes -= 1
+        else:
+            self.other(key)
+
+    def other(self, key):
+        """An fd a subclass registered with its own tag."""
+        raise ProtocolError("unexpected event %r" % (key.data,))
+
+    def from_daemon(self):
+        """A J frame from the daemon while the child runs; anything else is ignored."""
+        kind, payload = recv_frame(self.conn)
+        msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
+        if isinstance(msg, dict):
+            self.request(msg.get("op"), msg)
+
+    def request(self, op, msg):
+        if op == "kill":
+            self.killed_by_request = str(msg.get("reason") or "request")
+            kill_group(self.pid)
+
+    def write_input(self):
+        fd = self.input_fd
+        try:
+            self.pending = self.pending[os.write(fd, self.pending[:65536]) :]
+        except BlockingIOError:
+            return
+        except self.INPUT_GONE:
+            self.pending = self.pending[:0]
+        if not self.pending:
+            self.sel.unregister(fd)
+            if self.close_input:
+                os.close(fd)
+                self.input_fd = None
+
+    def output(self, fd, tag, chunks=1):
+        """Relay up to `chunks` reads of `fd`; False at its end of file."""
+        for _ in range(chunks):
+            try:
+                chunk = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return True
+            if not chunk:
+                return False
+            room = self.cap - self.sent
+            if len(chunk) > room:
+                chunk, self.truncated = chunk[: max(room, 0)], True
+            if chunk and self.relay:
+                self.sent += len(chunk)
+                self.send(tag, chunk)
+        return True
+
+    def send(self, tag, chunk):
+        send_frame(self.conn, tag, chunk)
 
 
 def kill_group(pid):
@@ -951,7 +1010,7 @@ def handle_code(sessions, conn, req):
             sessions.start(s)
         before, _ = snapshot()
         try:
-            result = pump_code(conn, s, code, started + timeout_ms / 1000.0, cap)
+            result = run_cell(conn, s, code, started + timeout_ms / 1000.0, cap)
         except BaseException:
             s.lost = "agent_error"  # the cell may still run: never reuse this process
             sessions.stop(s)
@@ -1025,127 +1084,109 @@ def death_reason(status):
     return "killed" if os.waitstatus_to_exitcode(status) < 0 else "exited"
 
 
-def pump_code(conn, s, code, deadline, cap):
+class CellPump(Pump):
+    """A code cell's pump: the cell ends with the interpreter's reply (or its death), its
+    deadline interrupts it (SIGINT) and kills it INTERRUPT_GRACE_S later, the daemon may ask
+    for either meanwhile, and a lost daemon stops the cell without losing the session."""
+
+    INPUT_GONE = OSError  # the request pipe: the interpreter is gone
+
+    def __init__(self, conn, p, cap, deadline):
+        Pump.__init__(self, conn, p["pid"], p["waiter"], cap, deadline, p["out"], p["err"],
+                      p["wake"])  # fmt: skip
+        self.p = p
+        self.reply, self.buf = None, bytearray()
+        self.stop, self.interrupted_at, self.killed = None, None, False
+        self.sel.register(p["rep"], EVENT_READ, "rep")
+
+    def tick(self, now):
+        if self.reply is not None or self.status is not None:
+            return None
+        if now >= self.deadline:
+            self.interrupt("timeout")
+        grace_end = None if self.interrupted_at is None else self.interrupted_at + INTERRUPT_GRACE_S
+        if grace_end is not None and not self.killed and now >= grace_end:
+            self.kill()
+        if self.killed:
+            return 1.0
+        return max(0.0, (self.deadline if grace_end is None else grace_end) - now)
+
+    def finish(self):
+        for fd, tag in ((self.p["out"], b"O"), (self.p["err"], b"E")):
+            self.output(fd, tag, 256)  # what was written before the reply (bounded: a thread
+            # may still be printing)
+
+    def interrupt(self, reason):
+        if self.stop is None:
+            self.stop = reason
+        if self.interrupted_at is None:
+            self.interrupted_at = time.monotonic()
+            try:
+                os.killpg(self.pid, signal.SIGINT)
+            except OSError:
+                pass
+
+    def kill(self, reason=None):
+        self.stop = reason or self.stop
+        self.killed = True
+        kill_group(self.pid)
+
+    def from_daemon(self):
+        try:
+            Pump.from_daemon(self)
+        except (EOFError, OSError, ProtocolError, ValueError):
+            # The daemon went away: stop the cell, keep the session if we can.
+            self.sel.unregister(self.conn)
+            self.relay = False
+            self.interrupt("disconnected")
+
+    def request(self, op, msg):
+        if op == "kill":
+            self.kill(str(msg.get("reason") or "request")[:32])
+        elif op == "interrupt":
+            self.interrupt(str(msg.get("reason") or "request")[:32])
+
+    def send(self, tag, chunk):
+        try:
+            send_frame(self.conn, tag, chunk)
+        except OSError:
+            self.relay = False
+
+    def other(self, key):
+        """The reply pipe: one length-prefixed JSON object, at most MAX_REPLY bytes."""
+        chunk = os.read(key.fd, READ_CHUNK)
+        self.buf += chunk
+        buf = self.buf
+        if not chunk or len(buf) > MAX_REPLY + 4:
+            self.sel.unregister(key.fd)  # closed or oversized: the process goes
+            if chunk:
+                self.kill(self.stop or "bad_reply")
+        elif len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
+            self.reply = parse_reply(bytes(buf[4:]))
+            if self.reply is None:
+                self.kill(self.stop or "bad_reply")
+
+
+def run_cell(conn, s, code, deadline, cap):
     """Send one cell, relay its output, enforce the deadline; the result without files."""
     p = s.proc
     data = json_dumps({"code": code}, ensure_ascii=False).encode()
-    pending = memoryview(struct.pack(">I", len(data)) + data)
     try:
         while os.read(p["rep"], READ_CHUNK):
             pass  # stale bytes (something in the sandbox wrote to the reply pipe)
     except BlockingIOError:
         pass
-    sel = Poller()
-    for key, tag in (("out", b"O"), ("err", b"E"), ("rep", "rep"), ("wake", "wake")):
-        sel.register(p[key], EVENT_READ, tag)
-    sel.register(p["req"], EVENT_WRITE, "req")
-    sel.register(conn, EVENT_READ, "conn")
-    reply, buf, status = None, bytearray(), None
-    stop, interrupted_at, killed = None, None, False
-    sent, truncated, relay = 0, False, True
-
-    def interrupt(reason):
-        nonlocal stop, interrupted_at
-        if stop is None:
-            stop = reason
-        if interrupted_at is None:
-            interrupted_at = time.monotonic()
-            try:
-                os.killpg(p["pid"], signal.SIGINT)
-            except OSError:
-                pass
-
-    def output(fd, tag, chunks=1):
-        nonlocal sent, truncated, relay
-        for _ in range(chunks):
-            try:
-                chunk = os.read(fd, READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                return True
-            if not chunk:
-                return False
-            room = cap - sent
-            if len(chunk) > room:
-                chunk, truncated = chunk[: max(room, 0)], True
-            if chunk and relay:
-                sent += len(chunk)
-                try:
-                    send_frame(conn, tag, chunk)
-                except OSError:
-                    relay = False
-        return True
-
-    try:
-        while reply is None and status is None:
-            now = time.monotonic()
-            if now >= deadline:
-                interrupt("timeout")
-            if (
-                interrupted_at is not None
-                and not killed
-                and now >= interrupted_at + INTERRUPT_GRACE_S
-            ):
-                killed = True
-                kill_group(p["pid"])
-            wait = deadline if interrupted_at is None else interrupted_at + INTERRUPT_GRACE_S
-            for key, _ in sel.select(1.0 if killed else max(0.0, wait - now)):
-                tag = key.data
-                if tag == "conn":
-                    try:
-                        kind, payload = recv_frame(conn)
-                        msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
-                    except (EOFError, OSError, ProtocolError, ValueError):
-                        # The daemon went away: stop the cell, keep the session if we can.
-                        sel.unregister(conn)
-                        relay = False
-                        interrupt("disconnected")
-                        continue
-                    op = msg.get("op") if isinstance(msg, dict) else None
-                    if op == "kill":
-                        stop, killed = str(msg.get("reason") or "request")[:32], True
-                        kill_group(p["pid"])
-                    elif op == "interrupt":
-                        interrupt(str(msg.get("reason") or "request")[:32])
-                elif tag == "req":
-                    try:
-                        pending = pending[os.write(p["req"], pending[:65536]) :]
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(p["req"])
-                elif tag == "rep":
-                    chunk = os.read(p["rep"], READ_CHUNK)
-                    buf += chunk
-                    if not chunk or len(buf) > MAX_REPLY + 4:
-                        sel.unregister(p["rep"])  # closed or oversized: the process goes
-                        if chunk:
-                            stop, killed = stop or "bad_reply", True
-                            kill_group(p["pid"])
-                    elif len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
-                        reply = parse_reply(bytes(buf[4:]))
-                        if reply is None:
-                            stop, killed = stop or "bad_reply", True
-                            kill_group(p["pid"])
-                elif tag == "wake":
-                    os.read(p["wake"], 16)
-                    status = p["waiter"]["status"]
-                elif not output(key.fd, tag):
-                    sel.unregister(key.fd)
-        for fd, tag in ((p["out"], b"O"), (p["err"], b"E")):
-            output(fd, tag, 256)  # what was written before the reply (bounded: a thread may
-            # still be printing)
-    finally:
-        sel.close()
-    if reply is None:
+    pump = CellPump(conn, p, cap, deadline)
+    pump.feed(p["req"], struct.pack(">I", len(data)) + data, close_input=False)
+    pump.run()
+    if pump.reply is None:
         result = {"status": "died", "result": None, "result_truncated": False, "exception": None}
-        result.update(exit_fields(status))
+        result.update(exit_fields(pump.status))
     else:
-        result = reply
-        if stop is not None:
+        result = pump.reply
+        if pump.stop is not None:
             result["status"] = "interrupted"
-    result.update(stop=stop, truncated=truncated)
+    result.update(stop=pump.stop, truncated=pump.truncated)
     return result
 
 
