@@ -21,9 +21,9 @@ files that put everything the agent starts into the sandbox's work group, see
 Reaper.spawn), configure (environment for every later command, and the egress relay: a listener on
 127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
-`code` runs Python in a persistent session: one interpreter.py process per session, next to
-this file, talking over pipes (its own framing, see interpreter.py). Like exec it streams O/E
-frames and ends with one J result; the daemon may send J{"op": "interrupt"|"kill"} meanwhile.
+
+Modules beside this file, imported on first use (see load_module): sessions.py (the code ops:
+Python in persistent sessions, each an interpreter.py process) and egress.py (the relay).
 """
 
 # C modules only, besides os and sys: this file starts every sandbox, and the pure-Python
@@ -34,7 +34,6 @@ import _socket
 import _stat as stat
 import _struct as struct
 import _thread
-import fcntl
 import os
 import select
 import sys
@@ -80,9 +79,6 @@ BASE_ENV = {
 # Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
 CONFIG_ENV = {}
 MAX_CONFIG_ENV = 256
-EGRESS_LISTEN = ("127.0.0.1", 3128)
-EGRESS_MAX_CONNECTIONS = 256
-EGRESS_BUFFER = 64 << 10
 # cgroup v2 (see Reaper.spawn): the child waits behind this until it is in the work group.
 GATE_FD = 9
 GATE_SCRIPT = 'read -r _ <&9; exec 9<&-; exec "$0" "$@"'
@@ -869,484 +865,37 @@ def handle_delete(conn, req):
     send_json(conn, {"ok": True})
 
 
-# ----------------------------------------------------------------------------- code
-
-INTERPRETER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter.py")
-MAX_SESSIONS = 64
-MAX_CODE = 4 << 20
-MAX_REPLY = 1 << 20  # an interpreter's reply; it runs sandbox code, so it is untrusted
-MAX_CHANGED = 1000
-INTERRUPT_GRACE_S = 2.0
-F_DUPFD_CLOEXEC = getattr(fcntl, "F_DUPFD_CLOEXEC", 1030)  # Linux's value
-SESSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# ----------------------------------------------------------------------------- code, egress
+# Their work is done in sessions.py and egress.py, imported on first use.
 
 
-class Session:
-    def __init__(self, sid):
-        self.id = sid
-        self.created_at = self.last_used_at = int(time.time())
-        self.busy = _thread.allocate_lock()  # one call at a time
-        self.proc = None  # {"pid", "waiter", fds...} of the live interpreter
-        self.lost = None  # why the previous interpreter died; reported by the next call
-        self.deleted = False
-
-
-class Sessions:
-    """The code sessions of this sandbox: one interpreter process (group) each."""
+class CodeSessions:
+    """The code ops (code, sessions, session_delete): sessions.py is imported, and the
+    sandbox's session table made, by the first of them."""
 
     def __init__(self, reaper):
         self.reaper = reaper
         self.lock = _thread.allocate_lock()
-        self.table = {}
+        self.table = None
 
-    def acquire(self, sid, cap):
+    def handle(self, conn, req):
+        module = load_module("sessions")
         with self.lock:
-            s = self.table.get(sid)
-            if s is None:
-                if len(self.table) >= min(cap, MAX_SESSIONS):
-                    raise OpError("too_many_sessions", "at most %d sessions" % cap)
-                s = self.table[sid] = Session(sid)
-            if not s.busy.acquire(blocking=False):
-                raise OpError("session_busy", "the session is running another call")
-            return s
-
-    def delete(self, sid):
-        with self.lock:
-            s = self.table.pop(sid, None)
-        if s is None:
-            raise OpError("session_not_found", "no such session")
-        s.deleted, s.lost = True, "deleted"
-        if s.proc is not None:
-            kill_group(s.proc["pid"])  # a running call sees it die and cleans up
-        if s.busy.acquire(blocking=False):
-            self.stop(s)
-            s.busy.release()
-
-    def start(self, s):
-        own = [fd for pair in [os.pipe() for _ in range(5)] for fd in pair]
-        out_r, out_w, err_r, err_w, req_r, req_w, rep_r, rep_w, wake_r, wake_w = own
-        child = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
-        try:
-            # Above 4, so the posix_spawn dup2s onto 0..4 cannot collide with a source fd.
-            for fd in (out_w, err_w, req_r, rep_w):
-                child.append(fcntl.fcntl(fd, F_DUPFD_CLOEXEC, 10))
-            env = dict(BASE_ENV, **CONFIG_ENV)
-            env["MPLBACKEND"] = "Agg"
-            argv = [sys.executable or "/usr/bin/python3", "-I", "-B", INTERPRETER]
-            try:
-                pid, waiter = self.reaper.spawn(argv, env, WORKSPACE, enumerate(child), wake_w)
-            except OSError as exc:
-                raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
-        except BaseException:
-            for fd in own:
-                os.close(fd)
-            raise
-        finally:
-            for fd in child:
-                os.close(fd)
-        for fd in (out_w, err_w, req_r, rep_w):
-            os.close(fd)
-        for fd in (out_r, err_r, req_w, rep_r):
-            os.set_blocking(fd, False)
-        s.proc = {"pid": pid, "waiter": waiter, "out": out_r, "err": err_r, "req": req_w,
-                  "rep": rep_r, "wake": wake_r, "wake_w": wake_w}  # fmt: skip
-
-    def stop(self, s):
-        p, s.proc = s.proc, None
-        if p is None:
-            return
-        kill_group(p["pid"])
-        with self.reaper.lock:
-            p["waiter"]["wake"] = None
-        for key in ("out", "err", "req", "rep", "wake", "wake_w"):
-            os.close(p[key])
-
-    def describe(self):
-        with self.lock:
-            sessions = list(self.table.values())  # oldest first
-        found = []
-        for s in sessions:
-            status = "idle"
-            if s.busy.locked():
-                status = "busy"
-            elif s.lost or (s.proc and s.proc["waiter"]["status"] is not None):
-                status = "dead"
-            found.append(
-                {"id": s.id, "created_at": s.created_at, "last_used_at": s.last_used_at,
-                 "status": status}
-            )  # fmt: skip
-        return found
+            if self.table is None:
+                self.table = module.Sessions(self.reaper)
+        module.handle(self.table, conn, req)
 
 
-def snapshot():
-    found, truncated = walk_workspace(WORKSPACE, MAX_LIST)
-    return {p: (st.st_size, st.st_mtime_ns, st.st_ino) for p, st in found}, truncated
-
-
-def handle_code(sessions, conn, req):
-    size = req.get("code_bytes") or 0
-    if not isinstance(size, int) or not 0 <= size <= MAX_CODE:
-        raise ProtocolError("bad code_bytes")
-    source = recv_data(conn, size) if size else b""
-    sid, timeout_ms, cap = req.get("session"), req.get("timeout_ms"), req.get("max_output")
-    max_sessions = req.get("max_sessions") or MAX_SESSIONS
-    if not isinstance(sid, str) or not 0 < len(sid) <= 64 or not SESSION_CHARS.issuperset(sid):
-        raise OpError("bad_session", "invalid session id")
-    if not all(isinstance(v, int) and v >= 0 for v in (timeout_ms, cap, max_sessions)):
-        raise OpError("bad_request", "timeout_ms, max_output and max_sessions must be integers")
+def load_module(name):
+    """A module beside this one, imported on first use (sessions.py, egress.py): the agent
+    starts every sandbox, and a sandbox should not pay at its start for what it may never
+    use. They import this module as "agent", which it is made to be even when run as a
+    script, so that they share its state (CONFIG_ENV) rather than load a second copy."""
+    sys.modules.setdefault("agent", sys.modules[__name__])
     try:
-        code = source.decode("utf-8")
-    except UnicodeDecodeError:
-        raise OpError("bad_request", "code is not UTF-8") from None
-    s = sessions.acquire(sid, max_sessions)
-    started = time.monotonic()
-    try:
-        s.last_used_at = int(time.time())
-        if s.proc is not None and exited(s.proc):
-            s.lost = s.lost or death_reason(s.proc["waiter"]["status"])
-            sessions.stop(s)
-        restart_reason, s.lost = s.lost, None
-        if s.proc is None:
-            sessions.start(s)
-        before, _ = snapshot()
-        try:
-            result = run_cell(conn, s, code, started + timeout_ms / 1000.0, cap)
-        except BaseException:
-            s.lost = "agent_error"  # the cell may still run: never reuse this process
-            sessions.stop(s)
-            raise
-        if result["status"] == "died":
-            result["stop"] = result["stop"] or s.lost  # "deleted" while running
-            s.lost = result["stop"] or death_reason(s.proc["waiter"]["status"])
-            sessions.stop(s)
-        after, after_truncated = snapshot()
-        files_truncated = after_truncated
-    finally:
-        if s.deleted:
-            sessions.stop(s)
-        s.last_used_at = int(time.time())
-        s.busy.release()
-    files, budget = [], MAX_JSON * 8
-    for path, meta in after.items():
-        if before.get(path) != meta:
-            budget -= len(json_dumps(path)) + 32
-            if len(files) >= MAX_CHANGED or budget < 0:
-                files_truncated = True
-                break
-            files.append({"path": path, "bytes": meta[0]})
-    result.update(
-        ev="code",
-        restarted=restart_reason is not None,
-        restart_reason=restart_reason,
-        files=files,
-        files_truncated=files_truncated,
-        removed=removed_files(before, after, after_truncated, budget),
-        duration_ms=int((time.monotonic() - started) * 1000),
-    )
-    send_json(conn, result)
-
-
-def removed_files(before, after, after_truncated, budget):
-    """Paths the call removed (or renamed away), as far as both snapshots saw (best effort:
-    what does not fit the budget is found by the next listing)."""
-    upto = None
-    if after_truncated:
-        last = next(reversed(after), None) if after else None
-        upto = last.encode("utf-8", "surrogateescape") if last is not None else b""
-    removed = []
-    for path in before:
-        if path in after:
-            continue
-        if upto is not None and path.encode("utf-8", "surrogateescape") > upto:
-            continue  # beyond what the second snapshot saw
-        budget -= len(json_dumps(path)) + 4
-        if len(removed) >= MAX_CHANGED or budget < 0:
-            break
-        removed.append(path)
-    return removed
-
-
-def exited(p):
-    """Has the interpreter died (even if the reaper has not collected it yet)?"""
-    if p["waiter"]["status"] is None:
-        try:
-            if os.waitid(os.P_PID, p["pid"], os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                return False  # alive
-        except ChildProcessError:
-            pass  # being reaped right now
-        deadline = time.monotonic() + 1.0
-        while p["waiter"]["status"] is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-    return p["waiter"]["status"] is not None
-
-
-def death_reason(status):
-    return "killed" if os.waitstatus_to_exitcode(status) < 0 else "exited"
-
-
-class CellPump(Pump):
-    """A code cell's pump: the cell ends with the interpreter's reply (or its death), its
-    deadline interrupts it (SIGINT) and kills it INTERRUPT_GRACE_S later, the daemon may ask
-    for either meanwhile, and a lost daemon stops the cell without losing the session."""
-
-    INPUT_GONE = OSError  # the request pipe: the interpreter is gone
-
-    def __init__(self, conn, p, cap, deadline):
-        Pump.__init__(self, conn, p["pid"], p["waiter"], cap, deadline, p["out"], p["err"],
-                      p["wake"])  # fmt: skip
-        self.p = p
-        self.reply, self.buf = None, bytearray()
-        self.stop, self.interrupted_at, self.killed = None, None, False
-        self.sel.register(p["rep"], EVENT_READ, "rep")
-
-    def tick(self, now):
-        if self.reply is not None or self.status is not None:
-            return None
-        if now >= self.deadline:
-            self.interrupt("timeout")
-        grace_end = None if self.interrupted_at is None else self.interrupted_at + INTERRUPT_GRACE_S
-        if grace_end is not None and not self.killed and now >= grace_end:
-            self.kill()
-        if self.killed:
-            return 1.0
-        return max(0.0, (self.deadline if grace_end is None else grace_end) - now)
-
-    def finish(self):
-        for fd, tag in ((self.p["out"], b"O"), (self.p["err"], b"E")):
-            self.output(fd, tag, 256)  # what was written before the reply (bounded: a thread
-            # may still be printing)
-
-    def interrupt(self, reason):
-        if self.stop is None:
-            self.stop = reason
-        if self.interrupted_at is None:
-            self.interrupted_at = time.monotonic()
-            try:
-                os.killpg(self.pid, signal.SIGINT)
-            except OSError:
-                pass
-
-    def kill(self, reason=None):
-        self.stop = reason or self.stop
-        self.killed = True
-        kill_group(self.pid)
-
-    def from_daemon(self):
-        try:
-            Pump.from_daemon(self)
-        except (EOFError, OSError, ProtocolError, ValueError):
-            # The daemon went away: stop the cell, keep the session if we can.
-            self.sel.unregister(self.conn)
-            self.relay = False
-            self.interrupt("disconnected")
-
-    def request(self, op, msg):
-        if op == "kill":
-            self.kill(str(msg.get("reason") or "request")[:32])
-        elif op == "interrupt":
-            self.interrupt(str(msg.get("reason") or "request")[:32])
-
-    def send(self, tag, chunk):
-        try:
-            send_frame(self.conn, tag, chunk)
-        except OSError:
-            self.relay = False
-
-    def other(self, key):
-        """The reply pipe: one length-prefixed JSON object, at most MAX_REPLY bytes."""
-        chunk = os.read(key.fd, READ_CHUNK)
-        self.buf += chunk
-        buf = self.buf
-        if not chunk or len(buf) > MAX_REPLY + 4:
-            self.sel.unregister(key.fd)  # closed or oversized: the process goes
-            if chunk:
-                self.kill(self.stop or "bad_reply")
-        elif len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
-            self.reply = parse_reply(bytes(buf[4:]))
-            if self.reply is None:
-                self.kill(self.stop or "bad_reply")
-
-
-def run_cell(conn, s, code, deadline, cap):
-    """Send one cell, relay its output, enforce the deadline; the result without files."""
-    p = s.proc
-    data = json_dumps({"code": code}, ensure_ascii=False).encode()
-    try:
-        while os.read(p["rep"], READ_CHUNK):
-            pass  # stale bytes (something in the sandbox wrote to the reply pipe)
-    except BlockingIOError:
-        pass
-    pump = CellPump(conn, p, cap, deadline)
-    pump.feed(p["req"], struct.pack(">I", len(data)) + data, close_input=False)
-    pump.run()
-    if pump.reply is None:
-        result = {"status": "died", "result": None, "result_truncated": False, "exception": None}
-        result.update(exit_fields(pump.status))
-    else:
-        result = pump.reply
-        if pump.stop is not None:
-            result["status"] = "interrupted"
-    result.update(stop=pump.stop, truncated=pump.truncated)
-    return result
-
-
-def parse_reply(data):
-    try:
-        msg = json_loads(data.decode("utf-8"))
-    except ValueError:
-        return None
-    if not isinstance(msg, dict) or msg.get("status") not in ("ok", "error"):
-        return None
-    value, error = msg.get("result"), msg.get("error")
-    reply = {
-        "status": msg["status"],
-        "result": value[: 16 << 10] if isinstance(value, str) else None,
-        "result_truncated": msg.get("result_truncated") is True,
-        "exception": None,  # not "error": that key means the op failed
-    }
-    if isinstance(error, dict):
-        reply["exception"] = {
-            key: str(error.get(key, ""))[:limit]
-            for key, limit in (("name", 200), ("value", 8 << 10), ("traceback", 64 << 10))
-        }
-    return reply
-
-
-def handle_sessions(sessions, conn, req):
-    op = req.get("op")
-    if op == "sessions":
-        send_json(conn, {"sessions": sessions.describe()})
-    else:
-        sessions.delete(req.get("session"))
-        send_json(conn, {"ok": True})
-
-
-# ----------------------------------------------------------------------------- egress
-
-
-class EgressRelay:
-    """127.0.0.1:3128 inside the sandbox -> the proxy's unix socket, one selector thread.
-
-    Bounded: at most EGRESS_MAX_CONNECTIONS relayed connections (later ones are closed at
-    once) and EGRESS_BUFFER bytes in flight per direction (a full buffer stops reading).
-    """
-
-    def __init__(self, target):
-        self.target = target
-        self.listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
-        self.listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-        self.listener.bind(EGRESS_LISTEN)
-        self.listener.listen(128)
-        self.listener.setblocking(False)
-        self.sel = Poller()
-        self.peer = {}  # socket -> its other end
-        self.pending = {}  # socket -> bytes waiting to be written to it
-        self.events = {}  # socket -> the selector events it is registered for
-
-    def start(self):
-        start_thread(self.run)
-
-    def run(self):
-        self.sel.register(self.listener, EVENT_READ)
-        while True:
-            for key, _ in self.sel.select():
-                sock = key.fileobj
-                try:
-                    if sock is self.listener:
-                        self.accept()
-                    else:
-                        self.pump(sock)
-                except OSError:
-                    self.drop(sock)
-
-    def accept(self):
-        while True:
-            try:
-                client, _ = accept(self.listener)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # e.g. out of fds: later connections get their turn
-            if len(self.peer) >= 2 * EGRESS_MAX_CONNECTIONS:
-                client.close()
-                continue
-            upstream = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            try:
-                upstream.connect(self.target)  # a unix connect completes (or fails) at once
-            except OSError:
-                client.close()
-                upstream.close()
-                continue
-            for sock in (client, upstream):
-                sock.setblocking(False)
-                self.pending[sock] = bytearray()
-            self.peer[client], self.peer[upstream] = upstream, client
-            for sock in (client, upstream):
-                self.sel.register(sock, EVENT_READ)
-                self.events[sock] = EVENT_READ
-
-    def watch(self, sock):
-        """Read while the other end's buffer has room, write while ours has bytes."""
-        if sock not in self.peer:
-            return
-        events = 0
-        if len(self.pending[self.peer[sock]]) < EGRESS_BUFFER:
-            events |= EVENT_READ
-        if self.pending[sock]:
-            events |= EVENT_WRITE
-        registered = self.events.get(sock, 0)
-        if events == registered:
-            return
-        if not events:
-            self.sel.unregister(sock)  # the other end's buffer is full: wait for it to drain
-        elif not registered:
-            self.sel.register(sock, events)
-        else:
-            self.sel.modify(sock, events)
-        self.events[sock] = events
-
-    def pump(self, sock):
-        other = self.peer.get(sock)
-        if other is None:
-            return
-        if self.pending[sock]:
-            sent = sock.send(self.pending[sock])
-            del self.pending[sock][:sent]
-        if len(self.pending[other]) < EGRESS_BUFFER:
-            try:
-                data = sock.recv(EGRESS_BUFFER - len(self.pending[other]))
-            except (BlockingIOError, InterruptedError):
-                data = None
-            if data == b"":
-                self.drop(sock)
-                return
-            if data:
-                self.pending[other] += data
-                try:
-                    sent = other.send(self.pending[other])
-                    del self.pending[other][:sent]
-                except (BlockingIOError, InterruptedError):
-                    pass
-        self.watch(sock)
-        self.watch(other)
-
-    def drop(self, sock):
-        """Close both ends (after a last attempt to flush what is already buffered)."""
-        other = self.peer.pop(sock, None)
-        if other is not None:
-            self.peer.pop(other, None)
-        for s in (sock, other):
-            if s is None:
-                continue
-            buffered = self.pending.pop(s, None)
-            if buffered:
-                try:
-                    s.send(buffered)
-                except OSError:
-                    pass
-            if self.events.pop(s, 0):
-                self.sel.unregister(s)
-            s.close()
+        return __import__(name)
+    except ImportError as exc:
+        raise OpError("agent_incomplete", "agent module %s: %s" % (name, exc)) from None
 
 
 class Config:
@@ -1368,12 +917,7 @@ def handle_configure(conn, req):
         raise OpError("bad_request", "egress_socket must be a path")
     with Config.lock:
         if egress and Config.relay is None:
-            try:
-                relay = EgressRelay(egress)
-            except OSError as exc:
-                raise OpError("egress_failed", "egress listener: %s" % exc) from None
-            relay.start()
-            Config.relay = relay
+            Config.relay = load_module("egress").start_relay(egress)
         CONFIG_ENV.clear()
         CONFIG_ENV.update(env)
     send_json(conn, {"ok": True, "egress": Config.relay is not None})
@@ -1432,14 +976,12 @@ def serve_connection(reaper, sessions, conn):
                     send_json(conn, {"ok": True})
                 elif op == "exec":
                     handle_exec(reaper, conn, req)
-                elif op == "code":
-                    handle_code(sessions, conn, req)
+                elif op in ("code", "sessions", "session_delete"):
+                    sessions.handle(conn, req)
                 elif op == "configure":
                     handle_configure(conn, req)
                 elif op == "cgroup":
                     handle_cgroup(reaper, conn, req)
-                elif op in ("sessions", "session_delete"):
-                    handle_sessions(sessions, conn, req)
                 elif op in ("kill", "interrupt"):
                     continue  # late: the exec or cell it was meant for has just ended
                 elif op in handlers:
@@ -1512,7 +1054,7 @@ def main():
     os.chdir("/")
     listener = open_listener()
     reaper = Reaper()
-    sessions = Sessions(reaper)
+    sessions = CodeSessions(reaper)
     start_thread(reaper.run)
     while True:
         try:

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.oci.bundle import AGENT_ARGV, AGENT_ENV
+from sandbox.oci.bundle import AGENT_ARGV, AGENT_ENV, agent_module_binds
 from sandbox.spec import (
     AGENT_DIR,
     AGENT_PYCACHE,
@@ -101,6 +101,7 @@ def create_args(
     mounts = [
         *(_bind(src, dst) for src, dst in paths.binds),
         _bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
+        *(_bind(src, dst) for src, dst in agent_module_binds(paths.agent_script)),
         _bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
         *([_bind(paths.agent_pycache, AGENT_PYCACHE)] if paths.agent_pycache else []),
         _bind(paths.agent_socket_dir, AGENT_SOCKET_DIR, "rw"),

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from sandbox.spec import (
     AGENT_DIR,
+    AGENT_LAZY_MODULES,
     AGENT_PYCACHE,
     AGENT_RESERVE_BYTES,
     EGRESS_DIR,
@@ -55,6 +57,13 @@ class BundlePaths:
     egress: str = ""  # host dir bound read-only at EGRESS_DIR (the proxy socket's home)
     agent_pycache: str = ""  # host dir of the agent's bytecode, bound read-only at AGENT_PYCACHE
     userns: str = ""  # the user namespace to join (a /proc/<pid>/ns/user path); "": a new one
+
+
+def agent_module_binds(agent_script: str) -> list[tuple[str, str]]:
+    """(host, sandbox) paths of the modules the agent imports on first use: beside agent.py
+    on the host, and beside it in the sandbox, where it finds them."""
+    host_dir = PurePath(agent_script).parent
+    return [(str(host_dir / name), f"{AGENT_DIR}/{name}") for name in AGENT_LAZY_MODULES]
 
 
 def _ro_bind(src: str, dst: str) -> dict[str, Any]:
@@ -138,6 +147,7 @@ def build_config(
         },
         *(_ro_bind(src, dst) for src, dst in paths.binds),
         _ro_bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
+        *(_ro_bind(src, dst) for src, dst in agent_module_binds(paths.agent_script)),
         _ro_bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
         *([_ro_bind(paths.agent_pycache, AGENT_PYCACHE)] if paths.agent_pycache else []),
         {
