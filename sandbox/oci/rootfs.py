@@ -47,6 +47,13 @@ GENERATED_ETC = {
 }
 
 
+def missing_agent_targets(root: Path) -> list[str]:
+    """The agent's mount targets `root` lacks: an image built before they were added, which
+    cannot start sandboxes (runc cannot make them in a shared tree it does not own)."""
+    agent_dir = root / AGENT_DIR.lstrip("/")
+    return [f"{AGENT_DIR}/{name}" for name in AGENT_SCRIPTS if not (agent_dir / name).is_file()]
+
+
 def host_binds(host_root: Path = Path("/")) -> list[tuple[str, str]]:
     """(host source, sandbox destination) pairs to bind read-only into every sandbox."""
     binds: list[tuple[str, str]] = []
