@@ -143,7 +143,8 @@ else:
     import json
 
     def json_loads(text):
-        return json_loads(text)
+        # Standard JSON only, as the scanner above (no NaN, no Infinity).
+        return json.loads(text, parse_constant=_DecodeContext.parse_constant)
 
     def json_dumps(obj, ensure_ascii=True):
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=ensure_ascii)

@@ -31,8 +31,10 @@ HEAVY = {
 }
 
 
-def _run(code: str) -> str:
+def _run(code: str, without_json_accelerator: bool = False) -> str:
     prelude = f"import sys; sys.path.insert(0, {str(AGENT_SCRIPT.parent)!r}); import agent\n"
+    if without_json_accelerator:  # as on a Python without _json: the json module's fallback
+        prelude = "import sys; sys.modules['_json'] = None\n" + prelude
     proc = subprocess.run(
         [SANDBOX_PYTHON, "-I", "-S", "-B", "-c", prelude + code],
         capture_output=True, text=True, check=True, timeout=60,
@@ -83,8 +85,9 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("fallback", [False, True])
 @pytest.mark.parametrize("ascii_only", [True, False])
-def test_encoding_matches_the_json_module(ascii_only: bool) -> None:
+def test_encoding_matches_the_json_module(ascii_only: bool, fallback: bool) -> None:
     for case in CASES:
         code = (
             "import json as j\n"
@@ -92,7 +95,7 @@ def test_encoding_matches_the_json_module(ascii_only: bool) -> None:
             f"print(agent.json_dumps(obj, ensure_ascii={ascii_only}) == "
             f"j.dumps(obj, separators=(',', ':'), ensure_ascii={ascii_only}))"
         )
-        assert _run(code).strip() == "True", case
+        assert _run(code, fallback).strip() == "True", case
 
 
 @pytest.mark.parametrize(
@@ -109,7 +112,8 @@ def test_encoding_matches_the_json_module(ascii_only: bool) -> None:
         ('{"a": 1', False),
     ],
 )
-def test_decoding_matches_the_json_module_or_refuses(text: str, ok: bool) -> None:
+@pytest.mark.parametrize("fallback", [False, True])
+def test_decoding_matches_the_json_module_or_refuses(text: str, ok: bool, fallback: bool) -> None:
     code = (
         "import json as j\n"
         f"text = {text!r}\n"
@@ -120,4 +124,4 @@ def test_decoding_matches_the_json_module_or_refuses(text: str, ok: bool) -> Non
         "else:\n"
         "    print('same' if got == j.loads(text) else 'different')\n"
     )
-    assert _run(code).strip() == ("same" if ok else "refused")
+    assert _run(code, fallback).strip() == ("same" if ok else "refused")
