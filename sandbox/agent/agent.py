@@ -405,32 +405,7 @@ def recv_data(conn, expected):
 
 
 def handle_exec(reaper, conn, req):
-    # stdin follows the request as data frames; read it first so the stream stays in sync.
-    stdin_len = req.get("stdin_bytes") or 0
-    if not isinstance(stdin_len, int) or not 0 <= stdin_len <= MAX_STDIN:
-        raise ProtocolError("bad stdin_bytes")
-    stdin_bytes = recv_data(conn, stdin_len) if stdin_len else b""
-    cmd = req.get("cmd")
-    env_extra = req.get("env") or {}
-    cwd = req.get("cwd") or WORKSPACE
-    timeout_ms = req.get("timeout_ms")
-    cap = req.get("max_output")
-    if not isinstance(cmd, str) or not isinstance(env_extra, dict):
-        raise OpError("bad_request", "cmd must be a string and env an object")
-    if not isinstance(timeout_ms, int) or not isinstance(cap, int) or cap < 0:
-        raise OpError("bad_request", "timeout_ms and max_output must be integers")
-    if not isinstance(cwd, str):
-        raise OpError("bad_request", "cwd must be a string")
-    if not os.path.isdir(cwd):
-        raise OpError("bad_cwd", "working directory does not exist: %s" % cwd)
-    env = dict(BASE_ENV, **CONFIG_ENV)
-    for key, value in env_extra.items():
-        if not isinstance(key, str) or not isinstance(value, str) or "=" in key or "\0" in key:
-            raise OpError("bad_request", "env must map names to strings")
-        if "\0" in value:
-            raise OpError("bad_request", "env values must not contain NUL")
-        env[key] = value
-
+    cmd, env, cwd, timeout_ms, cap, stdin_bytes = exec_request(conn, req)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     in_r, in_w = os.pipe()
@@ -473,6 +448,36 @@ def handle_exec(reaper, conn, req):
         result["killed"] = pump.killed_by_request
     result["duration_ms"] = int((time.monotonic() - started) * 1000)
     send_json(conn, result)
+
+
+def exec_request(conn, req):
+    """(cmd, env, cwd, timeout_ms, max_output, stdin bytes) of an exec request, checked."""
+    # stdin follows the request as data frames; read it first so the stream stays in sync.
+    stdin_len = req.get("stdin_bytes") or 0
+    if not isinstance(stdin_len, int) or not 0 <= stdin_len <= MAX_STDIN:
+        raise ProtocolError("bad stdin_bytes")
+    stdin_bytes = recv_data(conn, stdin_len) if stdin_len else b""
+    cmd = req.get("cmd")
+    env_extra = req.get("env") or {}
+    cwd = req.get("cwd") or WORKSPACE
+    timeout_ms = req.get("timeout_ms")
+    cap = req.get("max_output")
+    if not isinstance(cmd, str) or not isinstance(env_extra, dict):
+        raise OpError("bad_request", "cmd must be a string and env an object")
+    if not isinstance(timeout_ms, int) or not isinstance(cap, int) or cap < 0:
+        raise OpError("bad_request", "timeout_ms and max_output must be integers")
+    if not isinstance(cwd, str):
+        raise OpError("bad_request", "cwd must be a string")
+    if not os.path.isdir(cwd):
+        raise OpError("bad_cwd", "working directory does not exist: %s" % cwd)
+    env = dict(BASE_ENV, **CONFIG_ENV)
+    for key, value in env_extra.items():
+        if not isinstance(key, str) or not isinstance(value, str) or "=" in key or "\0" in key:
+            raise OpError("bad_request", "env must map names to strings")
+        if "\0" in value:
+            raise OpError("bad_request", "env values must not contain NUL")
+        env[key] = value
+    return cmd, env, cwd, timeout_ms, cap, stdin_bytes
 
 
 class Pump:

@@ -152,20 +152,7 @@ def snapshot():
 
 
 def handle_code(sessions, conn, req):
-    size = req.get("code_bytes") or 0
-    if not isinstance(size, int) or not 0 <= size <= MAX_CODE:
-        raise ProtocolError("bad code_bytes")
-    source = recv_data(conn, size) if size else b""
-    sid, timeout_ms, cap = req.get("session"), req.get("timeout_ms"), req.get("max_output")
-    max_sessions = req.get("max_sessions") or MAX_SESSIONS
-    if not isinstance(sid, str) or not 0 < len(sid) <= 64 or not SESSION_CHARS.issuperset(sid):
-        raise OpError("bad_session", "invalid session id")
-    if not all(isinstance(v, int) and v >= 0 for v in (timeout_ms, cap, max_sessions)):
-        raise OpError("bad_request", "timeout_ms, max_output and max_sessions must be integers")
-    try:
-        code = source.decode("utf-8")
-    except UnicodeDecodeError:
-        raise OpError("bad_request", "code is not UTF-8") from None
+    sid, code, timeout_ms, cap, max_sessions = code_request(conn, req)
     s = sessions.acquire(sid, max_sessions)
     started = time.monotonic()
     try:
@@ -188,13 +175,47 @@ def handle_code(sessions, conn, req):
             s.lost = result["stop"] or death_reason(s.proc["waiter"]["status"])
             sessions.stop(s)
         after, after_truncated = snapshot()
-        files_truncated = after_truncated
     finally:
         if s.deleted:
             sessions.stop(s)
         s.last_used_at = int(time.time())
         s.busy.release()
-    files, budget = [], MAX_JSON * 8
+    files, files_truncated, removed = changed_files(before, after, after_truncated)
+    result.update(
+        ev="code",
+        restarted=restart_reason is not None,
+        restart_reason=restart_reason,
+        files=files,
+        files_truncated=files_truncated,
+        removed=removed,
+        duration_ms=int((time.monotonic() - started) * 1000),
+    )
+    send_json(conn, result)
+
+
+def code_request(conn, req):
+    """(session id, code, timeout_ms, max_output, max_sessions) of a code request, checked;
+    the code follows the request as data frames."""
+    size = req.get("code_bytes") or 0
+    if not isinstance(size, int) or not 0 <= size <= MAX_CODE:
+        raise ProtocolError("bad code_bytes")
+    source = recv_data(conn, size) if size else b""
+    sid, timeout_ms, cap = req.get("session"), req.get("timeout_ms"), req.get("max_output")
+    max_sessions = req.get("max_sessions") or MAX_SESSIONS
+    if not isinstance(sid, str) or not 0 < len(sid) <= 64 or not SESSION_CHARS.issuperset(sid):
+        raise OpError("bad_session", "invalid session id")
+    if not all(isinstance(v, int) and v >= 0 for v in (timeout_ms, cap, max_sessions)):
+        raise OpError("bad_request", "timeout_ms, max_output and max_sessions must be integers")
+    try:
+        code = source.decode("utf-8")
+    except UnicodeDecodeError:
+        raise OpError("bad_request", "code is not UTF-8") from None
+    return sid, code, timeout_ms, cap, max_sessions
+
+
+def changed_files(before, after, after_truncated):
+    """(files, files_truncated, removed) between two snapshots, within the reply's budget."""
+    files, budget, files_truncated = [], MAX_JSON * 8, after_truncated
     for path, meta in after.items():
         if before.get(path) != meta:
             budget -= len(json_dumps(path)) + 32
@@ -202,16 +223,7 @@ def handle_code(sessions, conn, req):
                 files_truncated = True
                 break
             files.append({"path": path, "bytes": meta[0]})
-    result.update(
-        ev="code",
-        restarted=restart_reason is not None,
-        restart_reason=restart_reason,
-        files=files,
-        files_truncated=files_truncated,
-        removed=removed_files(before, after, after_truncated, budget),
-        duration_ms=int((time.monotonic() - started) * 1000),
-    )
-    send_json(conn, result)
+    return files, files_truncated, removed_files(before, after, after_truncated, budget)
 
 
 def removed_files(before, after, after_truncated, budget):
