@@ -272,8 +272,7 @@ class CellPump(Pump):
     INPUT_GONE = OSError  # the request pipe: the interpreter is gone
 
     def __init__(self, conn, p, cap, deadline):
-        Pump.__init__(self, conn, p["pid"], p["waiter"], cap, deadline, p["out"], p["err"],
-                      p["wake"])  # fmt: skip
+        super().__init__(conn, p["pid"], p["waiter"], cap, deadline, p["out"], p["err"], p["wake"])
         self.p = p
         self.reply, self.buf = None, bytearray()
         self.stop, self.interrupted_at, self.killed = None, None, False
@@ -313,7 +312,7 @@ class CellPump(Pump):
 
     def from_daemon(self):
         try:
-            Pump.from_daemon(self)
+            super().from_daemon()
         except (EOFError, OSError, ProtocolError, ValueError):
             # The daemon went away: stop the cell, keep the session if we can.
             self.sel.unregister(self.conn)
