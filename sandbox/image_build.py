@@ -24,6 +24,7 @@ from pathlib import Path
 from sandbox.images import STAMP, ImageError, image_dir
 from sandbox.spec import (
     AGENT_DIR,
+    AGENT_LAZY_MODULES,
     AGENT_PYCACHE,
     EGRESS_DIR,
     SANDBOX_GID,
@@ -33,7 +34,7 @@ from sandbox.spec import (
     WORKSPACE,
 )
 
-LAYOUT_VERSION = "2"
+LAYOUT_VERSION = "3"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"
 # What every image has (documented in README, "Images"): Python with pip and venv, TLS roots,
@@ -63,7 +64,12 @@ BASE_PACKAGES = (
 DATA_PACKAGES = ("python3-numpy", "python3-pandas", "python3-matplotlib", "fonts-dejavu-core")
 TOOL_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 # Mount targets the runtimes bind over; they must exist in a read-only shared tree.
-EMPTY_FILES = (f"{AGENT_DIR}/agent.py", f"{AGENT_DIR}/interpreter.py", SYSTEM_CA_BUNDLE)
+EMPTY_FILES = (
+    f"{AGENT_DIR}/agent.py",
+    *(f"{AGENT_DIR}/{name}" for name in AGENT_LAZY_MODULES),
+    f"{AGENT_DIR}/interpreter.py",
+    SYSTEM_CA_BUNDLE,
+)
 EMPTY_DIRS = (
     WORKSPACE, SKILLS_DIR, EGRESS_DIR, AGENT_PYCACHE, f"{AGENT_DIR}/sock", "/tmp", "/run", "/home"
 )  # fmt: skip

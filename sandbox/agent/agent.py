@@ -21,9 +21,9 @@ files that put everything the agent starts into the sandbox's work group, see
 Reaper.spawn), configure (environment for every later command, and the egress relay: a listener on
 127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
-`code` runs Python in a persistent session: one interpreter.py process per session, next to
-this file, talking over pipes (its own framing, see interpreter.py). Like exec it streams O/E
-frames and ends with one J result; the daemon may send J{"op": "interrupt"|"kill"} meanwhile.
+
+Modules beside this file, imported on first use (see load_module): sessions.py (the code ops:
+Python in persistent sessions, each an interpreter.py process) and egress.py (the relay).
 """
 
 # C modules only, besides os and sys: this file starts every sandbox, and the pure-Python
@@ -34,7 +34,6 @@ import _socket
 import _stat as stat
 import _struct as struct
 import _thread
-import fcntl
 import os
 import select
 import sys
@@ -80,9 +79,6 @@ BASE_ENV = {
 # Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
 CONFIG_ENV = {}
 MAX_CONFIG_ENV = 256
-EGRESS_LISTEN = ("127.0.0.1", 3128)
-EGRESS_MAX_CONNECTIONS = 256
-EGRESS_BUFFER = 64 << 10
 # cgroup v2 (see Reaper.spawn): the child waits behind this until it is in the work group.
 GATE_FD = 9
 GATE_SCRIPT = 'read -r _ <&9; exec 9<&-; exec "$0" "$@"'
@@ -147,7 +143,8 @@ else:
     import json
 
     def json_loads(text):
-        return json_loads(text)
+        # Standard JSON only, as the scanner above (no NaN, no Infinity).
+        return json.loads(text, parse_constant=_DecodeContext.parse_constant)
 
     def json_dumps(obj, ensure_ascii=True):
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=ensure_ascii)
@@ -408,6 +405,53 @@ def recv_data(conn, expected):
 
 
 def handle_exec(reaper, conn, req):
+    cmd, env, cwd, timeout_ms, cap, stdin_bytes = exec_request(conn, req)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    in_r, in_w = os.pipe()
+    wake_r, wake_w = os.pipe()
+    own = [out_r, out_w, err_r, err_w, in_r, in_w, wake_r, wake_w]
+    started = time.monotonic()
+    try:
+        for fd in own:
+            os.set_inheritable(fd, False)
+        try:
+            pid, waiter = reaper.spawn(
+                ["/bin/sh", "-c", cmd], env, cwd, [(0, in_r), (1, out_w), (2, err_w)], wake_w
+            )
+        except OSError as exc:
+            raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
+        for fd in (out_w, err_w, in_r):
+            os.close(fd)
+            own.remove(fd)
+        try:
+            pump = Pump(conn, pid, waiter, cap, started + timeout_ms / 1000.0, out_r, err_r, wake_r)
+            if stdin_bytes:
+                os.set_blocking(in_w, False)
+                pump.feed(in_w, stdin_bytes, close_input=True)
+            else:
+                os.close(in_w)  # at once: the command reads an empty stdin
+            own.remove(in_w)
+            pump.run()
+        finally:
+            with reaper.lock:
+                waiter["wake"] = None
+    finally:
+        for fd in own:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    result = {"ev": "exit", "timed_out": pump.timed_out, "truncated": pump.truncated, "pid": pid}
+    result.update(exit_fields(pump.status))
+    if pump.killed_by_request is not None:
+        result["killed"] = pump.killed_by_request
+    result["duration_ms"] = int((time.monotonic() - started) * 1000)
+    send_json(conn, result)
+
+
+def exec_request(conn, req):
+    """(cmd, env, cwd, timeout_ms, max_output, stdin bytes) of an exec request, checked."""
     # stdin follows the request as data frames; read it first so the stream stays in sync.
     stdin_len = req.get("stdin_bytes") or 0
     if not isinstance(stdin_len, int) or not 0 <= stdin_len <= MAX_STDIN:
@@ -433,130 +477,147 @@ def handle_exec(reaper, conn, req):
         if "\0" in value:
             raise OpError("bad_request", "env values must not contain NUL")
         env[key] = value
+    return cmd, env, cwd, timeout_ms, cap, stdin_bytes
 
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    in_r, in_w = os.pipe()
-    wake_r, wake_w = os.pipe()
-    own = [out_r, out_w, err_r, err_w, in_r, in_w, wake_r, wake_w]
-    started = time.monotonic()
-    try:
-        for fd in own:
-            os.set_inheritable(fd, False)
+
+class Pump:
+    """The select loop of one child (an exec's shell, a code cell's interpreter): relays its
+    stdout and stderr as O/E frames (at most `cap` bytes together, the rest read and dropped,
+    `truncated`), feeds it one buffer of input, takes kill requests from the daemon and enforces
+    the deadline. Exec uses it as it is; a code cell (sessions.py) overrides the hooks where a
+    cell differs: how it stops, what it reads besides its output, and what a lost daemon means.
+
+    The fds stay the caller's, but an input fd fed with close_input is closed when written
+    (its end is how the child sees EOF)."""
+
+    # A write error that means the reader is gone (the rest of the input is dropped).
+    INPUT_GONE = BrokenPipeError
+
+    def __init__(self, conn, pid, waiter, cap, deadline, out_r, err_r, wake_r):
+        self.conn, self.pid, self.waiter = conn, pid, waiter
+        self.cap, self.deadline = cap, deadline
+        self.sent = 0  # output bytes relayed, against cap
+        self.truncated = False
+        self.relay = True  # False once the daemon can no longer be sent to
+        self.status = None  # the child's wait status, once the reaper has it
+        self.timed_out = False  # an exec killed at its deadline
+        self.exited_at = None
+        self.killed_by_request = None  # the reason of the daemon's kill op
+        self.open_pipes = 2
+        self.input_fd, self.pending, self.close_input = None, None, False
+        self.sel = Poller()
+        self.sel.register(out_r, EVENT_READ, b"O")
+        self.sel.register(err_r, EVENT_READ, b"E")
+        self.sel.register(wake_r, EVENT_READ, "wake")
+        self.sel.register(conn, EVENT_READ, "conn")
+
+    def feed(self, fd, data, close_input):
+        """Write `data` to the child's input fd as it becomes writable."""
+        self.input_fd, self.pending, self.close_input = fd, memoryview(data), close_input
+        self.sel.register(fd, EVENT_WRITE, "input")
+
+    def run(self):
         try:
-            pid, waiter = reaper.spawn(
-                ["/bin/sh", "-c", cmd], env, cwd, [(0, in_r), (1, out_w), (2, err_w)], wake_w
-            )
-        except OSError as exc:
-            raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
-        for fd in (out_w, err_w, in_r):
-            os.close(fd)
-            own.remove(fd)
-        own.remove(in_w)  # pump_exec owns and closes it
-        deadline = started + timeout_ms / 1000.0
-        try:
-            result = pump_exec(
-                conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, deadline
-            )
-        finally:
-            with reaper.lock:
-                waiter["wake"] = None
-    finally:
-        for fd in own:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    result["duration_ms"] = int((time.monotonic() - started) * 1000)
-    send_json(conn, result)
-
-
-def pump_exec(conn, pid, waiter, out_r, err_r, in_w, wake_r, stdin_bytes, cap, deadline):
-    sel = Poller()
-    sel.register(out_r, EVENT_READ, b"O")
-    sel.register(err_r, EVENT_READ, b"E")
-    sel.register(wake_r, EVENT_READ, None)
-    sel.register(conn, EVENT_READ, "conn")
-    if stdin_bytes:
-        os.set_blocking(in_w, False)
-        sel.register(in_w, EVENT_WRITE, "stdin")
-        stdin_open = True
-    else:
-        os.close(in_w)
-        stdin_open = False
-    pending_stdin = memoryview(stdin_bytes)
-    sent = 0
-    truncated = False
-    timed_out = False
-    killed_by_request = None
-    status = None
-    exited_at = None
-    open_pipes = 2
-    try:
-        while True:
-            now = time.monotonic()
-            if status is None and not timed_out and now >= deadline:
-                timed_out = True
-                kill_group(pid)
-            if status is not None:
-                if open_pipes == 0 or now - exited_at >= DRAIN_GRACE_S:
+            while True:
+                timeout = self.tick(time.monotonic())
+                if timeout is None:
                     break
-                timeout = exited_at + DRAIN_GRACE_S - now
-            else:
-                timeout = max(0.0, deadline - now) if not timed_out else 1.0
-            for key, _ in sel.select(timeout):
-                tag = key.data
-                if tag == "conn":
-                    kind, payload = recv_frame(conn)
-                    msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
-                    if isinstance(msg, dict) and msg.get("op") == "kill":
-                        killed_by_request = str(msg.get("reason") or "request")
-                        kill_group(pid)
-                elif tag == "stdin":
-                    try:
-                        n = os.write(in_w, pending_stdin[:65536])
-                        pending_stdin = pending_stdin[n:]
-                    except BlockingIOError:
-                        continue
-                    except BrokenPipeError:
-                        pending_stdin = pending_stdin[:0]
-                    if not pending_stdin:
-                        sel.unregister(in_w)
-                        os.close(in_w)
-                        stdin_open = False
-                elif tag is None:
-                    os.read(wake_r, 16)
-                    sel.unregister(wake_r)
-                    exited_at = time.monotonic()
-                    status = waiter["status"]
-                else:
-                    data = os.read(key.fd, READ_CHUNK)
-                    if not data:
-                        sel.unregister(key.fd)
-                        open_pipes -= 1
-                        continue
-                    room = cap - sent
-                    if room <= 0:
-                        truncated = True
-                        continue
-                    if len(data) > room:
-                        data = data[:room]
-                        truncated = True
-                    sent += len(data)
-                    send_frame(conn, tag, data)
-    except (EOFError, OSError, ProtocolError, ValueError):
-        # The daemon went away mid-exec: do not leave the command running unattended.
-        kill_group(pid)
-        raise
-    finally:
-        sel.close()
-        if stdin_open:
-            os.close(in_w)
-    result = {"ev": "exit", "timed_out": timed_out, "truncated": truncated, "pid": pid}
-    result.update(exit_fields(status))
-    if killed_by_request is not None:
-        result["killed"] = killed_by_request
-    return result
+                for key, _ in self.sel.select(timeout):
+                    self.dispatch(key)
+            self.finish()
+        except (EOFError, OSError, ProtocolError, ValueError):
+            # The daemon went away mid-run: do not leave the child running unattended.
+            kill_group(self.pid)
+            raise
+        finally:
+            self.sel.close()
+            if self.close_input and self.input_fd is not None:
+                os.close(self.input_fd)
+
+    def tick(self, now):
+        """Enforce the deadline; how long to wait for events, or None: the run is over.
+
+        An exec is killed at its deadline, and once it has exited its pipes get
+        DRAIN_GRACE_S to deliver what its leftover children still write."""
+        if self.status is None and not self.timed_out and now >= self.deadline:
+            self.timed_out = True
+            kill_group(self.pid)
+        if self.status is not None:
+            if self.open_pipes == 0 or now - self.exited_at >= DRAIN_GRACE_S:
+                return None
+            return self.exited_at + DRAIN_GRACE_S - now
+        return max(0.0, self.deadline - now) if not self.timed_out else 1.0
+
+    def finish(self):
+        """After the loop (a cell reads what was written before its reply here)."""
+
+    def dispatch(self, key):
+        tag = key.data
+        if tag == "conn":
+            self.from_daemon()
+        elif tag == "input":
+            self.write_input()
+        elif tag == "wake":
+            os.read(key.fd, 16)
+            self.sel.unregister(key.fd)
+            self.exited_at = time.monotonic()
+            self.status = self.waiter["status"]
+        elif tag in (b"O", b"E"):
+            if not self.output(key.fd, tag):
+                self.sel.unregister(key.fd)
+                self.open_pipes -= 1
+        else:
+            self.other(key)
+
+    def other(self, key):
+        """An fd a subclass registered with its own tag."""
+        raise ProtocolError("unexpected event %r" % (key.data,))
+
+    def from_daemon(self):
+        """A J frame from the daemon while the child runs; anything else is ignored."""
+        kind, payload = recv_frame(self.conn)
+        msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
+        if isinstance(msg, dict):
+            self.request(msg.get("op"), msg)
+
+    def request(self, op, msg):
+        if op == "kill":
+            self.killed_by_request = str(msg.get("reason") or "request")
+            kill_group(self.pid)
+
+    def write_input(self):
+        fd = self.input_fd
+        try:
+            self.pending = self.pending[os.write(fd, self.pending[:65536]) :]
+        except BlockingIOError:
+            return
+        except self.INPUT_GONE:
+            self.pending = self.pending[:0]
+        if not self.pending:
+            self.sel.unregister(fd)
+            if self.close_input:
+                os.close(fd)
+                self.input_fd = None
+
+    def output(self, fd, tag, chunks=1):
+        """Relay up to `chunks` reads of `fd`; False at its end of file."""
+        for _ in range(chunks):
+            try:
+                chunk = os.read(fd, READ_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return True
+            if not chunk:
+                return False
+            room = self.cap - self.sent
+            if len(chunk) > room:
+                chunk, self.truncated = chunk[: max(room, 0)], True
+            if chunk and self.relay:
+                self.sent += len(chunk)
+                self.send(tag, chunk)
+        return True
+
+    def send(self, tag, chunk):
+        send_frame(self.conn, tag, chunk)
 
 
 def kill_group(pid):
@@ -810,502 +871,37 @@ def handle_delete(conn, req):
     send_json(conn, {"ok": True})
 
 
-# ----------------------------------------------------------------------------- code
-
-INTERPRETER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter.py")
-MAX_SESSIONS = 64
-MAX_CODE = 4 << 20
-MAX_REPLY = 1 << 20  # an interpreter's reply; it runs sandbox code, so it is untrusted
-MAX_CHANGED = 1000
-INTERRUPT_GRACE_S = 2.0
-F_DUPFD_CLOEXEC = getattr(fcntl, "F_DUPFD_CLOEXEC", 1030)  # Linux's value
-SESSION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+# ----------------------------------------------------------------------------- code, egress
+# Their work is done in sessions.py and egress.py, imported on first use.
 
 
-class Session:
-    def __init__(self, sid):
-        self.id = sid
-        self.created_at = self.last_used_at = int(time.time())
-        self.busy = _thread.allocate_lock()  # one call at a time
-        self.proc = None  # {"pid", "waiter", fds...} of the live interpreter
-        self.lost = None  # why the previous interpreter died; reported by the next call
-        self.deleted = False
-
-
-class Sessions:
-    """The code sessions of this sandbox: one interpreter process (group) each."""
+class CodeSessions:
+    """The code ops (code, sessions, session_delete): sessions.py is imported, and the
+    sandbox's session table made, by the first of them."""
 
     def __init__(self, reaper):
         self.reaper = reaper
         self.lock = _thread.allocate_lock()
-        self.table = {}
+        self.table = None
 
-    def acquire(self, sid, cap):
+    def handle(self, conn, req):
+        module = load_module("sessions")
         with self.lock:
-            s = self.table.get(sid)
-            if s is None:
-                if len(self.table) >= min(cap, MAX_SESSIONS):
-                    raise OpError("too_many_sessions", "at most %d sessions" % cap)
-                s = self.table[sid] = Session(sid)
-            if not s.busy.acquire(blocking=False):
-                raise OpError("session_busy", "the session is running another call")
-            return s
-
-    def delete(self, sid):
-        with self.lock:
-            s = self.table.pop(sid, None)
-        if s is None:
-            raise OpError("session_not_found", "no such session")
-        s.deleted, s.lost = True, "deleted"
-        if s.proc is not None:
-            kill_group(s.proc["pid"])  # a running call sees it die and cleans up
-        if s.busy.acquire(blocking=False):
-            self.stop(s)
-            s.busy.release()
-
-    def start(self, s):
-        own = [fd for pair in [os.pipe() for _ in range(5)] for fd in pair]
-        out_r, out_w, err_r, err_w, req_r, req_w, rep_r, rep_w, wake_r, wake_w = own
-        child = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)]
-        try:
-            # Above 4, so the posix_spawn dup2s onto 0..4 cannot collide with a source fd.
-            for fd in (out_w, err_w, req_r, rep_w):
-                child.append(fcntl.fcntl(fd, F_DUPFD_CLOEXEC, 10))
-            env = dict(BASE_ENV, **CONFIG_ENV)
-            env["MPLBACKEND"] = "Agg"
-            argv = [sys.executable or "/usr/bin/python3", "-I", "-B", INTERPRETER]
-            try:
-                pid, waiter = self.reaper.spawn(argv, env, WORKSPACE, enumerate(child), wake_w)
-            except OSError as exc:
-                raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
-        except BaseException:
-            for fd in own:
-                os.close(fd)
-            raise
-        finally:
-            for fd in child:
-                os.close(fd)
-        for fd in (out_w, err_w, req_r, rep_w):
-            os.close(fd)
-        for fd in (out_r, err_r, req_w, rep_r):
-            os.set_blocking(fd, False)
-        s.proc = {"pid": pid, "waiter": waiter, "out": out_r, "err": err_r, "req": req_w,
-                  "rep": rep_r, "wake": wake_r, "wake_w": wake_w}  # fmt: skip
-
-    def stop(self, s):
-        p, s.proc = s.proc, None
-        if p is None:
-            return
-        kill_group(p["pid"])
-        with self.reaper.lock:
-            p["waiter"]["wake"] = None
-        for key in ("out", "err", "req", "rep", "wake", "wake_w"):
-            os.close(p[key])
-
-    def describe(self):
-        with self.lock:
-            sessions = list(self.table.values())  # oldest first
-        found = []
-        for s in sessions:
-            status = "idle"
-            if s.busy.locked():
-                status = "busy"
-            elif s.lost or (s.proc and s.proc["waiter"]["status"] is not None):
-                status = "dead"
-            found.append(
-                {"id": s.id, "created_at": s.created_at, "last_used_at": s.last_used_at,
-                 "status": status}
-            )  # fmt: skip
-        return found
+            if self.table is None:
+                self.table = module.Sessions(self.reaper)
+        module.handle(self.table, conn, req)
 
 
-def snapshot():
-    found, truncated = walk_workspace(WORKSPACE, MAX_LIST)
-    return {p: (st.st_size, st.st_mtime_ns, st.st_ino) for p, st in found}, truncated
-
-
-def handle_code(sessions, conn, req):
-    size = req.get("code_bytes") or 0
-    if not isinstance(size, int) or not 0 <= size <= MAX_CODE:
-        raise ProtocolError("bad code_bytes")
-    source = recv_data(conn, size) if size else b""
-    sid, timeout_ms, cap = req.get("session"), req.get("timeout_ms"), req.get("max_output")
-    max_sessions = req.get("max_sessions") or MAX_SESSIONS
-    if not isinstance(sid, str) or not 0 < len(sid) <= 64 or not SESSION_CHARS.issuperset(sid):
-        raise OpError("bad_session", "invalid session id")
-    if not all(isinstance(v, int) and v >= 0 for v in (timeout_ms, cap, max_sessions)):
-        raise OpError("bad_request", "timeout_ms, max_output and max_sessions must be integers")
+def load_module(name):
+    """A module beside this one, imported on first use (sessions.py, egress.py): the agent
+    starts every sandbox, and a sandbox should not pay at its start for what it may never
+    use. They import this module as "agent", which it is made to be even when run as a
+    script, so that they share its state (CONFIG_ENV) rather than load a second copy."""
+    sys.modules.setdefault("agent", sys.modules[__name__])
     try:
-        code = source.decode("utf-8")
-    except UnicodeDecodeError:
-        raise OpError("bad_request", "code is not UTF-8") from None
-    s = sessions.acquire(sid, max_sessions)
-    started = time.monotonic()
-    try:
-        s.last_used_at = int(time.time())
-        if s.proc is not None and exited(s.proc):
-            s.lost = s.lost or death_reason(s.proc["waiter"]["status"])
-            sessions.stop(s)
-        restart_reason, s.lost = s.lost, None
-        if s.proc is None:
-            sessions.start(s)
-        before, _ = snapshot()
-        try:
-            result = pump_code(conn, s, code, started + timeout_ms / 1000.0, cap)
-        except BaseException:
-            s.lost = "agent_error"  # the cell may still run: never reuse this process
-            sessions.stop(s)
-            raise
-        if result["status"] == "died":
-            result["stop"] = result["stop"] or s.lost  # "deleted" while running
-            s.lost = result["stop"] or death_reason(s.proc["waiter"]["status"])
-            sessions.stop(s)
-        after, after_truncated = snapshot()
-        files_truncated = after_truncated
-    finally:
-        if s.deleted:
-            sessions.stop(s)
-        s.last_used_at = int(time.time())
-        s.busy.release()
-    files, budget = [], MAX_JSON * 8
-    for path, meta in after.items():
-        if before.get(path) != meta:
-            budget -= len(json_dumps(path)) + 32
-            if len(files) >= MAX_CHANGED or budget < 0:
-                files_truncated = True
-                break
-            files.append({"path": path, "bytes": meta[0]})
-    result.update(
-        ev="code",
-        restarted=restart_reason is not None,
-        restart_reason=restart_reason,
-        files=files,
-        files_truncated=files_truncated,
-        removed=removed_files(before, after, after_truncated, budget),
-        duration_ms=int((time.monotonic() - started) * 1000),
-    )
-    send_json(conn, result)
-
-
-def removed_files(before, after, after_truncated, budget):
-    """Paths the call removed (or renamed away), as far as both snapshots saw (best effort:
-    what does not fit the budget is found by the next listing)."""
-    upto = None
-    if after_truncated:
-        last = next(reversed(after), None) if after else None
-        upto = last.encode("utf-8", "surrogateescape") if last is not None else b""
-    removed = []
-    for path in before:
-        if path in after:
-            continue
-        if upto is not None and path.encode("utf-8", "surrogateescape") > upto:
-            continue  # beyond what the second snapshot saw
-        budget -= len(json_dumps(path)) + 4
-        if len(removed) >= MAX_CHANGED or budget < 0:
-            break
-        removed.append(path)
-    return removed
-
-
-def exited(p):
-    """Has the interpreter died (even if the reaper has not collected it yet)?"""
-    if p["waiter"]["status"] is None:
-        try:
-            if os.waitid(os.P_PID, p["pid"], os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-                return False  # alive
-        except ChildProcessError:
-            pass  # being reaped right now
-        deadline = time.monotonic() + 1.0
-        while p["waiter"]["status"] is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-    return p["waiter"]["status"] is not None
-
-
-def death_reason(status):
-    return "killed" if os.waitstatus_to_exitcode(status) < 0 else "exited"
-
-
-def pump_code(conn, s, code, deadline, cap):
-    """Send one cell, relay its output, enforce the deadline; the result without files."""
-    p = s.proc
-    data = json_dumps({"code": code}, ensure_ascii=False).encode()
-    pending = memoryview(struct.pack(">I", len(data)) + data)
-    try:
-        while os.read(p["rep"], READ_CHUNK):
-            pass  # stale bytes (something in the sandbox wrote to the reply pipe)
-    except BlockingIOError:
-        pass
-    sel = Poller()
-    for key, tag in (("out", b"O"), ("err", b"E"), ("rep", "rep"), ("wake", "wake")):
-        sel.register(p[key], EVENT_READ, tag)
-    sel.register(p["req"], EVENT_WRITE, "req")
-    sel.register(conn, EVENT_READ, "conn")
-    reply, buf, status = None, bytearray(), None
-    stop, interrupted_at, killed = None, None, False
-    sent, truncated, relay = 0, False, True
-
-    def interrupt(reason):
-        nonlocal stop, interrupted_at
-        if stop is None:
-            stop = reason
-        if interrupted_at is None:
-            interrupted_at = time.monotonic()
-            try:
-                os.killpg(p["pid"], signal.SIGINT)
-            except OSError:
-                pass
-
-    def output(fd, tag, chunks=1):
-        nonlocal sent, truncated, relay
-        for _ in range(chunks):
-            try:
-                chunk = os.read(fd, READ_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                return True
-            if not chunk:
-                return False
-            room = cap - sent
-            if len(chunk) > room:
-                chunk, truncated = chunk[: max(room, 0)], True
-            if chunk and relay:
-                sent += len(chunk)
-                try:
-                    send_frame(conn, tag, chunk)
-                except OSError:
-                    relay = False
-        return True
-
-    try:
-        while reply is None and status is None:
-            now = time.monotonic()
-            if now >= deadline:
-                interrupt("timeout")
-            if (
-                interrupted_at is not None
-                and not killed
-                and now >= interrupted_at + INTERRUPT_GRACE_S
-            ):
-                killed = True
-                kill_group(p["pid"])
-            wait = deadline if interrupted_at is None else interrupted_at + INTERRUPT_GRACE_S
-            for key, _ in sel.select(1.0 if killed else max(0.0, wait - now)):
-                tag = key.data
-                if tag == "conn":
-                    try:
-                        kind, payload = recv_frame(conn)
-                        msg = json_loads(payload.decode("utf-8")) if kind == b"J" else {}
-                    except (EOFError, OSError, ProtocolError, ValueError):
-                        # The daemon went away: stop the cell, keep the session if we can.
-                        sel.unregister(conn)
-                        relay = False
-                        interrupt("disconnected")
-                        continue
-                    op = msg.get("op") if isinstance(msg, dict) else None
-                    if op == "kill":
-                        stop, killed = str(msg.get("reason") or "request")[:32], True
-                        kill_group(p["pid"])
-                    elif op == "interrupt":
-                        interrupt(str(msg.get("reason") or "request")[:32])
-                elif tag == "req":
-                    try:
-                        pending = pending[os.write(p["req"], pending[:65536]) :]
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        pending = pending[:0]
-                    if not pending:
-                        sel.unregister(p["req"])
-                elif tag == "rep":
-                    chunk = os.read(p["rep"], READ_CHUNK)
-                    buf += chunk
-                    if not chunk or len(buf) > MAX_REPLY + 4:
-                        sel.unregister(p["rep"])  # closed or oversized: the process goes
-                        if chunk:
-                            stop, killed = stop or "bad_reply", True
-                            kill_group(p["pid"])
-                    elif len(buf) >= 4 and len(buf) >= 4 + struct.unpack(">I", buf[:4])[0]:
-                        reply = parse_reply(bytes(buf[4:]))
-                        if reply is None:
-                            stop, killed = stop or "bad_reply", True
-                            kill_group(p["pid"])
-                elif tag == "wake":
-                    os.read(p["wake"], 16)
-                    status = p["waiter"]["status"]
-                elif not output(key.fd, tag):
-                    sel.unregister(key.fd)
-        for fd, tag in ((p["out"], b"O"), (p["err"], b"E")):
-            output(fd, tag, 256)  # what was written before the reply (bounded: a thread may
-            # still be printing)
-    finally:
-        sel.close()
-    if reply is None:
-        result = {"status": "died", "result": None, "result_truncated": False, "exception": None}
-        result.update(exit_fields(status))
-    else:
-        result = reply
-        if stop is not None:
-            result["status"] = "interrupted"
-    result.update(stop=stop, truncated=truncated)
-    return result
-
-
-def parse_reply(data):
-    try:
-        msg = json_loads(data.decode("utf-8"))
-    except ValueError:
-        return None
-    if not isinstance(msg, dict) or msg.get("status") not in ("ok", "error"):
-        return None
-    value, error = msg.get("result"), msg.get("error")
-    reply = {
-        "status": msg["status"],
-        "result": value[: 16 << 10] if isinstance(value, str) else None,
-        "result_truncated": msg.get("result_truncated") is True,
-        "exception": None,  # not "error": that key means the op failed
-    }
-    if isinstance(error, dict):
-        reply["exception"] = {
-            key: str(error.get(key, ""))[:limit]
-            for key, limit in (("name", 200), ("value", 8 << 10), ("traceback", 64 << 10))
-        }
-    return reply
-
-
-def handle_sessions(sessions, conn, req):
-    op = req.get("op")
-    if op == "sessions":
-        send_json(conn, {"sessions": sessions.describe()})
-    else:
-        sessions.delete(req.get("session"))
-        send_json(conn, {"ok": True})
-
-
-# ----------------------------------------------------------------------------- egress
-
-
-class EgressRelay:
-    """127.0.0.1:3128 inside the sandbox -> the proxy's unix socket, one selector thread.
-
-    Bounded: at most EGRESS_MAX_CONNECTIONS relayed connections (later ones are closed at
-    once) and EGRESS_BUFFER bytes in flight per direction (a full buffer stops reading).
-    """
-
-    def __init__(self, target):
-        self.target = target
-        self.listener = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
-        self.listener.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
-        self.listener.bind(EGRESS_LISTEN)
-        self.listener.listen(128)
-        self.listener.setblocking(False)
-        self.sel = Poller()
-        self.peer = {}  # socket -> its other end
-        self.pending = {}  # socket -> bytes waiting to be written to it
-        self.events = {}  # socket -> the selector events it is registered for
-
-    def start(self):
-        start_thread(self.run)
-
-    def run(self):
-        self.sel.register(self.listener, EVENT_READ)
-        while True:
-            for key, _ in self.sel.select():
-                sock = key.fileobj
-                try:
-                    if sock is self.listener:
-                        self.accept()
-                    else:
-                        self.pump(sock)
-                except OSError:
-                    self.drop(sock)
-
-    def accept(self):
-        while True:
-            try:
-                client, _ = accept(self.listener)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return  # e.g. out of fds: later connections get their turn
-            if len(self.peer) >= 2 * EGRESS_MAX_CONNECTIONS:
-                client.close()
-                continue
-            upstream = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-            try:
-                upstream.connect(self.target)  # a unix connect completes (or fails) at once
-            except OSError:
-                client.close()
-                upstream.close()
-                continue
-            for sock in (client, upstream):
-                sock.setblocking(False)
-                self.pending[sock] = bytearray()
-            self.peer[client], self.peer[upstream] = upstream, client
-            for sock in (client, upstream):
-                self.sel.register(sock, EVENT_READ)
-                self.events[sock] = EVENT_READ
-
-    def watch(self, sock):
-        """Read while the other end's buffer has room, write while ours has bytes."""
-        if sock not in self.peer:
-            return
-        events = 0
-        if len(self.pending[self.peer[sock]]) < EGRESS_BUFFER:
-            events |= EVENT_READ
-        if self.pending[sock]:
-            events |= EVENT_WRITE
-        registered = self.events.get(sock, 0)
-        if events == registered:
-            return
-        if not events:
-            self.sel.unregister(sock)  # the other end's buffer is full: wait for it to drain
-        elif not registered:
-            self.sel.register(sock, events)
-        else:
-            self.sel.modify(sock, events)
-        self.events[sock] = events
-
-    def pump(self, sock):
-        other = self.peer.get(sock)
-        if other is None:
-            return
-        if self.pending[sock]:
-            sent = sock.send(self.pending[sock])
-            del self.pending[sock][:sent]
-        if len(self.pending[other]) < EGRESS_BUFFER:
-            try:
-                data = sock.recv(EGRESS_BUFFER - len(self.pending[other]))
-            except (BlockingIOError, InterruptedError):
-                data = None
-            if data == b"":
-                self.drop(sock)
-                return
-            if data:
-                self.pending[other] += data
-                try:
-                    sent = other.send(self.pending[other])
-                    del self.pending[other][:sent]
-                except (BlockingIOError, InterruptedError):
-                    pass
-        self.watch(sock)
-        self.watch(other)
-
-    def drop(self, sock):
-        """Close both ends (after a last attempt to flush what is already buffered)."""
-        other = self.peer.pop(sock, None)
-        if other is not None:
-            self.peer.pop(other, None)
-        for s in (sock, other):
-            if s is None:
-                continue
-            buffered = self.pending.pop(s, None)
-            if buffered:
-                try:
-                    s.send(buffered)
-                except OSError:
-                    pass
-            if self.events.pop(s, 0):
-                self.sel.unregister(s)
-            s.close()
+        return __import__(name)
+    except ImportError as exc:
+        raise OpError("agent_incomplete", "agent module %s: %s" % (name, exc)) from None
 
 
 class Config:
@@ -1327,12 +923,7 @@ def handle_configure(conn, req):
         raise OpError("bad_request", "egress_socket must be a path")
     with Config.lock:
         if egress and Config.relay is None:
-            try:
-                relay = EgressRelay(egress)
-            except OSError as exc:
-                raise OpError("egress_failed", "egress listener: %s" % exc) from None
-            relay.start()
-            Config.relay = relay
+            Config.relay = load_module("egress").start_relay(egress)
         CONFIG_ENV.clear()
         CONFIG_ENV.update(env)
     send_json(conn, {"ok": True, "egress": Config.relay is not None})
@@ -1391,14 +982,12 @@ def serve_connection(reaper, sessions, conn):
                     send_json(conn, {"ok": True})
                 elif op == "exec":
                     handle_exec(reaper, conn, req)
-                elif op == "code":
-                    handle_code(sessions, conn, req)
+                elif op in ("code", "sessions", "session_delete"):
+                    sessions.handle(conn, req)
                 elif op == "configure":
                     handle_configure(conn, req)
                 elif op == "cgroup":
                     handle_cgroup(reaper, conn, req)
-                elif op in ("sessions", "session_delete"):
-                    handle_sessions(sessions, conn, req)
                 elif op in ("kill", "interrupt"):
                     continue  # late: the exec or cell it was meant for has just ended
                 elif op in handlers:
@@ -1471,7 +1060,7 @@ def main():
     os.chdir("/")
     listener = open_listener()
     reaper = Reaper()
-    sessions = Sessions(reaper)
+    sessions = CodeSessions(reaper)
     start_thread(reaper.run)
     while True:
         try:

@@ -10,7 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from sandbox.spec import AGENT_DIR, AGENT_PYCACHE
+from sandbox.spec import AGENT_DIR, AGENT_LAZY_MODULES, AGENT_PYCACHE
 
 logger = logging.getLogger(__name__)
 
@@ -18,14 +18,18 @@ AGENT_SCRIPT = Path(__file__).resolve().parent.parent / "agent" / "agent.py"
 INTERPRETER_SCRIPT = AGENT_SCRIPT.with_name("interpreter.py")
 AGENT_READY_TIMEOUT_S = 15.0
 SANDBOX_PYTHON = "/usr/bin/python3"  # the host's, which the host skeleton binds in
-AGENT_SHOWN_AS = f"{AGENT_DIR}/agent.py"  # the file name in the agent's tracebacks
+# What the agent imports (agent.py at start, the others on first use), all compiled.
+AGENT_MODULES = (AGENT_SCRIPT, *(AGENT_SCRIPT.with_name(name) for name in AGENT_LAZY_MODULES))
 # Run by the sandbox's Python: checked-hash bytecode (validated against the bound source at
-# every import, so a stale file can only be ignored, never run).
+# every import, so a stale file can only be ignored, never run), each module's tracebacks
+# naming its file in the sandbox's AGENT_DIR.
 _COMPILE = (
-    "import py_compile, sys\n"
-    "src, out, shown = sys.argv[1:]\n"
-    "py_compile.compile(src, cfile=f'{out}/agent.{sys.implementation.cache_tag}.pyc', "
-    "dfile=shown, doraise=True, "
+    "import os, py_compile, sys\n"
+    "out, shown = sys.argv[1:3]\n"
+    "for src in sys.argv[3:]:\n"
+    "    name = os.path.basename(src)\n"
+    "    py_compile.compile(src, cfile=f'{out}/{name[:-3]}.{sys.implementation.cache_tag}.pyc', "
+    "dfile=f'{shown}/{name}', doraise=True, "
     "invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)\n"
 )
 
@@ -50,7 +54,7 @@ def agent_bytecode(state_dir: Path, python: str = SANDBOX_PYTHON) -> Path | None
     base.mkdir(mode=0o755, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
     try:
-        argv = [python, "-I", "-S", "-c", _COMPILE, str(AGENT_SCRIPT), str(tmp), AGENT_SHOWN_AS]
+        argv = [python, "-I", "-S", "-c", _COMPILE, str(tmp), AGENT_DIR, *map(str, AGENT_MODULES)]
         try:
             subprocess.run(
                 argv,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 
 from sandbox.spec import (
     AGENT_DIR,
+    AGENT_LAZY_MODULES,
     AGENT_PYCACHE,
     EGRESS_DIR,
     SKILLS_DIR,
@@ -73,6 +75,13 @@ class HostPaths:
     # user namespace on docker; the oci root has its own).
     passwd: str = ""
     group: str = ""
+
+
+def agent_module_binds(agent_script: str) -> list[tuple[str, str]]:
+    """(host, sandbox) paths of the modules the agent imports on first use: beside agent.py
+    on the host, and beside it in the sandbox, where it finds them."""
+    host_dir = PurePath(agent_script).parent
+    return [(str(host_dir / name), f"{AGENT_DIR}/{name}") for name in AGENT_LAZY_MODULES]
 
 
 def _bind(source: str, destination: str, read_only: bool = True) -> Mount:
@@ -139,6 +148,7 @@ def mounts(spec: SandboxSpec, paths: HostPaths) -> list[Mount]:
         ),
         *(_bind(src, dst) for src, dst in paths.binds),
         _bind(paths.agent_script, f"{AGENT_DIR}/agent.py"),
+        *(_bind(src, dst) for src, dst in agent_module_binds(paths.agent_script)),
         _bind(paths.interpreter_script, f"{AGENT_DIR}/interpreter.py"),
         *_optional_bind(paths.agent_pycache, AGENT_PYCACHE),
         *(

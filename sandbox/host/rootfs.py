@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sandbox.spec import (
     AGENT_DIR,
+    AGENT_LAZY_MODULES,
     AGENT_PYCACHE,
     EGRESS_DIR,
     SANDBOX_GID,
@@ -21,15 +22,15 @@ from sandbox.spec import (
     WORKSPACE,
 )
 
-SKELETON_VERSION = "5"
+SKELETON_VERSION = "6"
 # Host trees bound read-only; a host top-level symlink (merged /usr) is mirrored instead.
 SYSTEM_TREES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Public, non-secret host /etc entries bound read-only when present (fontconfig's and, on
 # Debian, matplotlib's default configuration included).
 HOST_ETC_BINDS = ("ssl", "ca-certificates", "alternatives", "mime.types", "fonts", "matplotlibrc")
 HOST_ETC_COPIES = ("ld.so.cache", "os-release", "debian_version", "localtime")
-# Bind-mount targets for the agent and the code interpreter it starts.
-AGENT_SCRIPTS = ("agent.py", "interpreter.py")
+# Bind-mount targets for the agent, its lazily imported modules and the code interpreter.
+AGENT_SCRIPTS = ("agent.py", *AGENT_LAZY_MODULES, "interpreter.py")
 EMPTY_DIRS = ("proc", "sys", "dev", "tmp", "run", "var/tmp", "home", "mnt/skills")
 
 GENERATED_ETC = {
@@ -44,6 +45,13 @@ GENERATED_ETC = {
     "resolv.conf": "",
     "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
 }
+
+
+def missing_agent_targets(root: Path) -> list[str]:
+    """The agent's mount targets `root` lacks: an image built before they were added, which
+    cannot start sandboxes (runc cannot make them in a shared tree it does not own)."""
+    agent_dir = root / AGENT_DIR.lstrip("/")
+    return [f"{AGENT_DIR}/{name}" for name in AGENT_SCRIPTS if not (agent_dir / name).is_file()]
 
 
 def host_binds(host_root: Path = Path("/")) -> list[tuple[str, str]]:

@@ -82,6 +82,12 @@ class OciRuntime(HostRuntime):
                 built = await self._in_thread(images.load, self._s.state_dir, self._s.image)
             except images.ImageError as exc:
                 raise RuntimeFailure(str(exc)) from exc
+            missing = await self._in_thread(rootfs.missing_agent_targets, built.rootfs)
+            if missing:
+                raise RuntimeFailure(
+                    f"image {self._s.image!r} has no mount point for {', '.join(missing)} (built"
+                    f" by an older sandboxd): rebuild it with sandboxd image build {self._s.image}"
+                )
             root, self._binds = built.rootfs, []
         else:
             skeleton = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")

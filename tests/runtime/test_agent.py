@@ -9,6 +9,7 @@ import time
 import pytest
 
 from sandbox.errors import AgentError, SandboxError
+from sandbox.spec import AGENT_LAZY_MODULES
 from tests.runtime.conftest import MIB, Harness, check, chunks_of, read_all, sandbox_uid, sh, spec
 
 pytestmark = pytest.mark.root
@@ -148,7 +149,8 @@ async def test_the_agent_starts_from_its_read_only_bytecode(backend: Harness, si
     py = "python3 -I -S -c 'import sys; print(sys.implementation.cache_tag)'"
     tag = (await sh(rt, sid, py))[0].strip()
     out, _, outcome = await sh(rt, sid, "ls /.sandboxd/__pycache__")
-    assert (out, outcome.exit_code) == (f"agent.{tag}.pyc\n", 0)
+    modules = sorted(["agent", *(name.removesuffix(".py") for name in AGENT_LAZY_MODULES)])
+    assert (out, outcome.exit_code) == ("".join(f"{m}.{tag}.pyc\n" for m in modules), 0)
     _, err, outcome = await sh(rt, sid, f"echo x >> /.sandboxd/__pycache__/agent.{tag}.pyc")
     assert outcome.exit_code != 0
     assert "Read-only file system" in err or "Permission denied" in err

@@ -11,7 +11,10 @@ import pytest
 
 from sandbox.host.base import HostRuntime
 from sandbox.idranges import IdRangeSettings
+from sandbox.spec import AGENT_DIR, AGENT_LAZY_MODULES
 from tests.runtime.conftest import Harness, check, sh
+
+AGENT_MODULES = [f"{AGENT_DIR}/{name}" for name in ("agent.py", *AGENT_LAZY_MODULES)]
 
 pytestmark = [pytest.mark.root, pytest.mark.asyncio(loop_scope="module")]
 
@@ -55,13 +58,14 @@ async def test_read_only_root_and_writable_scratch(
         out, err, outcome = await sh(rt, sid, f"touch {path}")
         assert outcome.exit_code == 1, path
         assert err == f"touch: cannot touch '{path}': Read-only file system\n"
-    # The agent's script: not ours (mapped root owns it), and a read-only bind anyway.
-    out, err, outcome = await sh(rt, sid, "echo x >> /.sandboxd/agent.py")
-    assert (out, outcome.exit_code) == ("", 2)
-    assert err in (
-        f"/bin/sh: 1: cannot create /.sandboxd/agent.py: {reason}\n"
-        for reason in ("Permission denied", "Read-only file system")
-    )
+    # The agent's modules: not ours (mapped root owns them), and read-only binds anyway.
+    for module in AGENT_MODULES:
+        out, err, outcome = await sh(rt, sid, f"echo x >> {module}")
+        assert (out, outcome.exit_code) == ("", 2)
+        assert err in (
+            f"/bin/sh: 1: cannot create {module}: {reason}\n"
+            for reason in ("Permission denied", "Read-only file system")
+        )
 
     await check(rt, sid, "echo t > /tmp/hardening-probe && rm /tmp/hardening-probe")
     await check(rt, sid, "echo w > /mnt/data/hardening-probe && rm /mnt/data/hardening-probe")
@@ -73,7 +77,7 @@ async def test_read_only_root_and_writable_scratch(
     assert {"rw", "nosuid", "nodev"} <= mounts["/mnt/data"]
     assert {"rw", "nosuid", "nodev"} <= mounts["/tmp"]
     assert "ro" in mounts["/"]
-    for point in ("/usr", "/.sandboxd/agent.py", "/sys", "/proc/sys"):
+    for point in ("/usr", *AGENT_MODULES, "/sys", "/proc/sys"):
         assert "ro" in mounts[point], point
 
     _, err, outcome = await sh(rt, sid, "mknod /mnt/data/dev c 1 3")

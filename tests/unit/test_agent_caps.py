@@ -8,8 +8,24 @@ from pathlib import Path
 
 from daemon import config
 from sandbox import agent_client
+from sandbox.spec import AGENT_LAZY_MODULES
 
-AGENT = Path(__file__).resolve().parents[2] / "sandbox" / "agent" / "agent.py"
+AGENT_DIR = Path(__file__).resolve().parents[2] / "sandbox" / "agent"
+# agent.py and the modules it imports on first use (interpreter.py is its own process).
+AGENT_MODULES = ("agent.py", *AGENT_LAZY_MODULES)
+# (the agent's name, the daemon module, the daemon's name) of each cap both sides state.
+SAME_CAPS = [
+    ("PROTOCOL_VERSION", agent_client, "PROTOCOL_VERSION"),
+    ("MAX_FRAME", agent_client, "MAX_FRAME"),
+    ("MAX_JSON", agent_client, "MAX_JSON"),
+    ("MAX_LIST_BYTES", agent_client, "MAX_LIST_JSON"),
+    ("MAX_SESSIONS", agent_client, "MAX_SESSIONS"),
+    ("MAX_CHANGED", agent_client, "MAX_CHANGED_FILES"),
+    ("MAX_STDIN", config, "MAX_AGENT_STDIN"),
+    ("MAX_CODE", config, "MAX_AGENT_CODE"),
+    ("MAX_LIST", config, "MAX_AGENT_LISTED"),
+    ("MAX_SESSIONS", config, "MAX_AGENT_SESSIONS"),
+]
 
 
 _OPS = {ast.LShift: int.__lshift__, ast.Mult: int.__mul__, ast.Add: int.__add__}
@@ -26,10 +42,10 @@ def _int(node: ast.expr) -> int | None:
     return None
 
 
-def _agent_constants() -> dict[str, int]:
-    """The agent's module-level integer constants, read without importing it."""
+def _module_constants(path: Path) -> dict[str, int]:
+    """A module's module-level integer constants, read without importing it."""
     found: dict[str, int] = {}
-    for node in ast.parse(AGENT.read_text()).body:
+    for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
             target, value = node.targets[0], _int(node.value)
             if isinstance(target, ast.Name) and value is not None:
@@ -37,18 +53,29 @@ def _agent_constants() -> dict[str, int]:
     return found
 
 
+def _agent_constants() -> dict[str, int]:
+    """The agent's constants, from all its modules (a name two of them state must agree)."""
+    found: dict[str, int] = {}
+    for name in AGENT_MODULES:
+        for key, value in _module_constants(AGENT_DIR / name).items():
+            assert found.setdefault(key, value) == value, (name, key)
+    return found
+
+
 def test_the_daemon_and_the_agent_agree_on_the_protocol_caps() -> None:
     agent = _agent_constants()
-    pairs = {
-        "MAX_FRAME": agent_client.MAX_FRAME,
-        "MAX_JSON": agent_client.MAX_JSON,
-        "MAX_LIST_BYTES": agent_client.MAX_LIST_JSON,
-        "MAX_SESSIONS": agent_client.MAX_SESSIONS,
-        "MAX_CHANGED": agent_client.MAX_CHANGED_FILES,
-        "MAX_STDIN": config.MAX_AGENT_STDIN,
-        "MAX_CODE": config.MAX_AGENT_CODE,
-        "MAX_LIST": config.MAX_AGENT_LISTED,
-    }
-    assert {name: agent[name] for name in pairs} == pairs
-    assert config.MAX_AGENT_SESSIONS == agent_client.MAX_SESSIONS
+    daemon = {(name, module.__name__): getattr(module, name) for _, module, name in SAME_CAPS}
+    assert {(name, m.__name__): agent[ours] for ours, m, name in SAME_CAPS} == daemon
     assert agent["MAX_FRAME"] - 256 >= agent_client.LIST_PAGE  # the agent's own page bound
+
+
+def test_every_cap_the_daemon_states_for_the_agent_is_checked() -> None:
+    """A cap added on the daemon's side (a MAX_* of agent_client, a MAX_AGENT_* of the
+    config) must be added to SAME_CAPS, against the agent's own."""
+    for module, stated in (
+        (agent_client, lambda name: name.startswith("MAX_") or name == "PROTOCOL_VERSION"),
+        (config, lambda name: name.startswith("MAX_AGENT_")),
+    ):
+        names = {name for name in _module_constants(Path(str(module.__file__))) if stated(name)}
+        checked = {name for _, m, name in SAME_CAPS if m is module}
+        assert names == checked, (module.__name__, names ^ checked)
