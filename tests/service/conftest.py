@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import socket
 import threading
@@ -27,6 +28,11 @@ from daemon.composition import Daemon
 from daemon.config import Config
 from daemon.keys import hash_key
 from tests.service.runtime_double import MemoryRuntime
+
+# A callback that holds the daemon's loop this long fails the test: generous enough for a
+# loaded CI machine, far below what a blocking call (a subprocess, a big file read, a
+# sync sqlite transaction) costs.
+BLOCKING_S = 0.25
 
 CONFIG = """
 state_dir = "{root}/state"
@@ -84,6 +90,12 @@ class InProcessDaemon:
         self.socket = self.config.server.socket
         self.tcp_url = f"http://127.0.0.1:{port}"
         self._loop = asyncio.new_event_loop()
+        # asyncio's debug mode: a callback that holds the loop longer than this is logged
+        # (a blocking call on the event loop); `close` fails the test on any.
+        self._loop.set_debug(True)
+        self._loop.slow_callback_duration = BLOCKING_S
+        self.blocked = _SlowCallbacks()
+        logging.getLogger("asyncio").addHandler(self.blocked)
         self._thread = threading.Thread(target=self._loop.run_forever, name="daemon-loop")
         self._thread.start()
         self.daemon = self._start("boot-1")
@@ -132,6 +144,21 @@ class InProcessDaemon:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
             self._loop.close()
+            logging.getLogger("asyncio").removeHandler(self.blocked)
+        assert not self.blocked.seen, f"the event loop was blocked: {self.blocked.seen}"
+
+
+class _SlowCallbacks(logging.Handler):
+    """asyncio's debug-mode reports of callbacks that held the loop (one line each)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing "):
+            self.seen.append(message[:300])
 
 
 def _free_port() -> int:

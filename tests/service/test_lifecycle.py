@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from daemon import lifecycle
-from tests.service.conftest import InProcessDaemon, assert_error, nothing_made
+from tests.service.conftest import BLOCKING_S, InProcessDaemon, assert_error, nothing_made
 from tests.service.runtime_double import MemoryRuntime
 
 
@@ -188,3 +188,15 @@ def test_runtime_double_is_the_daemons_backend(
     daemon: InProcessDaemon, double: MemoryRuntime
 ) -> None:
     assert daemon.daemon.runtime.name == "memory" and double.started == 1
+
+
+def test_a_blocking_call_on_the_daemons_loop_is_caught(daemon: InProcessDaemon) -> None:
+    """The layer's guard works: asyncio's debug mode reports a callback that held the loop,
+    and the fixture fails any test that saw one (cleared here, after checking)."""
+
+    async def blocks() -> None:
+        time.sleep(BLOCKING_S * 1.5)  # noqa: ASYNC251 -- the blocking call the guard must catch
+
+    daemon.call(blocks())
+    assert daemon.blocked.seen and "took" in daemon.blocked.seen[0]
+    daemon.blocked.seen.clear()
