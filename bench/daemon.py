@@ -1,23 +1,17 @@
-"""Run `sandboxd serve` as a subprocess on a private socket, state dir and runc root."""
+"""Run `sandboxd serve` for a benchmark on a private socket, state dir and runc root (through
+bench/launcher.py, as the tests do)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import machine
-from bench.client import BenchError, Client
-
-READY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
-
+from bench.client import BenchError
+from bench.launcher import LaunchError, SandboxdProcess
 
 MEMORY_OVERCOMMIT = 100
 MAX_CONTAINERS = 1000  # the density run keeps hundreds alive at once
@@ -38,37 +32,6 @@ def sandboxd_binary() -> Path:
     if not found.exists():
         raise BenchError(f"{found} not found: run with the project's .venv/bin/python")
     return found
-
-
-def _log_tail(log: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], sock: Path, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"sandboxd exited with {proc.returncode}:\n{_log_tail(log)}")
-        if sock.exists():
-            with contextlib.suppress(BenchError), Client(str(sock), timeout=2.0) as client:
-                if client.call("GET", "/healthz") == {"status": "ok"}:
-                    return
-        time.sleep(0.05)
-    raise BenchError(f"sandboxd not healthy after {READY_TIMEOUT_S:.0f} s:\n{_log_tail(log)}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        print("bench: sandboxd ignored SIGTERM, killing it", file=sys.stderr)
-        proc.kill()
-        proc.wait()
 
 
 @contextlib.contextmanager
@@ -105,22 +68,12 @@ def running_daemon(
         "--state-dir",
         str(work / "state"),
     )
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")}
-    if code is not None:
-        env["PYTHONPATH"] = str(code)
-    with open(log, "wb") as stderr:
-        # Own session: a Ctrl-C reaches only the benchmark, which then cleans up in order.
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            env=env,
-            cwd=code,
-            start_new_session=True,
-        )
+    daemon = SandboxdProcess(config, sock, log)
     try:
-        _wait_ready(proc, sock, log)
-        yield RunningDaemon(sock, log, argv, proc.pid, work / "state")
+        daemon.start(argv=argv, env={"PYTHONPATH": str(code)} if code else None, cwd=code)
+    except LaunchError as exc:
+        raise BenchError(str(exc)) from None
+    try:
+        yield RunningDaemon(sock, log, argv, daemon.pid, work / "state")
     finally:
-        _stop(proc)
+        daemon.stop()

@@ -7,12 +7,8 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +18,7 @@ import openai
 import pytest
 
 from bench import dockerd
+from bench.launcher import SandboxdProcess
 from daemon.keys import hash_key
 from sandbox.cgroups import CgroupLayout
 from sandbox.host.dirs import instance_of
@@ -53,18 +50,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _wait_for_socket(path: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"daemon exited: {log.read_text()[-3000:]}")
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-            s.connect(path)
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"daemon did not listen: {log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="session", params=["oci", pytest.param("docker", marks=pytest.mark.docker)])
@@ -111,20 +96,14 @@ sizes = {{}}
 """
     )
     log = root / "daemon.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "serve", "--config", str(config)],
-            stdout=log_file,
-            stderr=log_file,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        )
+    process = SandboxdProcess(config, sock, log)
     try:
-        _wait_for_socket(sock, proc, log)
+        process.start()
         yield DaemonHandle(
             root,
             sock,
             f"http://127.0.0.1:{port}",
-            proc.pid,
+            process.pid,
             log,
             cgroup_parent,
             keys,
@@ -132,7 +111,7 @@ sizes = {{}}
             engine_url,
         )
     finally:
-        _teardown(proc, sock, root, log, cgroup_parent)
+        _teardown(process, sock, root, log, cgroup_parent)
         if engine_url:
             left = dockerd.containers(
                 engine_url, f"sandboxd.instance={instance_of(root / 'state')}"
@@ -143,19 +122,14 @@ sizes = {{}}
 
 
 def _teardown(
-    proc: subprocess.Popen[bytes], sock: str, root: Path, log: Path, cgroup_parent: str
+    process: SandboxdProcess, sock: str, root: Path, log: Path, cgroup_parent: str
 ) -> None:
     # Sandboxes outlive the daemon by design: delete what the tests left before stopping it.
-    if proc.poll() is None:
+    if process.running():
         with contextlib.suppress(Exception), _sdk(sock) as client:
             for c in client.containers.list(limit=100):
                 client.containers.delete(c.id)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = proc.wait()
+        code = process.stop()
         assert code == 0, f"daemon exit code {code}: {log.read_text()[-2000:]}"
     # What the daemon keeps between its sandboxes (the root's bind, cgroup parents, claims).
     parents = [cgroup_parent, f"{cgroup_parent}-docker"]

@@ -4,21 +4,17 @@ plus host-side probes of everything a sandbox can leave behind."""
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx2
 
+from bench.launcher import LaunchError, SandboxdProcess, write_config
 from daemon.config import RuntimeConfig
 from sandbox.cgroups import CgroupLayout, children
 from sandbox.host.dirs import instance_of
@@ -40,7 +36,7 @@ class DaemonProcess:
             self.runtime_root = self.root / "runc"
             self.cgroup_parent = f"/sandboxd-e2e-{secrets.token_hex(4)}"
         self.log = self.root / "daemon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process = SandboxdProcess(self.root / "config.toml", self.socket, self.log)
         self._tables: dict[str, dict[str, Any]] = {
             "server": {"socket": self.socket},
             "runtime": {
@@ -57,13 +53,17 @@ class DaemonProcess:
         tables = self._tables
         for name, values in sections.items():
             tables.setdefault(name, {}).update(values)
-        lines = [f'state_dir = "{self.root}/state"']
-        for name, values in tables.items():
-            lines.append(f"[{name}]")
-            lines += [f"{k} = {_toml(v)}" for k, v in values.items()]
-        (self.root / "config.toml").write_text("\n".join(lines) + "\n")
+        write_config(self.root / "config.toml", tables, {"state_dir": f"{self.root}/state"})
 
     # ------------------------------------------------------------------ process
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc
+
+    @proc.setter
+    def proc(self, proc: subprocess.Popen[bytes] | None) -> None:
+        self.process.proc = proc
 
     def start(
         self,
@@ -73,40 +73,17 @@ class DaemonProcess:
         argv: list[str] | None = None,
     ) -> None:
         """Start `sandboxd serve` (optionally under a wrapper such as systemd-socket-activate,
-        or another `argv`) and wait until its API socket accepts connections."""
-        argv = argv or [
-            sys.executable, "-m", "daemon", "serve", "--config", str(self.root / "config.toml")
-        ]  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [*prefix, *argv],
-                stdout=log,
-                stderr=log,
-                start_new_session=True,  # cleanup kills the group: runc calls in flight too
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})},
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited: {self.log.read_text()[-3000:]}")
-            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
-                s.connect(self.socket)
-                return
-            time.sleep(0.02)
-        raise AssertionError("daemon did not come up")
+        or another `argv`) and wait until it answers GET /healthz."""
+        try:
+            self.process.start(argv=argv, prefix=prefix, env=env, timeout_s=timeout_s)
+        except LaunchError as exc:
+            raise AssertionError(str(exc)) from None
 
     def stop(self, timeout_s: float = 60) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout=timeout_s)
-        self.proc = None
-        return code
+        return self.process.stop(timeout_s)
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
+        self.process.kill()
 
     def client(self, timeout_s: float = 60) -> httpx2.Client:
         return httpx2.Client(
@@ -168,13 +145,8 @@ class DaemonProcess:
         }
 
     def kill_group(self) -> None:
-        """SIGKILL the daemon's process group: the daemon and the runc calls it has in flight
-        (a sandbox may be left half-made, in some cgroup hierarchies only)."""
-        assert self.proc is not None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-        self.proc = None
+        """SIGKILL the daemon's process group (see SandboxdProcess.kill_group)."""
+        self.process.kill_group()
 
     def cleanup(self) -> None:
         if self.proc is not None:  # a runc create left running would finish after the sweep
@@ -210,15 +182,3 @@ class DaemonProcess:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f'"{k}" = {_toml(v)}' for k, v in value.items()) + " }"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return f'"{value}"'
