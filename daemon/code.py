@@ -8,6 +8,7 @@ the files a cell wrote to container file records.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ from daemon.containers import Caller, ContainerService
 from daemon.errors import NotFound
 from daemon.metrics import Metrics
 from daemon.models import FileRecord
-from daemon.sandboxes import Sandboxes
+from daemon.sandboxes import Lease, Sandboxes, translate
 from daemon.shutdown import ShutdownControl
 from daemon.store import Store
 from sandbox.agent_client import AgentFile, CodeError, CodeSession, ExecChunk
@@ -90,24 +91,31 @@ class CodeService:
         """Run one cell; its output goes to `sink`, capped at `max_output` and at
         `exec.max_total_output`. The cell's deadline starts once an agent connection is
         leased (a busy agent answers 429 before the cell runs)."""
-        await self._containers.running(caller, cid)
-        # No await between the check and active(): the reaper cannot slip in between.
-        async with self._containers.active(cid):
+        async with self.leased(caller, cid) as lease:
+            return await self.run_cell(lease, cid, params, sink)
 
-            async def relay(chunk: ExecChunk) -> None:
-                await sink(chunk.stream, chunk.data)
+    def leased(self, caller: Caller, cid: str) -> contextlib.AbstractAsyncContextManager[Lease]:
+        """See ContainerService.leased: a stream opens inside it, once the cell can start."""
+        return self._containers.leased(caller, cid, "code")
 
-            req = CodeRequest(
-                session_id=params.session_id,
-                code=params.code,
-                timeout_ms=params.timeout_ms,
-                max_output=min(params.max_output, self._cfg.exec.max_total_output),
-                max_sessions=self._cfg.code.max_sessions,
+    async def run_cell(self, lease: Lease, cid: str, params: CodeParams, sink: CodeSink) -> CodeRun:
+        """The cell on a leased connection; sandbox failures come out translated."""
+
+        async def relay(chunk: ExecChunk) -> None:
+            await sink(chunk.stream, chunk.data)
+
+        req = CodeRequest(
+            session_id=params.session_id,
+            code=params.code,
+            timeout_ms=params.timeout_ms,
+            max_output=min(params.max_output, self._cfg.exec.max_total_output),
+            max_sessions=self._cfg.code.max_sessions,
+        )
+        with translate("code"):
+            done = await run_code(
+                lease.conn, lease.counters, req, relay, self._shutdown.stop_commands
             )
-            stop = self._shutdown.stop_commands
-            async with self._sandboxes.lease(cid, "code") as lease:
-                done = await run_code(lease.conn, lease.counters, req, relay, stop)
-            run = await self._finish(cid, params.session_id, done)
+        run = await self._finish(cid, params.session_id, done)
         logger.info(
             "code finished",
             extra={

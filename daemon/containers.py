@@ -31,7 +31,7 @@ from daemon.logs import container_id as log_container_id
 from daemon.metrics import Metrics
 from daemon.models import ContainerRecord, EventRecord, Page, Status, UserFileRecord
 from daemon.pool import WarmPool
-from daemon.sandboxes import Sandboxes, translate
+from daemon.sandboxes import Lease, Sandboxes, translate
 from daemon.skills import SkillRef, SkillService
 from daemon.store import Store
 from daemon.tasks import TaskSupervisor
@@ -130,6 +130,16 @@ class ContainerService:
         finally:
             self.open_operations.leave(cid)
             self._touch(cid)
+
+    @contextlib.asynccontextmanager
+    async def leased(self, caller: Caller, cid: str, action: str) -> AsyncIterator[Lease]:
+        """The caller's running container, held active, with one agent connection leased for
+        the block: a busy agent refuses here (429) before anything runs, so a stream is opened
+        only once its run can start (exec and code)."""
+        await self.running(caller, cid)
+        # No await between the check and active(): the reaper cannot slip in between.
+        async with self.active(cid), self._sandboxes.lease(cid, action) as lease:
+            yield lease
 
     async def record_event(self, cid: str, kind: str, **detail: str | int | None) -> None:
         """Append to the container's event history and log it (one line per event)."""

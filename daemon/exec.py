@@ -3,6 +3,7 @@ container's agent, their output passed on as it arrives, how each ended explaine
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from daemon.config import Config
 from daemon.containers import Caller, ContainerService
 from daemon.metrics import Metrics
-from daemon.sandboxes import Lease, Sandboxes
+from daemon.sandboxes import Lease, Sandboxes, translate
 from daemon.shutdown import ShutdownControl
 from sandbox.agent_client import ExecChunk
 from sandbox.execution import CommandOutcome, CommandRequest, run_command
@@ -49,10 +50,6 @@ class ExecService:
         self._shutdown = shutdown
         self._metrics = metrics
 
-    async def check(self, caller: Caller, cid: str) -> None:
-        """The caller's container must exist and be running (404 / 400 expired)."""
-        await self._containers.running(caller, cid)
-
     async def exec(
         self,
         caller: Caller,
@@ -67,9 +64,23 @@ class ExecService:
         agent refuses it (429) before anything ran, and no command waits for a connection
         halfway through. Output is capped per command (`max_output`) and for the batch
         (`exec.max_total_output`): a command gets at most what the earlier ones left."""
-        await self._containers.running(caller, cid)
-        # No await between the check and active(): the reaper cannot slip in between.
-        async with self._containers.active(cid), self._sandboxes.lease(cid, "exec") as lease:
+        async with self.leased(caller, cid) as lease:
+            return await self.run(lease, cid, params, sink, finished)
+
+    def leased(self, caller: Caller, cid: str) -> contextlib.AbstractAsyncContextManager[Lease]:
+        """See ContainerService.leased: a stream opens inside it, once a run can start."""
+        return self._containers.leased(caller, cid, "exec")
+
+    async def run(
+        self,
+        lease: Lease,
+        cid: str,
+        params: ExecParams,
+        sink: OutputSink,
+        finished: ResultSink | None = None,
+    ) -> list[CommandOutcome]:
+        """The batch on a leased connection; sandbox failures come out translated."""
+        with translate("exec"):
             return await self._run(lease, cid, params, sink, finished)
 
     async def _run(

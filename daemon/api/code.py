@@ -77,16 +77,17 @@ async def run(request: web.Request) -> web.StreamResponse:
 
         run = await service.run(caller, cid, params, keep)
         return await json_reply(request, serialize.code_result(run, cid, kept))
-    await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
+    # 404, 400 expired and 429 busy before we commit to a 200 stream
+    async with service.leased(caller, cid) as lease:
 
-    async def stream_run(events: SseReply) -> dict[str, Any]:
-        async def sink(stream_name: str, data: bytes) -> None:
-            await events.output(stream_name, data, type=stream_name)
+        async def stream_run(events: SseReply) -> dict[str, Any]:
+            async def sink(stream_name: str, data: bytes) -> None:
+                await events.output(stream_name, data, type=stream_name)
 
-        result = await service.run(caller, cid, params, sink)
-        return {"type": "result", **serialize.code_result(result, cid, {})}
+            result = await service.run_cell(lease, cid, params, sink)
+            return {"type": "result", **serialize.code_result(result, cid, {})}
 
-    return await sse_response(request, stream_run, cfg.exec.keepalive_s)
+        return await sse_response(request, stream_run, cfg.exec.keepalive_s)
 
 
 async def list_sessions(request: web.Request) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -12,7 +13,8 @@ from daemon.api.output import EMPTY, Captured, SseReply, json_reply, sse_respons
 from daemon.api.validation import ENV_NAME, get_int, get_str, reject_unknown
 from daemon.config import ExecConfig
 from daemon.errors import InvalidRequest
-from daemon.exec import ExecParams
+from daemon.exec import ExecParams, ExecService
+from daemon.sandboxes import Lease
 from sandbox.execution import CommandOutcome
 from sandbox.spec import WORKSPACE
 
@@ -104,8 +106,14 @@ async def exec_(request: web.Request) -> web.StreamResponse:
         ]
         reply = {"object": "container.exec", "output": output}
         return await json_reply(request, {**reply, "max_output_length": params.max_output})
-    await service.check(caller, cid)  # 404/400 before we commit to a 200 stream
+    # 404, 400 expired and 429 busy before we commit to a 200 stream
+    async with service.leased(caller, cid) as lease:
+        return await sse_response(request, _streamed(service, lease, cid, params), cfg.keepalive_s)
 
+
+def _streamed(
+    service: ExecService, lease: Lease, cid: str, params: ExecParams
+) -> Callable[[SseReply], Awaitable[dict[str, Any]]]:
     async def run(events: SseReply) -> dict[str, Any]:
         async def sink(index: int, stream_name: str, data: bytes) -> None:
             await events.output((index, stream_name), data, type=stream_name, command_index=index)
@@ -116,7 +124,7 @@ async def exec_(request: web.Request) -> web.StreamResponse:
             item = serialize.output_item(outcome)
             await events.send({"type": "outcome", "command_index": index, **item})
 
-        await service.exec(caller, cid, params, sink, finished)
+        await service.run(lease, cid, params, sink, finished)
         return {"type": "done", "max_output_length": params.max_output}
 
-    return await sse_response(request, run, cfg.keepalive_s)
+    return run

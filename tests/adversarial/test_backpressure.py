@@ -61,3 +61,38 @@ async def test_200_concurrent_execs_on_one_container(daemon: DaemonHandle, conta
             assert r.headers["retry-after"] == "1"
             assert r.headers["x-request-id"].startswith("req_")
     assert after.status_code == 200 and after.json()["output"][0]["stdout"] == "ok\n"
+
+
+async def test_streamed_execs_beyond_the_queue_are_429_before_any_stream(
+    daemon: DaemonHandle, container: str
+) -> None:
+    """A streamed exec holds its agent connection before the stream opens: the overflow gets
+    a plain 429 a client can retry, never a 200 stream that ends in an error event."""
+    limits = AgentConfig()
+    many = limits.connections + limits.queue + 40
+    transport = httpx2.AsyncHTTPTransport(
+        uds=daemon.socket, limits=httpx2.Limits(max_connections=many + 10)
+    )
+    body = {"commands": ["sleep 1; echo done"], "timeout_ms": 5000, "stream": True}
+    async with httpx2.AsyncClient(transport=transport, base_url="http://x", timeout=120) as api:
+        gate = asyncio.Event()
+
+        async def one() -> tuple[int, str, bytes]:
+            await gate.wait()
+            r = await api.post(f"/v1/containers/{container}/exec", json=body)
+            return r.status_code, r.headers["content-type"], r.content
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(many)]
+        await asyncio.sleep(0)
+        gate.set()
+        replies = await asyncio.gather(*tasks)
+    statuses = collections.Counter(status for status, _, _ in replies)
+    print(f"{many} concurrent streamed execs on one container: {dict(statuses)}")
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses[429] > 0, statuses
+    for status, content_type, content in replies:
+        if status == 429:
+            assert content_type.startswith("application/json"), content[:200]
+        else:
+            assert content_type.startswith("text/event-stream")
+            assert b'"type":"done"' in content and b'"type":"error"' not in content
