@@ -91,7 +91,7 @@ class CodeError:
 
 @dataclass(frozen=True)
 class CodeResult:
-    """How one cell ended, as the agent tells it (see handle_code in the agent)."""
+    """How one cell ended, as the agent tells it (see handle_code in sandbox/agent/sessions.py)."""
 
     status: str  # ok | error | interrupted (by us; state kept) | died (state lost)
     stop: str | None  # why we interrupted or killed it: timeout, pids, shutdown, deleted...
