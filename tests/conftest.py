@@ -10,7 +10,7 @@ import pytest
 from bench import dockerd
 
 # SECURITY.md's tables: one JSON line per security case when SANDBOXD_SECURITY_RESULTS is set.
-pytest_plugins = ["tests.security_report"]
+pytest_plugins = ["tests.security_report", "tests.apifixtures"]
 
 STRIPPED_ENV = ("NOTIFY_SOCKET", "DOCKER_HOST", "JOURNAL_STREAM")
 # The runtime contract suite runs whole on docker. Of the API and adversarial suites (the same

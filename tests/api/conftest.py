@@ -172,16 +172,6 @@ def raw(daemon: DaemonHandle) -> Iterator[httpx2.Client]:
 
 
 @pytest.fixture
-def skills(client: openai.OpenAI) -> Iterator[list[str]]:
-    """Ids of skills a test makes; deleted at its end."""
-    made: list[str] = []
-    yield made
-    for sid in made:
-        with contextlib.suppress(openai.NotFoundError):
-            client.skills.delete(sid)
-
-
-@pytest.fixture
 def container(client: openai.OpenAI) -> Iterator[str]:
     created = client.containers.create(name="fixture")
     yield created.id

@@ -49,20 +49,6 @@ def test_memory_tier_is_applied(client: openai.OpenAI, raw: httpx2.Client) -> No
         client.containers.delete(c.id)
 
 
-def _alice_and_bob(alice: openai.OpenAI, bob: openai.OpenAI) -> None:
-    c = alice.containers.create(name="alice-box")
-    try:
-        assert c.id in [x.id for x in alice.containers.list()]
-        assert c.id not in [x.id for x in bob.containers.list()]
-        with pytest.raises(openai.NotFoundError):
-            bob.containers.retrieve(c.id)
-        with pytest.raises(openai.NotFoundError):
-            bob.containers.delete(c.id)
-        alice.containers.retrieve(c.id)
-    finally:
-        alice.containers.delete(c.id)
-
-
 def test_unix_peer_uid_ownership(daemon: DaemonHandle, client: openai.OpenAI) -> None:
     """Another uid on the socket sees only its own containers; root sees everyone's."""
     import subprocess

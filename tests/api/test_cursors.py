@@ -10,29 +10,18 @@ import os
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
 import pytest
 
 from tests.api.conftest import DaemonHandle
+from tests.apifixtures import create_containers, tcp_sdk
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 MANY = 130  # > 6 pages of the SDKs' default 20
 NODE_OPENAI = "openai@6"  # the major version the failure was found with (6.49)
-
-
-def _tcp(daemon: DaemonHandle, who: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=daemon.tcp_url + "/v1", api_key=daemon.keys[who], max_retries=0, timeout=120
-    )
-
-
-def _create_containers(sdk: openai.OpenAI, n: int, name: str) -> list[str]:
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda _: sdk.containers.create(name=name).id, range(n)))
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +73,8 @@ def test_list_and_delete_empties_container_files(client: openai.OpenAI, containe
 def test_node_sdk_list_and_delete_empties_130_containers(
     daemon: DaemonHandle, node_openai: Path
 ) -> None:
-    with _tcp(daemon, "alice") as alice:
-        made = set(_create_containers(alice, MANY, "doomed-node"))
+    with tcp_sdk(daemon.tcp_url, daemon.keys["alice"]) as alice:
+        made = set(create_containers(alice, MANY, "doomed-node"))
         try:
             script = node_openai / "loop.js"
             script.write_text(NODE_LOOP)

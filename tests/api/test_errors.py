@@ -11,36 +11,19 @@ import openai
 import pytest
 
 from tests.api.conftest import DaemonHandle
-from tests.hosttraces import sandbox_dirs
+from tests.apifixtures import assert_error
 
 pytestmark = pytest.mark.root
 
 
-def _state(daemon: DaemonHandle, raw: httpx2.Client) -> tuple[list[str], list[str]]:
-    listed = [c["id"] for c in raw.get("/v1/containers?limit=100").json()["data"]]
-    on_disk = sorted(sandbox_dirs(daemon.root / "state"))
-    return listed, on_disk
-
-
-def _assert_error(r: httpx2.Response, status: int, param: str | None = None) -> dict[str, object]:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"] and isinstance(err["message"], str)
-    if param is not None:
-        assert err["param"] == param
-    assert r.headers["x-request-id"].startswith("req_")
-    return err  # type: ignore[no-any-return]
-
-
 def test_bad_exec_bodies(raw: httpx2.Client, container: str) -> None:
     url = f"/v1/containers/{container}/exec"
-    _assert_error(raw.post(url, json={"commands": []}), 400, "commands")
-    _assert_error(raw.post(url, json={"commands": [1]}), 400, "commands")
-    _assert_error(raw.post(url, json={"commands": ["true"], "timeout_ms": -1}), 400, "timeout_ms")
-    _assert_error(raw.post(url, json={"commands": ["true"], "env": {"A-B": "x"}}), 400, "env")
-    _assert_error(raw.post(url, json={"commands": ["true"], "what": 1}), 400, "what")
-    _assert_error(raw.post(url, json={"commands": ["true"], "stream": "yes"}), 400, "stream")
+    assert_error(raw.post(url, json={"commands": []}), 400, "commands")
+    assert_error(raw.post(url, json={"commands": [1]}), 400, "commands")
+    assert_error(raw.post(url, json={"commands": ["true"], "timeout_ms": -1}), 400, "timeout_ms")
+    assert_error(raw.post(url, json={"commands": ["true"], "env": {"A-B": "x"}}), 400, "env")
+    assert_error(raw.post(url, json={"commands": ["true"], "what": 1}), 400, "what")
+    assert_error(raw.post(url, json={"commands": ["true"], "stream": "yes"}), 400, "stream")
 
 
 @pytest.mark.parametrize("name", ["../../etc/x", "a/b", "..", ".", "x\\y", ""])
@@ -48,7 +31,7 @@ def test_path_traversal_in_upload_names(
     daemon: DaemonHandle, raw: httpx2.Client, container: str, name: str
 ) -> None:
     r = raw.post(f"/v1/containers/{container}/files", files={"file": (name, b"evil")})
-    _assert_error(r, 400, "file")
+    assert_error(r, 400, "file")
     assert not Path("/etc/x").exists()
     listing = raw.get(f"/v1/containers/{container}/files").json()["data"]
     assert listing == []
@@ -58,7 +41,7 @@ def test_oversized_upload_leaves_nothing(
     client: openai.OpenAI, raw: httpx2.Client, container: str
 ) -> None:
     r = raw.post(f"/v1/containers/{container}/files", files={"file": ("big.bin", b"x" * (9 << 20))})
-    _assert_error(r, 413)
+    assert_error(r, 413)
     assert client.containers.files.list(container).data == []
     out = raw.post(f"/v1/containers/{container}/exec", json={"commands": ["ls -A | wc -l"]})
     assert out.json()["output"][0]["stdout"] == "0\n"
@@ -66,9 +49,9 @@ def test_oversized_upload_leaves_nothing(
 
 def test_upload_without_file_part(raw: httpx2.Client, container: str) -> None:
     r = raw.post(f"/v1/containers/{container}/files", files={"other": ("a.txt", b"x")})
-    _assert_error(r, 400, "file")
+    assert_error(r, 400, "file")
     r = raw.post(f"/v1/containers/{container}/files", json={"file_id": "file-abc"})
-    _assert_error(r, 404, "file_id")
+    assert_error(r, 404, "file_id")
 
 
 def test_unknown_ids(raw: httpx2.Client, container: str) -> None:
@@ -80,4 +63,4 @@ def test_unknown_ids(raw: httpx2.Client, container: str) -> None:
         f"/v1/containers/{container}/files/cfile_" + "0" * 32 + "/content",
         f"/v1/containers/{container}/files/garbage",
     ):
-        _assert_error(raw.get(path), 404)
+        assert_error(raw.get(path), 404)

@@ -4,10 +4,8 @@ copy that fails. The rest of /v1/files runs in-process (tests/service/test_files
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
 
 import httpx2
 import openai
@@ -18,22 +16,8 @@ from tests.api.conftest import DaemonHandle, exec_
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def uploaded(client: openai.OpenAI) -> Iterator[list[str]]:
-    """Ids to delete after the test."""
-    made: list[str] = []
-    yield made
-    for fid in made:
-        with contextlib.suppress(openai.NotFoundError):
-            client.files.delete(fid)
-
-
 def _names(client: openai.OpenAI) -> list[str]:
     return [c.name for c in client.containers.list(limit=100)]
-
-
-def _blobs(daemon: DaemonHandle, kind: str) -> list[str]:
-    return sorted(p.name for p in (daemon.root / "state" / "blobs" / kind).iterdir())
 
 
 def test_file_ids_copy_into_the_container(

@@ -5,39 +5,21 @@ container files included. The other cases run in-process (tests/service/test_ide
 from __future__ import annotations
 
 import contextlib
-import secrets
 import threading
-from collections.abc import Iterator
 
 import httpx2
 import openai
 import pytest
 
 from tests.api.conftest import DaemonHandle
+from tests.apifixtures import idempotency_key, named
 from tests.skillzips import make_zip, skill_md
 
 pytestmark = pytest.mark.root
 
 
-def _key() -> str:
-    return "test-" + secrets.token_hex(8)
-
-
-def _named(client: openai.OpenAI, name: str) -> list[str]:
-    return [c.id for c in client.containers.list(limit=100) if c.name == name]
-
-
-@pytest.fixture
-def name(client: openai.OpenAI) -> Iterator[str]:
-    unique = "idem-" + secrets.token_hex(4)
-    yield unique
-    for cid in _named(client, unique):
-        with contextlib.suppress(openai.NotFoundError):
-            client.containers.delete(cid)
-
-
 def test_a_create_retried_after_client_timeouts_makes_one_container(
-    daemon: DaemonHandle, client: openai.OpenAI, name: str
+    daemon: DaemonHandle, client: openai.OpenAI, unique_name: str
 ) -> None:
     """The SDK gives up on each attempt after 20 ms, a cold create takes longer, and each retry
     resends the key: one container, whatever the SDK saw (3 before Idempotency-Key)."""
@@ -50,19 +32,19 @@ def test_a_create_retried_after_client_timeouts_makes_one_container(
         base_url="http://localhost/v1", api_key="x", http_client=http, timeout=0.02,
         max_retries=2,
     )  # fmt: skip
-    headers = {"Idempotency-Key": _key()}
+    headers = {"Idempotency-Key": idempotency_key()}
     with http, contextlib.suppress(openai.APITimeoutError):
-        impatient.containers.create(name=name, extra_headers=headers)
+        impatient.containers.create(name=unique_name, extra_headers=headers)
     assert len(attempts) >= 2 and set(attempts) == {headers["Idempotency-Key"]}
-    made = _named(client, name)
+    made = named(client, unique_name)
     for _ in range(50):  # the first attempt may still be running on the daemon
         if made:
             break
         threading.Event().wait(0.1)
-        made = _named(client, name)
-    again = client.containers.create(name=name, extra_headers=headers)
-    assert _named(client, name) == [again.id]
-    raw = client.containers.with_raw_response.create(name=name, extra_headers=headers)
+        made = named(client, unique_name)
+    again = client.containers.create(name=unique_name, extra_headers=headers)
+    assert named(client, unique_name) == [again.id]
+    raw = client.containers.with_raw_response.create(name=unique_name, extra_headers=headers)
     assert raw.headers.get("Idempotent-Replayed") == "true"
     assert raw.parse().id == again.id
 
@@ -82,7 +64,7 @@ def test_every_creating_post_replays(
             (f"/v1/skills/{skill.id}/versions", {}, {"files": ("s.zip", zipped)}),
         ]
         for path, data, files in posts:
-            h = {"Idempotency-Key": _key()}
+            h = {"Idempotency-Key": idempotency_key()}
             first = raw.post(path, data=data, files=files, headers=h)
             second = raw.post(path, data=data, files=files, headers=h)
             assert (first.status_code, second.status_code) == (200, 200), (path, second.text)

@@ -4,11 +4,7 @@ of /v1/skills runs in-process (tests/service/test_skills.py)."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import io
 import json
-import zipfile
-from collections.abc import Iterator
 
 import httpx2
 import openai
@@ -20,41 +16,21 @@ from tests.skillzips import make_zip, skill_md
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def cleanup(client: openai.OpenAI) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for sid in made:
-        with contextlib.suppress(openai.NotFoundError):
-            client.skills.delete(sid)
-
-
-def _special_zip(kind: int) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr("s/SKILL.md", skill_md("special"))
-        info = zipfile.ZipInfo("s/entry")
-        info.create_system = 3
-        info.external_attr = (kind | 0o777) << 16
-        zf.writestr(info, b"/etc/shadow")
-    return buf.getvalue()
-
-
 def _exec(raw: httpx2.Client, cid: str, command: str) -> tuple[str, int]:
     out = exec_(raw, cid, command)["output"][0]  # type: ignore[index]
     return out["stdout"] + out["stderr"], out["outcome"]["exit_code"]
 
 
 def test_skills_mount_read_only_with_an_index(
-    client: openai.OpenAI, raw: httpx2.Client, cleanup: list[str]
+    client: openai.OpenAI, raw: httpx2.Client, skills: list[str]
 ) -> None:
     s = client.skills.create(
         files=[("pdf/SKILL.md", skill_md("pdf-kit", "Make PDFs.")), ("pdf/bin/run.sh", b"echo 1")]
     )
-    cleanup.append(s.id)
+    skills.append(s.id)
     v2 = client.skills.versions.create(s.id, files=[("p/SKILL.md", skill_md("pdf-kit", "v2"))])
     other = client.skills.create(files=[("SKILL.md", skill_md("notes"))])
-    cleanup.append(other.id)
+    skills.append(other.id)
     inline = base64.b64encode(make_zip({"x/SKILL.md": skill_md("inline-one", "Inline.")}))
     box = client.containers.create(
         name="skills",
@@ -103,19 +79,3 @@ def test_skills_mount_read_only_with_an_index(
         assert code == 1
     finally:
         client.containers.delete(box.id)
-
-
-def _names(client: openai.OpenAI) -> list[str]:
-    return [c.name for c in client.containers.list(limit=100)]
-
-
-def _bomb(expanded: int) -> bytes:
-    """A zip whose one entry expands to `expanded` zero bytes (about 1 MB on the wire)."""
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("s/SKILL.md", skill_md("bomb"))
-        with zf.open("s/zeros.bin", "w", force_zip64=True) as entry:
-            block = bytes(1 << 20)
-            for _ in range(expanded >> 20):
-                entry.write(block)
-    return buf.getvalue()

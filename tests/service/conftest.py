@@ -213,30 +213,8 @@ def tcp(daemon: InProcessDaemon) -> Iterator[httpx2.Client]:
 
 
 @pytest.fixture
-def skills() -> list[str]:
-    """Ids of skills a test makes (the daemon goes with the test; kept for tests/api's shape)."""
-    return []
-
-
-@pytest.fixture
 def container(client: openai.OpenAI) -> str:
     return client.containers.create(name="fixture").id
-
-
-def assert_error(
-    r: httpx2.Response, status: int, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
-    """An OpenAI-shaped error with the request id; `param`/`code` checked when given."""
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}, err
-    assert err["message"] and isinstance(err["message"], str)
-    if param is not None:
-        assert err["param"] == param, err
-    if code is not None:
-        assert err["code"] == code, err
-    assert r.headers["x-request-id"].startswith("req_")
-    return err  # type: ignore[no-any-return]
 
 
 @contextlib.contextmanager

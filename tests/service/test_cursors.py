@@ -4,12 +4,11 @@ containers, files, skills and skill versions; malformed cursors are 400."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import httpx2
 import openai
 import pytest
 
+from tests.apifixtures import create_containers, tcp_sdk
 from tests.service.conftest import InProcessDaemon as DaemonHandle
 from tests.skillzips import make_zip, skill_md
 
@@ -18,20 +17,9 @@ pytestmark = pytest.mark.slow
 MANY = 130  # > 6 pages of the SDKs' default 20
 
 
-def _tcp(daemon: DaemonHandle, who: str) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=daemon.tcp_url + "/v1", api_key=daemon.keys[who], max_retries=0, timeout=120
-    )
-
-
-def _create_containers(sdk: openai.OpenAI, n: int, name: str) -> list[str]:
-    with ThreadPoolExecutor(4) as pool:
-        return list(pool.map(lambda _: sdk.containers.create(name=name).id, range(n)))
-
-
 def test_python_sdk_list_and_delete_empties_130_containers(daemon: DaemonHandle) -> None:
-    with _tcp(daemon, "bob") as bob:
-        made = set(_create_containers(bob, MANY, "doomed"))
+    with tcp_sdk(daemon.tcp_url, daemon.keys["bob"]) as bob:
+        made = set(create_containers(bob, MANY, "doomed"))
         try:
             deleted = []
             for c in bob.containers.list():  # the SDK follows `after` = the last id it saw

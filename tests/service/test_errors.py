@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
+from tests.apifixtures import assert_error
 from tests.hosttraces import sandbox_dirs
 from tests.service.conftest import InProcessDaemon as DaemonHandle
 
@@ -14,17 +15,6 @@ def _state(daemon: DaemonHandle, raw: httpx2.Client) -> tuple[list[str], list[st
     listed = [c["id"] for c in raw.get("/v1/containers?limit=100").json()["data"]]
     on_disk = sorted(sandbox_dirs(daemon.root / "state"))
     return listed, on_disk
-
-
-def _assert_error(r: httpx2.Response, status: int, param: str | None = None) -> dict[str, object]:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"] and isinstance(err["message"], str)
-    if param is not None:
-        assert err["param"] == param
-    assert r.headers["x-request-id"].startswith("req_")
-    return err  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(
@@ -73,7 +63,7 @@ def test_bad_create_bodies_create_nothing(
 ) -> None:
     before = _state(daemon, raw)
     r = raw.post("/v1/containers", content=body, headers={"Content-Type": "application/json"})
-    err = _assert_error(r, status, param)
+    err = assert_error(r, status, param)
     assert err["type"] == "invalid_request_error"
     assert r.headers["x-should-retry"] == "false"
     assert _state(daemon, raw) == before
@@ -82,10 +72,10 @@ def test_bad_create_bodies_create_nothing(
 def test_oversized_json_body(raw: httpx2.Client) -> None:
     big = b'{"name": "' + b"x" * (2 << 20) + b'"}'
     r = raw.post("/v1/containers", content=big, headers={"Content-Type": "application/json"})
-    _assert_error(r, 413)
+    assert_error(r, 413)
 
 
 def test_bad_list_params(raw: httpx2.Client) -> None:
-    _assert_error(raw.get("/v1/containers?limit=0"), 400, "limit")
-    _assert_error(raw.get("/v1/containers?limit=abc"), 400, "limit")
-    _assert_error(raw.get("/v1/containers?order=sideways"), 400, "order")
+    assert_error(raw.get("/v1/containers?limit=0"), 400, "limit")
+    assert_error(raw.get("/v1/containers?limit=abc"), 400, "limit")
+    assert_error(raw.get("/v1/containers?order=sideways"), 400, "order")

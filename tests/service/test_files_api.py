@@ -3,9 +3,7 @@ malformed multipart; nothing is left behind by a refused upload."""
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
@@ -13,16 +11,6 @@ import openai
 import pytest
 
 from tests.service.conftest import InProcessDaemon as DaemonHandle
-
-
-@pytest.fixture
-def uploaded(client: openai.OpenAI) -> Iterator[list[str]]:
-    """Ids to delete after the test."""
-    made: list[str] = []
-    yield made
-    for fid in made:
-        with contextlib.suppress(openai.NotFoundError):
-            client.files.delete(fid)
 
 
 def _names(client: openai.OpenAI) -> list[str]:

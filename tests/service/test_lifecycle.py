@@ -12,7 +12,8 @@ import openai
 import pytest
 
 from daemon import lifecycle
-from tests.service.conftest import BLOCKING_S, InProcessDaemon, assert_error, nothing_made
+from tests.apifixtures import assert_error
+from tests.service.conftest import BLOCKING_S, InProcessDaemon, nothing_made
 from tests.service.runtime_double import MemoryRuntime
 
 

@@ -4,11 +4,9 @@ default, content, owner scoping and the validation rejections."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import stat
 import zipfile
-from collections.abc import Iterator
 
 import openai
 import pytest
@@ -17,19 +15,10 @@ from tests.service.conftest import InProcessDaemon as DaemonHandle
 from tests.skillzips import make_zip, skill_md, zip_names
 
 
-@pytest.fixture
-def cleanup(client: openai.OpenAI) -> Iterator[list[str]]:
-    made: list[str] = []
-    yield made
-    for sid in made:
-        with contextlib.suppress(openai.NotFoundError):
-            client.skills.delete(sid)
-
-
-def test_zip_skill_round_trip(client: openai.OpenAI, cleanup: list[str]) -> None:
+def test_zip_skill_round_trip(client: openai.OpenAI, skills: list[str]) -> None:
     data = make_zip({"csv/SKILL.md": skill_md("csv-tools"), "csv/tool.py": b"print('csv')\n"})
     s = client.skills.create(files=("csv.zip", data, "application/zip"))
-    cleanup.append(s.id)
+    skills.append(s.id)
     assert s.id.startswith("skill_") and len(s.id) == 6 + 32
     assert (s.object, s.name, s.description) == ("skill", "csv-tools", "Does a thing.")
     assert (s.default_version, s.latest_version) == ("1", "1")
@@ -71,10 +60,10 @@ def test_zip_skill_round_trip(client: openai.OpenAI, cleanup: list[str]) -> None
 
 
 def test_default_version_accepts_an_integer_and_last_version_delete_deletes_skill(
-    client: openai.OpenAI, cleanup: list[str]
+    client: openai.OpenAI, skills: list[str]
 ) -> None:
     s = client.skills.create(files=[("SKILL.md", skill_md("solo"))])
-    cleanup.append(s.id)
+    skills.append(s.id)
     assert s.name == "solo"
     v2 = client.skills.versions.create(s.id, files=[("SKILL.md", skill_md("solo"))], default=True)
     assert client.skills.retrieve(s.id).default_version == v2.version == "2"
@@ -176,10 +165,10 @@ def _names(client: openai.OpenAI) -> list[str]:
 
 
 def test_bad_skill_references_create_nothing(
-    client: openai.OpenAI, daemon: DaemonHandle, cleanup: list[str]
+    client: openai.OpenAI, daemon: DaemonHandle, skills: list[str]
 ) -> None:
     s = client.skills.create(files=[("SKILL.md", skill_md("real"))])
-    cleanup.append(s.id)
+    skills.append(s.id)
     before = _names(client)
     for refs in (
         [{"type": "skill_reference", "skill_id": "skill_" + "0" * 32}],

@@ -8,7 +8,8 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.service.conftest import InProcessDaemon, assert_error, nothing_made
+from tests.apifixtures import assert_error
+from tests.service.conftest import InProcessDaemon, nothing_made
 
 LONG = "x" * ((64 << 10) + 1)
 
