@@ -55,7 +55,8 @@ def test_every_route_blocking(sbx: sc.Client, tmp_path: Path) -> None:
     box = sbx.containers.create("tour", memory_limit="1g", expires_after_minutes=5)
     assert box.status == "running" and box.expires_after == sc.ExpiresAfter("last_active_at", 5)
     try:
-        assert sbx.containers.retrieve(box.id) == box
+        got = sbx.containers.retrieve(box.id)
+        assert (got.id, got.name, got.memory_limit) == (box.id, "tour", "1g")
         assert box.id in [c.id for c in sbx.containers.list()]
         assert box.id in [c.id for c in sbx.containers.page(limit=100, order="desc").data]
         assert "created" in [e.type for e in sbx.containers.events(box.id)]

@@ -3,6 +3,7 @@ mitmproxy, no docker SDK) drives the real daemon, blocking and asyncio, socket a
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -54,12 +55,14 @@ SCRIPT = textwrap.dedent(
 def test_the_client_installs_alone_and_drives_the_daemon(
     daemon: DaemonHandle, tmp_path: Path
 ) -> None:
+    source = tmp_path / "src"  # a copy: setuptools leaves build/ and egg-info where it builds
+    shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     # The host pip's configuration (its local index, wheel dir, cache) finds httpx2.
     installed = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(CLIENT_DIR)],
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-3000:]

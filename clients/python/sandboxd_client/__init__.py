@@ -7,8 +7,8 @@ with Client() as sbx:  # the daemon's unix socket, found as the `sandboxd` CLI f
     print(sbx.exec(box.id, "echo hi").output[0].stdout)
 """
 
-from sandboxd_client.aio import AsyncClient
-from sandboxd_client.client import Client
+from typing import TYPE_CHECKING, Any
+
 from sandboxd_client.discovery import Target, discover
 from sandboxd_client.errors import (
     APIError,
@@ -34,6 +34,7 @@ from sandboxd_client.errors import (
     ShuttingDown,
     SocketPermissionDenied,
     StorageFull,
+    StreamEnded,
     Timeout,
     Unauthorized,
     UnknownParameter,
@@ -62,6 +63,23 @@ from sandboxd_client.models import (
     SkillVersion,
 )
 
+if TYPE_CHECKING:
+    from sandboxd_client.aio import AsyncClient
+    from sandboxd_client.client import Client
+
+# The HTTP stack loads with the first client made, not with this package: a command line
+# that only needs the models, errors or discovery starts without it.
+_LAZY = {"AsyncClient": "sandboxd_client.aio", "Client": "sandboxd_client.client"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sandboxd_client' has no attribute {name!r}")
+
+
 __all__ = [
     "APIError", "AsyncClient", "CapacityExceeded", "Client", "CodeError", "CodeEvent",
     "CodeOutcome", "CodeResult", "CodeSession", "CommandFinished", "CommandResult", "Conflict",
@@ -71,6 +89,6 @@ __all__ = [
     "PayloadTooLarge", "ProtocolError", "ProxyUnavailable", "QuotaExceeded", "RequestInFlight",
     "SandboxBusy", "SandboxFailed", "SandboxTimeout", "SandboxUnavailable", "SandboxdError",
     "ServerError", "SessionBusy", "ShuttingDown", "Skill", "SkillVersion",
-    "SocketPermissionDenied", "StorageFull", "Target", "Timeout", "Unauthorized",
+    "SocketPermissionDenied", "StorageFull", "StreamEnded", "Target", "Timeout", "Unauthorized",
     "UnknownParameter", "discover",
 ]  # fmt: skip

@@ -4,7 +4,6 @@ network here; the two clients each run a Call their own way."""
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import os
@@ -97,6 +96,8 @@ class Multipart:
         yield self._tail()
 
     async def achunks(self) -> AsyncIterator[bytes]:
+        import asyncio  # here, not at the top: a blocking client never loads asyncio
+
         for part in self.parts:
             yield part.head(self.boundary)
             if isinstance(part.source, bytes):
@@ -259,6 +260,8 @@ def translate(exc: httpx2.HTTPError, target: Target) -> SandboxdError:
         return SocketPermissionDenied(f"permission denied on {where} (are you in its group?)")
     if isinstance(exc, httpx2.TimeoutException):
         return Timeout(f"timed out talking to sandboxd at {where}")
+    if isinstance(exc, httpx2.ProtocolError):  # connected, but the reply is cut or garbled
+        return ProtocolError(f"the reply from sandboxd at {where} broke off: {exc!r}")
     if isinstance(exc, httpx2.ConnectError):
         detail = (cause.strerror if cause is not None else None) or str(exc) or "no answer"
         return ConnectionFailed(f"cannot reach {where} ({detail}): is sandboxd running?")

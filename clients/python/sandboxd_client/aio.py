@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -21,7 +21,7 @@ import httpx2
 from sandboxd_client import _core, _routes
 from sandboxd_client._core import Call, RetryPolicy, Source
 from sandboxd_client.discovery import Target, discover
-from sandboxd_client.errors import ProtocolError
+from sandboxd_client.errors import StreamEnded
 from sandboxd_client.models import (
     CodeEvent,
     CodeResult,
@@ -79,11 +79,17 @@ class AsyncClient:
     ) -> None:
         self.target: Target = discover(socket, url, api_key, env)
         self.retry = RetryPolicy(max_retries)
-        transport = None if self.target.url else httpx2.AsyncHTTPTransport(uds=self.target.socket)
+        # TLS only for an https URL: building a verifying context loads the CA store,
+        # which a command line would pay on every start for nothing.
+        tls = self.target.url.startswith("https:")
+        transport = None
+        if not self.target.url:
+            transport = httpx2.AsyncHTTPTransport(uds=self.target.socket, verify=False)
         self._http = httpx2.AsyncClient(
             base_url=_core.base_url(self.target),
             headers=_core.default_headers(self.target),
             transport=transport,
+            verify=tls,
             timeout=_core.timeout(timeout),
             trust_env=False,  # a local daemon: no proxy from the environment
         )
@@ -138,7 +144,7 @@ class AsyncClient:
         working_directory: str | None = None,
         stdin: str | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[ExecEvent]:
+    ) -> AsyncGenerator[ExecEvent, None]:
         """Output chunks as they happen, each command's CommandFinished, then ExecDone.
 
         The request goes out when iteration starts; close the iterator (or run it to its
@@ -157,7 +163,7 @@ class AsyncClient:
                 return
             if event is not None:
                 yield event
-        raise ProtocolError("the exec stream ended before its last event")
+        raise StreamEnded("the exec stream ended before its last event")
 
     async def code(
         self,
@@ -184,7 +190,7 @@ class AsyncClient:
         timeout_ms: int | None = None,
         max_output_length: int | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[CodeEvent]:
+    ) -> AsyncGenerator[CodeEvent, None]:
         """Output chunks as they happen, then the CodeResult (without stdout and stderr)."""
         call = _routes.code(
             container_id, code, session_id, timeout_ms, max_output_length, stream=True
@@ -196,7 +202,7 @@ class AsyncClient:
                 return
             if event is not None:
                 yield event
-        raise ProtocolError("the code stream ended before its result")
+        raise StreamEnded("the code stream ended before its result")
 
     async def code_sessions(self, container_id: str) -> list[CodeSession]:
         page = parse_page(CodeSession, await self._json(_routes.list_code_sessions(container_id)))

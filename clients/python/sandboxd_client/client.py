@@ -9,9 +9,8 @@ import builtins
 import contextlib
 import dataclasses
 import os
-import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -20,7 +19,7 @@ import httpx2
 from sandboxd_client import _core, _routes
 from sandboxd_client._core import Call, RetryPolicy, Source
 from sandboxd_client.discovery import Target, discover
-from sandboxd_client.errors import ProtocolError
+from sandboxd_client.errors import StreamEnded
 from sandboxd_client.models import (
     CodeEvent,
     CodeResult,
@@ -78,11 +77,17 @@ class Client:
     ) -> None:
         self.target: Target = discover(socket, url, api_key, env)
         self.retry = RetryPolicy(max_retries)
-        transport = None if self.target.url else httpx2.HTTPTransport(uds=self.target.socket)
+        # TLS only for an https URL: building a verifying context loads the CA store,
+        # which a command line would pay on every start for nothing.
+        tls = self.target.url.startswith("https:")
+        transport = None
+        if not self.target.url:
+            transport = httpx2.HTTPTransport(uds=self.target.socket, verify=False)
         self._http = httpx2.Client(
             base_url=_core.base_url(self.target),
             headers=_core.default_headers(self.target),
             transport=transport,
+            verify=tls,
             timeout=_core.timeout(timeout),
             trust_env=False,  # a local daemon: no proxy from the environment
         )
@@ -137,7 +142,7 @@ class Client:
         working_directory: str | None = None,
         stdin: str | None = None,
         timeout: float | None = None,
-    ) -> Iterator[ExecEvent]:
+    ) -> Generator[ExecEvent, None, None]:
         """Output chunks as they happen, each command's CommandFinished, then ExecDone.
 
         The request goes out when iteration starts; close the iterator (or run it to its
@@ -156,7 +161,7 @@ class Client:
                 return
             if event is not None:
                 yield event
-        raise ProtocolError("the exec stream ended before its last event")
+        raise StreamEnded("the exec stream ended before its last event")
 
     def code(
         self,
@@ -183,7 +188,7 @@ class Client:
         timeout_ms: int | None = None,
         max_output_length: int | None = None,
         timeout: float | None = None,
-    ) -> Iterator[CodeEvent]:
+    ) -> Generator[CodeEvent, None, None]:
         """Output chunks as they happen, then the CodeResult (without stdout and stderr)."""
         call = _routes.code(
             container_id, code, session_id, timeout_ms, max_output_length, stream=True
@@ -195,7 +200,7 @@ class Client:
                 return
             if event is not None:
                 yield event
-        raise ProtocolError("the code stream ended before its result")
+        raise StreamEnded("the code stream ended before its result")
 
     def code_sessions(self, container_id: str) -> list[CodeSession]:
         page = parse_page(CodeSession, self._json(_routes.list_code_sessions(container_id)))
@@ -314,6 +319,8 @@ def _read_capped(response: httpx2.Response) -> bytes:
 
 def _to_path(chunks: Iterator[bytes], target: Path) -> int:
     """Write into a temp file beside `target`, then rename: never half a file at `target`."""
+    import tempfile  # a download's own import, off the command line's start
+
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     total = 0
     try:

@@ -30,6 +30,10 @@ class ProtocolError(SandboxdError):
     """The daemon's reply is not what the API promises (not JSON, an unknown event, ...)."""
 
 
+class StreamEnded(ProtocolError):
+    """An event stream ended before its last event (the daemon went away mid-stream)."""
+
+
 class APIError(SandboxdError):
     """The daemon answered with an error object."""
 
