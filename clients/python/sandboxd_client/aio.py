@@ -154,15 +154,19 @@ class AsyncClient:
             stdin, stream=True,
         )  # fmt: skip
         finished: list[CommandFinished] = []
-        async for raw in self._events(call, timeout):
-            event = exec_event(raw)
-            if isinstance(event, CommandFinished):
-                finished.append(event)
-            if isinstance(event, ExecDone):
-                yield dataclasses.replace(event, commands=finished)
-                return
-            if event is not None:
-                yield event
+        events = self._events(call, timeout)
+        try:  # closed here, on every way out: the connection goes with it
+            async for raw in events:
+                event = exec_event(raw)
+                if isinstance(event, CommandFinished):
+                    finished.append(event)
+                if isinstance(event, ExecDone):
+                    yield dataclasses.replace(event, commands=finished)
+                    return
+                if event is not None:
+                    yield event
+        finally:
+            await events.aclose()
         raise StreamEnded("the exec stream ended before its last event")
 
     async def code(
@@ -195,13 +199,17 @@ class AsyncClient:
         call = _routes.code(
             container_id, code, session_id, timeout_ms, max_output_length, stream=True
         )
-        async for raw in self._events(call, timeout):
-            event = code_event(raw)
-            if isinstance(event, CodeResult):
-                yield event
-                return
-            if event is not None:
-                yield event
+        events = self._events(call, timeout)
+        try:
+            async for raw in events:
+                event = code_event(raw)
+                if isinstance(event, CodeResult):
+                    yield event
+                    return
+                if event is not None:
+                    yield event
+        finally:
+            await events.aclose()
         raise StreamEnded("the code stream ended before its result")
 
     async def code_sessions(self, container_id: str) -> list[CodeSession]:
@@ -250,7 +258,7 @@ class AsyncClient:
 
     async def _events(
         self, call: Call, timeout: float | None = UNSET
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The SSE events of a call's reply as they arrive; an `error` event is raised."""
         response = await self._open(call, timeout)
         rid = response.headers.get("x-request-id")
@@ -281,9 +289,9 @@ class AsyncClient:
         response = await self._open(call)
         try:
             if isinstance(dest, str | os.PathLike):
-                return await _to_path(response.aiter_raw(), Path(dest))
+                return await _to_path(response.aiter_bytes(), Path(dest))
             total = 0
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():
                 await asyncio.to_thread(dest.write, chunk)
                 total += len(chunk)
             return total

@@ -152,15 +152,19 @@ class Client:
             stdin, stream=True,
         )  # fmt: skip
         finished: list[CommandFinished] = []
-        for raw in self._events(call, timeout):
-            event = exec_event(raw)
-            if isinstance(event, CommandFinished):
-                finished.append(event)
-            if isinstance(event, ExecDone):
-                yield dataclasses.replace(event, commands=finished)
-                return
-            if event is not None:
-                yield event
+        events = self._events(call, timeout)
+        try:  # closed here, on every way out: the connection goes with it
+            for raw in events:
+                event = exec_event(raw)
+                if isinstance(event, CommandFinished):
+                    finished.append(event)
+                if isinstance(event, ExecDone):
+                    yield dataclasses.replace(event, commands=finished)
+                    return
+                if event is not None:
+                    yield event
+        finally:
+            events.close()
         raise StreamEnded("the exec stream ended before its last event")
 
     def code(
@@ -193,13 +197,17 @@ class Client:
         call = _routes.code(
             container_id, code, session_id, timeout_ms, max_output_length, stream=True
         )
-        for raw in self._events(call, timeout):
-            event = code_event(raw)
-            if isinstance(event, CodeResult):
-                yield event
-                return
-            if event is not None:
-                yield event
+        events = self._events(call, timeout)
+        try:
+            for raw in events:
+                event = code_event(raw)
+                if isinstance(event, CodeResult):
+                    yield event
+                    return
+                if event is not None:
+                    yield event
+        finally:
+            events.close()
         raise StreamEnded("the code stream ended before its result")
 
     def code_sessions(self, container_id: str) -> list[CodeSession]:
@@ -251,7 +259,9 @@ class Client:
             response.close()
         return _core.decode_json(raw, call.path)
 
-    def _events(self, call: Call, timeout: float | None = UNSET) -> Iterator[dict[str, Any]]:
+    def _events(
+        self, call: Call, timeout: float | None = UNSET
+    ) -> Generator[dict[str, Any], None, None]:
         """The SSE events of a call's reply as they arrive; an `error` event is raised."""
         response = self._open(call, timeout)
         rid = response.headers.get("x-request-id")
@@ -282,9 +292,9 @@ class Client:
         response = self._open(call)
         try:
             if isinstance(dest, str | os.PathLike):
-                return _to_path(response.iter_raw(), Path(dest))
+                return _to_path(response.iter_bytes(), Path(dest))
             total = 0
-            for chunk in response.iter_raw():
+            for chunk in response.iter_bytes():
                 dest.write(chunk)
                 total += len(chunk)
             return total
