@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import io
+import time
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -246,3 +247,22 @@ def test_list_iterates_over_many_pages(sbx: sc.Client) -> None:
     finally:
         for m in made:
             sbx.files.delete(m.id)
+
+
+def test_breaking_off_a_stream_ends_the_command(sbx: sc.Client) -> None:
+    box = sbx.containers.create("break-off")
+    try:
+        events = sbx.exec_stream(box.id, "for i in $(seq 1 400); do echo tick $i; sleep 0.05; done")
+        first = next(events)
+        assert isinstance(first, sc.OutputChunk) and first.data.startswith("tick")
+        events.close()  # the connection goes now; the daemon's next write finds it gone
+        deadline = time.monotonic() + 10
+        while True:
+            ps = sbx.exec(box.id, "ps -eo args").output[0].stdout
+            assert "COMMAND" in ps  # ps is there and lists processes
+            if "seq 1 400" not in ps:
+                break
+            assert time.monotonic() < deadline, ps
+            time.sleep(0.2)
+    finally:
+        sbx.containers.delete(box.id)
