@@ -3,6 +3,7 @@ the unix socket and on TCP with a key; streams, downloads, errors and pagination
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
 import time
@@ -266,3 +267,33 @@ def test_breaking_off_a_stream_ends_the_command(sbx: sc.Client) -> None:
             time.sleep(0.2)
     finally:
         sbx.containers.delete(box.id)
+
+
+async def test_sandbox_busy_is_retried_after_its_retry_after(daemon: DaemonHandle) -> None:
+    """More concurrent execs than the agent serves and queues (16 + 64 by default): without
+    retries the overflow is SandboxBusy; with them every exec runs, after `Retry-After`."""
+    burst = 90
+
+    async def run(sbx: sc.AsyncClient, cid: str) -> list[BaseException | sc.ExecResult]:
+        calls = [sbx.exec(cid, "sleep 0.5; echo done", timeout_ms=10_000) for _ in range(burst)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    # five retries a second apart: room even when a loaded machine runs the execs slowly
+    async with sc.AsyncClient(socket=daemon.socket, env={}, max_retries=5) as sbx:
+        box = await sbx.containers.create("busy")
+        try:
+            eager = sc.AsyncClient(socket=daemon.socket, env={}, max_retries=0)
+            async with eager:
+                first = await run(eager, box.id)
+            refused = [r for r in first if isinstance(r, sc.SandboxBusy)]
+            assert refused and all(r.request_id for r in refused), first[:3]
+            assert len(refused) + sum(isinstance(r, sc.ExecResult) for r in first) == burst
+            patient = await run(sbx, box.id)  # each refusal retried after Retry-After: 1
+            assert all(isinstance(r, sc.ExecResult) for r in patient), [
+                r for r in patient if not isinstance(r, sc.ExecResult)
+            ][:3]
+            assert {r.output[0].stdout for r in patient if isinstance(r, sc.ExecResult)} == {
+                "done\n"
+            }
+        finally:
+            await sbx.containers.delete(box.id)
