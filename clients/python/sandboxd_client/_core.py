@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import IO, Any, Union
 
 import httpx2
 
@@ -41,6 +41,15 @@ RETRY_STATUSES = frozenset({408, 429, 502, 503, 504})  # without an x-should-ret
 USER_AGENT = "sandboxd-client/0.1"
 
 Source = Union[bytes, str, "os.PathLike[str]"]  # runs on 3.10
+Destination = Union[str, "os.PathLike[str]", IO[bytes]]
+PAGE = 100  # the largest page every list endpoint serves
+
+
+class _Unset:
+    pass
+
+
+UNSET: Any = _Unset()  # "the client's timeout": None already means "no timeout"
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ import os
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 
 from sandboxd_client import _core, _routes
-from sandboxd_client._core import Call, RetryPolicy, Source
+from sandboxd_client._core import PAGE, UNSET, Call, Destination, RetryPolicy, Source
 from sandboxd_client.discovery import Target, discover
 from sandboxd_client.errors import StreamEnded
 from sandboxd_client.models import (
@@ -45,15 +45,6 @@ from sandboxd_client.models import (
 )
 
 M = TypeVar("M", bound=Model)
-Destination = str | os.PathLike[str] | IO[bytes]
-PAGE = 100  # the largest page every list endpoint serves
-
-
-class _Unset:
-    pass
-
-
-UNSET: Any = _Unset()  # "the client's timeout": None already means "no timeout"
 
 
 class AsyncClient:
