@@ -5,13 +5,33 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.clitool.client import UnixConnection
-
 TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 5.0
 READ_CHUNK = 1 << 16
+
+
+class UnixConnection(http.client.HTTPConnection):
+    """HTTP over the API's unix socket. The benchmarks keep their own bare http.client
+    connection (not sandboxd_client) so every figure pays the same, minimal client cost."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(CONNECT_TIMEOUT_S)
+            sock.connect(self._path)
+            sock.settimeout(self.timeout)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 class BenchError(Exception):

@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sandboxd_client.discovery import Target, discover
+
 from daemon import config as config_mod
 from daemon import logs
 from daemon.clitool import dispatch, image
-from daemon.clitool.client import Target
 from daemon.clitool.containers import Console
 from daemon.systemd import SystemdEnv
 
@@ -181,28 +182,15 @@ async def _serve(cfg: config_mod.Config, socket_path: str, systemd: SystemdEnv) 
 
 
 def client_target(args: argparse.Namespace, env: dict[str, str], euid: int) -> Target | None:
-    """Where the daemon is, from flags, then the environment, then the default socket."""
+    """Where the daemon is, from flags, then the environment, then the default socket (the
+    client's own rules, sandboxd_client.discovery); None when both a socket and a URL are
+    given."""
     socket_path = getattr(args, "socket", None) or args.global_socket
     url = getattr(args, "url", None) or args.global_url
     if socket_path and url:
         return None
-    url = url or ("" if socket_path else env.get("SANDBOXD_URL", ""))
-    if url:
-        key = getattr(args, "api_key", None) or args.global_api_key
-        return Target(url=url, api_key=key or env.get("SANDBOXD_API_KEY", ""))
-    if not socket_path:
-        socket_path = env.get("SANDBOXD_SOCKET") or _default_client_socket(euid, env)
-    return Target(socket=socket_path)
-
-
-def _default_client_socket(euid: int, env: dict[str, str]) -> str:
-    """The daemon's own default; for a non-root user without a daemon of their own, the
-    system daemon's socket."""
-    own = config_mod.default_socket(euid, env)
-    system = config_mod.default_socket(0, env)
-    if euid != 0 and not os.path.exists(own) and os.path.exists(system):
-        return system
-    return own
+    key = getattr(args, "api_key", None) or args.global_api_key
+    return discover(socket_path, url, key, env, euid)
 
 
 def _new_key(owner: str, con: Console) -> int:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from sandboxd_client import discovery
+
 from daemon import keys
 from proxy.options import Limits as ProxyLimits
 from proxy.options import OptionsError
@@ -490,7 +492,5 @@ def load(path: Path | None, overrides: dict[str, Any] | None = None) -> Config:
 
 
 def default_socket(euid: int, env: dict[str, str]) -> str:
-    if euid == 0:
-        return "/run/sandboxd/sandboxd.sock"
-    runtime_dir = env.get("XDG_RUNTIME_DIR") or f"/tmp/sandboxd-{euid}"  # noqa: S108
-    return f"{runtime_dir}/sandboxd.sock"
+    """One rule for the daemon and its clients: sandboxd_client.discovery holds it."""
+    return discovery.default_socket(euid, env)

@@ -13,9 +13,9 @@ from bench import dockerd
 pytest_plugins = ["tests.security_report", "tests.apifixtures"]
 
 STRIPPED_ENV = ("NOTIFY_SOCKET", "DOCKER_HOST", "JOURNAL_STREAM")
-# The runtime contract suite runs whole on docker. Of the API and adversarial suites (the same
-# code above the runtime seam on both backends), the default run takes these modules on
-# docker too, to keep the suite's time in budget; SANDBOXD_TEST_DOCKER=all takes every module
+# The runtime contract suite runs whole on docker. Of the API, adversarial and client suites
+# (the same code above the runtime seam on both backends), the default run takes these modules
+# on docker too, to keep the suite's time in budget; SANDBOXD_TEST_DOCKER=all takes every module
 # (all pass on docker; the rest are API-level: fuzzing, pagination, error shapes, file store).
 DOCKER_MODULES = frozenset(
     {
@@ -47,7 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         module = item.nodeid.split("::", 1)[0]
-        suite = module.startswith(("tests/api/", "tests/adversarial/"))
+        suite = module.startswith(("tests/api/", "tests/adversarial/", "tests/client/"))
         on_docker = "docker" in params.values()
         (drop if suite and on_docker and module not in DOCKER_MODULES else keep).append(item)
     if drop:

@@ -6,14 +6,21 @@ import argparse
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from sandboxd_client import APIError, NotFound
 
 from daemon.clitool import output
-from daemon.clitool.client import ApiError, Client, ClientError
+
+if TYPE_CHECKING:  # the HTTP stack loads when dispatch makes the client
+    from sandboxd_client import Client
 
 FULL_ID = re.compile(r"cntr_[0-9a-f]{48}")
-CONTAINERS = "/v1/containers"
 CLEAR = "\x1b[H\x1b[2J"
+
+
+class CommandError(Exception):
+    """A command cannot go on (a bad argument, an ambiguous name): its message, exit 1."""
 
 
 @dataclass(frozen=True)
@@ -30,23 +37,24 @@ def resolve(client: Client, ref: str) -> str:
     """A container id from an id, a unique id prefix or a unique name."""
     if FULL_ID.fullmatch(ref):
         return ref
-    found = client.list_all(CONTAINERS)
+    found = list(client.containers.list())
     for matches in (
-        [c for c in found if c.get("id") == ref or c.get("name") == ref],
-        [c for c in found if str(c.get("id", "")).startswith(ref)],
-        [c for c in found if str(c.get("id", "")).removeprefix("cntr_").startswith(ref)],
+        [c for c in found if ref in (c.id, c.name)],
+        [c for c in found if c.id.startswith(ref)],
+        [c for c in found if c.id.removeprefix("cntr_").startswith(ref)],
     ):
         if len(matches) == 1:
-            return str(matches[0]["id"])
+            return matches[0].id
         if len(matches) > 1:
-            ids = ", ".join(str(c["id"]) for c in matches[:5])
-            raise ClientError(f"{ref!r} matches {len(matches)} containers ({ids}); use the id")
-    raise ApiError(404, f"No container found with id or name {ref!r}.", "not_found")
+            ids = ", ".join(c.id for c in matches[:5])
+            raise CommandError(f"{ref!r} matches {len(matches)} containers ({ids}); use the id")
+    raise NotFound(f"No container found with id or name {ref!r}.", status=404, request_id=None)
 
 
 def _running(client: Client, include_expired: bool) -> list[dict[str, Any]]:
-    found = client.list_all(CONTAINERS)
-    return [c for c in found if include_expired or c.get("status") == "running"]
+    """The containers' JSON objects, as the daemon sent them (what `--json` prints)."""
+    found = client.containers.list()
+    return [c.raw for c in found if include_expired or c.status == "running"]
 
 
 def ls(client: Client, args: argparse.Namespace, con: Console) -> int:
@@ -78,14 +86,13 @@ def _status(container: dict[str, Any]) -> str:
 
 
 def create(client: Client, args: argparse.Namespace, con: Console) -> int:
-    body: dict[str, Any] = {"name": args.name, "memory_limit": args.memory}
-    if args.minutes is not None:
-        body["expires_after"] = {"anchor": "last_active_at", "minutes": args.minutes}
-    created = client.call("POST", CONTAINERS, body)
+    created = client.containers.create(
+        args.name, memory_limit=args.memory, expires_after_minutes=args.minutes
+    )
     if args.json:
-        output.print_json(created, con.out)
+        output.print_json(created.raw, con.out)
     else:
-        con.out.write(f"{created['id']}\n")
+        con.out.write(f"{created.id}\n")
     return 0
 
 
@@ -98,17 +105,16 @@ def rm(client: Client, args: argparse.Namespace, con: Console) -> int:
     for ref in args.ids:
         try:
             targets.append(resolve(client, ref))
-        except ApiError as exc:
-            con.error(f"{ref}: {exc}")
+        except APIError as exc:
+            con.error(f"{ref}: {exc.message}")
             failed = True
     if args.expired:
-        found = client.list_all(CONTAINERS)
-        targets += [str(c["id"]) for c in found if c.get("status") == "expired"]
+        targets += [c.id for c in client.containers.list() if c.status == "expired"]
     for cid in dict.fromkeys(targets):
         try:
-            client.call("DELETE", f"{CONTAINERS}/{cid}")
-        except ApiError as exc:
-            con.error(f"{cid}: {exc}")
+            client.containers.delete(cid)
+        except APIError as exc:
+            con.error(f"{cid}: {exc.message}")
             failed = True
         else:
             con.out.write(f"{cid}\n")
@@ -117,7 +123,7 @@ def rm(client: Client, args: argparse.Namespace, con: Console) -> int:
 
 def logs(client: Client, args: argparse.Namespace, con: Console) -> int:
     cid = resolve(client, args.id)
-    events = client.get(f"{CONTAINERS}/{cid}/events").get("data", [])
+    events = [e.raw for e in client.containers.events(cid)]
     if args.json:
         output.print_json(events, con.out)
         return 0

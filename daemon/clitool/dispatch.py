@@ -18,12 +18,22 @@ import argparse
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+from sandboxd_client import (
+    APIError,
+    ConnectionFailed,
+    SandboxdError,
+    SocketPermissionDenied,
+    Target,
+)
 
 from daemon import config as config_mod
 from daemon.clitool import config_show, containers, run
-from daemon.clitool.client import ApiError, Client, ClientError, NoPermission, Target, Unreachable
-from daemon.clitool.containers import Console
+from daemon.clitool.containers import CommandError, Console
+
+if TYPE_CHECKING:
+    from sandboxd_client import Client
 
 EX_USAGE = 2
 EX_UNAVAILABLE = 69
@@ -31,7 +41,7 @@ EX_NOPERM = 77
 EX_INTERRUPTED = 130
 EX_PIPE = 141
 
-Command = Callable[[Client, argparse.Namespace, Console], int]
+Command = Callable[["Client", argparse.Namespace, Console], int]
 
 
 def client_command(name: str, stdin: BinaryIO, stdout: BinaryIO) -> Command:
@@ -52,15 +62,31 @@ def run_client(command: Command, args: argparse.Namespace, target: Target, con: 
 
 
 def _run_client(command: Command, args: argparse.Namespace, target: Target, con: Console) -> int:
+    from sandboxd_client import Client  # the HTTP stack: only client commands pay for it
+
     try:
-        return command(Client(target), args, con)
-    except Unreachable as exc:
-        con.error(str(exc))
-        return EX_UNAVAILABLE
-    except NoPermission as exc:
+        # No retries: a command line reports a refusal at once (the user retries, or a
+        # script decides), as it always has.
+        client = Client(
+            socket=target.socket or None, url=target.url or None, api_key=target.api_key,
+            env={}, max_retries=0,
+        )  # fmt: skip
+    except ValueError:
+        con.error(f"bad --url {target.url!r}: expected http(s)://HOST:PORT")
+        return 1
+    try:
+        with client:
+            return command(client, args, con)
+    except SocketPermissionDenied as exc:
         con.error(str(exc))
         return EX_NOPERM
-    except (ApiError, ClientError) as exc:
+    except ConnectionFailed as exc:
+        con.error(str(exc))
+        return EX_UNAVAILABLE
+    except APIError as exc:  # the daemon's message; its request id is for the daemon's log
+        con.error(_one_line(exc.message))
+        return 1
+    except (CommandError, SandboxdError) as exc:
         con.error(_one_line(str(exc)))
         return 1
     except BrokenPipeError:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import posixpath
 import re
 import shlex
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO
+
+from sandboxd_client import CommandFinished, ExecDone, NotFound, OutputChunk, StreamEnded
 
 from daemon.clitool import output
-from daemon.clitool.client import ApiError, Client, ClientError, file_size
-from daemon.clitool.containers import CONTAINERS, Console, resolve
+from daemon.clitool.containers import CommandError, Console, resolve
+
+if TYPE_CHECKING:  # the HTTP stack loads when dispatch makes the client
+    from sandboxd_client import Client
 
 EX_TIMEOUT = 124  # as timeout(1)
 EX_KILLED = 137  # 128 + SIGKILL, as a shell reports it
@@ -43,7 +46,7 @@ def command_line(argv: list[str], shell: bool) -> str:
     return " ".join(argv) if shell else shlex.join(argv)
 
 
-def exit_status(event: dict[str, Any], con: Console) -> int:
+def exit_status(event: Mapping[str, Any], con: Console) -> int:
     """The process exit code for a command's `outcome` event (messages go to stderr)."""
     outcome = event.get("outcome") or {}
     if event.get("truncated"):
@@ -57,7 +60,7 @@ def exit_status(event: dict[str, Any], con: Console) -> int:
         return EX_KILLED
     code = outcome.get("exit_code")
     if not isinstance(code, int):
-        raise ClientError("the daemon sent an outcome without an exit code")
+        raise CommandError("the daemon sent an outcome without an exit code")
     return 128 - code if code < 0 else min(code, 255)
 
 
@@ -65,44 +68,46 @@ def exec_(client: Client, args: argparse.Namespace, con: Console, stdin: BinaryI
     if not args.argv:
         con.error("exec: give a command after the container, e.g. exec ID -- ls -l")
         return 2
-    body: dict[str, Any] = {"commands": [command_line(args.argv, args.sh)], "stream": True}
-    if args.timeout is not None:
-        body["timeout_ms"] = max(1, round(args.timeout * 1000))
-    if args.max_output is not None:
-        body["max_output_length"] = args.max_output
-    if args.workdir:
-        body["working_directory"] = args.workdir
-    if args.env:
-        body["env"] = dict(_env_pair(item) for item in args.env)
+    timeout_ms = None if args.timeout is None else max(1, round(args.timeout * 1000))
+    env = dict(_env_pair(item) for item in args.env) if args.env else None
+    stdin_text = None
     if args.stdin:
         try:
-            body["stdin"] = stdin.read().decode("utf-8")
+            stdin_text = stdin.read().decode("utf-8")
         except UnicodeDecodeError:
-            raise ClientError("stdin must be UTF-8 text") from None
+            raise CommandError("stdin must be UTF-8 text") from None
     cid = resolve(client, args.id)
     status: int | None = None
-    for event in client.events(f"{CONTAINERS}/{cid}/exec", body):
-        kind = event.get("type")
-        if kind == "stdout":
-            _emit(con.out, str(event.get("data", "")))
-        elif kind == "stderr":
-            _emit(con.err, str(event.get("data", "")))
-        elif kind == "outcome":
-            status = exit_status(event, con)
-        elif kind == "error":
-            error = event.get("error") or {}
-            raise ApiError(200, str(error.get("message", "exec failed")), error.get("code"))
-        elif kind == "done":
-            break
+    events = client.exec_stream(
+        cid,
+        [command_line(args.argv, args.sh)],
+        timeout_ms=timeout_ms,
+        max_output_length=args.max_output,
+        env=env,
+        working_directory=args.workdir or None,
+        stdin=stdin_text,
+    )
+    try:
+        for event in events:
+            if isinstance(event, OutputChunk):
+                _emit(con.out if event.type == "stdout" else con.err, event.data)
+            elif isinstance(event, CommandFinished):
+                status = exit_status(event.raw, con)
+            elif isinstance(event, ExecDone):
+                break
+    except StreamEnded:
+        pass  # what the command's outcome said, if it came, stands
+    finally:
+        events.close()  # the connection goes now, not when the generator is collected
     if status is None:
-        raise ClientError("the exec stream ended before the command finished")
+        raise CommandError("the exec stream ended before the command finished")
     return status
 
 
 def _env_pair(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
-        raise ClientError(f"--env wants KEY=VALUE, got {item!r}")
+        raise CommandError(f"--env wants KEY=VALUE, got {item!r}")
     return key, value
 
 
@@ -115,9 +120,9 @@ def split_remote(spec: str) -> tuple[str, str] | None:
 def cp(client: Client, args: argparse.Namespace, con: Console, stdout: BinaryIO) -> int:
     src, dst = split_remote(args.src), split_remote(args.dst)
     if src and dst:
-        raise ClientError("cp copies between a container and this host, not between containers")
+        raise CommandError("cp copies between a container and this host, not between containers")
     if not src and not dst:
-        raise ClientError("cp needs one side as ID:PATH, e.g. cp data.csv ID:/mnt/data/")
+        raise CommandError("cp needs one side as ID:PATH, e.g. cp data.csv ID:/mnt/data/")
     if dst:
         return _upload(client, Path(args.src), *dst, con, args.json)
     assert src is not None
@@ -139,17 +144,17 @@ def _upload(
         con.error(f"uploads keep only the file name: copying to {WORKSPACE}/{name}")
     cid = resolve(client, ref)
     try:
-        source = open(local, "rb")  # noqa: SIM115 - closed below, after a size check
+        with open(local, "rb"):  # readable by us: the upload reopens it to stream it
+            pass
     except OSError as exc:
-        raise ClientError(f"cannot read {local}: {exc.strerror}") from None
-    with source:
-        if not os.path.isfile(local):
-            raise ClientError(f"{local} is not a regular file")
-        made = client.upload(f"{CONTAINERS}/{cid}/files", name, source, file_size(source))
+        raise CommandError(f"cannot read {local}: {exc.strerror}") from None
+    if not os.path.isfile(local):
+        raise CommandError(f"{local} is not a regular file")
+    made = client.containers.files.upload(cid, local, filename=name)
     if as_json:
-        output.print_json(made, con.out)
+        output.print_json(made.raw, con.out)
     else:
-        con.out.write(f"{made.get('path')}\n")
+        con.out.write(f"{made.path}\n")
     return 0
 
 
@@ -158,30 +163,16 @@ def _download(
 ) -> int:
     wanted = posixpath.normpath(posixpath.join(WORKSPACE, remote_path))
     cid = resolve(client, ref)
-    files = client.list_all(f"{CONTAINERS}/{cid}/files")
-    match = next((f for f in files if f.get("path") == wanted), None)
+    files = client.containers.files.list(cid)
+    match = next((f for f in files if f.path == wanted), None)
     if match is None:
-        raise ApiError(404, f"No file {wanted} in container {cid}.", "not_found")
-    content = f"{CONTAINERS}/{cid}/files/{match['id']}/content"
+        raise NotFound(f"No file {wanted} in container {cid}.", status=404, request_id=None)
     if local == "-":
-        client.download(content, stdout)
+        client.containers.files.download(cid, match.id, stdout)
         stdout.flush()
         return 0
     target = Path(local)
     if target.is_dir():
         target = target / posixpath.basename(wanted)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    done = False
-    try:
-        with os.fdopen(fd, "wb") as sink:
-            client.download(content, sink)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-        done = True
-    finally:
-        if not done:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    client.containers.files.download(cid, match.id, target)  # whole, or nothing at target
     return 0

@@ -1,0 +1,94 @@
+"""Typed Python client for sandboxd: `Client` (blocking) and `AsyncClient` (asyncio).
+
+from sandboxd_client import Client
+
+with Client() as sbx:  # the daemon's unix socket, found as the `sandboxd` CLI finds it
+    box = sbx.containers.create(name="demo")
+    print(sbx.exec(box.id, "echo hi").output[0].stdout)
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from sandboxd_client.discovery import Target, discover
+from sandboxd_client.errors import (
+    APIError,
+    CapacityExceeded,
+    Conflict,
+    ConnectionFailed,
+    ContainerExpired,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    ProtocolError,
+    ProxyUnavailable,
+    QuotaExceeded,
+    RequestInFlight,
+    SandboxBusy,
+    SandboxdError,
+    SandboxFailed,
+    SandboxTimeout,
+    SandboxUnavailable,
+    ServerError,
+    SessionBusy,
+    ShuttingDown,
+    SocketPermissionDenied,
+    StorageFull,
+    StreamEnded,
+    Timeout,
+    Unauthorized,
+    UnknownParameter,
+)
+from sandboxd_client.models import (
+    CodeError,
+    CodeEvent,
+    CodeOutcome,
+    CodeResult,
+    CodeSession,
+    CommandFinished,
+    CommandResult,
+    Container,
+    ContainerEvent,
+    ContainerFile,
+    Deleted,
+    ExecDone,
+    ExecEvent,
+    ExecResult,
+    ExpiresAfter,
+    FileObject,
+    Outcome,
+    OutputChunk,
+    Page,
+    Skill,
+    SkillVersion,
+)
+
+if TYPE_CHECKING:
+    from sandboxd_client.aio import AsyncClient
+    from sandboxd_client.client import Client
+
+# The HTTP stack loads with the first client made, not with this package: a command line
+# that only needs the models, errors or discovery starts without it.
+_LAZY = {"AsyncClient": "sandboxd_client.aio", "Client": "sandboxd_client.client"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sandboxd_client' has no attribute {name!r}")
+
+
+__all__ = [
+    "APIError", "AsyncClient", "CapacityExceeded", "Client", "CodeError", "CodeEvent",
+    "CodeOutcome", "CodeResult", "CodeSession", "CommandFinished", "CommandResult", "Conflict",
+    "ConnectionFailed", "Container", "ContainerEvent", "ContainerExpired", "ContainerFile",
+    "Deleted", "ExecDone", "ExecEvent", "ExecResult", "ExpiresAfter", "FileObject",
+    "IdempotencyKeyReused", "InvalidRequest", "NotFound", "Outcome", "OutputChunk", "Page",
+    "PayloadTooLarge", "ProtocolError", "ProxyUnavailable", "QuotaExceeded", "RequestInFlight",
+    "SandboxBusy", "SandboxFailed", "SandboxTimeout", "SandboxUnavailable", "SandboxdError",
+    "ServerError", "SessionBusy", "ShuttingDown", "Skill", "SkillVersion",
+    "SocketPermissionDenied", "StorageFull", "StreamEnded", "Target", "Timeout", "Unauthorized",
+    "UnknownParameter", "discover",
+]  # fmt: skip
