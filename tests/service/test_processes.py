@@ -137,6 +137,11 @@ def host_agent(
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _written(raw: httpx2.Client, url: str, text: str) -> bool:
+    """Has the process written `text` (its whole output read from offset 0)?"""
+    return text in "".join(i["data"] for i in raw.get(f"{url}/output").json()["output"])
+
+
 class _Clock:
     def __init__(self, ahead: float) -> None:
         self.ahead = ahead
@@ -172,3 +177,37 @@ def test_the_reaper_leaves_a_container_whose_process_runs(
         assert r.status_code == 200, r.text
         # Its watch lets go once the agent's table changes: the container is idle again.
         _wait_for(lambda: client.containers.retrieve(cid).status == "expired", "expiry")
+
+
+def test_a_process_outlives_a_daemon_restart_and_is_watched_again(
+    daemon: InProcessDaemon, client: openai.OpenAI, raw: httpx2.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    cid = client.containers.create(name="restarted").id
+    with host_agent(daemon, cid, monkeypatch) as home:
+        command = "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); sleep 0.01; done; cat"
+        r = raw.post(
+            f"/v1/containers/{cid}/processes",
+            json={"command": command, "working_directory": str(home)},
+        )
+        pid = r.json()["id"]
+        url = f"/v1/containers/{cid}/processes/{pid}"
+        first = raw.get(f"{url}/output").json()
+        daemon.restart()
+        with httpx2.Client(
+            transport=httpx2.HTTPTransport(uds=daemon.socket), base_url="http://localhost"
+        ) as again:
+            _wait_for(lambda: _written(again, url, "line-299\n"), "the output")
+            rest = again.get(f"{url}/output?offset={first['next_offset']}").json()
+            got = "".join(i["data"] for i in first["output"] + rest["output"])
+            assert got == "".join(f"line-{i}\n" for i in range(300))
+            assert rest["process"]["status"] == "running"  # cat waits for its input
+            # Adopted by the new daemon's watch: the reaper leaves the container alone.
+            monkeypatch.setattr(lifecycle, "time", _Clock(21 * 60))
+            time.sleep(1.0)
+            assert again.get(f"/v1/containers/{cid}").json()["status"] == "running"
+            r = again.post(f"{url}/input", json={"eof": True})
+            assert r.status_code == 200, r.text
+            _wait_for(
+                lambda: again.get(f"/v1/containers/{cid}").json()["status"] == "expired", "expiry"
+            )
