@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 
 from tests.api.conftest import exec_
@@ -218,3 +219,24 @@ def test_the_cap_answers_409_and_ended_processes_make_room(
     for pid in running:
         assert raw.delete(f"/v1/containers/{container}/processes/{pid}").status_code == 200
     start(raw, container, "true")
+
+
+def _running_gauge(raw: httpx2.Client) -> float:
+    for line in raw.get("/metrics").text.splitlines():
+        if line.startswith("sandboxd_processes_running "):
+            return float(line.split()[1])
+    raise AssertionError("no sandboxd_processes_running")
+
+
+def test_deleting_the_container_ends_its_processes_and_their_bookkeeping(
+    raw: httpx2.Client, client: openai.OpenAI
+) -> None:
+    before = _running_gauge(raw)
+    cid = client.containers.create(name="procs").id
+    start(raw, cid, "sleep 300")
+    assert _running_gauge(raw) == before + 1
+    client.containers.delete(cid)
+    deadline = time.monotonic() + 10
+    while _running_gauge(raw) != before:  # the watch sees the sandbox go
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

@@ -163,13 +163,16 @@ def test_the_reaper_leaves_a_container_whose_process_runs(
 ) -> None:  # fmt: skip
     cid = client.containers.create(name="busy").id
     with host_agent(daemon, cid, monkeypatch) as home:
-        r = raw.post(
-            f"/v1/containers/{cid}/processes",
-            json={"command": "sleep 30", "working_directory": str(home)},
-        )
+        body = {"command": "sleep 30", "working_directory": str(home)}
+        key = {"Idempotency-Key": "start-once"}
+        r = raw.post(f"/v1/containers/{cid}/processes", json=body, headers=key)
         assert r.status_code == 200, r.text
         pid = r.json()["id"]
         assert r.json()["status"] == "running"
+        again = raw.post(f"/v1/containers/{cid}/processes", json=body, headers=key)
+        assert again.json()["id"] == pid  # a retry with the key starts nothing more
+        assert len(raw.get(f"/v1/containers/{cid}/processes").json()["data"]) == 1
+        assert "sandboxd_processes_running 1.0" in raw.get("/metrics").text
         monkeypatch.setattr(lifecycle, "time", _Clock(21 * 60))
         time.sleep(1.0)  # ten sweeps of the reaper
         assert client.containers.retrieve(cid).status == "running"
