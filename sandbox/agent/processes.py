@@ -55,6 +55,7 @@ MAX_PROCESSES = 32  # kept per sandbox, running or ended
 MAX_RING = 16 << 20  # one process's output ring
 MAX_RING_TOTAL = 32 << 20  # all rings together: they live in the agent's memory reserve
 MAX_PROCESS_INPUT = 1 << 20  # written to a process's stdin but not yet taken by it
+MAX_INPUT_TOTAL = 4 << 20  # all processes' input not yet taken: the agent's memory again
 MAX_PROCESS_COMMAND = 16 << 10  # bytes of one command
 MAX_WAIT_MS = 60000
 MERGE_BELOW = 4096  # a chunk this small takes the next read of its stream into it
@@ -446,7 +447,8 @@ def handle_input(table, conn, req):
         p = table.get(req.get("id"))
         if p.status is not None or p.eof:
             raise OpError("process_exited", "the process has ended or its input is closed")
-        if len(p.pending) + len(data) > MAX_PROCESS_INPUT:
+        waiting = sum(len(q.pending) for q in table.table.values())
+        if len(p.pending) + len(data) > MAX_PROCESS_INPUT or waiting + len(data) > MAX_INPUT_TOTAL:
             raise OpError("input_full", "the process is not reading its input")
         p.pending += data
         p.eof = eof is True
