@@ -288,6 +288,7 @@ class Daemon:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             self.shutdown.draining = True
+            self.shutdown.stop_streams.set()
             for site in list(runner.sites):
                 await site.stop()  # stop accepting; keep-alive requests now get 503
             if not await self.shutdown.wait_idle(server.drain_timeout_s):

@@ -226,7 +226,7 @@ class ProcessService:
 
     async def _stream(self, cid: str, pid: str, offset: int, sink: OutputSink) -> OutputEnd | None:
         loop = asyncio.get_running_loop()
-        stop = self._shutdown.stop_commands
+        stop = self._shutdown.stop_streams
         last: OutputEnd | None = None
         with _named(pid):
             async with (
@@ -234,27 +234,28 @@ class ProcessService:
                 agent.process_output(pid, offset, 0, True) as events,
             ):
                 # The daemon's shutdown ends the stream (the process runs on): a timeout
-                # scope that the stop event expires, owned and awaited here.
-                async with asyncio.timeout(None) as scope:
+                # scope that the stop event expires, its task owned and awaited here.
+                try:
+                    async with asyncio.timeout(None) as scope:
 
-                    async def expire_on_stop() -> None:
-                        await stop.wait()
-                        scope.reschedule(loop.time())
+                        async def expire_on_stop() -> None:
+                            await stop.wait()
+                            scope.reschedule(loop.time())
 
-                    watcher = loop.create_task(expire_on_stop())
-                    try:
-                        async for event in events:
-                            if isinstance(event, OutputEnd):
-                                last = event
-                            elif isinstance(event, ExecChunk):
-                                self._metrics.process_output_bytes.inc(len(event.data))
-                            await sink(event)
-                    except TimeoutError:
-                        if not scope.expired():
-                            raise
-                    finally:
-                        watcher.cancel()
-                        await asyncio.wait({watcher})
+                        watcher = loop.create_task(expire_on_stop())
+                        try:
+                            async for event in events:
+                                if isinstance(event, OutputEnd):
+                                    last = event
+                                elif isinstance(event, ExecChunk):
+                                    self._metrics.process_output_bytes.inc(len(event.data))
+                                await sink(event)
+                        finally:
+                            watcher.cancel()
+                            await asyncio.wait({watcher})
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
         return last
 
     # ------------------------------------------------------------------ the watch

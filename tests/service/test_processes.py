@@ -5,10 +5,12 @@ sandbox's, the watch that keeps a container with a running process from the idle
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,6 +139,15 @@ def host_agent(
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _stream_into(raw: httpx2.Client, url: str, events: list[dict[str, Any]]) -> None:
+    """Read the output stream from offset 0 into `events` until it ends (then the time)."""
+    with raw.stream("GET", f"{url}?stream=true") as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    events.append({"type": "closed", "at": time.monotonic()})
+
+
 def _written(raw: httpx2.Client, url: str, text: str) -> bool:
     """Has the process written `text` (its whole output read from offset 0)?"""
     return text in "".join(i["data"] for i in raw.get(f"{url}/output").json()["output"])
@@ -195,14 +206,25 @@ def test_a_process_outlives_a_daemon_restart_and_is_watched_again(
         )
         pid = r.json()["id"]
         url = f"/v1/containers/{cid}/processes/{pid}"
-        first = raw.get(f"{url}/output").json()
+        streamed: list[dict[str, Any]] = []
+        reader = threading.Thread(target=_stream_into, args=(raw, f"{url}/output", streamed))
+        reader.start()
+        _wait_for(lambda: len(streamed) > 5, "the stream")
+        stopping = time.monotonic()
         daemon.restart()
+        reader.join(10)
+        # The stream ended as the daemon began to drain, not after the drain's timeout.
+        closed = streamed.pop()
+        assert closed["at"] - stopping < daemon.config.server.drain_timeout_s
+        last = streamed[-1]
+        assert last["type"] == "end" and last["reason"] == "shutdown", last
+        first = "".join(e["data"] for e in streamed if e["type"] == "stdout")
         with httpx2.Client(
             transport=httpx2.HTTPTransport(uds=daemon.socket), base_url="http://localhost"
         ) as again:
             _wait_for(lambda: _written(again, url, "line-299\n"), "the output")
-            rest = again.get(f"{url}/output?offset={first['next_offset']}").json()
-            got = "".join(i["data"] for i in first["output"] + rest["output"])
+            rest = again.get(f"{url}/output?offset={last['next_offset']}").json()
+            got = first + "".join(i["data"] for i in rest["output"])
             assert got == "".join(f"line-{i}\n" for i in range(300))
             assert rest["process"]["status"] == "running"  # cat waits for its input
             # Adopted by the new daemon's watch: the reaper leaves the container alone.
