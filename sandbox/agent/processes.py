@@ -238,10 +238,15 @@ class Processes:
             self.forget(ended[0])
 
     def spawn(self, p, cmd, env, cwd):
-        own = [fd for pair in [os.pipe() for _ in range(5)] for fd in pair]
+        own = []
+        try:
+            for _ in range(5):
+                own.extend(os.pipe())  # close-on-exec: the child gets only what is dup'ed
+        except OSError as exc:  # out of descriptors
+            for fd in own:
+                os.close(fd)
+            raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
         out_r, out_w, err_r, err_w, in_r, in_w, wake_r, wake_w, ctl_r, ctl_w = own
-        for fd in own:
-            os.set_inheritable(fd, False)
         try:
             pid, waiter = self.reaper.spawn(
                 ["/bin/sh", "-c", cmd], env, cwd, [(0, in_r), (1, out_w), (2, err_w)], wake_w
@@ -267,6 +272,8 @@ class Processes:
             kill_group(pid)
             with self.reaper.lock:
                 waiter["wake"] = None
+            with self.lock:
+                p.ctl_w = None
             for fd in fds.values():
                 os.close(fd)
             raise OpError("spawn_failed", "no thread for the process (pids limit)") from None
@@ -274,13 +281,13 @@ class Processes:
     def pump(self, p, fds):
         """The process's own thread: output into the ring, input out of `pending`, its exit;
         it closes every fd of the process when it ends."""
-        sel = Poller()
-        sel.register(fds["out"], EVENT_READ, b"O")
-        sel.register(fds["err"], EVENT_READ, b"E")
-        sel.register(fds["wake"], EVENT_READ, "wake")
-        sel.register(fds["ctl"], EVENT_READ, "ctl")
-        in_fd, writing, open_pipes = fds["in"], False, 2
+        sel, in_fd, writing, open_pipes = None, fds["in"], False, 2
         try:
+            sel = Poller()
+            sel.register(fds["out"], EVENT_READ, b"O")
+            sel.register(fds["err"], EVENT_READ, b"E")
+            sel.register(fds["wake"], EVENT_READ, "wake")
+            sel.register(fds["ctl"], EVENT_READ, "ctl")
             while True:
                 with self.lock:
                     if p.forgotten or (
@@ -320,7 +327,8 @@ class Processes:
                         os.close(in_fd)
                         in_fd, writing = None, False
         finally:
-            sel.close()
+            if sel is not None:
+                sel.close()
             with self.reaper.lock:
                 p.waiter["wake"] = None
             with self.lock:
