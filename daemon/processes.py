@@ -30,6 +30,7 @@ from daemon.errors import (
     NotFound,
     SandboxBusy,
     SandboxTimeout,
+    StorageFull,
     TooManyProcesses,
 )
 from daemon.metrics import Metrics
@@ -336,10 +337,14 @@ class ProcessService:
                 del self._killed[next(iter(self._killed))]
             self._killed[(cid, p.id)] = killed
             self._metrics.kills.labels(killed).inc()
-        await self._containers.record_event(
-            cid, "process_exited", process_id=p.id, exit_code=p.exit_code, killed=killed
-        )
-        await self._containers.record_kill(cid, killed, process_id=p.id)
+        try:
+            await self._containers.record_event(
+                cid, "process_exited", process_id=p.id, exit_code=p.exit_code, killed=killed
+            )
+            await self._containers.record_kill(cid, killed, process_id=p.id)
+        except StorageFull:
+            # Bookkeeping only: a full state disk must not end the watch of the others.
+            logger.warning("process_exited not recorded: state disk full")
 
 
 @contextlib.asynccontextmanager
