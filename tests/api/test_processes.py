@@ -240,3 +240,19 @@ def test_deleting_the_container_ends_its_processes_and_their_bookkeeping(
     while _running_gauge(raw) != before:  # the watch sees the sandbox go
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_an_oom_killed_process_says_so(raw: httpx2.Client, container: str) -> None:
+    pid = start(raw, container, "exec python3 -c 'b = bytearray(2 * 1024**3)'")["id"]
+    proc = wait_exited(raw, container, pid, within=60)
+    assert proc["exit_code"] == 137
+    deadline = time.monotonic() + 10
+    while "killed" not in (proc := get(raw, container, pid)):  # the watch attributes it
+        assert time.monotonic() < deadline, proc
+        time.sleep(0.05)
+    assert proc["killed"] == "oom"
+    events = raw.get(f"/v1/containers/{container}/events").json()["data"]
+    exited = [e["detail"] for e in events if e["type"] == "process_exited"]
+    assert exited == [{"process_id": pid, "exit_code": 137, "killed": "oom"}]
+    assert "oom_kill" in [e["type"] for e in events]
