@@ -29,7 +29,9 @@ from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
+from daemon.models import Status
 from daemon.pool import WarmPool
+from daemon.processes import ProcessService
 from daemon.sandboxes import Sandboxes
 from daemon.secretbox import SecretBoxError
 from daemon.shutdown import ShutdownControl
@@ -127,6 +129,9 @@ class Daemon:
             code=CodeService(
                 config, self.containers, self.store, sandboxes, self.shutdown, self.metrics
             ),
+            processes=ProcessService(
+                config, self.containers, sandboxes, self.tasks, self.shutdown, self.metrics
+            ),
             files=self.files,
             skills=self.skills,
             idempotency=self.idempotency,
@@ -212,6 +217,9 @@ class Daemon:
         await reconcile(
             self.store, self.runtime, self.containers, self.egress, self.admission, self.boot_id
         )
+        # Background processes outlive the daemon: watch the ones still running again.
+        for rec in await self.store.containers.with_status((Status.RUNNING,)):
+            self.tasks.spawn("process-adopt", self.services.processes.adopt(rec.id))
         interval = self.config.containers.reaper_interval_s
         reaper = IdleReaper(self.store, self.containers, self.metrics, interval)
         self.tasks.spawn("idle-reaper", reaper.run())
@@ -280,6 +288,7 @@ class Daemon:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             self.shutdown.draining = True
+            self.shutdown.stop_streams.set()
             for site in list(runner.sites):
                 await site.stop()  # stop accepting; keep-alive requests now get 503
             if not await self.shutdown.wait_idle(server.drain_timeout_s):

@@ -31,6 +31,11 @@ MAX_AGENT_STDIN = 16 << 20  # the in-sandbox agent's own cap
 MAX_AGENT_SESSIONS = 64  # the agent's own caps on code sessions and cell size
 MAX_AGENT_CODE = 4 << 20
 MAX_AGENT_LISTED = 10_000  # files one agent listing holds at most
+MAX_AGENT_PROCESSES = 32  # the agent's own caps on background processes
+MAX_AGENT_RING = 16 << 20
+MAX_AGENT_RING_TOTAL = 32 << 20
+MAX_AGENT_PROCESS_INPUT = 1 << 20
+MAX_AGENT_PROCESS_COMMAND = 16 << 10
 
 
 class ConfigError(Exception):
@@ -167,6 +172,21 @@ class CodeConfig:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    """Background processes (/v1/containers/{id}/processes), kept by the sandbox's agent."""
+
+    # Kept per container, running or ended; an ended one is forgotten to make room, and a
+    # start while this many run is refused (409). Their rings live in the agent's memory:
+    # max_per_container x ring_bytes may not exceed the agent's budget (32 MiB).
+    max_per_container: int = 8
+    ring_bytes: int = 4 << 20  # output kept per process: its last bytes, stdout and stderr
+    max_input_bytes: int = 64 << 10  # one POST .../input
+    max_read_bytes: int = 1 << 20  # one GET .../output without stream (the rest: next_offset)
+    # Output streams open at once per container: each holds one of the agent's connections.
+    max_streams: int = 4
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     # Pre-started sandboxes kept ready per memory tier; a create of that tier claims one.
     sizes: dict[str, int] = field(default_factory=lambda: {"1g": 2})
@@ -268,6 +288,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
+    processes: ProcessConfig = field(default_factory=ProcessConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
     idempotency: IdempotencyConfig = field(default_factory=IdempotencyConfig)
@@ -421,6 +442,28 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"code.max_code_bytes must be within 1..{MAX_AGENT_CODE}")
     if not 1 <= code.default_timeout_ms <= code.max_timeout_ms:
         raise ConfigError("code.default_timeout_ms must be within 1..max_timeout_ms")
+    _validate_processes(cfg.processes, cfg.agent)
+
+
+def _validate_processes(p: ProcessConfig, agent: AgentConfig) -> None:
+    if not 1 <= p.max_per_container <= MAX_AGENT_PROCESSES:
+        raise ConfigError(f"processes.max_per_container must be within 1..{MAX_AGENT_PROCESSES}")
+    if not 1 <= p.ring_bytes <= MAX_AGENT_RING:
+        raise ConfigError(f"processes.ring_bytes must be within 1..{MAX_AGENT_RING}")
+    if p.max_per_container * p.ring_bytes > MAX_AGENT_RING_TOTAL:
+        raise ConfigError(
+            f"processes.max_per_container x processes.ring_bytes must not exceed "
+            f"{MAX_AGENT_RING_TOTAL} (the agent keeps every ring in its memory)"
+        )
+    if not 1 <= p.max_input_bytes <= MAX_AGENT_PROCESS_INPUT:
+        raise ConfigError(f"processes.max_input_bytes must be within 1..{MAX_AGENT_PROCESS_INPUT}")
+    if not 1 <= p.max_read_bytes <= 16 << 20:
+        raise ConfigError("processes.max_read_bytes must be within 1..16777216")
+    if not 1 <= p.max_streams < agent.connections:
+        raise ConfigError(
+            "processes.max_streams must be at least 1 and below agent.connections (each "
+            "stream holds one)"
+        )
 
 
 def _validate_proxy(p: ProxyConfig) -> None:

@@ -57,6 +57,18 @@ class SessionBusy(DomainError):
     code = "session_busy"
 
 
+class TooManyProcesses(DomainError):
+    """The container runs as many background processes as it may; one must end first."""
+
+    code = "too_many_processes"
+
+
+class ProcessExited(DomainError):
+    """Input or a signal for a background process that has ended."""
+
+    code = "process_exited"
+
+
 class IdempotencyKeyReused(DomainError):
     """The key was first used with another request (method, path or body)."""
 
@@ -117,6 +129,9 @@ HTTP_ERRORS: dict[type[DomainError], HttpMapping] = {
     # Another cell holds the session: the agent refused before running anything.
     SessionBusy: HttpMapping(409, "invalid_request_error", True),
     IdempotencyKeyReused: HttpMapping(409, "invalid_request_error", False),
+    # Retrying helps once one of the container's processes ends (or is deleted).
+    TooManyProcesses: HttpMapping(409, "invalid_request_error", False),
+    ProcessExited: HttpMapping(409, "invalid_request_error", False),
     # The first request with the key is still running: the same retry will get its reply.
     RequestInFlight: HttpMapping(409, "invalid_request_error", True, 1),
     PayloadTooLarge: HttpMapping(413, "invalid_request_error", False),

@@ -46,6 +46,11 @@ def skill_version_id() -> str:
     return "skillver_" + time_key() + secrets.token_hex(8)
 
 
+def process_id() -> str:
+    """A background process's id: the agent keeps it (lowercase, digits and "_" only)."""
+    return "proc_" + time_key() + secrets.token_hex(8)
+
+
 def request_id() -> str:
     return "req_" + secrets.token_hex(16)
 
@@ -55,6 +60,7 @@ CONTAINER_FILE_ID = re.compile(r"cfile_[0-9a-f]{32}")
 USER_FILE_ID = re.compile(r"file-[A-Za-z0-9]{1,64}")
 SKILL_ID = re.compile(r"skill_[0-9a-f]{32}")
 SKILL_VERSION_ID = re.compile(r"skillver_[0-9a-f]{32}")
+PROCESS_ID = re.compile(r"proc_[0-9a-f]{32}")
 
 _TIME_ORDERED = re.compile(
     r"(?:cntr_|cfile_|skill_|skillver_)([0-9a-f]{16})[0-9a-f]+|file-([0-9a-f]{16})[A-Za-z0-9]{16}"

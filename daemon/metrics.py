@@ -59,6 +59,19 @@ class Metrics:
         self.kills = Counter(
             "sandboxd_kills_total", "Commands killed, by reason.", ["reason"], registry=r
         )
+        self.processes_running = Gauge(
+            "sandboxd_processes_running",
+            "Background processes running in containers (as the daemon last saw them).",
+            registry=r,
+        )
+        self.processes_started = Counter(
+            "sandboxd_processes_started_total", "Background processes started.", registry=r
+        )
+        self.process_output_bytes = Counter(
+            "sandboxd_process_output_bytes_total",
+            "Bytes of background processes' output sent to clients (reads and streams).",
+            registry=r,
+        )
         self.memory_committed = Gauge(
             "sandboxd_memory_committed_bytes",
             "Sum of the memory tiers of every sandbox on the host (admission control).",

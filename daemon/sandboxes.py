@@ -19,6 +19,7 @@ from daemon.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    ProcessExited,
     ProxyUnavailable,
     SandboxBusy,
     SandboxFailed,
@@ -26,6 +27,7 @@ from daemon.errors import (
     SandboxUnavailable,
     SessionBusy,
     StorageFull,
+    TooManyProcesses,
 )
 from sandbox.agent_client import AgentClient, AgentConnection
 from sandbox.cgroups import CgroupCounters, KillCounters
@@ -60,6 +62,12 @@ AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
     "too_many_sessions": (InvalidRequest, "session_id"),
     "session_busy": (SessionBusy, "session_id"),
     "session_not_found": (NotFound, "session_id"),
+    # background processes
+    "process_not_found": (NotFound, "process_id"),
+    "too_many_processes": (TooManyProcesses, None),
+    "process_exited": (ProcessExited, "process_id"),
+    "bad_offset": (InvalidRequest, "offset"),
+    "input_full": (SandboxBusy, "process_id"),
 }
 
 

@@ -1,6 +1,7 @@
 """Graceful shutdown state shared by the API and the service.
 
-Stages (Daemon.stop): stop accepting and answer new requests 503; let in-flight requests
+Stages (Daemon.stop): stop accepting and answer new requests 503, and end the output streams
+of background processes (they would hold the drain to its end); let in-flight requests
 finish within the drain budget; then stop running commands (they answer with
 `"killed": "shutdown"`) and give their replies a short budget; then let aiohttp cancel
 whatever is left, stop background tasks and close the store.
@@ -14,6 +15,9 @@ import asyncio
 class ShutdownControl:
     def __init__(self) -> None:
         self.draining = False
+        # Set with `draining`: streams with no end of their own (a background process's
+        # output) end at once rather than hold the drain; the processes run on.
+        self.stop_streams = asyncio.Event()
         self.stop_commands = asyncio.Event()
         self._in_flight = 0
         self._idle = asyncio.Event()

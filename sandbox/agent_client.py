@@ -40,6 +40,9 @@ FRAME_TYPES = frozenset({b"J", b"O", b"E", b"D", b"Z"})
 MAX_SESSIONS = 64  # the agent's own cap
 MAX_CHANGED_FILES = 1000
 CODE_STATUSES = frozenset({"ok", "error", "interrupted", "died"})
+MAX_PROCESSES = 32  # the agent's own caps on background processes (sandbox/agent/processes.py)
+MAX_PROCESS_INPUT = 1 << 20
+MAX_WAIT_MS = 60000
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,36 @@ class CodeSession:
     created_at: int
     last_used_at: int
     status: str  # idle | busy | dead
+
+
+@dataclass(frozen=True)
+class AgentProcess:
+    """A background process as the agent keeps it (see sandbox/agent/processes.py)."""
+
+    id: str
+    command: str
+    running: bool
+    exit_code: int | None  # 128 + n for a death by signal n, as exec reports it
+    signal: int | None
+    created_at: int
+    ended_at: int | None
+    output_bytes: int  # every byte it wrote (stdout and stderr), the ring's end offset
+    retained_from: int  # the offset of the oldest byte the ring still holds
+
+
+@dataclass(frozen=True)
+class OutputStart:
+    """Where an output read begins: `offset`, after `dropped` bytes the ring no longer had
+    (also sent mid-stream, when a slow reader falls behind the ring)."""
+
+    offset: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class OutputEnd:
+    next_offset: int  # where the next read continues
+    process: AgentProcess
 
 
 class AgentConnection:
@@ -479,6 +512,124 @@ class AgentClient:
             msg = await conn.recv_json()
         raise_if_error(msg)
 
+    async def _call(self, request: Mapping[str, Any], max_json: int = MAX_JSON) -> dict[str, Any]:
+        """One request, one J reply (an error reply raised as AgentError)."""
+        async with self.connection() as conn:
+            await conn.send_json(request)
+            msg = await conn.recv_json(max_json)
+        raise_if_error(msg)
+        return msg
+
+    async def start_process(self, request: Mapping[str, Any]) -> AgentProcess:
+        """{"id", "cmd", "env", "cwd", "ring_bytes", "max_processes"}: start a background
+        process (AgentError too_many_processes when the running ones fill the table)."""
+        msg = await self._call({"op": "process_start", **request}, MAX_FRAME)
+        return parse_process(msg.get("process"))
+
+    async def processes(self) -> list[AgentProcess]:
+        """Every process the agent keeps, oldest first."""
+        msg = await self._call({"op": "process_list"}, MAX_FRAME)
+        return _process_list(msg)
+
+    async def process(self, pid: str) -> AgentProcess:
+        msg = await self._call({"op": "process_get", "id": pid}, MAX_FRAME)
+        return parse_process(msg.get("process"))
+
+    async def signal_process(self, pid: str, signum: int) -> AgentProcess:
+        msg = await self._call({"op": "process_signal", "id": pid, "signal": signum}, MAX_FRAME)
+        return parse_process(msg.get("process"))
+
+    async def delete_process(self, pid: str) -> None:
+        await self._call({"op": "process_delete", "id": pid})
+
+    async def process_input(self, pid: str, data: bytes, eof: bool) -> int:
+        """Queue `data` for the process's stdin (closed after it with `eof`); the bytes still
+        waiting for the process to read them."""
+        if len(data) > MAX_PROCESS_INPUT:
+            raise ValueError("input exceeds the agent's cap")
+        async with self.connection() as conn:
+            await conn.send_json(
+                {"op": "process_input", "id": pid, "data_bytes": len(data), "eof": eof}
+            )
+            await _send_data(conn, data)
+            msg = await conn.recv_json()
+        raise_if_error(msg)
+        pending = msg.get("pending")
+        if not isinstance(pending, int) or not 0 <= pending <= MAX_PROCESS_INPUT:
+            raise AgentProtocolError("malformed input reply")
+        return pending
+
+    async def wait_processes(self, since: int, timeout_ms: int) -> tuple[int, list[AgentProcess]]:
+        """(sequence, processes) once the agent's process table differs from `since` (a
+        start, an exit, a delete), or after `timeout_ms` (at most MAX_WAIT_MS)."""
+        timeout_ms = min(timeout_ms, MAX_WAIT_MS)
+        async with self.connection() as conn:
+            await conn.send_json({"op": "process_wait", "since": since, "timeout_ms": timeout_ms})
+            async with asyncio.timeout(timeout_ms / 1000 + self._limits.reply_timeout_s):
+                kind, payload = await conn.recv_frame(MAX_FRAME, bounded=False)
+        if kind != b"J":
+            raise AgentProtocolError("expected a JSON frame from the agent")
+        msg = decode_json(payload)
+        raise_if_error(msg)
+        seq = msg.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise AgentProtocolError("malformed process wait reply")
+        return seq, _process_list(msg)
+
+    @contextlib.asynccontextmanager
+    async def process_output(
+        self, pid: str, offset: int, max_bytes: int, follow: bool
+    ) -> AsyncIterator[AsyncIterator[OutputStart | ExecChunk | OutputEnd]]:
+        """The process's output from `offset`: an OutputStart, then chunks (contiguous from
+        its offset; another OutputStart where a follower fell behind the ring), then one
+        OutputEnd. At most `max_bytes`, or (`follow`) until the process has ended; a follow
+        has no deadline of its own, its caller bounds it. Unfinished, the connection closes
+        (the agent's follower notices within a second)."""
+        async with self.connection() as conn:
+            await conn.send_json(
+                {"op": "process_output", "id": pid, "offset": offset, "max_bytes": max_bytes,
+                 "follow": follow}
+            )  # fmt: skip
+            head = await conn.recv_json()
+            raise_if_error(head)
+            first = _output_start(head, "head")
+            done = False
+
+            async def events() -> AsyncIterator[OutputStart | ExecChunk | OutputEnd]:
+                nonlocal done
+                yield first
+                at, budget = first.offset, max_bytes
+                while True:
+                    kind, payload = await conn.recv_frame(MAX_FRAME, bounded=not follow)
+                    if kind in (b"O", b"E"):
+                        budget -= len(payload)
+                        if budget < 0 and not follow:
+                            raise AgentProtocolError("agent sent more output than asked")
+                        at += len(payload)
+                        yield ExecChunk("stdout" if kind == b"O" else "stderr", payload)
+                        continue
+                    if kind != b"J":
+                        raise AgentProtocolError("unexpected frame in process output")
+                    msg = decode_json(payload)
+                    raise_if_error(msg)
+                    if msg.get("ev") == "gap":
+                        gap = _output_start(msg, "gap")
+                        if gap.offset != at + gap.dropped:
+                            raise AgentProtocolError("malformed output gap")
+                        at = gap.offset
+                        yield gap
+                        continue
+                    end = msg.get("next_offset")
+                    if msg.get("ev") != "end" or end != at:
+                        raise AgentProtocolError("malformed output end")
+                    done = True
+                    yield OutputEnd(at, parse_process(msg.get("process")))
+                    return
+
+            yield events()
+            if not done:
+                conn.close()  # frames may be in flight: this connection cannot be reused
+
     async def close(self) -> None:
         self._closed = True
         for conn in self._idle:
@@ -696,4 +847,57 @@ def parse_code(msg: Mapping[str, Any]) -> CodeResult:
         files_truncated=_flag(msg, "files_truncated"),
         removed=[_api_path(p) for p in removed],
         duration_ms=duration,
+    )
+
+
+def _nonneg(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def parse_process(item: object) -> AgentProcess:
+    """A process object of the agent's, checked (it is untrusted)."""
+    if not isinstance(item, dict):
+        raise AgentProtocolError("malformed process")
+    pid, command, status = item.get("id"), item.get("command"), item.get("status")
+    code, sig, created = item.get("exit_code"), item.get("signal"), item.get("created_at")
+    ended, size, kept = item.get("ended_at"), item.get("output_bytes"), item.get("retained_from")
+    if (
+        not _is_process_id(pid)
+        or not isinstance(command, str)
+        or len(command) > 1 << 16
+        or status not in ("running", "exited")
+        or not (code is None or isinstance(code, int))
+        or not (sig is None or isinstance(sig, int))
+        or not _nonneg(created)
+        or not (ended is None or _nonneg(ended))
+        or not _nonneg(size)
+        or not _nonneg(kept)
+        or kept > size
+    ):
+        raise AgentProtocolError("malformed process")
+    running = status == "running"
+    return AgentProcess(
+        pid, command, running, None if running else code, sig, created, ended, size, kept
+    )
+
+
+def _process_list(msg: Mapping[str, Any]) -> list[AgentProcess]:
+    raw = msg.get("processes")
+    if not isinstance(raw, list) or len(raw) > MAX_PROCESSES:
+        raise AgentProtocolError("malformed process list")
+    return [parse_process(item) for item in raw]
+
+
+def _output_start(msg: Mapping[str, Any], ev: str) -> OutputStart:
+    offset, dropped = msg.get("offset"), msg.get("dropped")
+    if msg.get("ev") != ev or not _nonneg(offset) or not _nonneg(dropped):
+        raise AgentProtocolError("malformed process output")
+    return OutputStart(offset, dropped)
+
+
+def _is_process_id(value: object) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= 64
+        and all(c.isascii() and (c.isdigit() or c.islower() or c == "_") for c in value)
     )

@@ -14,7 +14,7 @@ from aiohttp import web
 from daemon import ids
 from daemon import metrics as metrics_mod
 from daemon.api import code as code_api
-from daemon.api import container_files, containers, execute, skills, user_files
+from daemon.api import container_files, containers, execute, processes, skills, user_files
 from daemon.api.context import (
     CALLER,
     CONFIG,
@@ -177,6 +177,13 @@ def create_app(
             web.post(f"{cid}/code", code_api.run),
             web.get(f"{cid}/code/sessions", code_api.list_sessions),
             web.delete(cid + "/code/sessions/{session_id}", code_api.delete_session),
+            web.post(f"{cid}/processes", idempotent(processes.create)),
+            web.get(f"{cid}/processes", processes.list_),
+            web.get(cid + "/processes/{process_id}", processes.retrieve),
+            web.delete(cid + "/processes/{process_id}", processes.delete),
+            web.get(cid + "/processes/{process_id}/output", processes.output),
+            web.post(cid + "/processes/{process_id}/input", processes.send_input),
+            web.post(cid + "/processes/{process_id}/signal", processes.send_signal),
             web.post("/v1/files", idempotent(user_files.create)),
             web.get("/v1/files", user_files.list_),
             web.get("/v1/files/{file_id}", user_files.retrieve),

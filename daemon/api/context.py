@@ -18,6 +18,7 @@ from daemon.errors import PayloadTooLarge
 from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
 from daemon.metrics import Metrics
+from daemon.processes import ProcessService
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
 from daemon.user_files import FileService
@@ -31,6 +32,7 @@ class Services:
     container_files: ContainerFileService
     exec: ExecService
     code: CodeService
+    processes: ProcessService
     files: FileService  # /v1/files
     skills: SkillService
     idempotency: Idempotency
@@ -42,6 +44,7 @@ CONTAINERS = web.AppKey("containers", ContainerService)
 CONTAINER_FILES = web.AppKey("container_files", ContainerFileService)
 EXEC = web.AppKey("exec", ExecService)
 CODE = web.AppKey("code", CodeService)
+PROCESSES = web.AppKey("processes", ProcessService)
 FILES = web.AppKey("files", FileService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
@@ -55,6 +58,7 @@ def install(app: web.Application, services: Services) -> None:
     app[CONTAINER_FILES] = services.container_files
     app[EXEC] = services.exec
     app[CODE] = services.code
+    app[PROCESSES] = services.processes
     app[FILES] = services.files
     app[SKILLS] = services.skills
     app[IDEMPOTENCY] = services.idempotency

@@ -52,13 +52,13 @@ def parse_exec(body: dict[str, Any], cfg: ExecConfig) -> tuple[ExecParams, bool]
             "'working_directory' must be an absolute path.", param="working_directory"
         )
     stdin = get_str(body, "stdin", default="", max_len=cfg.max_stdin_bytes)
-    if len(_utf8(stdin, "stdin")) > cfg.max_stdin_bytes:
+    if len(utf8(stdin, "stdin")) > cfg.max_stdin_bytes:
         raise InvalidRequest(f"'stdin' exceeds {cfg.max_stdin_bytes} bytes.", param="stdin")
     for command in commands:
-        _utf8(command, "commands")
+        utf8(command, "commands")
     for value in env.values():
-        _utf8(value, "env")
-    _utf8(cwd, "working_directory")
+        utf8(value, "env")
+    utf8(cwd, "working_directory")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream")
@@ -81,7 +81,7 @@ def parse_exec(body: dict[str, Any], cfg: ExecConfig) -> tuple[ExecParams, bool]
     return params, stream
 
 
-def _utf8(value: str, param: str) -> bytes:
+def utf8(value: str, param: str) -> bytes:
     try:
         return value.encode("utf-8")
     except UnicodeEncodeError:

@@ -16,7 +16,8 @@ from daemon.models import (
     SkillVersionRecord,
     UserFileRecord,
 )
-from sandbox.agent_client import CodeSession
+from daemon.processes import Process
+from sandbox.agent_client import AgentProcess, CodeSession
 from sandbox.execution import CommandOutcome
 
 
@@ -161,3 +162,26 @@ def code_session(session: CodeSession, cid: str) -> dict[str, Any]:
         "last_used_at": session.last_used_at,
         "status": session.status,
     }
+
+
+def process_info(info: AgentProcess, cid: str, killed: str | None = None) -> dict[str, Any]:
+    """A background process (`killed`: oom or pids, when we saw it killed for that)."""
+    body: dict[str, Any] = {
+        "id": info.id,
+        "object": "container.process",
+        "container_id": cid,
+        "command": info.command,
+        "tty": False,
+        "status": "running" if info.running else "exited",
+        "exit_code": info.exit_code,
+        "created_at": info.created_at,
+        "ended_at": info.ended_at,
+        "output_bytes": info.output_bytes,
+    }
+    if killed is not None:
+        body["killed"] = killed
+    return body
+
+
+def process(p: Process, cid: str) -> dict[str, Any]:
+    return process_info(p.info, cid, p.killed)

@@ -22,8 +22,12 @@ Reaper.spawn), configure (environment for every later command, and the egress re
 127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 
+Ops of background processes (process_start, _list, _get, _output, _input, _signal, _delete,
+_wait): see processes.py.
+
 Modules beside this file, imported on first use (see load_module): sessions.py (the code ops:
-Python in persistent sessions, each an interpreter.py process) and egress.py (the relay).
+Python in persistent sessions, each an interpreter.py process), egress.py (the relay) and
+processes.py (background processes that outlive their request).
 """
 
 # C modules only, besides os and sys: this file starts every sandbox, and the pure-Python
@@ -76,6 +80,10 @@ BASE_ENV = {
     "GIT_SSL_CAINFO": SYSTEM_CA_BUNDLE,
     "PIP_CERT": SYSTEM_CA_BUNDLE,
 }
+PROCESS_OPS = frozenset(
+    "process_" + op
+    for op in ("start", "list", "get", "output", "input", "signal", "delete", "wait")
+)
 # Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
 CONFIG_ENV = {}
 MAX_CONFIG_ENV = 256
@@ -457,15 +465,22 @@ def exec_request(conn, req):
     if not isinstance(stdin_len, int) or not 0 <= stdin_len <= MAX_STDIN:
         raise ProtocolError("bad stdin_bytes")
     stdin_bytes = recv_data(conn, stdin_len) if stdin_len else b""
+    timeout_ms = req.get("timeout_ms")
+    cap = req.get("max_output")
+    if not isinstance(timeout_ms, int) or not isinstance(cap, int) or cap < 0:
+        raise OpError("bad_request", "timeout_ms and max_output must be integers")
+    cmd, env, cwd = command_request(req)
+    return cmd, env, cwd, timeout_ms, cap, stdin_bytes
+
+
+def command_request(req):
+    """(cmd, env, cwd) of a request that starts a shell command (exec, process_start),
+    checked: the environment is BASE_ENV, then the configured one, then the request's."""
     cmd = req.get("cmd")
     env_extra = req.get("env") or {}
     cwd = req.get("cwd") or WORKSPACE
-    timeout_ms = req.get("timeout_ms")
-    cap = req.get("max_output")
     if not isinstance(cmd, str) or not isinstance(env_extra, dict):
         raise OpError("bad_request", "cmd must be a string and env an object")
-    if not isinstance(timeout_ms, int) or not isinstance(cap, int) or cap < 0:
-        raise OpError("bad_request", "timeout_ms and max_output must be integers")
     if not isinstance(cwd, str):
         raise OpError("bad_request", "cwd must be a string")
     if not os.path.isdir(cwd):
@@ -477,7 +492,7 @@ def exec_request(conn, req):
         if "\0" in value:
             raise OpError("bad_request", "env values must not contain NUL")
         env[key] = value
-    return cmd, env, cwd, timeout_ms, cap, stdin_bytes
+    return cmd, env, cwd
 
 
 class Pump:
@@ -871,8 +886,8 @@ def handle_delete(conn, req):
     send_json(conn, {"ok": True})
 
 
-# ----------------------------------------------------------------------------- code, egress
-# Their work is done in sessions.py and egress.py, imported on first use.
+# ----------------------------------------------------------------- code, egress, processes
+# Their work is done in sessions.py, egress.py and processes.py, imported on first use.
 
 
 class CodeSessions:
@@ -889,6 +904,30 @@ class CodeSessions:
         with self.lock:
             if self.table is None:
                 self.table = module.Sessions(self.reaper)
+        module.handle(self.table, conn, req)
+
+
+class ProcessTable:
+    """The process ops (process_*): processes.py is imported, and the sandbox's process
+    table made, by the first start; a listing or a wait before any start answers without
+    it (the daemon asks every sandbox for its processes when it restarts)."""
+
+    def __init__(self, reaper):
+        self.reaper = reaper
+        self.lock = _thread.allocate_lock()
+        self.table = None
+
+    def handle(self, conn, req):
+        op = req.get("op")
+        if self.table is None and op in ("process_list", "process_wait"):
+            send_json(conn, {"processes": [], "seq": 0})
+            return
+        module = load_module("processes")
+        with self.lock:
+            if self.table is None:
+                if op != "process_start":
+                    raise OpError("process_not_found", "no such process")
+                self.table = module.Processes(self.reaper)
         module.handle(self.table, conn, req)
 
 
@@ -958,7 +997,7 @@ def handle_cgroup(reaper, conn, req):
     send_json(conn, {"ok": True})
 
 
-def serve_connection(reaper, sessions, conn):
+def serve_connection(reaper, sessions, processes, conn):
     handlers = {
         "list": handle_list,
         "read": handle_read,
@@ -984,6 +1023,8 @@ def serve_connection(reaper, sessions, conn):
                     handle_exec(reaper, conn, req)
                 elif op in ("code", "sessions", "session_delete"):
                     sessions.handle(conn, req)
+                elif op in PROCESS_OPS:
+                    processes.handle(conn, req)
                 elif op == "configure":
                     handle_configure(conn, req)
                 elif op == "cgroup":
@@ -1061,6 +1102,7 @@ def main():
     listener = open_listener()
     reaper = Reaper()
     sessions = CodeSessions(reaper)
+    processes = ProcessTable(reaper)
     start_thread(reaper.run)
     while True:
         try:
@@ -1071,7 +1113,7 @@ def main():
             time.sleep(0.05)
             continue
         try:
-            start_thread(serve_connection, reaper, sessions, conn)
+            start_thread(serve_connection, reaper, sessions, processes, conn)
         except RuntimeError:
             # No thread to be had (the sandbox's pids limit is full): refuse this connection
             # and stay alive; the daemon sees a closed connection and may retry.

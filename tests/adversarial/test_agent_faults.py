@@ -115,6 +115,10 @@ class FakeAgent:
 
     def _answer(self, conn: socket.socket, mode: str, request: dict[str, Any]) -> bool:
         """Reply to one request as `mode` says; False once the connection is done."""
+        if mode == "ok" and request.get("op") == "process_list":
+            # A restarted daemon asks every sandbox for its background processes.
+            conn.sendall(_json({"processes": [], "seq": 0}))
+            return True
         if mode == "stall_reply":
             _until_closed(conn)
             return False

@@ -25,6 +25,14 @@ SAME_CAPS = [
     ("MAX_CODE", config, "MAX_AGENT_CODE"),
     ("MAX_LIST", config, "MAX_AGENT_LISTED"),
     ("MAX_SESSIONS", config, "MAX_AGENT_SESSIONS"),
+    ("MAX_PROCESSES", agent_client, "MAX_PROCESSES"),
+    ("MAX_PROCESS_INPUT", agent_client, "MAX_PROCESS_INPUT"),
+    ("MAX_WAIT_MS", agent_client, "MAX_WAIT_MS"),
+    ("MAX_PROCESSES", config, "MAX_AGENT_PROCESSES"),
+    ("MAX_RING", config, "MAX_AGENT_RING"),
+    ("MAX_RING_TOTAL", config, "MAX_AGENT_RING_TOTAL"),
+    ("MAX_PROCESS_INPUT", config, "MAX_AGENT_PROCESS_INPUT"),
+    ("MAX_PROCESS_COMMAND", config, "MAX_AGENT_PROCESS_COMMAND"),
 ]
 
 

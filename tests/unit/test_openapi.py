@@ -13,11 +13,13 @@ import pytest
 
 from daemon.api import code as code_api
 from daemon.api import containers, execute, user_files
+from daemon.api import processes as processes_api
 from daemon.api.app import PUBLIC_PATHS, create_app
 from daemon.api.context import Services
 from daemon.api.validation import query_list_params
-from daemon.config import Config
+from daemon.config import MAX_AGENT_PROCESS_COMMAND, Config
 from daemon.errors import HTTP_ERRORS
+from daemon.processes import SIGNALS
 from daemon.shutdown import ShutdownControl
 from sandbox.spec import MEMORY_TIERS
 
@@ -198,3 +200,14 @@ def test_code_limits_match_the_parser_and_config_defaults(doc: dict[str, Any]) -
     )
     session = doc["components"]["parameters"]["SessionId"]["schema"]
     assert session["pattern"] == body["session_id"]["pattern"]
+
+
+def test_process_limits_match_the_parsers_and_config_defaults(doc: dict[str, Any]) -> None:
+    cfg = Config()
+    body = _schema(doc, "CreateProcessBody")["properties"]
+    assert set(body) == processes_api.CREATE_KEYS
+    assert body["command"]["maxLength"] == MAX_AGENT_PROCESS_COMMAND
+    assert body["env"]["maxProperties"] == execute.MAX_ENV
+    data = _schema(doc, "ProcessInputBody")["properties"]["data"]
+    assert data["maxLength"] == cfg.processes.max_input_bytes
+    assert _schema(doc, "SignalProcessBody")["properties"]["signal"]["enum"] == list(SIGNALS)
