@@ -23,7 +23,8 @@ import pytest
 from daemon import lifecycle
 from sandbox.agent_client import AgentClient, AgentLimits
 from sandbox.host.agent import AGENT_SCRIPT
-from tests.service.conftest import InProcessDaemon, assert_error
+from tests.apifixtures import assert_error
+from tests.service.conftest import InProcessDaemon
 
 PID = "proc_" + "0" * 32
 
