@@ -109,7 +109,7 @@ class SandboxdProcess:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 self.proc = None
-                raise LaunchError(f"sandboxd exited with {code}:\n{log_tail(self.log)}")
+                raise LaunchError(f"daemon exited with {code}:\n{log_tail(self.log)}")
             if _healthy(self.socket):
                 return
             time.sleep(0.02)
