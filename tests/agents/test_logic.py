@@ -3,6 +3,9 @@ tells the model."""
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import pytest
 from sandboxd_client.agents import code_report, workspace_path
 from sandboxd_client.models import CodeResult
@@ -64,3 +67,12 @@ def test_a_cell_report_keeps_only_what_there_is_to_say() -> None:
         "session_restarted": "oom",
         "killed": "oom",
     }
+
+
+def test_without_the_sdk_the_import_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "agents", None)  # what an absent package looks like
+    monkeypatch.delitem(sys.modules, "sandboxd_client.agents")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'sandboxd-client\[agents\]'"):
+        importlib.import_module("sandboxd_client.agents")

@@ -30,20 +30,29 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agents import (
-    ApplyPatchOperation,
-    ApplyPatchResult,
-    ApplyPatchTool,
-    FunctionTool,
-    ShellCallOutcome,
-    ShellCommandOutput,
-    ShellCommandRequest,
-    ShellResult,
-    ShellTool,
-    Tool,
-    apply_diff,
-    function_tool,
-)
+try:
+    from agents import (
+        ApplyPatchOperation,
+        ApplyPatchResult,
+        ApplyPatchTool,
+        FunctionTool,
+        ShellCallOutcome,
+        ShellCommandOutput,
+        ShellCommandRequest,
+        ShellResult,
+        ShellTool,
+        Tool,
+        apply_diff,
+        function_tool,
+    )
+except ModuleNotFoundError as exc:
+    if exc.name != "agents":
+        raise
+    # The SDK is the optional extra, not a dependency of the client: say how to get it.
+    raise ModuleNotFoundError(
+        "sandboxd_client.agents needs the OpenAI Agents SDK: pip install 'sandboxd-client[agents]'",
+        name="agents",
+    ) from exc
 
 from sandboxd_client.aio import AsyncClient
 from sandboxd_client.client import Client
