@@ -47,7 +47,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         module = item.nodeid.split("::", 1)[0]
-        suite = module.startswith(("tests/api/", "tests/adversarial/", "tests/client/"))
+        suite = module.startswith(
+            ("tests/api/", "tests/adversarial/", "tests/client/", "tests/mcp/")
+        )
         on_docker = "docker" in params.values()
         (drop if suite and on_docker and module not in DOCKER_MODULES else keep).append(item)
     if drop:
