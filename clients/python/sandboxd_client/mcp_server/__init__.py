@@ -24,6 +24,8 @@ def serve(target: Target, container: str | None = None) -> int:
         from sandboxd_client.mcp_server.server import run
     except ModuleNotFoundError as exc:
         missing = exc.name or "mcp"
+        if missing.startswith("sandboxd_client"):
+            raise  # our own packaging, not the optional SDK
         sys.stderr.write(
             f"sandboxd-mcp: the MCP SDK is not installed ({missing} is missing): "
             "pip install 'sandboxd-client[mcp]'\n"

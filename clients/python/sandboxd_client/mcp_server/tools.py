@@ -294,7 +294,12 @@ class SandboxTools:
             kind = IMAGE_TYPES.get(_suffix(f.path))
             if kind is None or f.bytes > MAX_IMAGE_BYTES or len(found) >= MAX_IMAGES:
                 continue
-            data = await self._c.containers.files.content(cid, f.id)
+            try:
+                data = await self._c.containers.files.content(cid, f.id)
+            except SandboxdError:
+                # The cell has run (its effects are real): an image that cannot be fetched
+                # (gone already) is left out rather than failing the whole call.
+                continue
             found.append(
                 (f.path, ImageContent(data=base64.b64encode(data).decode(), mime_type=kind))
             )
@@ -376,9 +381,11 @@ class SandboxTools:
         """One helper command's stdout; its stderr as the tool error when it fails."""
         result = await self._c.exec(cid, command, stdin=stdin, max_output_length=output)
         (r,) = result.output
-        if r.exit_code != 0 or r.truncated:
+        if r.exit_code != 0:
             detail = r.stderr.strip().splitlines()[-1:] or [f"exit {r.exit_code}"]
             raise ToolError(detail[0])
+        if r.truncated:  # sized to fit; a cut answer would decode as garbage
+            raise ToolError("the sandbox's answer was cut short; try a smaller max_bytes")
         return r.stdout
 
     async def _container(self, ref: str | None) -> str:
