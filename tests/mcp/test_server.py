@@ -21,7 +21,8 @@ from tests.api.conftest import DaemonHandle
 
 pytestmark = pytest.mark.root
 
-SERVER = str(Path(sys.executable).with_name("sandboxd-mcp"))  # this venv's console script
+SERVER = str(Path(sys.executable).with_name("sandboxd-mcp"))  # this venv's console scripts
+SANDBOXD = str(Path(sys.executable).with_name("sandboxd"))
 TOOLS = {
     "create_sandbox", "list_sandboxes", "delete_sandbox", "exec", "run_python", "write_file",
     "read_file", "list_files",
@@ -30,9 +31,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @contextlib.asynccontextmanager
-async def mcp_session(daemon: DaemonHandle, log: Path, *args: str) -> AsyncIterator[ClientSession]:
+async def mcp_session(
+    daemon: DaemonHandle, log: Path, *args: str, command: str = SERVER
+) -> AsyncIterator[ClientSession]:
     params = StdioServerParameters(
-        command=SERVER, args=list(args), env={"SANDBOXD_SOCKET": daemon.socket}
+        command=command, args=list(args), env={"SANDBOXD_SOCKET": daemon.socket}
     )
     with log.open("a") as errlog:  # the server's own log (stderr): read it when a test fails
         async with (
@@ -64,10 +67,14 @@ async def error_of(session: ClientSession, tool: str, **arguments: Any) -> str:
     return block.text
 
 
+@pytest.mark.parametrize("command", [[SERVER], [SANDBOXD, "mcp"]], ids=["sandboxd-mcp", "cli"])
 async def test_the_tools_are_listed_with_their_schemas(
-    daemon: DaemonHandle, tmp_path: Path
+    daemon: DaemonHandle, tmp_path: Path, command: list[str]
 ) -> None:
-    async with mcp_session(daemon, tmp_path / "server.log") as session:
+    log = tmp_path / "server.log"
+    async with mcp_session(daemon, log, *command[1:], command=command[0]) as session:
+        init = await session.initialize()  # the handshake's result, kept by the session
+        assert init.instructions and "/mnt/data" in init.instructions
         listed = {tool.name: tool for tool in (await session.list_tools()).tools}
     assert set(listed) == TOOLS
     for tool in listed.values():
