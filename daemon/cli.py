@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandboxd_client.discovery import Target, discover
+from sandboxd_client.mcp_server import add_arguments as mcp_arguments
 
 from daemon import config as config_mod
 from daemon import logs
@@ -115,6 +116,12 @@ def _client_parsers(sub: Any) -> None:
     top = sub.add_parser("top", parents=common, help="running containers by last activity")
     top.add_argument("--once", action="store_true", help="print once and exit")
     top.add_argument("--interval", type=float, default=2.0, metavar="SECONDS")
+
+    mcp = sub.add_parser(
+        "mcp", parents=[conn], help="serve sandboxes as tools to an MCP host (stdio)",
+        description="An MCP server on stdin/stdout: register `sandboxd mcp` with the host.",
+    )  # fmt: skip
+    mcp_arguments(mcp)
 
 
 def _local_parsers(sub: Any) -> None:
@@ -228,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     target = client_target(args, env, os.geteuid())
     if target is None:
         parser.error("give either --socket or --url, not both")
+    if args.command == "mcp":
+        return dispatch.run_mcp(target, args.container)
     command = dispatch.client_command(args.command, sys.stdin.buffer, sys.stdout.buffer)
     return dispatch.run_client(command, args, target, con)
 

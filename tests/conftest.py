@@ -49,7 +49,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(getattr(item, "callspec", None), "params", {})
         module = item.nodeid.split("::", 1)[0]
         suite = module.startswith(
-            ("tests/api/", "tests/adversarial/", "tests/client/", "tests/agents/")
+            ("tests/api/", "tests/adversarial/", "tests/client/", "tests/agents/", "tests/mcp/")
         )
         on_docker = "docker" in params.values()
         (drop if suite and on_docker and module not in DOCKER_MODULES else keep).append(item)

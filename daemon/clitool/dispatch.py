@@ -97,6 +97,13 @@ def _run_client(command: Command, args: argparse.Namespace, target: Target, con:
         return 1
 
 
+def run_mcp(target: Target, container: str | None) -> int:
+    # The server's module is light; the MCP SDK loads inside serve(), so the CLI starts fast.
+    from sandboxd_client.mcp_server import serve
+
+    return guarded(lambda: serve(target, container))
+
+
 def guarded(body: Callable[[], int]) -> int:
     """Ctrl-C and a closed output pipe (`sandboxd ls | head -1`) end quietly."""
     try:
