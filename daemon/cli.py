@@ -94,8 +94,13 @@ def _client_parsers(sub: Any) -> None:
     ex.add_argument(
         "--sh", action="store_true", help="COMMAND is shell syntax: join words unquoted"
     )
+    ex.add_argument(
+        "-d", "--detach", action="store_true",
+        help="run it in the background: print its process id (see ps, output, kill)",
+    )  # fmt: skip
     ex.add_argument("id", help="container id, unique id prefix or unique name")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
+    _process_parsers(sub, conn, common)
 
     cp = sub.add_parser(
         "cp", parents=common, help="copy a file into (LOCAL ID:PATH) or out of (ID:PATH LOCAL)",
@@ -122,6 +127,39 @@ def _client_parsers(sub: Any) -> None:
         description="An MCP server on stdin/stdout: register `sandboxd mcp` with the host.",
     )  # fmt: skip
     mcp_arguments(mcp)
+
+
+def _process_parsers(sub: Any, conn: argparse.ArgumentParser, common: list[Any]) -> None:
+    from daemon.clitool.processes import FORGET_HINT  # here: this block stays one hunk
+
+    ps = sub.add_parser("ps", parents=common, help="a container's background processes")
+    ps.add_argument("id", help="container id, unique id prefix or unique name")
+
+    out = sub.add_parser(
+        "output", parents=[conn], help="a background process's output",
+        description="Its stdout to ours, its stderr to ours. Without -f: what it has written "
+        "so far. The daemon keeps each process's last 4 MiB (processes.ring_bytes).",
+    )  # fmt: skip
+    out.add_argument("id", help="container id, unique id prefix or unique name")
+    out.add_argument("pid", metavar="PID", help="process id or unique id prefix")
+    out.add_argument(
+        "-f", "--follow", action="store_true",
+        help="go on as it writes, until it ends (resuming after a dropped connection)",
+    )  # fmt: skip
+    out.add_argument(
+        "--offset", type=int, default=0, metavar="BYTE", help="start at this byte of its output"
+    )
+
+    kill = sub.add_parser(
+        "kill", parents=common, help="signal a background process (default TERM)",
+        description=FORGET_HINT,
+    )  # fmt: skip
+    kill.add_argument("id", help="container id, unique id prefix or unique name")
+    kill.add_argument("pid", metavar="PID", help="process id or unique id prefix")
+    kill.add_argument(
+        "-s", "--signal", default="TERM", metavar="SIGNAL",
+        help="INT, TERM, KILL, HUP, QUIT, USR1 or USR2 (a SIG prefix or the number works)",
+    )  # fmt: skip
 
 
 def _local_parsers(sub: Any) -> None:

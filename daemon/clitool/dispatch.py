@@ -10,6 +10,7 @@
 | 78   | bad configuration (EX_CONFIG) |
 | 130  | interrupted (Ctrl-C) |
 | exec | the command's own exit code; 124 on timeout, 137 when killed (OOM, pids, shutdown) |
+| output -f | 0 once the process has ended, whatever its exit code (`ps` shows that) |
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sandboxd_client import (
 )
 
 from daemon import config as config_mod
-from daemon.clitool import config_show, containers, run
+from daemon.clitool import config_show, containers, processes, run
 from daemon.clitool.containers import CommandError, Console
 
 if TYPE_CHECKING:
@@ -51,7 +52,12 @@ def client_command(name: str, stdin: BinaryIO, stdout: BinaryIO) -> Command:
         "rm": containers.rm,
         "logs": containers.logs,
         "top": containers.top,
-        "exec": lambda c, a, con: run.exec_(c, a, con, stdin),
+        "exec": lambda c, a, con: (
+            processes.start(c, a, con) if a.detach else run.exec_(c, a, con, stdin)
+        ),
+        "ps": processes.ps,
+        "output": processes.show_output,
+        "kill": processes.kill,
         "cp": lambda c, a, con: run.cp(c, a, con, stdout),
     }
     return table[name]

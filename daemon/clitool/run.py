@@ -30,7 +30,7 @@ KILLED = {
 }
 
 
-def _emit(stream: TextIO, text: str) -> None:
+def emit(stream: TextIO, text: str) -> None:
     """Write as it arrives; bytes where possible so a C locale cannot choke on UTF-8."""
     buffer = getattr(stream, "buffer", None)
     if buffer is not None:
@@ -69,7 +69,7 @@ def exec_(client: Client, args: argparse.Namespace, con: Console, stdin: BinaryI
         con.error("exec: give a command after the container, e.g. exec ID -- ls -l")
         return 2
     timeout_ms = None if args.timeout is None else max(1, round(args.timeout * 1000))
-    env = dict(_env_pair(item) for item in args.env) if args.env else None
+    env = dict(env_pair(item) for item in args.env) if args.env else None
     stdin_text = None
     if args.stdin:
         try:
@@ -90,7 +90,7 @@ def exec_(client: Client, args: argparse.Namespace, con: Console, stdin: BinaryI
     try:
         for event in events:
             if isinstance(event, OutputChunk):
-                _emit(con.out if event.type == "stdout" else con.err, event.data)
+                emit(con.out if event.type == "stdout" else con.err, event.data)
             elif isinstance(event, CommandFinished):
                 status = exit_status(event.raw, con)
             elif isinstance(event, ExecDone):
@@ -104,7 +104,7 @@ def exec_(client: Client, args: argparse.Namespace, con: Console, stdin: BinaryI
     return status
 
 
-def _env_pair(item: str) -> tuple[str, str]:
+def env_pair(item: str) -> tuple[str, str]:
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise CommandError(f"--env wants KEY=VALUE, got {item!r}")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import sandboxd_client as sc
 from aiohttp import web
-from sandboxd_client._core import Multipart, Part, RetryPolicy, SseDecoder
+from sandboxd_client import models
+from sandboxd_client._core import Multipart, Part, Resume, RetryPolicy, SseDecoder
 from sandboxd_client.discovery import discover
 from sandboxd_client.errors import api_error
 
@@ -186,3 +187,27 @@ async def test_no_retry_where_the_daemon_says_so(flaky_server: tuple[str, Flaky]
 
     await asyncio.to_thread(call)
     assert len(flaky.seen) == 1
+
+
+def test_process_events_and_how_a_follower_resumes() -> None:
+    start = models.process_event({"type": "start", "offset": 10, "dropped": 10})
+    chunk = models.process_event({"type": "stdout", "data": "a", "next_offset": 11})
+    end = models.process_event({"type": "end", "reason": "shutdown", "next_offset": 11})
+    assert isinstance(start, sc.OutputStart) and isinstance(chunk, sc.ProcessChunk)
+    assert isinstance(end, sc.OutputEnd) and models.process_event({"type": "new"}) is None
+    resume = Resume(0, max_reconnects=2)
+    resume.seen(start)
+    assert resume.offset == 10
+    lost = sc.ConnectionFailed("gone")
+    assert resume.retry_in(lost) == 0.5 and resume.retry_in(sc.StreamEnded("cut")) == 1.0
+    assert resume.retry_in(lost) is None  # two failures in a row without output: give up
+    resume.seen(end)  # neither a start nor the daemon's end is progress
+    assert resume.retry_in(lost) is None
+    resume.seen(chunk)
+    assert resume.offset == 11 and resume.retry_in(lost) == 0.5
+    stale = models.process_event({"type": "stdout", "data": "b", "next_offset": 3})
+    assert stale is not None
+    resume.seen(stale)
+    assert resume.offset == 11  # never back: what was shown is not shown again
+    assert resume.retry_in(sc.SocketPermissionDenied("no")) is None
+    assert resume.retry_in(api_error(404, {"error": {"message": "m"}}, None)) is None

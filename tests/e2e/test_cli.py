@@ -115,6 +115,46 @@ def test_exec_streams_output_as_it_happens(daemon: DaemonProcess) -> None:
     assert first_after < 1.5
 
 
+def test_background_processes(daemon: DaemonProcess) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return sbx(*args, socket=daemon.socket)
+
+    cid = run("create", "cli-procs").stdout.strip()
+    script = "echo first; sleep 2; echo second; echo oops >&2"
+    started = run("exec", "-d", cid, "--", "sh", "-c", script)
+    assert started.returncode == 0, started.stderr
+    pid = started.stdout.strip()
+    assert pid.startswith("proc_")
+    table = run("ps", cid)
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].split() == ["ID", "STATUS", "STARTED", "OUTPUT", "COMMAND"]
+    assert any(line.split()[:2] == [pid, "running"] for line in table.stdout.splitlines())
+    followed = run("output", cid, pid, "-f")  # until it ends
+    assert (followed.returncode, followed.stdout, followed.stderr) == (
+        0,
+        "first\nsecond\n",
+        "oops\n",
+    )
+    assert run("output", cid, pid[:10]).stdout == "first\nsecond\n"  # by a prefix
+    assert run("output", "--offset", "6", cid, pid).stdout == "second\n"
+    (listed,) = json.loads(run("ps", "--json", cid).stdout)
+    assert (listed["id"], listed["status"], listed["exit_code"]) == (pid, "exited", 0)
+
+    long = run("exec", "-d", cid, "--", "sleep", "60").stdout.strip()
+    killed = run("kill", cid, long)
+    assert (killed.returncode, killed.stdout) == (0, f"{long}\n"), killed.stderr
+    deadline = time.monotonic() + 10
+    while (found := json.loads(run("ps", "--json", cid).stdout)[-1])["status"] == "running":
+        assert time.monotonic() < deadline, found
+        time.sleep(0.1)
+    assert found["exit_code"] == 128 + 15
+    again = run("kill", "-s", "KILL", cid, long)  # it has ended: the API's 409
+    assert again.returncode == 1 and again.stderr.startswith("sandboxd: ")
+    assert run("exec", "-d", "-i", cid, "--", "cat").returncode == 2
+    assert "forget" in run("kill", "--help").stdout
+    assert run("rm", cid).returncode == 0
+
+
 def test_top_once_lists_running_containers(daemon: DaemonProcess) -> None:
     cid = sbx("create", "cli-top", socket=daemon.socket).stdout.strip()
     top = sbx("top", "--once", socket=daemon.socket)

@@ -11,7 +11,8 @@ import pytest
 from daemon import config as config_mod
 from daemon.cli import build_parser, client_target
 from daemon.clitool import config_show, output
-from daemon.clitool.containers import Console
+from daemon.clitool.containers import CommandError, Console
+from daemon.clitool.processes import signal_name, size
 from daemon.clitool.run import command_line, exit_status, split_remote, upload_name
 
 
@@ -104,3 +105,17 @@ def test_client_target_precedence() -> None:
     both = parser.parse_args(["ls", "--url", "http://h:1", "--socket", "/s"])
     assert client_target(both, env, 0) is None
     assert client_target(parser.parse_args(["ls"]), {}, 0).socket == "/run/sandboxd/sandboxd.sock"
+
+
+def test_process_commands_parse() -> None:
+    parser = build_parser()
+    detached = parser.parse_args(["exec", "-d", "ID", "--", "sleep", "9"])
+    assert (detached.detach, detached.argv) == (True, ["sleep", "9"])
+    assert parser.parse_args(["output", "-f", "ID", "proc_1"]).follow
+    assert parser.parse_args(["kill", "ID", "PID"]).signal == "TERM"
+    assert [signal_name(s) for s in ("KILL", "sigint", "SIGHUP", "15")] == [
+        "KILL", "INT", "HUP", "TERM",
+    ]  # fmt: skip
+    with pytest.raises(CommandError):
+        signal_name("99")
+    assert [size(n) for n in (12, 2048, 3 << 20)] == ["12B", "2.0K", "3.0M"]

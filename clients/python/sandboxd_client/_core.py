@@ -23,10 +23,12 @@ from sandboxd_client.errors import (
     ConnectionFailed,
     ProtocolError,
     SandboxdError,
+    ShuttingDown,
     SocketPermissionDenied,
     Timeout,
     api_error,
 )
+from sandboxd_client.models import OutputEnd, OutputStart, ProcessEvent
 
 CHUNK = 256 << 10
 MAX_SSE_EVENT = 32 << 20  # one event carries at most one output slice; this is generous
@@ -43,6 +45,7 @@ USER_AGENT = "sandboxd-client/0.1"
 Source = Union[bytes, str, "os.PathLike[str]"]  # runs on 3.10
 Destination = Union[str, "os.PathLike[str]", IO[bytes]]
 PAGE = 100  # the largest page every list endpoint serves
+MAX_RECONNECTS = 5  # a followed output stream, lost this often in a row without output: give up
 
 
 class _Unset:
@@ -181,6 +184,37 @@ def _retry_after(value: str | None) -> float | None:
     except ValueError:
         return None  # an HTTP date: fall back to our own backoff
     return max(0.0, seconds)
+
+
+class Resume:
+    """Where a followed process's output stream goes on after a lost connection, and when.
+
+    The offset is the furthest one the events named (never moved back: a reconnect repeats
+    nothing it already showed). Reconnects back off; only output resets the count of
+    failures in a row, so a daemon that keeps accepting and ending streams (while it shuts
+    down) cannot hold a follower in a loop."""
+
+    def __init__(self, offset: int, max_reconnects: int) -> None:
+        self.offset = offset
+        self.max_reconnects = max_reconnects
+        self.failures = 0
+
+    def seen(self, event: ProcessEvent) -> None:
+        at = event.offset if isinstance(event, OutputStart) else event.next_offset
+        self.offset = max(self.offset, at)
+        if not isinstance(event, OutputStart | OutputEnd):
+            self.failures = 0
+
+    def retry_in(self, exc: SandboxdError) -> float | None:
+        """Seconds to wait before reconnecting after `exc`; None: give up, raise it."""
+        lost = isinstance(exc, ConnectionFailed | ProtocolError | ShuttingDown)
+        if not lost or isinstance(exc, SocketPermissionDenied):
+            return None  # an answer (no such process, ...): reconnecting cannot change it
+        if self.failures >= self.max_reconnects:
+            return None
+        delay = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0**self.failures)
+        self.failures += 1
+        return delay
 
 
 class SseDecoder:

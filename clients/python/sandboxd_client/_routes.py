@@ -164,6 +164,58 @@ def delete_code_session(cid: str, session_id: str) -> Call:
     return Call("DELETE", f"{container(cid)}/code/sessions/{_seg(session_id)}")
 
 
+# ---------------------------------------------------------------- background processes
+
+
+def processes(cid: str) -> str:
+    return f"{container(cid)}/processes"
+
+
+def start_process(
+    cid: str, command: str, env: Mapping[str, str] | None, working_directory: str | None
+) -> Call:
+    body = _set(
+        {"command": command},
+        env=dict(env) if env is not None else None,
+        working_directory=working_directory,
+    )
+    return Call("POST", processes(cid), json=body, idempotent=True)
+
+
+def list_processes(cid: str, limit: int | None, order: str | None, after: str | None) -> Call:
+    return Call("GET", processes(cid), params=_query(limit=limit, order=order, after=after))
+
+
+def process(cid: str, pid: str) -> str:
+    return f"{processes(cid)}/{_seg(pid)}"
+
+
+def retrieve_process(cid: str, pid: str) -> Call:
+    return Call("GET", process(cid, pid))
+
+
+def delete_process(cid: str, pid: str) -> Call:
+    return Call("DELETE", process(cid, pid))
+
+
+def process_output(cid: str, pid: str, offset: int, stream: bool) -> Call:
+    params: dict[str, str | int] = {"offset": offset}
+    if stream:
+        params["stream"] = "true"
+    return Call("GET", f"{process(cid, pid)}/output", params=params, stream=stream)
+
+
+def process_input(cid: str, pid: str, data: str, eof: bool) -> Call:
+    body: dict[str, Any] = {"data": data}
+    if eof:
+        body["eof"] = True
+    return Call("POST", f"{process(cid, pid)}/input", json=body)
+
+
+def signal_process(cid: str, pid: str, signal: str) -> Call:
+    return Call("POST", f"{process(cid, pid)}/signal", json={"signal": signal})
+
+
 # ---------------------------------------------------------------- /v1/files
 
 

@@ -19,7 +19,7 @@ import httpx2
 from sandboxd_client import _core, _routes
 from sandboxd_client._core import PAGE, UNSET, Call, Destination, RetryPolicy, Source
 from sandboxd_client.discovery import Target, discover
-from sandboxd_client.errors import StreamEnded
+from sandboxd_client.errors import SandboxdError, StreamEnded
 from sandboxd_client.models import (
     CodeEvent,
     CodeResult,
@@ -34,12 +34,19 @@ from sandboxd_client.models import (
     ExecResult,
     FileObject,
     Model,
+    OutputEnd,
     Page,
+    Process,
+    ProcessEvent,
+    ProcessExit,
+    ProcessInput,
+    ProcessOutput,
     Skill,
     SkillVersion,
     code_event,
     exec_event,
     parse_page,
+    process_event,
 )
 
 M = TypeVar("M", bound=Model)
@@ -85,6 +92,7 @@ class Client:
         self.containers = Containers(self)
         self.files = Files(self)
         self.skills = Skills(self)
+        self.processes = Processes(self)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -440,6 +448,123 @@ class ContainerFiles:
 
     def delete(self, container_id: str, file_id: str) -> Deleted:
         return self._c._model(Deleted, _routes.delete_container_file(container_id, file_id))
+
+
+class Processes:
+    """A container's background processes: commands that run on after the call that
+    started them, with their output kept in a ring to read from any offset."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def start(
+        self,
+        container_id: str,
+        command: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        working_directory: str | None = None,
+    ) -> Process:
+        """Start `command` (one shell line) in the background; it runs until it ends, is
+        signalled or deleted, or the container goes."""
+        call = _routes.start_process(container_id, command, env, working_directory)
+        return self._c._model(Process, call)
+
+    def list(
+        self, container_id: str, *, order: str = "asc", page_size: int = PAGE
+    ) -> Iterator[Process]:
+        """Every process the daemon keeps for the container, running and ended."""
+        call = _routes.list_processes(container_id, page_size, order, None)
+        return self._c._pages(Process, call)
+
+    def page(
+        self,
+        container_id: str,
+        *,
+        limit: int | None = None,
+        order: str | None = None,
+        after: str | None = None,
+    ) -> Page[Process]:
+        call = _routes.list_processes(container_id, limit, order, after)
+        return parse_page(Process, self._c._json(call))
+
+    def retrieve(self, container_id: str, process_id: str) -> Process:
+        return self._c._model(Process, _routes.retrieve_process(container_id, process_id))
+
+    def delete(self, container_id: str, process_id: str) -> Deleted:
+        """SIGKILL to its whole group, then the daemon forgets it and its output."""
+        return self._c._model(Deleted, _routes.delete_process(container_id, process_id))
+
+    def read(self, container_id: str, process_id: str, *, offset: int = 0) -> ProcessOutput:
+        """Its output from byte `offset` on (a bounded slice: go on from `next_offset`)."""
+        call = _routes.process_output(container_id, process_id, offset, stream=False)
+        return self._c._model(ProcessOutput, call)
+
+    def stream(
+        self,
+        container_id: str,
+        process_id: str,
+        *,
+        offset: int = 0,
+        timeout: float | None = UNSET,
+    ) -> Generator[ProcessEvent, None, None]:
+        """One connection's output events from `offset`: OutputStart, ProcessChunks as they
+        arrive, then ProcessExit once the process has ended (or OutputEnd when the daemon
+        stops). A lost connection raises; `follow` reconnects instead."""
+        call = _routes.process_output(container_id, process_id, offset, stream=True)
+        events = self._c._events(call, timeout)
+        try:  # closed here, on every way out: the connection goes with it
+            for raw in events:
+                event = process_event(raw)
+                if event is not None:
+                    yield event
+                if isinstance(event, ProcessExit | OutputEnd):
+                    return
+        finally:
+            events.close()
+        raise StreamEnded("the output stream ended before the process did")
+
+    def follow(
+        self,
+        container_id: str,
+        process_id: str,
+        *,
+        offset: int = 0,
+        max_reconnects: int = _core.MAX_RECONNECTS,
+    ) -> Generator[ProcessEvent, None, None]:
+        """Output events from `offset` until the process ends (the last is ProcessExit),
+        across lost connections and a daemon restart: each reconnect resumes at the last
+        `next_offset` (an OutputStart begins each connection), after a growing wait; it
+        gives up after `max_reconnects` failures in a row without output."""
+        resume = _core.Resume(offset, max_reconnects)
+        while True:
+            events = self.stream(container_id, process_id, offset=resume.offset)
+            try:
+                for event in events:
+                    resume.seen(event)
+                    if isinstance(event, OutputEnd):
+                        raise StreamEnded(f"the daemon ended the output stream ({event.reason})")
+                    yield event
+                    if isinstance(event, ProcessExit):
+                        return
+            except SandboxdError as exc:
+                delay = resume.retry_in(exc)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+            finally:
+                events.close()
+
+    def write(
+        self, container_id: str, process_id: str, data: str, *, eof: bool = False
+    ) -> ProcessInput:
+        """Text to its stdin; `eof` closes its stdin after it."""
+        call = _routes.process_input(container_id, process_id, data, eof)
+        return self._c._model(ProcessInput, call)
+
+    def signal(self, container_id: str, process_id: str, signal: str = "TERM") -> Process:
+        """A signal (INT, TERM, KILL, HUP, QUIT, USR1, USR2) to its process group."""
+        return self._c._model(Process, _routes.signal_process(container_id, process_id, signal))
 
 
 class Files:

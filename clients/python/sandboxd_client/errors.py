@@ -96,6 +96,18 @@ class RequestInFlight(Conflict):
     code = "request_in_flight"
 
 
+class TooManyProcesses(Conflict):
+    """The container runs as many background processes as it may; one must end first."""
+
+    code = "too_many_processes"
+
+
+class ProcessExited(Conflict):
+    """Input or a signal for a background process that has ended."""
+
+    code = "process_exited"
+
+
 class PayloadTooLarge(APIError):
     code = "payload_too_large"
 
@@ -144,7 +156,7 @@ _CODED: tuple[type[APIError], ...] = (
     InvalidRequest, UnknownParameter, ContainerExpired, Unauthorized, NotFound, SessionBusy,
     IdempotencyKeyReused, RequestInFlight, PayloadTooLarge, QuotaExceeded, CapacityExceeded,
     SandboxBusy, SandboxFailed, SandboxUnavailable, ProxyUnavailable, ShuttingDown,
-    SandboxTimeout, StorageFull,
+    SandboxTimeout, StorageFull, TooManyProcesses, ProcessExited,
 )  # fmt: skip
 BY_CODE: dict[str, type[APIError]] = {cls.code: cls for cls in _CODED if cls.code is not None}
 BY_STATUS: dict[int, type[APIError]] = {

@@ -218,8 +218,102 @@ class CodeSession(Model):
     status: str  # idle | busy | dead
 
 
+@dataclass(frozen=True)
+class Process(Model):
+    """A background process (`killed`: oom or pids, when the daemon saw it die of that)."""
+
+    id: str
+    container_id: str
+    command: str
+    status: str  # running | exited
+    created_at: int
+    output_bytes: int  # every byte it wrote, both streams: the end of its output
+    exit_code: int | None = None  # 128 + n when signal n ended it
+    ended_at: int | None = None
+    killed: str | None = None
+    tty: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+
+@dataclass(frozen=True)
+class ProcessOutputItem(Model):
+    stream: Literal["stdout", "stderr"]
+    data: str
+
+
+@dataclass(frozen=True)
+class ProcessOutput(Model):
+    """A read of a process's output: from `offset` (after `dropped` bytes the ring no longer
+    held) to `next_offset`, where the next read continues; `process` as it was then."""
+
+    process_id: str
+    offset: int
+    dropped: int
+    next_offset: int
+    output: list[ProcessOutputItem]
+    process: Process
+
+    @property
+    def stdout(self) -> str:
+        return "".join(item.data for item in self.output if item.stream == "stdout")
+
+    @property
+    def stderr(self) -> str:
+        return "".join(item.data for item in self.output if item.stream == "stderr")
+
+
+@dataclass(frozen=True)
+class ProcessInput(Model):
+    """What a write to a process's stdin did (`pending_bytes`: written, not yet read)."""
+
+    id: str
+    bytes: int
+    eof: bool
+    pending_bytes: int
+
+
+@dataclass(frozen=True)
+class OutputStart(Model):
+    """The first event of each output stream (and again after a reader fell behind the
+    ring): the output continues at `offset`, `dropped` bytes were lost before it."""
+
+    offset: int
+    dropped: int
+
+
+@dataclass(frozen=True)
+class ProcessChunk(Model):
+    """Output of a process as it arrives; a stream reconnected at `next_offset` goes on
+    after it."""
+
+    type: Literal["stdout", "stderr"]
+    data: str
+    next_offset: int
+
+
+@dataclass(frozen=True)
+class ProcessExit(Model):
+    """The last event of an output stream: the process has ended and its output is drained."""
+
+    next_offset: int
+    process: Process
+
+
+@dataclass(frozen=True)
+class OutputEnd(Model):
+    """An output stream the daemon ended without the process ending (`reason`: shutdown);
+    reconnecting at `next_offset` goes on where it stopped."""
+
+    reason: str
+    next_offset: int
+
+
 ExecEvent = Union[OutputChunk, CommandFinished, ExecDone]  # runs on 3.10
 CodeEvent = Union[OutputChunk, CodeResult]
+ProcessEvent = Union[OutputStart, ProcessChunk, ProcessExit, OutputEnd]
 
 
 @dataclass(frozen=True)
@@ -262,6 +356,21 @@ def code_event(data: dict[str, Any]) -> CodeEvent | None:
         return OutputChunk.parse(data)
     if kind == "result":
         return CodeResult.parse(data)
+    return None
+
+
+def process_event(data: dict[str, Any]) -> ProcessEvent | None:
+    """The typed event of a process's output stream; None for a kind this client does not
+    know."""
+    kind = data.get("type")
+    if kind in ("stdout", "stderr"):
+        return ProcessChunk.parse(data)
+    if kind == "start":
+        return OutputStart.parse(data)
+    if kind == "exit":
+        return ProcessExit.parse(data)
+    if kind == "end":
+        return OutputEnd.parse(data)
     return None
 
 
