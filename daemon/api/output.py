@@ -129,18 +129,37 @@ async def json_reply(request: web.Request, value: Any) -> web.StreamResponse:
     return await writer.finish()
 
 
+class _Text:
+    """One output stream's decoder, the fields of its events, and (for output read at byte
+    offsets) where the bytes its decoder still holds begin."""
+
+    __slots__ = ("decoder", "fields", "held_at")
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.decoder = _text_decoder()
+        self.fields = fields
+        self.held_at: int | None = None
+
+
 class SseReply:
     """A 200 `text/event-stream` reply: one `data: <json>` event per send.
 
     `output` decodes the bytes of one output stream (named by a key) into events carrying its
     text; `flush` sends what its decoder still holds (an incomplete character at the end of
     a command becomes U+FFFD). A write to a client that went away raises ConnectionResetError:
-    let it end the operation whose output it was (the API's middleware then closes quietly)."""
+    let it end the operation whose output it was (the API's middleware then closes quietly).
+
+    Output read at absolute byte offsets (a process's ring: `output(..., at=)`) gives each
+    text event a `next_offset`: where a client that reconnects resumes, just past the bytes
+    whose text it has and before any byte a decoder still holds, of any stream: a reconnect
+    from it loses nothing, and repeats something only when one stream's character was split
+    around the other stream's write (that write's text then comes again)."""
 
     def __init__(self, response: web.StreamResponse) -> None:
         self.response = response
         self.last_write = asyncio.get_running_loop().time()
-        self._texts: dict[Hashable, tuple[codecs.IncrementalDecoder, dict[str, Any]]] = {}
+        self._texts: dict[Hashable, _Text] = {}
+        self._position = 0  # just past the last byte given to a decoder (offset mode)
 
     @classmethod
     async def open(cls, request: web.Request) -> SseReply:
@@ -178,22 +197,41 @@ class SseReply:
                 quiet = 0.0
             await asyncio.sleep(every_s - quiet)
 
-    async def output(self, key: Hashable, data: bytes, **fields: Any) -> None:
-        """Events {**fields, "data": text} for `data`, at most SLICE bytes of it per event."""
-        decoder, _ = self._texts.setdefault(key, (_text_decoder(), fields))
+    async def output(
+        self, key: Hashable, data: bytes, *, at: int | None = None, **fields: Any
+    ) -> None:
+        """Events {**fields, "data": text} for `data`, at most SLICE bytes of it per event;
+        `at`: the absolute offset of `data`'s first byte (see the class docstring)."""
+        state = self._texts.setdefault(key, _Text(fields))
+        state.fields = fields
         for piece in _slices(data):
-            if text := decoder.decode(piece):
-                await self._text_event(fields, text)
+            text = state.decoder.decode(piece)
+            if at is not None:
+                at += len(piece)
+                self._position = max(self._position, at)
+                held = len(state.decoder.getstate()[0])
+                state.held_at = at - held if held else None
+            if text:
+                await self._text_event(self._with_offset(state.fields, at), text)
                 await asyncio.sleep(0)
+
+    def _with_offset(self, fields: dict[str, Any], at: int | None) -> dict[str, Any]:
+        if at is None:
+            return fields
+        held = [s.held_at for s in self._texts.values() if s.held_at is not None]
+        return {**fields, "next_offset": min([self._position, *held])}
 
     async def _text_event(self, fields: dict[str, Any], text: str) -> None:
         head = _dumps({**fields, "data": ""})[:-2]  # ... "data":"
         await self._write(head + _text_json(text) + '"}')
 
     async def flush(self, key: Hashable) -> None:
-        found = self._texts.pop(key, None)
-        if found is not None and (tail := found[0].decode(b"", True)):
-            await self._text_event(found[1], tail)
+        state = self._texts.pop(key, None)
+        if state is not None and (tail := state.decoder.decode(b"", True)):
+            offsets = state.held_at is not None
+            await self._text_event(
+                self._with_offset(state.fields, self._position if offsets else None), tail
+            )
 
     async def flush_all(self) -> None:
         for key in list(self._texts):

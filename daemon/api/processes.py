@@ -159,8 +159,8 @@ async def output(request: web.Request) -> web.StreamResponse:
         async def sink(event: OutputEvent) -> None:
             nonlocal at
             if isinstance(event, ExecChunk):
+                await events.output(event.stream, event.data, at=at, type=event.stream)
                 at += len(event.data)
-                await events.output(event.stream, event.data, type=event.stream, next_offset=at)
             elif isinstance(event, OutputStart):
                 at = event.offset
                 await events.flush_all()

@@ -149,3 +149,59 @@ async def test_a_domain_error_ends_the_stream_with_an_error_event(
     events = [json.loads(f.removeprefix(b"data: ")) for f in frames]
     assert [e["type"] for e in events] == ["stderr", "stderr", "error"]
     assert events[-1]["error"]["code"] == "sandbox_busy"
+
+
+async def test_output_read_at_offsets_says_where_a_reconnect_resumes(
+    serve: Callable[[Handler], Awaitable[TestClient]],
+) -> None:
+    """A process's ring, stdout and stderr interleaved at absolute offsets: every text event's
+    `next_offset` is where a reconnect resumes without losing a byte, also for a chunk split
+    into several events and for a character one stream's decoder still holds when the other
+    stream writes (then, and only then, the other stream's text before it comes again)."""
+    big = b"x" * (SLICE + 100) + EURO + b"y" * (SLICE - 1) + EURO
+    ring = [
+        ("stdout", b"a" + EURO[:2]),  # held: the rest comes after a stderr chunk
+        ("stderr", b"err1\n"),
+        ("stdout", EURO[2:] + b"b\n"),
+        ("stderr", big),  # several events of one chunk
+        ("stdout", b"end" + EURO[:1]),  # incomplete at the very end: flushed as U+FFFD
+    ]
+    start = 1000  # the ring's first retained byte
+
+    async def run(events: SseReply) -> dict[str, object]:
+        at = start
+        for stream, data in ring:
+            await events.output(stream, data, at=at, type=stream)
+            at += len(data)
+        return {"type": "exit", "next_offset": at}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await sse_response(request, run, keepalive_s=10)
+
+    client = await serve(handler)
+    raw = await (await client.get("/")).read()
+    events = [json.loads(f.removeprefix(b"data: ")) for f in raw[:-2].split(b"\n\n")]
+    assert len(events) > len(ring)  # the big chunk went out in slices
+
+    def decoded_upto(end: int) -> dict[str, str]:
+        """Each stream's text of the ring's bytes before `end` (complete characters only)."""
+        kept: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+        at = start
+        for stream, data in ring:
+            kept[stream] += data[: max(0, end - at)]
+            at += len(data)
+        return {s: b.decode("utf-8", "ignore") for s, b in kept.items()}
+
+    seen = {"stdout": "", "stderr": ""}
+    offsets = []
+    for event in events[:-1]:
+        seen[event["type"]] += event["data"]
+        offsets.append(event["next_offset"])
+        before = decoded_upto(event["next_offset"])
+        for stream in seen:  # everything before the offset was seen: nothing is lost
+            assert seen[stream].startswith(before[stream].rstrip("\ufffd")), event
+        if event["next_offset"] not in (1001, 1006):  # while stdout holds half a euro sign
+            assert before == {s: t.rstrip("\ufffd") for s, t in seen.items()}, event
+    assert offsets == sorted(offsets) and offsets[-1] == events[-1]["next_offset"]
+    assert seen["stderr"] == "err1\n" + big.decode()
+    assert seen["stdout"] == "a\u20acb\nend\ufffd"
