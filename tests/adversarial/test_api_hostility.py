@@ -37,6 +37,7 @@ def _url_for(path: str, container_id: str) -> str:
         path.replace("{container_id}", container_id)
         .replace("{file_id}", "file_0123456789abcdef")
         .replace("{session_id}", "default")
+        .replace("{process_id}", "proc_" + "0" * 32)
     )
 
 
@@ -58,12 +59,16 @@ def alice_box(daemon: DaemonHandle) -> Iterator[str]:
 def test_another_owner_gets_404_on_every_container_route(
     daemon: DaemonHandle, alice_box: str
 ) -> None:
-    """Bob tries every route of Alice's container (read, exec, code, files, events, delete):
-    each is a 404 that does not even confirm the container exists, and nothing changed."""
+    """Bob tries every route of Alice's container (read, exec, code, files, processes, events,
+    delete): each is a 404 that does not even confirm the container exists, and nothing
+    changed."""
     bodies: dict[str, dict[str, object]] = {
         "/exec": {"json": {"commands": ["touch /mnt/data/pwned"]}},
         "/code": {"json": {"code": "open('/mnt/data/pwned', 'w')"}},
         "/files": {"files": {"file": ("pwned", b"x")}},
+        "/processes": {"json": {"command": "touch /mnt/data/pwned"}},
+        "/input": {"json": {"data": "pwned\n"}},
+        "/signal": {"json": {"signal": "KILL"}},
     }
     with _tcp(daemon, "bob") as bob, _tcp(daemon, "alice") as alice:
         unknown = "cntr_" + "0" * 48
