@@ -1,0 +1,169 @@
+"""Ports through the API, in real sandboxes: a server started as a background process is
+reached at /v1/containers/{id}/ports/{port}/{path} (a directory listing, a body echoed with
+the request's path and query, a response of a few MB streamed whole), a closed port is a 502
+in our error shape, a bad port 400, and another owner's request 404."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import httpx2
+import pytest
+
+from tests.api.conftest import DaemonHandle, exec_
+
+pytestmark = pytest.mark.root
+
+# A tiny HTTP/1.1 echo server: the body back (Content-Length or chunked), and what it saw of
+# the request in X-Seen-* headers.
+ECHO = r"""
+import http.server, sys
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if not size:
+                    self.rfile.readline()
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Seen-Path", self.path)
+        self.send_header("X-Seen-Host", self.headers.get("Host", ""))
+        self.send_header("X-Seen-Auth", self.headers.get("Authorization", "none"))
+        self.send_header("X-Seen-Custom", self.headers.get("X-Custom", ""))
+        self.send_header("X-Seen-Chunked", self.headers.get("Transfer-Encoding", ""))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
+def start(raw: httpx2.Client, cid: str, command: str) -> None:
+    r = raw.post(f"/v1/containers/{cid}/processes", json={"command": command})
+    assert r.status_code == 200, r.text
+
+
+def wait_listening(raw: httpx2.Client, cid: str, port: int) -> None:
+    """Until the port answers through the route (502 while nothing listens yet)."""
+    deadline = time.monotonic() + 20
+    while (r := raw.get(f"/v1/containers/{cid}/ports/{port}/")).status_code == 502:
+        assert time.monotonic() < deadline, f"port {port} never listened: {r.text}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def served(raw: httpx2.Client, container: str) -> str:
+    """The container with http.server on 8000 (serving /mnt/data) and the echo on 8001."""
+    exec_(raw, container, f"cat > /mnt/data/echo.py <<'EOF'\n{ECHO}\nEOF")
+    start(raw, container, "exec python3 -m http.server 8000 --bind 127.0.0.1")
+    start(raw, container, "exec python3 /mnt/data/echo.py 8001")
+    wait_listening(raw, container, 8000)
+    wait_listening(raw, container, 8001)
+    return container
+
+
+def test_a_servers_directory_listing_through_the_route(raw: httpx2.Client, served: str) -> None:
+    r = raw.get(f"/v1/containers/{served}/ports/8000/")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/html")
+    assert "Directory listing for /" in r.text and "echo.py" in r.text
+    assert r.headers["x-request-id"].startswith("req_")
+    head = raw.head(f"/v1/containers/{served}/ports/8000/echo.py")
+    assert head.status_code == 200 and head.content == b""
+    whole = raw.get(f"/v1/containers/{served}/ports/8000/echo.py")
+    assert int(head.headers["content-length"]) == len(whole.content) > 0
+
+
+def test_a_body_is_echoed_with_path_query_and_host(raw: httpx2.Client, served: str) -> None:
+    body = b"hello \x00\xff" * 1000
+    r = raw.post(
+        f"/v1/containers/{served}/ports/8001/a/b%20c?q=1&r=x%2Fy",
+        content=body,
+        headers={"X-Custom": "kept", "Connection": "keep-alive, X-Custom"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.content == body
+    assert r.headers["x-seen-path"] == "/a/b%20c?q=1&r=x%2Fy"
+    assert r.headers["x-seen-host"] == "127.0.0.1:8001"
+    # Named by Connection: hop-by-hop, not forwarded.
+    assert r.headers["x-seen-custom"] == ""
+    # A chunked upload is relayed chunked, as it comes.
+    chunks = [b"x" * 70000, b"y" * 5, b"z" * 100000]
+    r = raw.post(f"/v1/containers/{served}/ports/8001/up", content=iter(chunks))
+    assert r.status_code == 201, r.text
+    assert r.content == b"".join(chunks)
+    assert r.headers["x-seen-chunked"] == "chunked"
+
+
+def test_our_authorization_never_reaches_the_server(
+    daemon: DaemonHandle, raw: httpx2.Client
+) -> None:
+    alice = httpx2.Client(
+        base_url=daemon.tcp_url, headers={"Authorization": f"Bearer {daemon.keys['alice']}"}
+    )
+    bob = httpx2.Client(
+        base_url=daemon.tcp_url, headers={"Authorization": f"Bearer {daemon.keys['bob']}"}
+    )
+    with alice, bob:
+        r = alice.post("/v1/containers", json={"name": "ports-owner"})
+        assert r.status_code == 200, r.text
+        cid = r.json()["id"]
+        try:
+            exec_(raw, cid, f"cat > /mnt/data/echo.py <<'EOF'\n{ECHO}\nEOF")
+            start(raw, cid, "exec python3 /mnt/data/echo.py 8001")
+            wait_listening(raw, cid, 8001)
+            r = alice.post(f"/v1/containers/{cid}/ports/8001/", content=b"hi")
+            assert r.status_code == 201 and r.content == b"hi", r.text
+            assert r.headers["x-seen-auth"] == "none"
+            # Another owner: the container does not exist for them, whatever the port.
+            for path in ("8001/", "8001/x?y=1", "0/", "99999/"):
+                r = bob.get(f"/v1/containers/{cid}/ports/{path}")
+                assert r.status_code == 404, r.text
+                assert r.json()["error"]["code"] == "not_found"
+        finally:
+            alice.delete(f"/v1/containers/{cid}")
+
+
+def test_a_large_response_streams_through(raw: httpx2.Client, served: str) -> None:
+    out = exec_(
+        raw, served, "head -c 5000000 /dev/urandom > /mnt/data/big.bin && sha256sum big.bin"
+    )
+    digest = str(out["output"][0]["stdout"]).split()[0]  # type: ignore[index]
+    h = hashlib.sha256()
+    n = 0
+    with raw.stream("GET", f"/v1/containers/{served}/ports/8000/big.bin") as r:
+        assert r.status_code == 200
+        assert r.headers["content-length"] == "5000000"
+        for chunk in r.iter_bytes():
+            h.update(chunk)
+            n += len(chunk)
+    assert (n, h.hexdigest()) == (5_000_000, digest)
+
+
+def test_a_closed_port_is_502_in_our_error_shape(raw: httpx2.Client, container: str) -> None:
+    r = raw.get(f"/v1/containers/{container}/ports/8002/x")
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["type"], error["param"]) == (
+        "port_unreachable",
+        "server_error",
+        "port",
+    )
+    assert "8002" in error["message"]
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "abc", "-1", "080000"])
+def test_a_bad_port_is_400(raw: httpx2.Client, container: str, port: str) -> None:
+    r = raw.get(f"/v1/containers/{container}/ports/{port}/")
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "port"
