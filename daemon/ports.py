@@ -52,8 +52,12 @@ REQUEST_DROPPED = frozenset(
         "expect",
     }
 )
+# The daemon's own: the request id of this call, and the mark of a relayed response.
+RELAYED = "x-sandboxd-port"
 RESPONSE_DROPPED = frozenset(
     {
+        "x-request-id",
+        RELAYED,
         "connection",
         "keep-alive",
         "proxy-connection",

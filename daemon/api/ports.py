@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from daemon.api.context import PORTS, caller_of
-from daemon.ports import CHUNK, RelayRequest
+from daemon.ports import CHUNK, RELAYED, RelayRequest
 
 ROUTE = "/ports/{port}/{path:.*}"
 
@@ -47,6 +47,8 @@ async def relay(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=reply.status, reason=reply.reason or None)
         for name, value in reply.headers:
             response.headers.add(name, value)
+        # The server's answer, whatever its status: a client tells it from the daemon's errors.
+        response.headers[RELAYED] = str(int(request.match_info["port"]))
         if reply.content_length is not None:
             response.content_length = reply.content_length
         await response.prepare(request)

@@ -78,6 +78,7 @@ def test_a_servers_directory_listing_through_the_route(raw: httpx2.Client, serve
     assert r.headers["content-type"].startswith("text/html")
     assert "Directory listing for /" in r.text and "echo.py" in r.text
     assert r.headers["x-request-id"].startswith("req_")
+    assert r.headers["x-sandboxd-port"] == "8000"  # the server's answer, not the daemon's
     head = raw.head(f"/v1/containers/{served}/ports/8000/echo.py")
     assert head.status_code == 200 and head.content == b""
     whole = raw.get(f"/v1/containers/{served}/ports/8000/echo.py")
@@ -160,6 +161,7 @@ def test_a_closed_port_is_502_in_our_error_shape(raw: httpx2.Client, container: 
         "port",
     )
     assert "8002" in error["message"]
+    assert "x-sandboxd-port" not in r.headers
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "abc", "-1", "080000"])
