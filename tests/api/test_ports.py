@@ -149,6 +149,13 @@ def test_a_large_response_streams_through(raw: httpx2.Client, served: str) -> No
             h.update(chunk)
             n += len(chunk)
     assert (n, h.hexdigest()) == (5_000_000, digest)
+    # A client that goes away mid-body ends the relay (and lets go of the container).
+    with raw.stream("GET", f"/v1/containers/{served}/ports/8000/big.bin") as r:
+        next(r.iter_raw(65536))
+    deadline = time.monotonic() + 10
+    while "sandboxd_port_relays_open 0.0" not in raw.get("/metrics").text:
+        assert time.monotonic() < deadline, "the relay stayed open"
+        time.sleep(0.05)
 
 
 def test_a_closed_port_is_502_in_our_error_shape(raw: httpx2.Client, container: str) -> None:
