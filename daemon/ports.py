@@ -125,8 +125,12 @@ def request_head(port: int, req: RelayRequest) -> bytes:
     elif req.content_length is not None:
         lines.append(f"Content-Length: {req.content_length}")
     lines.append("Connection: close")
-    # Header values come from aiohttp's parser (no CR/LF in them): latin-1 keeps their bytes.
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    # aiohttp's parser refused CR/LF in them and decoded their bytes as UTF-8 with
+    # surrogateescape: encoding them back so sends the server the bytes the client sent.
+    try:
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise InvalidRequest("The request's headers cannot be relayed as sent.") from None
 
 
 @dataclass(frozen=True)
