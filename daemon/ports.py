@@ -7,7 +7,9 @@ connects to its own loopback and the agent connection then carries the TCP strea
 connection (`Connection: close`): the request line and its filtered headers, the body as it
 arrives from the client (with its length, or re-chunked), then the response's status and
 headers, read within a bound (504 beyond), and its body streamed back as it comes, by its
-length, its chunks or until the server closes. Neither body is ever held whole.
+length, its chunks or until the server closes. Neither body is ever held whole. A WebSocket
+handshake is made to the server with the daemon's own key; on its 101 the API side relays
+messages over the same stream (daemon/api/ports.py, daemon/websocket.py).
 
 Every relay holds the container active and one of its agent connections; at most
 `ports.max_relays` are open per container (429 beyond: a slot frees as soon as one ends,
@@ -24,6 +26,7 @@ import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
+from daemon import websocket
 from daemon.config import Config
 from daemon.containers import Caller, ContainerService
 from daemon.errors import InvalidRequest, PortTimeout, PortUnreachable, TooManyRelays
@@ -70,6 +73,15 @@ RESPONSE_DROPPED = frozenset(
         "content-length",
     }
 )
+# The daemon makes its own handshake with the server (daemon/websocket.py).
+WEBSOCKET_OWN = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-accept",
+    }
+)
 CHUNK = 64 << 10
 MAX_CHUNK_LINE = 4096  # a chunk-size line, or one trailer line
 MAX_TRAILER_LINES = 100
@@ -84,6 +96,7 @@ class RelayRequest:
     content_length: int | None  # None with `chunked`, or without a body
     chunked: bool
     body: AsyncIterator[bytes]
+    websocket: bool = False  # a WebSocket handshake the caller's side has checked
 
 
 @dataclass(frozen=True)
@@ -93,6 +106,8 @@ class RelayResponse:
     headers: list[tuple[str, str]]  # hop-by-hop ones removed
     content_length: int | None  # as the server stated it (None: chunked or until close)
     body: AsyncIterator[bytes]
+    # After a 101 to a WebSocket handshake: the stream the server's frames come on.
+    websocket: PortStream | None = None
 
 
 def check_port(text: str) -> int:
@@ -112,19 +127,39 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
     }
 
 
-def request_head(port: int, req: RelayRequest) -> bytes:
+def wants_websocket(method: str, headers: Iterable[tuple[str, str]]) -> bool:
+    """A WebSocket handshake: GET with Upgrade: websocket and Connection: upgrade."""
+    pairs = list(headers)
+    upgrade = {
+        token.strip().lower()
+        for name, value in pairs
+        if name.lower() == "upgrade"
+        for token in value.split(",")
+    }
+    return method == "GET" and "websocket" in upgrade and "upgrade" in _connection_tokens(pairs)
+
+
+def request_head(port: int, req: RelayRequest, ws_key: str | None = None) -> bytes:
+    """The request line and headers for the server; with `ws_key`, the daemon's own WebSocket
+    handshake (its key, version 13, no extension; the caller's subprotocols kept)."""
     listed = _connection_tokens(req.headers)
     lines = [f"{req.method} {req.target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     for name, value in req.headers:
         low = name.lower()
         if low in REQUEST_DROPPED or low in listed:
             continue
+        if ws_key is not None and low in WEBSOCKET_OWN:
+            continue
         lines.append(f"{name}: {value}")
-    if req.chunked:
-        lines.append("Transfer-Encoding: chunked")
-    elif req.content_length is not None:
-        lines.append(f"Content-Length: {req.content_length}")
-    lines.append("Connection: close")
+    if ws_key is not None:
+        lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {ws_key}"]
+        lines.append("Sec-WebSocket-Version: 13")
+    else:
+        if req.chunked:
+            lines.append("Transfer-Encoding: chunked")
+        elif req.content_length is not None:
+            lines.append(f"Content-Length: {req.content_length}")
+        lines.append("Connection: close")
     # aiohttp's parser refused CR/LF in them and decoded their bytes as UTF-8 with
     # surrogateescape: encoding them back so sends the server the bytes the client sent.
     try:
@@ -200,8 +235,9 @@ class PortService:
                 self._sandboxes.agent(cid, "port relay") as agent,
                 agent.port(port, self._cfg.connect_timeout_ms) as stream,
             ):
-                await self._send(stream, request_head(port, req), req)
-                yield await self._response(stream, req.method)
+                ws_key = websocket.new_key() if req.websocket else None
+                await self._send(stream, request_head(port, req, ws_key), req)
+                yield await self._response(stream, req.method, ws_key)
         finally:
             self._open[cid] -= 1
             if not self._open[cid]:
@@ -222,6 +258,8 @@ class PortService:
         The whole request goes before the response is read: a server that answers early and
         stops reading is bounded by the idle timeout."""
         await self._write(stream, head)
+        if req.websocket:
+            return  # a handshake has no body; the connection is the server's frames after it
         sent = 0
         async for chunk in req.body:
             if not chunk:
@@ -233,7 +271,13 @@ class PortService:
             await self._write(stream, b"0\r\n\r\n")
         self._metrics.port_relay_bytes.labels("request").inc(sent)
 
-    async def _response(self, stream: PortStream, method: str) -> RelayResponse:
+    def counted(self, direction: str, n: int) -> None:
+        """Bytes relayed (a WebSocket's messages, which the API side pumps)."""
+        self._metrics.port_relay_bytes.labels(direction).inc(n)
+
+    async def _response(
+        self, stream: PortStream, method: str, ws_key: str | None = None
+    ) -> RelayResponse:
         reader = stream.reader
         limit = self._cfg.max_header_bytes
         try:
@@ -246,7 +290,6 @@ class PortService:
                         )
                     head = parse_head(raw)
                     # Interim answers (100 Continue, 103 Early Hints): the final one follows.
-                    # 101 is refused below: upgrades are not relayed (Upgrade is dropped).
                     if not 100 <= head.status < 200 or head.status == 101:
                         break
         except TimeoutError as exc:
@@ -260,9 +303,9 @@ class PortService:
             ) from exc
         except asyncio.LimitOverrunError as exc:
             raise PortUnreachable(f"The server's response headers exceed {limit} bytes.") from exc
-        if head.status == 101:
-            raise PortUnreachable("The server in the container switched protocols: not relayed.")
         listed = _connection_tokens(head.headers)
+        if head.status == 101:
+            return self._upgraded(stream, head, ws_key)
         codings = [
             v.strip().lower()
             for n, value in head.headers
@@ -294,6 +337,14 @@ class PortService:
         else:
             body = self._until_close(reader)
         return RelayResponse(head.status, head.reason, headers, length, body)
+
+    def _upgraded(self, stream: PortStream, head: Head, ws_key: str | None) -> RelayResponse:
+        """A 101: only to the daemon's own WebSocket handshake, with the right accept."""
+        accept = {v for n, v in head.headers if n.lower() == "sec-websocket-accept"}
+        if ws_key is None or accept != {websocket.accept_for(ws_key)}:
+            raise PortUnreachable("The server in the container switched protocols: not relayed.")
+        chosen = [(n, v) for n, v in head.headers if n.lower() == "sec-websocket-protocol"]
+        return RelayResponse(101, head.reason, chosen, None, self._empty(), stream)
 
     async def _empty(self) -> AsyncIterator[bytes]:
         return

@@ -5,9 +5,11 @@ in our error shape, a bad port 400, and another owner's request 404."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
+import aiohttp
 import httpx2
 import pytest
 
@@ -45,6 +47,64 @@ class Echo(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
+# A WebSocket server of the standard library's bits: text comes back upper-cased in two
+# fragments, binary reversed, a ping is sent before each answer, close is echoed.
+WS_ECHO = r"""
+import base64, hashlib, socket, struct, sys, threading
+def frame(op, data, fin=True):
+    n = len(data)
+    head = bytes([(0x80 if fin else 0) | op])
+    if n < 126: head += bytes([n])
+    elif n < 65536: head += bytes([126]) + struct.pack("!H", n)
+    else: head += bytes([127]) + struct.pack("!Q", n)
+    return head + data
+def serve(c):
+    f = c.makefile("rb")
+    f.readline()
+    headers = {}
+    while True:
+        line = f.readline().strip()
+        if not line: break
+        k, v = line.split(b":", 1)
+        headers[k.strip().lower()] = v.strip()
+    key = headers[b"sec-websocket-key"]
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    reply = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    reply += b"Sec-WebSocket-Accept: " + accept + b"\r\n"
+    proto = headers.get(b"sec-websocket-protocol", b"").split(b",")[0].strip()
+    if proto: reply += b"Sec-WebSocket-Protocol: " + proto + b"\r\n"
+    c.sendall(reply + b"\r\n")
+    while True:
+        b0, b1 = f.read(2)
+        n = b1 & 127
+        if n == 126: n = struct.unpack("!H", f.read(2))[0]
+        elif n == 127: n = struct.unpack("!Q", f.read(8))[0]
+        mask = f.read(4)
+        raw = f.read(n)
+        key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+        data = (int.from_bytes(raw, "big") ^ key).to_bytes(n, "big")
+        op = b0 & 15
+        if op == 8:
+            c.sendall(frame(8, data))
+            break
+        if op == 10: continue
+        c.sendall(frame(9, b"are you there"))
+        if op == 1:
+            out = data.upper()
+            c.sendall(frame(1, out[:2], fin=False) + frame(0, out[2:]))
+        elif op == 2:
+            c.sendall(frame(2, data[::-1]))
+    c.close()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
 """
 
 
@@ -176,3 +236,35 @@ def test_a_bad_port_is_400(raw: httpx2.Client, container: str, port: str) -> Non
     r = raw.get(f"/v1/containers/{container}/ports/{port}/")
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "port"
+
+
+async def test_a_websocket_is_relayed_message_by_message(
+    daemon: DaemonHandle, raw: httpx2.Client, container: str
+) -> None:
+    exec_(raw, container, f"cat > /mnt/data/ws.py <<'EOF'\n{WS_ECHO}\nEOF")
+    start(raw, container, "exec python3 /mnt/data/ws.py 8003")
+    url = f"http://localhost/v1/containers/{container}/ports/8003/chat?room=1"
+    connector = aiohttp.UnixConnector(path=daemon.socket)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                ws = await session.ws_connect(url, protocols=("chat", "other"))
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                status = exc.status
+            assert status == 502 and time.monotonic() < deadline, status
+            await asyncio.sleep(0.1)
+        async with ws:
+            assert ws.protocol == "chat"
+            await ws.send_str("hello, sandbox")
+            assert await ws.receive_str(timeout=10) == "HELLO, SANDBOX"
+            big = bytes(range(256)) * 400  # 100 KiB: a 64-bit length
+            await ws.send_bytes(big)
+            assert await ws.receive_bytes(timeout=10) == big[::-1]
+            await ws.close()
+        assert ws.close_code == 1000
+    deadline = time.monotonic() + 10
+    while "sandboxd_port_relays_open 0.0" not in raw.get("/metrics").text:
+        assert time.monotonic() < deadline, "the relay stayed open"
+        await asyncio.sleep(0.05)
