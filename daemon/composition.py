@@ -31,6 +31,7 @@ from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
 from daemon.models import Status
 from daemon.pool import WarmPool
+from daemon.ports import PortService
 from daemon.processes import ProcessService
 from daemon.sandboxes import Sandboxes
 from daemon.secretbox import SecretBoxError
@@ -132,6 +133,7 @@ class Daemon:
             processes=ProcessService(
                 config, self.containers, sandboxes, self.tasks, self.shutdown, self.metrics
             ),
+            ports=PortService(config, self.containers, sandboxes, self.metrics),
             files=self.files,
             skills=self.skills,
             idempotency=self.idempotency,

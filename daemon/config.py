@@ -36,6 +36,7 @@ MAX_AGENT_RING = 16 << 20
 MAX_AGENT_RING_TOTAL = 32 << 20
 MAX_AGENT_PROCESS_INPUT = 1 << 20
 MAX_AGENT_PROCESS_COMMAND = 16 << 10
+MAX_AGENT_PORT_CONNECT_MS = 60000  # the agent's bound on one port connect
 
 
 class ConfigError(Exception):
@@ -187,6 +188,21 @@ class ProcessConfig:
 
 
 @dataclass(frozen=True)
+class PortsConfig:
+    """Requests relayed to servers inside containers (/v1/containers/{id}/ports/{port}/...)."""
+
+    # Relays open at once per container (429 beyond): each holds one of the agent's
+    # connections for as long as its response streams.
+    max_relays: int = 4
+    connect_timeout_ms: int = 5_000  # the agent's connect to 127.0.0.1:{port} inside
+    # From the request sent to the start of the response (its status and headers): 504 beyond.
+    response_timeout_s: float = 60.0
+    # Silence on an open relay (no byte either way) for this long ends it.
+    idle_timeout_s: float = 300.0
+    max_header_bytes: int = 64 << 10  # the upstream response's status line and headers
+
+
+@dataclass(frozen=True)
 class PoolConfig:
     # Pre-started sandboxes kept ready per memory tier; a create of that tier claims one.
     sizes: dict[str, int] = field(default_factory=lambda: {"1g": 2})
@@ -289,6 +305,7 @@ class Config:
     pool: PoolConfig = field(default_factory=PoolConfig)
     code: CodeConfig = field(default_factory=CodeConfig)
     processes: ProcessConfig = field(default_factory=ProcessConfig)
+    ports: PortsConfig = field(default_factory=PortsConfig)
     files: FilesConfig = field(default_factory=FilesConfig)
     skills: SkillsConfig = field(default_factory=SkillsConfig)
     idempotency: IdempotencyConfig = field(default_factory=IdempotencyConfig)
@@ -443,6 +460,23 @@ def _validate(cfg: Config) -> None:
     if not 1 <= code.default_timeout_ms <= code.max_timeout_ms:
         raise ConfigError("code.default_timeout_ms must be within 1..max_timeout_ms")
     _validate_processes(cfg.processes, cfg.agent)
+    _validate_ports(cfg.ports, cfg.agent)
+
+
+def _validate_ports(p: PortsConfig, agent: AgentConfig) -> None:
+    if not 1 <= p.max_relays < agent.connections:
+        raise ConfigError(
+            "ports.max_relays must be at least 1 and below agent.connections (each relay holds one)"
+        )
+    if not 1 <= p.connect_timeout_ms <= MAX_AGENT_PORT_CONNECT_MS:
+        raise ConfigError(f"ports.connect_timeout_ms must be within 1..{MAX_AGENT_PORT_CONNECT_MS}")
+    if not (0.01 <= p.response_timeout_s <= 3600 and 0.01 <= p.idle_timeout_s <= 86400):
+        raise ConfigError(
+            "ports.response_timeout_s must be within 0.01..3600 and ports.idle_timeout_s "
+            "within 0.01..86400"
+        )
+    if not 1024 <= p.max_header_bytes <= 1 << 20:
+        raise ConfigError("ports.max_header_bytes must be within 1024..1048576")
 
 
 def _validate_processes(p: ProcessConfig, agent: AgentConfig) -> None:

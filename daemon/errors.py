@@ -69,6 +69,25 @@ class ProcessExited(DomainError):
     code = "process_exited"
 
 
+class TooManyRelays(DomainError):
+    """The container relays as many port requests at once as it may; one must end first."""
+
+    code = "too_many_relays"
+
+
+class PortUnreachable(DomainError):
+    """Nothing accepted the connection to the port inside the sandbox, or its server sent
+    something that is not an HTTP response."""
+
+    code = "port_unreachable"
+
+
+class PortTimeout(DomainError):
+    """The server on the port inside the sandbox did not answer within the bound."""
+
+    code = "port_timeout"
+
+
 class IdempotencyKeyReused(DomainError):
     """The key was first used with another request (method, path or body)."""
 
@@ -140,11 +159,17 @@ HTTP_ERRORS: dict[type[DomainError], HttpMapping] = {
     # Admission control: the host's memory is committed; a delete (anyone's) makes room.
     CapacityExceeded: HttpMapping(429, "rate_limit_exceeded", True),
     SandboxBusy: HttpMapping(429, "rate_limit_exceeded", True, 1),
+    # A relay slot frees as soon as one of the container's open relays ends (when is not
+    # known: a response may stream for long).
+    TooManyRelays: HttpMapping(429, "rate_limit_exceeded", True),
     SandboxFailed: HttpMapping(500, "server_error", False),
+    # The sandbox's own server, not the daemon: a bad gateway, as a reverse proxy says it.
+    PortUnreachable: HttpMapping(502, "server_error", False),
     SandboxUnavailable: HttpMapping(503, "server_error", False),
     ProxyUnavailable: HttpMapping(503, "server_error", True, 2),  # health-checked every 2 s
     ShuttingDown: HttpMapping(503, "server_error", True, 2),
     SandboxTimeout: HttpMapping(504, "server_error", False),
+    PortTimeout: HttpMapping(504, "server_error", False),
     StorageFull: HttpMapping(507, "server_error", False),
 }
 UNEXPECTED = HttpMapping(500, "server_error", False)

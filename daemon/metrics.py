@@ -72,6 +72,22 @@ class Metrics:
             "Bytes of background processes' output sent to clients (reads and streams).",
             registry=r,
         )
+        self.port_relays = Counter(
+            "sandboxd_port_relays_total",
+            "Requests relayed to ports inside containers (/ports/{port}/...).",
+            registry=r,
+        )
+        self.port_relays_open = Gauge(
+            "sandboxd_port_relays_open",
+            "Port relays open now (their responses streaming).",
+            registry=r,
+        )
+        self.port_relay_bytes = Counter(
+            "sandboxd_port_relay_bytes_total",
+            "Body bytes relayed to and from ports inside containers, by direction.",
+            ["direction"],
+            registry=r,
+        )
         self.memory_committed = Gauge(
             "sandboxd_memory_committed_bytes",
             "Sum of the memory tiers of every sandbox on the host (admission control).",

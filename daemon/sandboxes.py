@@ -19,6 +19,8 @@ from daemon.errors import (
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
+    PortTimeout,
+    PortUnreachable,
     ProcessExited,
     ProxyUnavailable,
     SandboxBusy,
@@ -68,6 +70,10 @@ AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
     "process_exited": (ProcessExited, "process_id"),
     "bad_offset": (InvalidRequest, "offset"),
     "input_full": (SandboxBusy, "process_id"),
+    # ports
+    "port_refused": (PortUnreachable, "port"),
+    "port_failed": (PortUnreachable, "port"),
+    "port_timeout": (PortTimeout, "port"),
 }
 
 

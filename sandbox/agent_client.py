@@ -150,6 +150,14 @@ class OutputEnd:
     process: AgentProcess
 
 
+@dataclass(frozen=True)
+class PortStream:
+    """A relayed TCP connection inside the sandbox (AgentClient.port): raw bytes both ways."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
 class AgentConnection:
     """One framed stream to the agent; not shared between concurrent operations.
 
@@ -236,6 +244,14 @@ class AgentConnection:
         finally:
             if not stream.finished:
                 self.close()
+
+    @property
+    def reader(self) -> asyncio.StreamReader:
+        return self._reader
+
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        return self._writer
 
     def stale(self) -> bool:
         """Closed by us, or by the agent while it sat idle in the pool."""
@@ -629,6 +645,33 @@ class AgentClient:
             yield events()
             if not done:
                 conn.close()  # frames may be in flight: this connection cannot be reused
+
+    @contextlib.asynccontextmanager
+    async def port(self, port: int, connect_timeout_ms: int) -> AsyncIterator[PortStream]:
+        """A TCP connection to 127.0.0.1:`port` inside the sandbox, its bytes carried raw by
+        one agent connection (AgentError port_refused / port_timeout / port_failed). The
+        connection is used up by it: closed on the way out, never pooled again."""
+        async with self.connection() as conn:
+            await conn.send_json(
+                {"op": "port_connect", "port": port, "timeout_ms": connect_timeout_ms}
+            )
+            try:
+                async with asyncio.timeout(
+                    connect_timeout_ms / 1000 + self._limits.reply_timeout_s
+                ):
+                    kind, payload = await conn.recv_frame(bounded=False)
+            except BaseException:
+                conn.close()
+                raise
+            if kind != b"J":
+                conn.close()
+                raise AgentProtocolError("expected a JSON frame from the agent")
+            msg = decode_json(payload)
+            raise_if_error(msg)  # refused: the agent stays framed, the connection reusable
+            try:
+                yield PortStream(conn.reader, conn.writer)
+            finally:
+                conn.close()
 
     async def close(self) -> None:
         self._closed = True

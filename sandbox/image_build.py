@@ -34,7 +34,7 @@ from sandbox.spec import (
     WORKSPACE,
 )
 
-LAYOUT_VERSION = "4"
+LAYOUT_VERSION = "5"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SUITE = "bookworm"
 # What every image has (documented in README, "Images"): Python with pip and venv, TLS roots,

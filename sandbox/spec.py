@@ -19,9 +19,9 @@ WORKSPACE = "/mnt/data"
 SKILLS_DIR = "/mnt/skills"  # read-only; one folder per skill + index.json
 AGENT_DIR = "/.sandboxd"
 # The agent's modules that agent.py imports on first use (code sessions, the egress relay,
-# background processes): each bound read-only beside it in AGENT_DIR, from beside it in
+# background processes, ports): each bound read-only beside it in AGENT_DIR, from beside it in
 # sandbox/agent/ on the host.
-AGENT_LAZY_MODULES = ("sessions.py", "egress.py", "processes.py")
+AGENT_LAZY_MODULES = ("sessions.py", "egress.py", "processes.py", "ports.py")
 # The agent's bytecode, compiled once per daemon start by the sandbox's Python (see
 # sandbox/host/agent.py), bound here read-only: the agent then starts without compiling itself.
 AGENT_PYCACHE = f"{AGENT_DIR}/__pycache__"

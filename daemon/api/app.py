@@ -14,7 +14,15 @@ from aiohttp import web
 from daemon import ids
 from daemon import metrics as metrics_mod
 from daemon.api import code as code_api
-from daemon.api import container_files, containers, execute, processes, skills, user_files
+from daemon.api import (
+    container_files,
+    containers,
+    execute,
+    ports,
+    processes,
+    skills,
+    user_files,
+)
 from daemon.api.context import (
     CALLER,
     CONFIG,
@@ -30,6 +38,7 @@ from daemon.api.identity import identify
 from daemon.config import Config
 from daemon.errors import UNEXPECTED, DomainError, ShuttingDown, error_body, http_error
 from daemon.logs import container_id, request_id
+from daemon.ports import METHODS as PORT_METHODS
 from daemon.shutdown import ShutdownControl
 
 logger = logging.getLogger(__name__)
@@ -184,6 +193,11 @@ def create_app(
             web.get(cid + "/processes/{process_id}/output", processes.output),
             web.post(cid + "/processes/{process_id}/input", processes.send_input),
             web.post(cid + "/processes/{process_id}/signal", processes.send_signal),
+            # aiohttp's GET route answers HEAD too (the relay forwards it as HEAD).
+            *(
+                web.route(m, cid + ports.ROUTE, ports.relay)
+                for m in sorted(PORT_METHODS - {"HEAD"})
+            ),
             web.post("/v1/files", idempotent(user_files.create)),
             web.get("/v1/files", user_files.list_),
             web.get("/v1/files/{file_id}", user_files.retrieve),

@@ -18,6 +18,7 @@ from daemon.errors import PayloadTooLarge
 from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
 from daemon.metrics import Metrics
+from daemon.ports import PortService
 from daemon.processes import ProcessService
 from daemon.shutdown import ShutdownControl
 from daemon.skills import SkillService
@@ -33,6 +34,7 @@ class Services:
     exec: ExecService
     code: CodeService
     processes: ProcessService
+    ports: PortService
     files: FileService  # /v1/files
     skills: SkillService
     idempotency: Idempotency
@@ -45,6 +47,7 @@ CONTAINER_FILES = web.AppKey("container_files", ContainerFileService)
 EXEC = web.AppKey("exec", ExecService)
 CODE = web.AppKey("code", CodeService)
 PROCESSES = web.AppKey("processes", ProcessService)
+PORTS = web.AppKey("ports", PortService)
 FILES = web.AppKey("files", FileService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
@@ -59,6 +62,7 @@ def install(app: web.Application, services: Services) -> None:
     app[EXEC] = services.exec
     app[CODE] = services.code
     app[PROCESSES] = services.processes
+    app[PORTS] = services.ports
     app[FILES] = services.files
     app[SKILLS] = services.skills
     app[IDEMPOTENCY] = services.idempotency

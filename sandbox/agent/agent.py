@@ -23,11 +23,12 @@ Reaper.spawn), configure (environment for every later command, and the egress re
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 
 Ops of background processes (process_start, _list, _get, _output, _input, _signal, _delete,
-_wait): see processes.py.
+_wait): see processes.py. port_connect (a TCP connection to the sandbox's own loopback, after
+which the agent connection carries its raw bytes until either end closes): see ports.py.
 
 Modules beside this file, imported on first use (see load_module): sessions.py (the code ops:
-Python in persistent sessions, each an interpreter.py process), egress.py (the relay) and
-processes.py (background processes that outlive their request).
+Python in persistent sessions, each an interpreter.py process), egress.py (the relay),
+processes.py (background processes that outlive their request) and ports.py (port_connect).
 """
 
 # C modules only, besides os and sys: this file starts every sandbox, and the pure-Python
@@ -887,7 +888,7 @@ def handle_delete(conn, req):
 
 
 # ----------------------------------------------------------------- code, egress, processes
-# Their work is done in sessions.py, egress.py and processes.py, imported on first use.
+# Their work is done in sessions.py, egress.py, processes.py and ports.py, imported on first use.
 
 
 class CodeSessions:
@@ -932,7 +933,7 @@ class ProcessTable:
 
 
 def load_module(name):
-    """A module beside this one, imported on first use (sessions.py, egress.py): the agent
+    """A module beside this one, imported on first use (sessions.py, egress.py, ...): the agent
     starts every sandbox, and a sandbox should not pay at its start for what it may never
     use. They import this module as "agent", which it is made to be even when run as a
     script, so that they share its state (CONFIG_ENV) rather than load a second copy."""
@@ -1025,6 +1026,9 @@ def serve_connection(reaper, sessions, processes, conn):
                     sessions.handle(conn, req)
                 elif op in PROCESS_OPS:
                     processes.handle(conn, req)
+                elif op == "port_connect":
+                    load_module("ports").relay(conn, req)
+                    return  # the connection carried the relayed bytes: it is used up
                 elif op == "configure":
                     handle_configure(conn, req)
                 elif op == "cgroup":

@@ -22,7 +22,7 @@ from sandbox.spec import (
     WORKSPACE,
 )
 
-SKELETON_VERSION = "7"
+SKELETON_VERSION = "8"
 # Host trees bound read-only; a host top-level symlink (merged /usr) is mirrored instead.
 SYSTEM_TREES = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # Public, non-secret host /etc entries bound read-only when present (fontconfig's and, on

@@ -18,6 +18,7 @@ TRANSIENT = {
     errors.SessionBusy: (409, None),
     errors.RequestInFlight: (409, "1"),
     errors.CapacityExceeded: (429, None),  # how long until a delete makes room is not known
+    errors.TooManyRelays: (429, None),  # how long an open relay streams is not known
 }
 
 

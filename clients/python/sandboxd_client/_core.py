@@ -28,7 +28,7 @@ from sandboxd_client.errors import (
     Timeout,
     api_error,
 )
-from sandboxd_client.models import OutputEnd, OutputStart, ProcessEvent
+from sandboxd_client.models import OutputEnd, OutputStart, PortResponse, ProcessEvent
 
 CHUNK = 256 << 10
 MAX_SSE_EVENT = 32 << 20  # one event carries at most one output slice; this is generous
@@ -322,6 +322,19 @@ def _os_error(exc: BaseException) -> OSError | None:
             return current
         current = current.__cause__ or current.__context__
     return None
+
+
+RELAYED_HEADER = "x-sandboxd-port"  # on every response the ports route relayed
+
+
+def relayed(response: httpx2.Response) -> bool:
+    """Is this the server's response inside the container (any status), not the daemon's?"""
+    return RELAYED_HEADER in response.headers
+
+
+def port_response(response: httpx2.Response, content: bytes) -> PortResponse:
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() != RELAYED_HEADER]
+    return PortResponse(response.status_code, headers, content)
 
 
 def error_for(response: httpx2.Response, raw: bytes) -> APIError:

@@ -216,6 +216,16 @@ def signal_process(cid: str, pid: str, signal: str) -> Call:
     return Call("POST", f"{process(cid, pid)}/signal", json={"signal": signal})
 
 
+# ---------------------------------------------------------------- ports
+
+
+def port_path(cid: str, port: int, path: str) -> str:
+    """/ports/{port}/{path}: `path` as the server inside sees it (its own %-escapes kept)."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError("port must be an integer within 1..65535")
+    return f"{container(cid)}/ports/{port}/{path.lstrip('/')}"
+
+
 # ---------------------------------------------------------------- /v1/files
 
 

@@ -36,6 +36,7 @@ from sandboxd_client.models import (
     Model,
     OutputEnd,
     Page,
+    PortResponse,
     Process,
     ProcessEvent,
     ProcessExit,
@@ -93,6 +94,8 @@ class Client:
         self.files = Files(self)
         self.skills = Skills(self)
         self.processes = Processes(self)
+        self.ports = Ports(self)
+        self.ports = Ports(self)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -682,3 +685,48 @@ class SkillVersions:
 
     def download(self, skill_id: str, version: str | int, dest: Destination) -> int:
         return self._c._download(_routes.skill_version_content(skill_id, version), dest)
+
+
+class Ports:
+    """Servers inside a container, reached through the ports route: a request relayed to
+    127.0.0.1:{port} inside it (the container has no network interface of its own)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def request(
+        self,
+        container_id: str,
+        port: int,
+        method: str = "GET",
+        path: str = "/",
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        timeout: float | None = UNSET,
+    ) -> PortResponse:
+        """Send one request to the server on `port` and read its whole response. Whatever
+        status the server answers is returned; the daemon's own refusals (404 for an unknown
+        container, 502 when nothing listens on the port, 504 when the server is slow) raise
+        as every call's do. Sent once: a request to a server is not retried."""
+        c = self._c
+        request = c._http.build_request(
+            method.upper(),
+            _routes.port_path(container_id, port, path),
+            params=params,
+            headers=headers,
+            content=content,
+            timeout=httpx2.USE_CLIENT_DEFAULT if timeout is UNSET else _core.timeout(timeout),
+        )
+        try:
+            response = c._http.send(request, stream=True)
+            try:
+                raw = response.read()
+            finally:
+                response.close()
+        except httpx2.HTTPError as exc:
+            raise _core.translate(exc, c.target) from None
+        if response.status_code >= 400 and not _core.relayed(response):
+            raise _core.error_for(response, raw)
+        return _core.port_response(response, raw)

@@ -446,3 +446,22 @@ def _value(hint: Any, value: Any, where: str) -> Any:
     elif hint is str and isinstance(value, str):
         return value
     raise ProtocolError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r:.80}")
+
+
+@dataclass(frozen=True)
+class PortResponse:
+    """A server's response inside a container, relayed through the ports route: its status
+    (any, 4xx and 5xx included: they are the server's), headers and whole body."""
+
+    status_code: int
+    headers: list[tuple[str, str]]
+    content: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first header of that name (case-insensitive), or None."""
+        low = name.lower()
+        return next((value for key, value in self.headers if key.lower() == low), None)
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
