@@ -25,6 +25,24 @@ MAX_COMMAND_CHARS = 64 << 10
 MAX_ENV = 128
 
 
+def parse_env_cwd(body: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """`env` and `working_directory` of an exec or a process: strings of UTF-8, no NUL."""
+    env = body.get("env") or {}
+    if not isinstance(env, dict) or len(env) > MAX_ENV:
+        raise InvalidRequest(f"'env' must be an object of at most {MAX_ENV} strings.", param="env")
+    for key, value in env.items():
+        if not ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\0" in value:
+            raise InvalidRequest(f"Invalid environment variable {key[:64]!r}.", param="env")
+        utf8(value, "env")
+    cwd = get_str(body, "working_directory", default=WORKSPACE, max_len=4096)
+    if not cwd.startswith("/") or "\0" in cwd:
+        raise InvalidRequest(
+            "'working_directory' must be an absolute path.", param="working_directory"
+        )
+    utf8(cwd, "working_directory")
+    return dict(env), cwd
+
+
 def parse_exec(body: dict[str, Any], cfg: ExecConfig) -> tuple[ExecParams, bool]:
     reject_unknown(body, EXEC_KEYS)
     commands = body.get("commands")
@@ -40,25 +58,12 @@ def parse_exec(body: dict[str, Any], cfg: ExecConfig) -> tuple[ExecParams, bool]
         raise InvalidRequest(f"At most {cfg.max_commands} commands per call.", param="commands")
     if any(len(c) > MAX_COMMAND_CHARS or "\0" in c for c in commands):
         raise InvalidRequest("A command is too long or contains NUL.", param="commands")
-    env = body.get("env") or {}
-    if not isinstance(env, dict) or len(env) > MAX_ENV:
-        raise InvalidRequest(f"'env' must be an object of at most {MAX_ENV} strings.", param="env")
-    for key, value in env.items():
-        if not ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\0" in value:
-            raise InvalidRequest(f"Invalid environment variable {key[:64]!r}.", param="env")
-    cwd = get_str(body, "working_directory", default=WORKSPACE, max_len=4096)
-    if not cwd.startswith("/") or "\0" in cwd:
-        raise InvalidRequest(
-            "'working_directory' must be an absolute path.", param="working_directory"
-        )
+    env, cwd = parse_env_cwd(body)
     stdin = get_str(body, "stdin", default="", max_len=cfg.max_stdin_bytes)
     if len(utf8(stdin, "stdin")) > cfg.max_stdin_bytes:
         raise InvalidRequest(f"'stdin' exceeds {cfg.max_stdin_bytes} bytes.", param="stdin")
     for command in commands:
         utf8(command, "commands")
-    for value in env.values():
-        utf8(value, "env")
-    utf8(cwd, "working_directory")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("Invalid type for 'stream': expected a boolean.", param="stream")

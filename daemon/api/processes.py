@@ -11,14 +11,13 @@ from aiohttp import web
 from daemon import ids
 from daemon.api import serialize
 from daemon.api.context import CONFIG, PROCESSES, caller_of, read_json
-from daemon.api.execute import MAX_ENV, utf8
+from daemon.api.execute import parse_env_cwd, utf8
 from daemon.api.output import SseReply, json_reply, sse_response
-from daemon.api.validation import ENV_NAME, get_str, query_list_params, reject_unknown
+from daemon.api.validation import get_str, query_list_params, reject_unknown
 from daemon.config import MAX_AGENT_PROCESS_COMMAND, Config
 from daemon.errors import InvalidRequest, NotFound
 from daemon.processes import SIGNALS, OutputEvent, OutputRead, ProcessParams
 from sandbox.agent_client import ExecChunk, OutputEnd, OutputStart
-from sandbox.spec import WORKSPACE
 
 CREATE_KEYS = {"command", "env", "working_directory"}
 
@@ -31,20 +30,8 @@ def parse_create(body: dict[str, Any]) -> ProcessParams:
             f"'command' must be 1 to {MAX_AGENT_PROCESS_COMMAND} bytes without NUL.",
             param="command",
         )
-    env = body.get("env") or {}
-    if not isinstance(env, dict) or len(env) > MAX_ENV:
-        raise InvalidRequest(f"'env' must be an object of at most {MAX_ENV} strings.", param="env")
-    for key, value in env.items():
-        if not ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\0" in value:
-            raise InvalidRequest(f"Invalid environment variable {key[:64]!r}.", param="env")
-        utf8(value, "env")
-    cwd = get_str(body, "working_directory", default=WORKSPACE, max_len=4096)
-    if not cwd.startswith("/") or "\0" in cwd:
-        raise InvalidRequest(
-            "'working_directory' must be an absolute path.", param="working_directory"
-        )
-    utf8(cwd, "working_directory")
-    return ProcessParams(command=command, env=dict(env), working_directory=cwd)
+    env, cwd = parse_env_cwd(body)
+    return ProcessParams(command=command, env=env, working_directory=cwd)
 
 
 def parse_input(body: dict[str, Any], cfg: Config) -> tuple[bytes, bool]:
