@@ -38,7 +38,7 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 # Hop-by-hop (RFC 9110 7.6.1) and what this relay frames itself; Authorization is the
 # caller's key for this API and never reaches the sandbox; Expect: the daemon already
 # answered the client's 100-continue, the server would only send a second one.
-REQUEST_DROPPED = frozenset(
+HOP_BY_HOP = frozenset(
     {
         "connection",
         "keep-alive",
@@ -49,6 +49,10 @@ REQUEST_DROPPED = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+    }
+)
+REQUEST_DROPPED = HOP_BY_HOP | frozenset(
+    {
         "host",
         "content-length",
         "authorization",
@@ -57,22 +61,7 @@ REQUEST_DROPPED = frozenset(
 )
 # The daemon's own: the request id of this call, and the mark of a relayed response.
 RELAYED = "x-sandboxd-port"
-RESPONSE_DROPPED = frozenset(
-    {
-        "x-request-id",
-        RELAYED,
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    }
-)
+RESPONSE_DROPPED = HOP_BY_HOP | frozenset({"x-request-id", RELAYED, "content-length"})
 # The daemon makes its own handshake with the server (daemon/websocket.py).
 WEBSOCKET_OWN = frozenset(
     {
