@@ -118,6 +118,15 @@ class _Sandbox:
         self.client = client
         self.container_id = container_id
 
+    async def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        """The client's method `name`: awaited on the async client; the blocking one waits in
+        a worker thread (on the run's event loop it would stall every other tool call and
+        the model's own requests)."""
+        method = getattr(self.client, name)
+        if isinstance(self.client, AsyncClient):
+            return await method(*args, **kwargs)
+        return await asyncio.to_thread(functools.partial(method, *args, **kwargs))
+
     async def exec(
         self,
         commands: Sequence[str],
@@ -127,19 +136,8 @@ class _Sandbox:
         env: Mapping[str, str] | None = None,
         stdin: str | None = None,
     ) -> ExecResult:
-        if isinstance(self.client, AsyncClient):
-            return await self.client.exec(
-                self.container_id,
-                commands,
-                timeout_ms=timeout_ms,
-                max_output_length=max_output_length,
-                env=env,
-                stdin=stdin,
-            )
-        # A blocking call on the run's event loop would stall every other tool call and the
-        # model's own requests: the blocking client waits in a worker thread.
-        call = functools.partial(
-            self.client.exec,
+        result: ExecResult = await self._call(
+            "exec",
             self.container_id,
             commands,
             timeout_ms=timeout_ms,
@@ -147,7 +145,7 @@ class _Sandbox:
             env=env,
             stdin=stdin,
         )
-        return await asyncio.to_thread(call)
+        return result
 
     async def code(
         self,
@@ -157,23 +155,15 @@ class _Sandbox:
         timeout_ms: int | None,
         max_output_length: int | None,
     ) -> CodeResult:
-        if isinstance(self.client, AsyncClient):
-            return await self.client.code(
-                self.container_id,
-                source,
-                session_id=session_id,
-                timeout_ms=timeout_ms,
-                max_output_length=max_output_length,
-            )
-        call = functools.partial(
-            self.client.code,
+        code_result: CodeResult = await self._call(
+            "code",
             self.container_id,
             source,
             session_id=session_id,
             timeout_ms=timeout_ms,
             max_output_length=max_output_length,
         )
-        return await asyncio.to_thread(call)
+        return code_result
 
 
 # ------------------------------------------------------------------ shell
