@@ -14,6 +14,7 @@ import logging
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -227,3 +228,20 @@ def nothing_made(daemon: InProcessDaemon, raw: httpx2.Client) -> Iterator[None]:
 
 def _listed(raw: httpx2.Client) -> list[str]:
     return [c["id"] for c in raw.get("/v1/containers?limit=100").json()["data"]]
+
+
+class Clock:
+    """`time` for a module under test (e.g. the reaper's), `ahead` seconds in the future."""
+
+    def __init__(self, ahead: float) -> None:
+        self.ahead = ahead
+
+    def time(self) -> float:
+        return time.time() + self.ahead
+
+
+def wait_for(predicate: Any, what: str, within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)

@@ -13,25 +13,8 @@ import pytest
 
 from daemon import lifecycle
 from tests.apifixtures import assert_error
-from tests.service.conftest import BLOCKING_S, InProcessDaemon, nothing_made
+from tests.service.conftest import BLOCKING_S, Clock, InProcessDaemon, nothing_made, wait_for
 from tests.service.runtime_double import MemoryRuntime
-
-
-class _Clock:
-    """`time` for the reaper, `ahead` seconds in the future."""
-
-    def __init__(self, ahead: float) -> None:
-        self.ahead = ahead
-
-    def time(self) -> float:
-        return time.time() + self.ahead
-
-
-def _wait_for(predicate: Any, what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _status(client: openai.OpenAI, cid: str) -> str:
@@ -52,8 +35,8 @@ def test_an_idle_container_expires_and_its_sandbox_goes(
     kept = client.containers.create(
         name="kept", expires_after={"anchor": "last_active_at", "minutes": 60}
     ).id
-    monkeypatch.setattr(lifecycle, "time", _Clock(21 * 60))
-    _wait_for(lambda: _status(client, idle) == "expired", "the idle container to expire")
+    monkeypatch.setattr(lifecycle, "time", Clock(21 * 60))
+    wait_for(lambda: _status(client, idle) == "expired", "the idle container to expire")
     assert idle not in daemon.runtime.sandboxes
     assert _status(client, kept) == "running" and kept in daemon.runtime.sandboxes
     assert "expired" in _events(raw, idle)
@@ -66,8 +49,8 @@ def test_an_expired_container_refuses_work_and_can_be_deleted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     cid = client.containers.create(name="old").id
-    monkeypatch.setattr(lifecycle, "time", _Clock(21 * 60))
-    _wait_for(lambda: _status(client, cid) == "expired", "expiry")
+    monkeypatch.setattr(lifecycle, "time", Clock(21 * 60))
+    wait_for(lambda: _status(client, cid) == "expired", "expiry")
     for r in (
         raw.post(f"/v1/containers/{cid}/exec", json={"commands": ["true"]}),
         raw.post(f"/v1/containers/{cid}/code", json={"code": "1"}),
@@ -85,7 +68,7 @@ def test_a_dead_agent_expires_its_container_at_once(
     cid = client.containers.create(name="doomed").id
     other = client.containers.create(name="fine").id
     daemon.runtime.kill_agent(cid)
-    _wait_for(lambda: _status(client, cid) == "expired", "the agent's death to expire it")
+    wait_for(lambda: _status(client, cid) == "expired", "the agent's death to expire it")
     body = raw.get(f"/v1/containers/{cid}").json()
     assert body["status_reason"] == "the sandbox's agent died"
     assert "agent_died" in _events(raw, cid)
@@ -102,7 +85,7 @@ def test_a_restart_reattaches_running_containers(
     assert cid in daemon.runtime.sandboxes
     assert "restarted_daemon" in _events(raw, cid)
     daemon.runtime.kill_agent(cid)  # watched again after the restart
-    _wait_for(lambda: _status(client, cid) == "expired", "the re-attached watch")
+    wait_for(lambda: _status(client, cid) == "expired", "the re-attached watch")
 
 
 def test_a_sandbox_gone_while_stopped_expires_its_container(

@@ -24,7 +24,7 @@ from daemon import lifecycle
 from sandbox.agent_client import AgentClient, AgentLimits
 from sandbox.host.agent import AGENT_SCRIPT
 from tests.apifixtures import assert_error
-from tests.service.conftest import InProcessDaemon
+from tests.service.conftest import Clock, InProcessDaemon, wait_for
 
 PID = "proc_" + "0" * 32
 
@@ -154,21 +154,6 @@ def _written(raw: httpx2.Client, url: str, text: str) -> bool:
     return text in "".join(i["data"] for i in raw.get(f"{url}/output").json()["output"])
 
 
-class _Clock:
-    def __init__(self, ahead: float) -> None:
-        self.ahead = ahead
-
-    def time(self) -> float:
-        return time.time() + self.ahead
-
-
-def _wait_for(predicate: Any, what: str, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_the_reaper_leaves_a_container_whose_process_runs(
     daemon: InProcessDaemon, client: openai.OpenAI, raw: httpx2.Client,
     monkeypatch: pytest.MonkeyPatch,
@@ -185,13 +170,13 @@ def test_the_reaper_leaves_a_container_whose_process_runs(
         assert again.json()["id"] == pid  # a retry with the key starts nothing more
         assert len(raw.get(f"/v1/containers/{cid}/processes").json()["data"]) == 1
         assert "sandboxd_processes_running 1.0" in raw.get("/metrics").text
-        monkeypatch.setattr(lifecycle, "time", _Clock(21 * 60))
+        monkeypatch.setattr(lifecycle, "time", Clock(21 * 60))
         time.sleep(1.0)  # ten sweeps of the reaper
         assert client.containers.retrieve(cid).status == "running"
         r = raw.delete(f"/v1/containers/{cid}/processes/{pid}")
         assert r.status_code == 200, r.text
         # Its watch lets go once the agent's table changes: the container is idle again.
-        _wait_for(lambda: client.containers.retrieve(cid).status == "expired", "expiry")
+        wait_for(lambda: client.containers.retrieve(cid).status == "expired", "expiry")
 
 
 def test_a_process_outlives_a_daemon_restart_and_is_watched_again(
@@ -210,7 +195,7 @@ def test_a_process_outlives_a_daemon_restart_and_is_watched_again(
         streamed: list[dict[str, Any]] = []
         reader = threading.Thread(target=_stream_into, args=(raw, f"{url}/output", streamed))
         reader.start()
-        _wait_for(lambda: len(streamed) > 5, "the stream")
+        wait_for(lambda: len(streamed) > 5, "the stream")
         stopping = time.monotonic()
         daemon.restart()
         reader.join(10)
@@ -223,17 +208,17 @@ def test_a_process_outlives_a_daemon_restart_and_is_watched_again(
         with httpx2.Client(
             transport=httpx2.HTTPTransport(uds=daemon.socket), base_url="http://localhost"
         ) as again:
-            _wait_for(lambda: _written(again, url, "line-299\n"), "the output")
+            wait_for(lambda: _written(again, url, "line-299\n"), "the output")
             rest = again.get(f"{url}/output?offset={last['next_offset']}").json()
             got = first + "".join(i["data"] for i in rest["output"])
             assert got == "".join(f"line-{i}\n" for i in range(300))
             assert rest["process"]["status"] == "running"  # cat waits for its input
             # Adopted by the new daemon's watch: the reaper leaves the container alone.
-            monkeypatch.setattr(lifecycle, "time", _Clock(21 * 60))
+            monkeypatch.setattr(lifecycle, "time", Clock(21 * 60))
             time.sleep(1.0)
             assert again.get(f"/v1/containers/{cid}").json()["status"] == "running"
             r = again.post(f"{url}/input", json={"eof": True})
             assert r.status_code == 200, r.text
-            _wait_for(
+            wait_for(
                 lambda: again.get(f"/v1/containers/{cid}").json()["status"] == "expired", "expiry"
             )
