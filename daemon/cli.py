@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "key":
         return _new_key(args.owner, con)
     if args.command == "image":
-        return image.build(args, os.geteuid(), con)
+        return image.run(args, os.geteuid(), con)
     if args.command == "config":
         return dispatch.run_config_show(
             args.config, lambda cfg: config_mod.default_socket(os.geteuid(), env), con

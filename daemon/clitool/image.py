@@ -1,7 +1,10 @@
-"""`sandboxd image build [NAME]`: a Debian rootfs for sandboxes, made locally (no registry).
+"""`sandboxd image build|ls|rm`: images for sandboxes, built locally from recipes (no registry).
 
-Use it with `runtime.image = "NAME"`: the oci backend runs on the tree directly, the docker
-backend imports it once as sandboxd/NAME:<build id> when the daemon starts.
+`build RECIPE` makes a build of the recipe (a name in /etc/sandboxd/images or the shipped
+config/images, or a path to a .toml) and makes it the image's current one; containers pick
+an image at create (`image`, default `runtime.default_image`). `ls` shows every image's
+current build, `rm` deletes an image unless a running sandbox uses it. All work on the state
+directory directly (no daemon needed; a running daemon is not disturbed).
 """
 
 from __future__ import annotations
@@ -10,53 +13,91 @@ import argparse
 from pathlib import Path
 
 from daemon import config as config_mod
+from daemon.clitool import output
 from daemon.clitool.containers import Console
-from sandbox import image_build
-from sandbox.images import ImageError, check_name
+from sandbox import images
+from sandbox.image_build import builder, recipe
+from sandbox.images import ImageError
 
-DEFAULT_NAME = "debian"
 
-
-def build(args: argparse.Namespace, euid: int, con: Console) -> int:
+def run(args: argparse.Namespace, euid: int, con: Console) -> int:
     try:
         cfg = config_mod.load(args.config)
     except config_mod.ConfigError as exc:
         con.error(f"bad configuration: {exc}")
         return config_mod.EX_CONFIG
-    if euid != 0:
-        con.error("image build runs debootstrap, which needs root")
-        return 1
     state_dir = Path(args.state_dir or cfg.state_dir)
     try:
-        name = check_name(args.name)
-        wanted = image_build.recipe(
-            data_libs=args.with_data_libs,
-            suite=args.suite,
-            mirror=args.mirror or image_build.host_mirror(),
-        )
-
-        def progress(line: str) -> None:
-            con.out.write(f"image build: {line}\n")
-            con.out.flush()
-
-        root, _built = image_build.build(state_dir, name, wanted, progress, force=args.force)
+        if args.image_command == "build":
+            return _build(args, state_dir, euid, con)
+        if args.image_command == "ls":
+            return _ls(state_dir, cfg.runtime.image, args.json, con)
+        images.remove(state_dir, args.name)
+        con.out.write(f"removed image {args.name}\n")
+        return 0
     except (ImageError, OSError) as exc:
-        con.error(f"image build failed: {exc}")
+        con.error(f"image {args.image_command} failed: {exc}")
         return 1
-    con.out.write(f'{root}\nuse it with: [runtime] image = "{name}"\n')
+
+
+def _build(args: argparse.Namespace, state_dir: Path, euid: int, con: Console) -> int:
+    if euid != 0:
+        con.error("image build runs debootstrap and chroot, which need root")
+        return 1
+    wanted = recipe.load(recipe.find(args.recipe))
+    if args.suite:
+        wanted = recipe.Recipe(**{**wanted.__dict__, "suite": args.suite})
+    name = images.check_name(args.name or wanted.name)
+
+    def say(line: str) -> None:
+        con.out.write(f"image build {name}: {line}\n")
+        con.out.flush()
+
+    mirror = args.mirror or recipe.host_mirror()
+    built, _new = builder.build(state_dir, name, wanted, mirror, say, force=args.force)
+    con.out.write(f"{name} build {built.build_id}: {built.rootfs}\n")
+    return 0
+
+
+def _ls(state_dir: Path, default: str, as_json: bool, con: Console) -> int:
+    found = images.list_images(state_dir)
+    if as_json:
+        output.print_json([dict(b.meta) for b in found], con.out)
+        return 0
+    rows = []
+    for built in found:
+        meta = built.meta
+        size = meta.get("size_bytes")
+        rows.append([
+            built.name + (" (default)" if built.name == default else ""),
+            built.build_id,
+            f"{size / 1e6:.0f} MB" if isinstance(size, int) else "-",
+            output.ago(meta.get("created_at", meta.get("built_at"))),
+            str(meta.get("python_version") or "-"),
+            str(meta.get("node_version") or "-"),
+            str(meta.get("description") or ""),
+        ])  # fmt: skip
+    headers = ["NAME", "BUILD", "SIZE", "CREATED", "PYTHON", "NODE", "DESCRIPTION"]
+    con.out.write(output.table(headers, rows))
+    if not default:
+        con.out.write("(default: host, the host's own /usr)\n")
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    image = sub.add_parser("image", help="root filesystems for sandboxes (no registry)")
+    image = sub.add_parser("image", help="images for sandboxes, built from recipes (no registry)")
     image_sub = image.add_subparsers(dest="image_command", required=True)
-    b = image_sub.add_parser("build", help="build (idempotently) a Debian rootfs with debootstrap")
-    b.add_argument("name", nargs="?", default=DEFAULT_NAME, help=f"default {DEFAULT_NAME}")
-    b.add_argument("--config", type=Path, help="TOML configuration file (for state_dir)")
-    b.add_argument("--state-dir", help="state directory (default: the config's)")
-    b.add_argument(
-        "--with-data-libs", action="store_true", help="add numpy, pandas, matplotlib (Debian)"
-    )
-    b.add_argument("--suite", default=image_build.DEFAULT_SUITE, help="Debian suite")
+    known = ", ".join(recipe.available()) or "none found"
+    b = image_sub.add_parser("build", help="build an image from a recipe (idempotent, atomic)")
+    b.add_argument("recipe", help=f"a recipe name ({known}) or a path to a .toml file")
+    b.add_argument("--name", default="", help="the image's name (default: the recipe's)")
+    b.add_argument("--suite", default="", help="Debian suite (default: the recipe's)")
     b.add_argument("--mirror", default="", help="Debian mirror (default: the host apt's)")
-    b.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    b.add_argument("--force", action="store_true", help="a new build even if up to date")
+    ls = image_sub.add_parser("ls", help="the images and their current builds")
+    ls.add_argument("--json", action="store_true", help="each image's image.json")
+    rm = image_sub.add_parser("rm", help="remove an image (refused while sandboxes use it)")
+    rm.add_argument("name")
+    for p in (b, ls, rm):
+        p.add_argument("--config", type=Path, help="TOML configuration file (for state_dir)")
+        p.add_argument("--state-dir", help="state directory (default: the config's)")
