@@ -24,7 +24,7 @@ from sandbox.spec import (
     WORKSPACE,
 )
 
-LAYOUT_VERSION = "6"
+LAYOUT_VERSION = "7"
 # Mount targets the runtimes bind over; they must exist in a read-only shared tree.
 EMPTY_FILES = (
     f"{AGENT_DIR}/agent.py",

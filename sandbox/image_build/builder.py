@@ -55,9 +55,6 @@ def build(
     force: bool = False,
 ) -> tuple[BuiltImage, bool]:
     """Build image `name` from `recipe`; (its current build, whether a new one was made)."""
-    for tool in ("debootstrap", "unshare", "chroot"):
-        if shutil.which(tool, path=chroot.TOOL_PATH) is None:
-            raise ImageError(f"{tool} is not installed (apt-get install debootstrap util-linux)")
     mirror = recipe.mirror(mirror)
     digest = recipe.digest(layout_version=LAYOUT_VERSION, mirror=mirror)
     base = images.image_dir(state_dir, name)
@@ -69,6 +66,9 @@ def build(
         if current is not None and not force and current.meta.get("recipe_digest") == digest:
             say(f"image {name} is up to date (build {current.build_id})")
             return current, False
+        for tool in ("debootstrap", "unshare", "chroot"):
+            if shutil.which(tool, path=chroot.TOOL_PATH) is None:
+                raise ImageError(f"{tool} is not installed (apt-get install debootstrap)")
         builds = base / images.BUILDS
         builds.mkdir(parents=True, exist_ok=True)
         for stale in builds.glob(f"{TMP_PREFIX}*"):  # a dead builder's: we hold the lock
@@ -146,10 +146,10 @@ def _stages(
         },
         "layout_version": LAYOUT_VERSION,
     }
-    counts = {k: len(v) for k, v in meta["packages"].items()}
+    counts = ", ".join(f"{len(v)} {k}" for k, v in meta["packages"].items())
     say_publish(
-        f"{meta['size_bytes'] / 1e6:.0f} MB, python {python_version}, node {node_version},"
-        f" packages {counts}, built in {time.monotonic() - started:.0f} s"
+        f"{meta['size_bytes'] / 1e6:.0f} MB, python {python_version}, node {node_version or '-'},"
+        f" packages: {counts}; built in {time.monotonic() - started:.0f} s"
     )
     return meta
 

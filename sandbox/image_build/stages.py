@@ -23,6 +23,16 @@ VENV = "/opt/venv"
 WHEELS = "/var/tmp/sandboxd-wheels"  # inside the tree, during the python stage only
 APT_CONF = "etc/apt/apt.conf.d/90sandboxd-build"
 POLICY_RC = "usr/sbin/policy-rc.d"
+# Documentation nobody reads in a sandbox (~120 MB in python-data); licences are kept.
+DPKG_SLIM = "etc/dpkg/dpkg.cfg.d/90sandboxd-slim"
+SLIM_RULES = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+)
 # apt-get's per-package lines, counted into progress lines (`[2/6] apt: unpacked 143/412 ...`).
 APT_STEPS = {"Get:": "downloaded", "Unpacking ": "unpacked", "Setting up ": "set up"}
 DEFAULT_NPM_REGISTRY = "https://registry.npmjs.org/"
@@ -73,6 +83,7 @@ def apt(tree: Path, packages: Sequence[str], *, snapshot: bool, say: Say) -> Non
     if snapshot:  # a snapshot's Release file is past its Valid-Until by design
         conf += 'Acquire::Check-Valid-Until "false";\n'
     (tree / APT_CONF).write_text(conf)
+    (tree / DPKG_SLIM).write_text("".join(f"{rule}\n" for rule in SLIM_RULES))
     (tree / POLICY_RC).write_text("#!/bin/sh\nexit 101\n")  # no services started
     (tree / POLICY_RC).chmod(0o755)
     env = {**chroot.TOOL_ENV, "DEBIAN_FRONTEND": "noninteractive"}

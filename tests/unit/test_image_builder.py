@@ -1,0 +1,94 @@
+"""The builder's bookkeeping, without building: an up-to-date image is a no-op (no tools
+needed), a second build of one name is refused while one runs, and `sandboxd image ls|rm`
+show and remove images (rm refused while a build is pinned)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon import cli
+from sandbox import images
+from sandbox.image_build import LAYOUT_VERSION, builder, recipe
+from sandbox.images import ImageError
+
+MIRROR = "http://deb.debian.org/debian"
+
+
+def _recipe(imports: tuple[str, ...] = ()) -> recipe.Recipe:
+    return recipe.parse(
+        "tiny", {"debian": {"packages": ["python3"]}, "verify": {"imports": list(imports)}}
+    )
+
+
+def _fake_build(state: Path, name: str, build_id: str, **meta: object) -> None:
+    where = images.build_dir(state, name, build_id)
+    (where / "rootfs").mkdir(parents=True)
+    data = {"name": name, "build_id": build_id, "size_bytes": 5_000_000, "created_at": 1, **meta}
+    (where / images.STAMP).write_text(json.dumps(data))
+    images.publish(state, name, build_id)
+
+
+def test_a_build_of_an_unchanged_recipe_is_a_no_op(tmp_path: Path) -> None:
+    wanted = _recipe()
+    digest = wanted.digest(layout_version=LAYOUT_VERSION, mirror=MIRROR)
+    _fake_build(tmp_path, "tiny", f"20260101000000-{digest[:12]}", recipe_digest=digest)
+    said: list[str] = []
+    built, new = builder.build(tmp_path, "tiny", wanted, MIRROR, said.append)
+    assert not new and built.build_id == f"20260101000000-{digest[:12]}"
+    assert said == [f"image tiny is up to date (build {built.build_id})"]
+
+
+def test_a_second_build_of_one_name_is_refused_while_one_runs(tmp_path: Path) -> None:
+    base = images.image_dir(tmp_path, "tiny")
+    base.mkdir(parents=True)
+    fd = os.open(base / builder.LOCK, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(ImageError, match="another build of image 'tiny' is running"):
+            builder.build(tmp_path, "tiny", _recipe(), MIRROR, print)
+    finally:
+        os.close(fd)
+
+
+def test_a_venv_comes_first_on_the_images_path() -> None:
+    plain = builder.image_env(_recipe())
+    assert plain["PATH"].startswith("/usr/local/sbin:")
+    with_wheels = recipe.parse(
+        "x", {"debian": {"packages": ["python3"]}, "python": {"packages": ["a"]}, "env": {"A": "1"}}
+    )
+    assert builder.image_env(with_wheels) == {
+        "PATH": f"/opt/venv/bin:{builder.BASE_PATH}",
+        "A": "1",
+    }
+
+
+def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'state_dir = "{tmp_path}"\n')
+    _fake_build(
+        tmp_path, "tiny", "20260101000000-aaaaaaaaaaaa", python_version="3.11.2",
+        node_version=None, description="a tiny one",
+    )  # fmt: skip
+    assert cli.main(["image", "ls", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == [
+        "NAME", "BUILD", "SIZE", "CREATED", "PYTHON", "NODE", "DESCRIPTION"
+    ]  # fmt: skip
+    assert "tiny  20260101000000-aaaaaaaaaaaa  5 MB" in out and "3.11.2" in out
+    assert cli.main(["image", "ls", "--json", "--state-dir", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["description"] == "a tiny one"
+    pin = images.Pin(images.load(tmp_path, "tiny"))
+    try:
+        assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
+        assert "in use" in capsys.readouterr().err
+    finally:
+        pin.release()
+    assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 0
+    assert images.list_images(tmp_path) == []
+    assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
+    assert "not found" in capsys.readouterr().err
