@@ -42,7 +42,10 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def image_env(recipe: Recipe) -> dict[str, str]:
     """The environment every sandbox process on the image gets (image.json `env`)."""
     path = f"{stages.VENV}/bin:{BASE_PATH}" if recipe.python else BASE_PATH
-    return {"PATH": path, **recipe.env}
+    env = {"PATH": path}
+    if recipe.npm:  # node's require() finds the globally installed packages
+        env["NODE_PATH"] = f"/{metadata.NPM_GLOBAL}"
+    return {**env, **recipe.env}
 
 
 def build(

@@ -36,6 +36,8 @@ SLIM_RULES = (
 # apt-get's per-package lines, counted into progress lines (`[2/6] apt: unpacked 143/412 ...`).
 APT_STEPS = {"Get:": "downloaded", "Unpacking ": "unpacked", "Setting up ": "set up"}
 DEFAULT_NPM_REGISTRY = "https://registry.npmjs.org/"
+HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+NPM_CA = "/var/tmp/sandboxd-npm-ca.crt"  # inside the tree, during the npm stage only
 # Tries every module named in argv, then names all that failed (exit 1) or none (exit 0).
 VERIFY_IMPORTS = """
 import importlib, sys
@@ -155,19 +157,31 @@ def python(tree: Path, packages: Sequence[str], say: Say) -> None:
 
 
 def npm(tree: Path, packages: Sequence[str], say: Say) -> None:
-    """`npm install -g` with the image's npm, from the registry the host's npm uses."""
-    registry = DEFAULT_NPM_REGISTRY
+    """`npm install -g` with the image's npm, from the registry the host's npm uses, trusting
+    the CA bundle the host's npm trusts (a mirror or proxy with its own CA) for this stage."""
+    registry, cafile = DEFAULT_NPM_REGISTRY, HOST_CA_BUNDLE
     if shutil.which("npm"):
-        done = subprocess.run(
-            ["npm", "config", "get", "registry"], capture_output=True, text=True, check=False,
-            timeout=60,
-        )  # fmt: skip
-        if done.returncode == 0 and done.stdout.strip().startswith(("http://", "https://")):
-            registry = done.stdout.strip()
+        registry = _host_npm("registry", registry, lambda v: v.startswith(("http://", "https://")))
+        cafile = _host_npm("cafile", cafile, lambda v: Path(v).is_file())
+    trust = tree / NPM_CA.lstrip("/")
+    trust.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cafile, trust)
     say(f"npm install -g {len(packages)} packages from {registry}")
-    argv = ["npm", "install", "-g", "--no-audit", "--no-fund", "--registry", registry, *packages]
-    chroot.run(chroot.in_tree(tree, argv), say, what="npm install")
-    shutil.rmtree(tree / "root/.npm", ignore_errors=True)
+    argv = ["npm", "install", "-g", "--no-audit", "--no-fund", "--registry", registry]
+    argv += ["--cafile", NPM_CA, *packages]
+    try:
+        chroot.run(chroot.in_tree(tree, argv), say, what="npm install")
+    finally:
+        trust.unlink()
+        shutil.rmtree(tree / "root/.npm", ignore_errors=True)
+
+
+def _host_npm(key: str, default: str, valid: Callable[[str], bool]) -> str:
+    done = subprocess.run(
+        ["npm", "config", "get", key], capture_output=True, text=True, check=False, timeout=60
+    )
+    value = done.stdout.strip()
+    return value if done.returncode == 0 and valid(value) else default
 
 
 def verify(tree: Path, recipe: Recipe, env: Mapping[str, str], say: Say) -> None:

@@ -116,9 +116,10 @@ def test_a_killed_then_failing_build_leaves_the_current_build_and_no_mounts(
     (old / images.STAMP).write_text(json.dumps({"name": name, "build_id": old.name}))
     images.publish(state, name, old.name)
     recipe = tmp_path / f"{name}.toml"
-    recipe.write_text(
-        'description = "python3 and a module nobody has"\n'
-        '[debian]\npackages = ["python3-minimal"]\n'
+    recipe.write_text(  # node and an npm package: the npm stage runs before verify fails
+        'description = "python3, node, and a module nobody has"\n'
+        '[debian]\npackages = ["python3-minimal", "nodejs", "npm"]\n'
+        '[npm]\npackages = ["left-pad@1.3.0"]\n'
         '[verify]\nimports = ["json", "no_such_module_anywhere"]\n'
     )
     argv = [
@@ -154,7 +155,8 @@ def test_a_killed_then_failing_build_leaves_the_current_build_and_no_mounts(
     assert f"removing a half-built tree {half[0].name}" in failed.stdout
     assert "no_such_module_anywhere (ModuleNotFoundError" in failed.stderr
     assert "json" not in failed.stderr.partition("cannot import:")[2]
-    assert "[4/5] verify" in failed.stdout  # every stage before verify ran
+    assert "[3/6] npm: added 1 package" in failed.stdout
+    assert "[5/6] verify" in failed.stdout  # every stage before verify ran
     assert sorted(p.name for p in builds.iterdir()) == [old.name]  # no half tree left
     assert images.current_id(state, name) == old.name
     assert mounts_under(state) == []

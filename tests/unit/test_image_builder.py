@@ -65,6 +65,8 @@ def test_a_venv_comes_first_on_the_images_path() -> None:
         "PATH": f"/opt/venv/bin:{builder.BASE_PATH}",
         "A": "1",
     }
+    with_npm = recipe.parse("x", {"debian": {"packages": ["npm"]}, "npm": {"packages": ["a"]}})
+    assert builder.image_env(with_npm)["NODE_PATH"] == "/usr/local/lib/node_modules"
 
 
 def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,6 +36,8 @@ def test_install_is_complete_and_idempotent(tmp_path: Path) -> None:
         "etc/sandboxd/config.toml",
         "opt/sbx/daemon/cli.py",
         "opt/sbx/sandbox/seccomp.json",
+        "opt/sbx/config/images/minimal.toml",  # where `sandboxd image build` finds recipes
+        "opt/sbx/config/images/python-data.toml",
     ):
         assert (tmp_path / path).is_file(), path
     unit = (tmp_path / "etc/systemd/system/sandboxd.service").read_text()
