@@ -10,6 +10,7 @@ directory directly (no daemon needed; a running daemon is not disturbed).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from daemon import config as config_mod
@@ -32,7 +33,8 @@ def run(args: argparse.Namespace, euid: int, con: Console) -> int:
             return _build(args, state_dir, euid, con)
         if args.image_command == "ls":
             return _ls(state_dir, cfg.runtime.image, args.json, con)
-        images.remove(state_dir, args.name)
+        with builder.build_lock(images.image_dir(state_dir, args.name), args.name):
+            images.remove(state_dir, args.name)
         con.out.write(f"removed image {args.name}\n")
         return 0
     except (ImageError, OSError) as exc:
@@ -46,7 +48,7 @@ def _build(args: argparse.Namespace, state_dir: Path, euid: int, con: Console) -
         return 1
     wanted = recipe.load(recipe.find(args.recipe))
     if args.suite:
-        wanted = recipe.Recipe(**{**wanted.__dict__, "suite": args.suite})
+        wanted = dataclasses.replace(wanted, suite=args.suite)
     name = images.check_name(args.name or wanted.name)
 
     def say(line: str) -> None:

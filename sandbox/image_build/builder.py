@@ -61,7 +61,8 @@ def build(
     mirror = recipe.mirror(mirror)
     digest = recipe.digest(layout_version=LAYOUT_VERSION, mirror=mirror)
     base = images.image_dir(state_dir, name)
-    with _build_lock(base, name):
+    base.mkdir(parents=True, exist_ok=True)
+    with build_lock(base, name):
         try:
             current: BuiltImage | None = images.load(state_dir, name)
         except ImageError:
@@ -168,8 +169,10 @@ def _new_id(builds: Path, digest: str) -> str:
 
 
 @contextlib.contextmanager
-def _build_lock(base: Path, name: str) -> Iterator[None]:
-    base.mkdir(parents=True, exist_ok=True)
+def build_lock(base: Path, name: str) -> Iterator[None]:
+    """Held while image `name` is built (or removed); ImageError at once if it is taken."""
+    if not base.is_dir():
+        raise ImageError(f"image {name!r} not found")
     fd = os.open(base / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         try:

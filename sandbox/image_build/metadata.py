@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from email.parser import HeaderParser
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -76,18 +77,15 @@ def size_bytes(root: Path) -> int:
     total = 0
     seen: set[tuple[int, int]] = set()
     for directory, dirnames, filenames in os.walk(root):
-        for entry in (directory, *(os.path.join(directory, n) for n in filenames)):
-            st = os.lstat(entry)
-            if st.st_nlink > 1 and not os.path.isdir(entry):
+        # Symlinks to directories are listed in dirnames (not followed): count them here.
+        links = [n for n in dirnames if os.path.islink(os.path.join(directory, n))]
+        for name in (".", *filenames, *links):
+            st = os.lstat(os.path.join(directory, name))
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino))
             total += st.st_blocks * 512
-        # Symlinked directories are listed in dirnames but not followed: count them here.
-        for name in dirnames:
-            path = os.path.join(directory, name)
-            if os.path.islink(path):
-                total += os.lstat(path).st_blocks * 512
     return total
 
 

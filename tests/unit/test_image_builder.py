@@ -84,6 +84,13 @@ def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "tiny  20260101000000-aaaaaaaaaaaa  5 MB" in out and "3.11.2" in out
     assert cli.main(["image", "ls", "--json", "--state-dir", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["description"] == "a tiny one"
+    lock = os.open(images.image_dir(tmp_path, "tiny") / builder.LOCK, os.O_RDWR | os.O_CREAT)
+    try:  # a build of it runs
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
+        assert "another build of image 'tiny' is running" in capsys.readouterr().err
+    finally:
+        os.close(lock)
     pin = images.Pin(images.load(tmp_path, "tiny"))
     try:
         assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
