@@ -27,6 +27,7 @@ from daemon.containers import ContainerService
 from daemon.egress_proxy import EgressProxy, EgressUnavailable, ProxySettings
 from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
+from daemon.images import ImageService
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
 from daemon.models import Status
@@ -91,6 +92,7 @@ class Daemon:
         self.files = FileService(config.files, self.store, state / "blobs")
         self.skills = SkillService(config.skills, self.store, state / "blobs")
         self.idempotency = Idempotency(config.idempotency, self.store)
+        self.images = ImageService(state, config.runtime.default_image)
         proxy = None
         if config.proxy.enabled:
             settings = _proxy_settings(config.proxy, state / "proxy", config.log_level)
@@ -100,7 +102,7 @@ class Daemon:
         if any(config.pool.sizes.values()):
             self.pool = WarmPool(
                 self.runtime,
-                config.pool.sizes,
+                config.pool.slots(config.runtime.default_image),
                 config.containers.limits(),
                 self.metrics,
                 self.admission,
@@ -120,6 +122,7 @@ class Daemon:
             skills=self.skills,
             egress=self.egress,
             pool=self.pool,
+            images=self.images,
         )
         self.services = Services(
             containers=self.containers,
@@ -135,6 +138,7 @@ class Daemon:
             ),
             ports=PortService(config, self.containers, sandboxes, self.metrics),
             files=self.files,
+            images=self.images,
             skills=self.skills,
             idempotency=self.idempotency,
             metrics=self.metrics,
@@ -162,7 +166,7 @@ class Daemon:
             docker = DockerSettings(
                 state_dir=state,
                 engine_url=dc.engine_url or DEFAULT_ENGINE_URL,
-                image=rc.image,
+                default_image=rc.default_image,
                 cgroup_parent=dc.cgroup_parent,
                 threads=dc.threads,
                 timeout_s=dc.timeout_s,
@@ -176,7 +180,7 @@ class Daemon:
             runtime_root=Path(rc.runtime_root),
             binary=rc.oci_binary,
             cgroup_parent=rc.cgroup_parent,
-            image=rc.image,
+            default_image=rc.default_image,
             instance=rc.instance,
             ids=rc.id_ranges(),
             agent_limits=config.agent.limits(),

@@ -17,6 +17,7 @@ from daemon.containers import Caller, ContainerService
 from daemon.errors import PayloadTooLarge
 from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
+from daemon.images import ImageService
 from daemon.metrics import Metrics
 from daemon.ports import PortService
 from daemon.processes import ProcessService
@@ -36,6 +37,7 @@ class Services:
     processes: ProcessService
     ports: PortService
     files: FileService  # /v1/files
+    images: ImageService  # /v1/images
     skills: SkillService
     idempotency: Idempotency
     metrics: Metrics
@@ -49,6 +51,7 @@ CODE = web.AppKey("code", CodeService)
 PROCESSES = web.AppKey("processes", ProcessService)
 PORTS = web.AppKey("ports", PortService)
 FILES = web.AppKey("files", FileService)
+IMAGES = web.AppKey("images", ImageService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
 METRICS = web.AppKey("metrics", Metrics)
@@ -64,6 +67,7 @@ def install(app: web.Application, services: Services) -> None:
     app[PROCESSES] = services.processes
     app[PORTS] = services.ports
     app[FILES] = services.files
+    app[IMAGES] = services.images
     app[SKILLS] = services.skills
     app[IDEMPOTENCY] = services.idempotency
     app[METRICS] = services.metrics
