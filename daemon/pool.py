@@ -75,8 +75,15 @@ class WarmPool:
             try:
                 async with asyncio.timeout(CLAIM_CHECK_S):
                     await self._runtime.agent(sid).ping()
+                    current = await self._runtime.on_current_build(sid)
             except (SandboxError, TimeoutError):
                 logger.warning("pooled sandbox is dead; discarded", extra={"container_id": sid})
+                await self._discard(sid)
+                continue
+            if not current:  # made before its image was rebuilt: new containers get the new
+                logger.info(
+                    "pooled sandbox of an old build; discarded", extra={"container_id": sid}
+                )
                 await self._discard(sid)
                 continue
             self._metrics.pool_claims.labels(image, tier, "hit").inc()

@@ -157,6 +157,9 @@ class HostRuntime(abc.ABC):
     def _root_unused(self, root: Root) -> None:  # noqa: B027
         """A root no sandbox uses any more and no create will (it is not current). Blocking."""
 
+    async def on_current_build(self, sandbox_id: str) -> bool:
+        return await self._in_thread(self._roots.on_current_build, sandbox_id)
+
     async def _adopt_roots(self) -> None:
         """After a restart: hold the builds this instance's sandboxes run on."""
 

@@ -89,6 +89,23 @@ class Roots:
             self._users[sandbox_id] = root.key
             return root
 
+    def on_current_build(self, sandbox_id: str) -> bool:
+        """Whether the sandbox's root is its image's current build (unknown: no)."""
+        with self._lock:
+            key = self._users.get(sandbox_id)
+            root = None if key is None else self._roots.get(key)
+            if root is None:
+                return False
+            if root.image == images.HOST:
+                return True
+            return self._is_current(root)
+
+    def _is_current(self, root: Root) -> bool:
+        try:
+            return images.current_id(self._state_dir, root.image) in (root.build_id, None)
+        except images.ImageError:
+            return False
+
     def release(self, sandbox_id: str) -> None:
         """The sandbox has ended (its dir is gone): let its build go if nothing else uses
         it and it is no longer current, then collect the image's unused builds."""

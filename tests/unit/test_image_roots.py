@@ -50,6 +50,9 @@ def test_a_rebuild_leaves_running_sandboxes_on_their_build(tmp_path: Path) -> No
     _build(tmp_path, "data", "b2")
     second = roots.acquire("s2", "data")
     assert second.build_id == "b2" and views.up == ["data@b1", "data@b2"]
+    # A pooled sandbox on b1 is not handed out any more (daemon/pool.py asks this).
+    assert not roots.on_current_build("s1") and roots.on_current_build("s2")
+    assert not roots.on_current_build("unknown")
     assert images.collect(tmp_path, "data") == []  # b1: pinned, and named by s1's dir
     assert first.tree.is_dir()
     (sdir / "root").unlink()
