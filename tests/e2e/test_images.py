@@ -88,7 +88,7 @@ def test_python_data_runs_the_code_interpreter_staples(daemon: DaemonProcess) ->
         up = c.post(f"/v1/containers/{cid}/files", files={"file": ("sales.csv", csv)})
         assert up.status_code == 200, up.text
         out = _exec(c, cid, f"python3 - <<'EOF'\n{DATA_SCRIPT}\nEOF")
-        assert out["exit_code"] == 0, out
+        assert out["outcome"] == {"type": "exit", "exit_code": 0}, out
         result = json.loads(str(out["stdout"]).strip().splitlines()[-1])
         assert result == {"totals": {"north": 17, "south": 5}, "xlsx": 22, "slope": 3.0}
         files = c.get(f"/v1/containers/{cid}/files", params={"limit": 100}).json()["data"]
