@@ -7,15 +7,19 @@ are built once per machine (tests/imagecache.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx2
 import pytest
 
 from bench import dockerd
+from sandbox import images
 from sandbox.host.dirs import instance_of
 from tests.e2e.harness import DaemonProcess
-from tests.imagecache import built, link_into
+from tests.imagecache import IMAGE_CACHE, built, link_into
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.slow]
 
@@ -104,3 +108,47 @@ def test_python_data_runs_the_code_interpreter_staples(daemon: DaemonProcess) ->
         assert "ModuleNotFoundError" in str(bare["stdout"]) and "rc=1" in str(bare["stdout"])
         for box_id in (cid, small["id"]):
             assert c.delete(f"/v1/containers/{box_id}").status_code == 200
+
+
+def _copy_build(state: Path, source: Path, build_id: str) -> Path:
+    """A build of image `mini` made from a cached build's tree (hard links: cheap)."""
+    target = images.build_dir(state, "mini", build_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(source), str(target)], check=True)
+    meta = json.loads((target / images.STAMP).read_text())
+    (target / images.STAMP).unlink()  # a hard link to the cache's: write our own
+    (target / images.STAMP).write_text(json.dumps({**meta, "name": "mini", "build_id": build_id}))
+    return target
+
+
+def test_a_rebuild_changes_only_new_containers(cached: None) -> None:
+    """Running containers keep the build they started on; the old build goes with the last
+    of them (oci: the rule lives in sandbox/host/roots.py, which both backends share)."""
+    d = DaemonProcess(runtime={"default_image": "mini"})
+    state = d.root / "state"
+    source = images.load(IMAGE_CACHE, "minimal").rootfs.parent
+    old = _copy_build(state, source, "b1")
+    images.publish(state, "mini", "b1")
+    try:
+        d.start()
+        with d.client() as c:
+            first = c.post("/v1/containers", json={"name": "old"}).json()["id"]
+            new = _copy_build(state, source, "b2")
+            (new / "rootfs" / "etc" / "build-b2").write_text("b2\n")
+            images.publish(state, "mini", "b2")
+            assert c.get("/v1/images/mini").json()["build_id"] == "b2"
+            second = c.post("/v1/containers", json={"name": "new"}).json()["id"]
+            probe = "cat /etc/build-b2 2>/dev/null || echo none"
+            assert _exec(c, first, probe)["stdout"] == "none\n"
+            assert _exec(c, second, probe)["stdout"] == "b2\n"
+            assert old.is_dir()  # in use
+            assert c.delete(f"/v1/containers/{first}").status_code == 200
+            deadline = time.monotonic() + 15
+            while old.exists():
+                assert time.monotonic() < deadline, "the unused old build was not collected"
+                time.sleep(0.1)
+            assert _exec(c, second, probe)["stdout"] == "b2\n"
+            assert c.delete(f"/v1/containers/{second}").status_code == 200
+            assert new.is_dir()  # current: kept
+    finally:
+        d.cleanup()
