@@ -271,7 +271,8 @@ def test_a_process_without_a_terminal_is_attached_to_its_stdin_and_output(
         async with session(daemon) as s, attach(s, container, pid) as t:
             assert t.attached["process"]["tty"] is False
             await t.send(b"a\nb\n")
-            await t.until(b"err-b\n")
+            await t.until(b"err-b\n")  # (two pipes: either may come first)
+            await t.until(b"out-b\n")
             assert sorted(bytes(t.out).splitlines()) == [b"err-a", b"err-b", b"out-a", b"out-b"]
             await t.send({"type": "resize", "cols": 10, "rows": 10})
             assert (await t.text("error"))["code"] == "invalid_message"
