@@ -84,9 +84,8 @@ class Attachment:
         self._service.metrics.attach_bytes.labels("in").inc(len(data))
 
     async def close_input(self) -> None:
+        """Close its stdin (a terminal has none to close: 400 from the agent)."""
         self._check_writer()
-        if self.process.info.size is not None:
-            raise InvalidRequest("A terminal has no end of input: send its EOF character (^D).")
         await self._service.processes.send_input(self._caller, self.cid, self.pid, b"", True)
 
     async def resize(self, cols: int, rows: int) -> None:

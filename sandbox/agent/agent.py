@@ -22,9 +22,10 @@ Reaper.spawn), configure (environment for every later command, and the egress re
 127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 
-Ops of background processes (process_start, _list, _get, _output, _input, _signal, _delete,
-_wait): see processes.py. port_connect (a TCP connection to the sandbox's own loopback, after
-which the agent connection carries its raw bytes until either end closes): see ports.py.
+Ops of background processes (process_start, _list, _get, _output, _input, _signal, _resize,
+_delete, _wait): see processes.py. port_connect (a TCP connection to the sandbox's own
+loopback, after which the agent connection carries its raw bytes until either end closes):
+see ports.py.
 
 Modules beside this file, imported on first use (see load_module): sessions.py (the code ops:
 Python in persistent sessions, each an interpreter.py process), egress.py (the relay),

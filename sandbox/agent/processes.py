@@ -23,7 +23,8 @@ Ops (J requests, J replies unless said):
                  frames (contiguous bytes from `offset`), J{ev: gap, offset, dropped} where a
                  slow follower lost bytes to the ring, and J{ev: end, next_offset, process}.
                  `follow` keeps sending until the process has ended and its pipes are drained.
-  process_input  {id, data_bytes, eof} + D frames up to Z -> {ok, pending}
+  process_input  {id, data_bytes, eof} + D frames up to Z -> {ok, pending} (no eof for a
+                 terminal: its end of input is a character, ^D)
   process_signal {id, signal} -> {process}: the signal goes to the process group (a
                  terminal's foreground group; SIGKILL to all of a terminal's session)
   process_resize {id, cols, rows} -> {process}: a terminal's new size (the kernel sends
@@ -541,6 +542,8 @@ def handle_input(table, conn, req):
         p = table.get(req.get("id"))
         if p.status is not None or p.eof:
             raise OpError("process_exited", "the process has ended or its input is closed")
+        if eof is True and p.size is not None:
+            raise OpError("bad_request", "a terminal has no end of input: send its EOF (^D)")
         waiting = sum(len(q.pending) for q in table.table.values())
         if len(p.pending) + len(data) > MAX_PROCESS_INPUT or waiting + len(data) > MAX_INPUT_TOTAL:
             raise OpError("input_full", "the process is not reading its input")
