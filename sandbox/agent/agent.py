@@ -23,7 +23,7 @@ Reaper.spawn), configure (environment for every later command, and the egress re
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 
 Ops of background processes (process_start, _list, _get, _output, _input, _signal, _resize,
-_delete, _wait): see processes.py. port_connect (a TCP connection to the sandbox's own
+_delete, _wait, _pids_hit): see processes.py. port_connect (a TCP connection to the sandbox's own
 loopback, after which the agent connection carries its raw bytes until either end closes):
 see ports.py.
 
@@ -83,9 +83,11 @@ BASE_ENV = {
     "PIP_CERT": SYSTEM_CA_BUNDLE,
 }
 PROCESS_OPS = frozenset(
-    "process_" + op
-    for op in ("start", "list", "get", "output", "input", "signal", "resize", "delete", "wait")
-)
+    (
+        "process_start", "process_list", "process_get", "process_output", "process_input",
+        "process_signal", "process_resize", "process_delete", "process_wait", "process_pids_hit",
+    )
+)  # fmt: skip
 # Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
 CONFIG_ENV = {}
 MAX_CONFIG_ENV = 256
@@ -927,8 +929,8 @@ class ProcessTable:
 
     def handle(self, conn, req):
         op = req.get("op")
-        if self.table is None and op in ("process_list", "process_wait"):
-            send_json(conn, {"processes": [], "seq": 0})
+        if self.table is None and op in ("process_list", "process_wait", "process_pids_hit"):
+            send_json(conn, {"processes": [], "seq": 0, "killed": None})
             return
         module = load_module("processes")
         with self.lock:
