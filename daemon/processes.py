@@ -9,6 +9,11 @@ task per container with running processes. The watch is how their exits become
 `process_exited` events and how the container stays active: it holds the container's
 `active()` for as long as one of them runs, so the idle reaper leaves it alone. A daemon that
 restarts finds the running ones again (`adopt`); an exit while it was down has no event.
+Beside the watch, a guard reads the pids-limit counter every second: when it rises, the
+agent kills the running process behind it, if one of these is (`killed: pids`).
+
+A process may run on a terminal of its own (`tty`, resized by `resize`); attachments
+(daemon/attach.py) follow its output and pass input through the same operations.
 """
 
 from __future__ import annotations

@@ -312,7 +312,7 @@ class Processes:
                 fds = {"out": out_r, "err": err_r, "in": in_w}
             else:
                 own.extend(os.openpty())
-                own.append(os.dup(own[4]))  # the master again, for input: closed on eof
+                own.append(os.dup(own[4]))  # the master again: the poller watches it for input
                 master, slave, in_w = own[4:]
                 set_size(master, p.size)
                 tty, child, given = os.ttyname(slave), [(1, 0), (2, 0)], (slave,)
