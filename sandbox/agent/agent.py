@@ -61,6 +61,7 @@ WORKSPACE = "/mnt/data"
 UPLOAD_PREFIX = ".sandboxd-upload-"
 LISTEN_FD = 3
 LISTEN_PATH_ENV = "SANDBOXD_AGENT_SOCKET"
+IMAGE_ENV_PREFIX = "SANDBOXD_IMAGE_ENV_"  # sandbox/host/agent.py: the image's environment
 PR_SET_DUMPABLE = 4
 DRAIN_GRACE_S = 0.2
 
@@ -1106,10 +1107,18 @@ def open_listener():
     return listener
 
 
+def take_image_env(environ=os.environ):
+    """The image's environment (a venv first on PATH, say), handed over by the runtime under
+    IMAGE_ENV_PREFIX, becomes part of every command's base environment."""
+    for key in [k for k in environ if k.startswith(IMAGE_ENV_PREFIX)]:
+        BASE_ENV[key[len(IMAGE_ENV_PREFIX) :]] = environ.pop(key)
+
+
 def main():
     # As PID 1, signals without a handler are ignored by the kernel: keep it that way.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGPIPE else signal.SIG_IGN)
+    take_image_env()
     make_undumpable()
     os.chdir("/")
     listener = open_listener()
