@@ -10,6 +10,7 @@ from aiohttp import web
 
 from daemon.api.body import body_of
 from daemon.api.validation import parse_json_object
+from daemon.attach import AttachService
 from daemon.code import CodeService
 from daemon.config import Config
 from daemon.container_files import ContainerFileService
@@ -35,6 +36,7 @@ class Services:
     exec: ExecService
     code: CodeService
     processes: ProcessService
+    attach: AttachService
     ports: PortService
     files: FileService  # /v1/files
     images: ImageService  # /v1/images
@@ -50,6 +52,7 @@ EXEC = web.AppKey("exec", ExecService)
 CODE = web.AppKey("code", CodeService)
 PROCESSES = web.AppKey("processes", ProcessService)
 PORTS = web.AppKey("ports", PortService)
+ATTACH = web.AppKey("attach", AttachService)
 FILES = web.AppKey("files", FileService)
 IMAGES = web.AppKey("images", ImageService)
 SKILLS = web.AppKey("skills", SkillService)
@@ -66,6 +69,7 @@ def install(app: web.Application, services: Services) -> None:
     app[CODE] = services.code
     app[PROCESSES] = services.processes
     app[PORTS] = services.ports
+    app[ATTACH] = services.attach
     app[FILES] = services.files
     app[IMAGES] = services.images
     app[SKILLS] = services.skills
