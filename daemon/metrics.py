@@ -72,6 +72,17 @@ class Metrics:
             "Bytes of background processes' output sent to clients (reads and streams).",
             registry=r,
         )
+        self.attachments_open = Gauge(
+            "sandboxd_attachments_open",
+            "WebSocket attachments to processes (.../attach) open now.",
+            registry=r,
+        )
+        self.attach_bytes = Counter(
+            "sandboxd_attach_bytes_total",
+            "Bytes relayed by attachments: in = to the process, out = its output to clients.",
+            ["direction"],
+            registry=r,
+        )
         self.port_relays = Counter(
             "sandboxd_port_relays_total",
             "Requests relayed to ports inside containers (/ports/{port}/...).",
@@ -105,12 +116,13 @@ class Metrics:
             registry=r,
         )
         self.pool_depth = Gauge(
-            "sandboxd_pool_depth", "Ready pre-started sandboxes per memory tier.", ["tier"],
+            "sandboxd_pool_depth", "Ready pre-started sandboxes per image and memory tier.",
+            ["image", "tier"],
             registry=r,
         )  # fmt: skip
         self.pool_claims = Counter(
             "sandboxd_pool_claims_total", "Creates that found (hit) or missed a pooled sandbox.",
-            ["tier", "result"], registry=r,
+            ["image", "tier", "result"], registry=r,
         )  # fmt: skip
         self.reaper_expired = Counter(
             "sandboxd_reaper_expired_total", "Containers expired for being idle.", registry=r

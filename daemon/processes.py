@@ -9,6 +9,11 @@ task per container with running processes. The watch is how their exits become
 `process_exited` events and how the container stays active: it holds the container's
 `active()` for as long as one of them runs, so the idle reaper leaves it alone. A daemon that
 restarts finds the running ones again (`adopt`); an exit while it was down has no event.
+Beside the watch, a guard reads the pids-limit counter every second: when it rises, the
+agent kills the running process behind it, if one of these is (`killed: pids`).
+
+A process may run on a terminal of its own (`tty`, resized by `resize`); attachments
+(daemon/attach.py) follow its output and pass input through the same operations.
 """
 
 from __future__ import annotations
@@ -32,27 +37,30 @@ from daemon.errors import (
     SandboxTimeout,
     StorageFull,
     TooManyProcesses,
+    TooManyTerminals,
 )
 from daemon.metrics import Metrics
 from daemon.models import Page
 from daemon.sandboxes import Sandboxes
-from daemon.shutdown import ShutdownControl
+from daemon.shutdown import ShutdownControl, cut_short
 from daemon.tasks import TaskSupervisor
 from sandbox.agent_client import AgentProcess, ExecChunk, OutputEnd, OutputStart
 from sandbox.cgroups import CgroupCounters
 
 logger = logging.getLogger(__name__)
 
-# The signals a caller may send (no WINCH: there are no terminals yet).
+# The signals a caller may send.
 SIGNALS: Mapping[str, int] = {
     name: int(getattr(signal, f"SIG{name}"))
-    for name in ("INT", "TERM", "KILL", "HUP", "QUIT", "USR1", "USR2")
+    for name in ("INT", "TERM", "KILL", "HUP", "QUIT", "USR1", "USR2", "WINCH")
 }
 WATCH_WAIT_MS = 25_000  # one long poll of the watch; an exit answers it at once
 WATCH_RETRY_S = 1.0  # after a busy or slow agent
+PIDS_CHECK_S = 1.0  # how often a container with running processes has its pids limit checked
 MAX_REMEMBERED_KILLS = 4096  # why ended processes were killed, for their later retrievals
 
 OutputEvent = OutputStart | ExecChunk | OutputEnd
+Output = AsyncIterator[OutputEvent]
 OutputSink = Callable[[OutputEvent], Awaitable[None]]
 
 
@@ -61,6 +69,7 @@ class ProcessParams:
     command: str
     env: dict[str, str]
     working_directory: str
+    size: tuple[int, int] | None = None  # (cols, rows) of its terminal; None: no terminal
 
 
 @dataclass(frozen=True)
@@ -117,21 +126,26 @@ class ProcessService:
         # No await between the check and active(): the reaper cannot slip in between.
         async with self._containers.active(cid):
             before = await self._sandboxes.counters(cid)
-            cap = self._cfg.max_per_container
-            async with _capped(cap), self._sandboxes.agent(cid, "start process") as agent:
-                info = await agent.start_process(
-                    {
-                        "id": ids.process_id(),
-                        "cmd": params.command,
-                        "env": params.env,
-                        "cwd": params.working_directory,
-                        "ring_bytes": self._cfg.ring_bytes,
-                        "max_processes": cap,
-                    }
-                )
+            cap, terminals = self._cfg.max_per_container, self._cfg.max_terminals
+            request = {
+                "id": ids.process_id(),
+                "cmd": params.command,
+                "env": params.env,
+                "cwd": params.working_directory,
+                "ring_bytes": self._cfg.ring_bytes,
+                "max_processes": cap,
+            }
+            if params.size is not None:
+                cols, rows = params.size
+                request.update(tty=True, cols=cols, rows=rows, max_terminals=terminals)
+            async with (
+                _capped(cap, terminals),
+                self._sandboxes.agent(cid, "start process") as agent,
+            ):
+                info = await agent.start_process(request)
             self._track(cid, info.id, before)
         self._metrics.processes_started.inc()
-        logger.info("process started", extra={"process_id": info.id})
+        logger.info("process started", extra={"process_id": info.id, "tty": info.size is not None})
         return self._process(cid, info)
 
     async def list_processes(
@@ -180,6 +194,23 @@ class ProcessService:
         logger.info("process signalled", extra={"process_id": pid, "signal": name})
         return self._process(cid, info)
 
+    async def resize(self, caller: Caller, cid: str, pid: str, cols: int, rows: int) -> Process:
+        """A terminal's new size (400 for a process without a terminal, 409 once ended)."""
+        await self._containers.running(caller, cid)
+        async with self._containers.active(cid):
+            with _named(pid):
+                async with self._sandboxes.agent(cid, "resize terminal") as agent:
+                    info = await agent.resize_process(pid, cols, rows)
+        return self._process(cid, info)
+
+    async def ended(self, cid: str, info: AgentProcess) -> Process:
+        """A process seen to have ended (by an attachment): its exit is accounted for now,
+        as the watch would (once: whichever sees it first), so its `killed` is known."""
+        procs = self._running.get(cid, {})
+        if not info.running and info.id in procs:
+            await self._ended(cid, info, procs.pop(info.id))
+        return self._process(cid, info)
+
     async def read_output(self, caller: Caller, cid: str, pid: str, offset: int) -> OutputRead:
         """What the ring holds from `offset`, at most `processes.max_read_bytes`."""
         await self._containers.running(caller, cid)
@@ -226,38 +257,27 @@ class ProcessService:
                 del self._streams[cid]
 
     async def _stream(self, cid: str, pid: str, offset: int, sink: OutputSink) -> OutputEnd | None:
-        loop = asyncio.get_running_loop()
-        stop = self._shutdown.stop_streams
         last: OutputEnd | None = None
+        # The daemon's shutdown ends the stream (the process runs on).
+        async with self.follow(cid, pid, offset) as events, cut_short(self._shutdown.stop_streams):
+            async for event in events:
+                if isinstance(event, OutputEnd):
+                    last = event
+                elif isinstance(event, ExecChunk):
+                    self._metrics.process_output_bytes.inc(len(event.data))
+                await sink(event)
+        return last
+
+    @contextlib.asynccontextmanager
+    async def follow(self, cid: str, pid: str, offset: int) -> AsyncIterator[Output]:
+        """The process's output from `offset` until it has ended (an OutputEnd last), for a
+        caller already checked; the block holds one of the agent's connections."""
         with _named(pid):
             async with (
-                self._sandboxes.agent(cid, "stream process output") as agent,
+                self._sandboxes.agent(cid, "follow process output") as agent,
                 agent.process_output(pid, offset, 0, True) as events,
             ):
-                # The daemon's shutdown ends the stream (the process runs on): a timeout
-                # scope that the stop event expires, its task owned and awaited here.
-                try:
-                    async with asyncio.timeout(None) as scope:
-
-                        async def expire_on_stop() -> None:
-                            await stop.wait()
-                            scope.reschedule(loop.time())
-
-                        watcher = loop.create_task(expire_on_stop())
-                        try:
-                            async for event in events:
-                                if isinstance(event, OutputEnd):
-                                    last = event
-                                elif isinstance(event, ExecChunk):
-                                    self._metrics.process_output_bytes.inc(len(event.data))
-                                await sink(event)
-                        finally:
-                            watcher.cancel()
-                            await asyncio.wait({watcher})
-                except TimeoutError:
-                    if not scope.expired():
-                        raise
-        return last
+                yield events
 
     # ------------------------------------------------------------------ the watch
 
@@ -290,6 +310,7 @@ class ProcessService:
         """While the container has running processes: hold it active, and turn each exit
         into a `process_exited` event. Ends with the last of them, or with the sandbox."""
         seq = -1
+        guard = self._tasks.spawn("process-pids-guard", self._guard_pids(cid))
         try:
             async with self._containers.active(cid):
                 while True:
@@ -309,9 +330,38 @@ class ProcessService:
             # The sandbox is gone (deleted, expired) or its agent failed: so are its processes.
             logger.info("process watch ended", extra={"container_id": cid, "error": str(exc)})
         finally:
+            guard.cancel()
             if self._watches.get(cid) is asyncio.current_task():
                 self._watches.pop(cid, None)
                 self._running.pop(cid, None)
+
+    async def _guard_pids(self, cid: str) -> None:
+        """Beside the watch: when the container runs into its pids limit, the background
+        process behind it is killed (as an exec's command is: a fork bomb would otherwise
+        keep the container full), if it is one (the agent picks the session with the most
+        tasks; an exec's own watch ends an exec). Its exit then says `killed: pids`."""
+        last: int | None = None
+        while True:
+            now = await self._sandboxes.kill_counters(cid)
+            if now is not None:
+                if last is not None and now.pids_limit_hits > last:
+                    await self._pids_hit(cid)
+                last = now.pids_limit_hits
+            await asyncio.sleep(PIDS_CHECK_S)
+
+    async def _pids_hit(self, cid: str) -> None:
+        try:
+            async with self._sandboxes.agent(cid, "pids limit") as agent:
+                killed = await agent.kill_pids_culprit()
+        except DomainError as exc:
+            logger.info("pids limit not handled", extra={"container_id": cid, "error": str(exc)})
+            return
+        if killed is not None:
+            self._remember_kill(cid, killed, "pids")
+            logger.warning(
+                "process killed at the pids limit",
+                extra={"container_id": cid, "process_id": killed},
+            )
 
     async def _observe(self, cid: str, found: list[AgentProcess]) -> None:
         procs = self._running.get(cid, {})
@@ -324,18 +374,25 @@ class ProcessService:
                 before = procs.pop(pid, None)
                 await self._ended(cid, p, before)
 
+    def _remember_kill(self, cid: str, pid: str, killed: str) -> None:
+        if len(self._killed) >= MAX_REMEMBERED_KILLS:
+            del self._killed[next(iter(self._killed))]
+        self._killed[(cid, pid)] = killed
+
     async def _ended(self, cid: str, p: AgentProcess, before: CgroupCounters | None) -> None:
-        killed = None
-        if before is not None and (p.signal == signal.SIGKILL or p.exit_code != 0):
+        killed = self._killed.get((cid, p.id))  # by us, at the pids limit
+        if (
+            killed is None
+            and before is not None
+            and (p.signal == signal.SIGKILL or p.exit_code != 0)
+        ):
             now = await self._sandboxes.counters(cid)
             if now is not None and p.signal == signal.SIGKILL and now.oom_kills > before.oom_kills:
                 killed = "oom"
             elif now is not None and now.pids_limit_hits > before.pids_limit_hits:
                 killed = "pids"
         if killed is not None:
-            if len(self._killed) >= MAX_REMEMBERED_KILLS:
-                del self._killed[next(iter(self._killed))]
-            self._killed[(cid, p.id)] = killed
+            self._remember_kill(cid, p.id, killed)
             self._metrics.kills.labels(killed).inc()
         try:
             await self._containers.record_event(
@@ -348,14 +405,19 @@ class ProcessService:
 
 
 @contextlib.asynccontextmanager
-async def _capped(cap: int) -> AsyncIterator[None]:
-    """The agent's refusal of one more process, with our cap in it."""
+async def _capped(cap: int, terminals: int) -> AsyncIterator[None]:
+    """The agent's refusal of one more process or terminal, with our cap in it."""
     try:
         yield
     except TooManyProcesses:
         raise TooManyProcesses(
             f"At most {cap} background processes may run per container; delete one or wait "
             "for one to end."
+        ) from None
+    except TooManyTerminals:
+        raise TooManyTerminals(
+            f"At most {terminals} terminals (tty processes) may run per container; delete one "
+            "or wait for one to end."
         ) from None
 
 

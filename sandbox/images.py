@@ -7,10 +7,12 @@
 
 `sandboxd image build` (sandbox/image_build.py) makes a build and then publishes it; a new
 container starts on the current build and keeps the build it started with until it ends.
-A runtime using a build holds a *pin* (a shared flock on its image.json), so `collect` (which
-removes builds that are neither current nor pinned) and `remove` never take a tree from under
-a running sandbox, whichever process (a daemon, the CLI) asks. The pseudo image `host` is the
-host's own /usr bound into a generated skeleton (sandbox/host/rootfs.py); it is never built.
+A build is in use while a runtime holds a *pin* on it (a shared flock on its image.json) or a
+sandbox's dir names it (`<state>/sandboxes/*/root`, which outlives a daemon restart), so
+`collect` (which removes builds neither current nor in use) and `remove` never take a tree
+from under a running sandbox, whichever process (a daemon, the CLI) asks. The pseudo image
+`host` is the host's own /usr bound into a generated skeleton (sandbox/host/rootfs.py); it is
+never built.
 An image of the older layout (`<name>/rootfs` + `<name>/image.json`) is read as one build.
 Blocking: call off the event loop.
 """
@@ -38,6 +40,7 @@ BUILD_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 STAMP = "image.json"
 CURRENT = "current"
 BUILDS = "builds"
+ROOT_FILE = "root"  # in a sandbox's dir: "<image>@<build id>" (see sandbox/host/roots.py)
 
 
 class ImageError(SandboxError):
@@ -202,17 +205,28 @@ def _discard(path: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def referenced(state_dir: Path, name: str) -> set[str]:
+    """The builds of `name` that sandboxes' dirs name."""
+    found = set()
+    for path in (state_dir / "sandboxes").glob(f"*/{ROOT_FILE}"):
+        with contextlib.suppress(OSError):
+            image, _, build_id = path.read_text().strip().partition("@")
+            if image == name:
+                found.add(build_id)
+    return found
+
+
 def collect(state_dir: Path, name: str) -> list[str]:
-    """Delete the builds of `name` that are neither current nor pinned; their ids."""
+    """Delete the builds of `name` that are neither current nor in use; their ids."""
     builds = image_dir(state_dir, name) / BUILDS
-    keep = current_id(state_dir, name)
+    keep = {current_id(state_dir, name), *referenced(state_dir, name)}
     removed = []
     with contextlib.suppress(FileNotFoundError):
         for entry in sorted(builds.iterdir()):
             if entry.name.startswith(".trash-"):
                 shutil.rmtree(entry, ignore_errors=True)  # a collector that died half-way
                 continue
-            if entry.name.startswith(".") or entry.name == keep:
+            if entry.name.startswith(".") or entry.name in keep:
                 continue
             with _unpinned(entry / STAMP) as free:
                 if free:
@@ -226,6 +240,8 @@ def remove(state_dir: Path, name: str) -> None:
     base = image_dir(state_dir, name)
     if not base.is_dir():
         raise ImageError(f"image {name!r} not found")
+    if referenced(state_dir, name):
+        raise ImageInUse(f"image {name!r} is in use by sandboxes")
     with contextlib.ExitStack() as stack:
         stamps = [base / STAMP]
         with contextlib.suppress(FileNotFoundError):

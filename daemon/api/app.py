@@ -13,16 +13,18 @@ from aiohttp import web
 
 from daemon import ids
 from daemon import metrics as metrics_mod
-from daemon.api import code as code_api
 from daemon.api import (
+    attach,
     container_files,
     containers,
     execute,
+    images,
     ports,
     processes,
     skills,
     user_files,
 )
+from daemon.api import code as code_api
 from daemon.api.context import (
     CALLER,
     CONFIG,
@@ -193,11 +195,15 @@ def create_app(
             web.get(cid + "/processes/{process_id}/output", processes.output),
             web.post(cid + "/processes/{process_id}/input", processes.send_input),
             web.post(cid + "/processes/{process_id}/signal", processes.send_signal),
+            web.post(cid + "/processes/{process_id}/resize", processes.resize),
+            web.get(cid + "/processes/{process_id}/attach", attach.attach),
             # aiohttp's GET route answers HEAD too (the relay forwards it as HEAD).
             *(
                 web.route(m, cid + ports.ROUTE, ports.relay)
                 for m in sorted(PORT_METHODS - {"HEAD"})
             ),
+            web.get("/v1/images", images.list_),
+            web.get("/v1/images/{name}", images.retrieve),
             web.post("/v1/files", idempotent(user_files.create)),
             web.get("/v1/files", user_files.list_),
             web.get("/v1/files/{file_id}", user_files.retrieve),

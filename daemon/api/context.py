@@ -10,6 +10,7 @@ from aiohttp import web
 
 from daemon.api.body import body_of
 from daemon.api.validation import parse_json_object
+from daemon.attach import AttachService
 from daemon.code import CodeService
 from daemon.config import Config
 from daemon.container_files import ContainerFileService
@@ -17,6 +18,7 @@ from daemon.containers import Caller, ContainerService
 from daemon.errors import PayloadTooLarge
 from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
+from daemon.images import ImageService
 from daemon.metrics import Metrics
 from daemon.ports import PortService
 from daemon.processes import ProcessService
@@ -34,8 +36,10 @@ class Services:
     exec: ExecService
     code: CodeService
     processes: ProcessService
+    attach: AttachService
     ports: PortService
     files: FileService  # /v1/files
+    images: ImageService  # /v1/images
     skills: SkillService
     idempotency: Idempotency
     metrics: Metrics
@@ -48,7 +52,9 @@ EXEC = web.AppKey("exec", ExecService)
 CODE = web.AppKey("code", CodeService)
 PROCESSES = web.AppKey("processes", ProcessService)
 PORTS = web.AppKey("ports", PortService)
+ATTACH = web.AppKey("attach", AttachService)
 FILES = web.AppKey("files", FileService)
+IMAGES = web.AppKey("images", ImageService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
 METRICS = web.AppKey("metrics", Metrics)
@@ -63,7 +69,9 @@ def install(app: web.Application, services: Services) -> None:
     app[CODE] = services.code
     app[PROCESSES] = services.processes
     app[PORTS] = services.ports
+    app[ATTACH] = services.attach
     app[FILES] = services.files
+    app[IMAGES] = services.images
     app[SKILLS] = services.skills
     app[IDEMPOTENCY] = services.idempotency
     app[METRICS] = services.metrics

@@ -7,6 +7,7 @@ from typing import Any
 
 from daemon.api.output import Captured
 from daemon.code import CodeRun
+from daemon.images import ImageInfo
 from daemon.models import (
     ContainerRecord,
     EventRecord,
@@ -32,8 +33,25 @@ def container(rec: ContainerRecord) -> dict[str, Any]:
         "expires_after": {"anchor": "last_active_at", "minutes": rec.expires_minutes},
         "expires_at": rec.last_active_at + rec.expires_minutes * 60,
         "memory_limit": rec.memory_limit,
+        "image": rec.image,
         "network_policy": rec.network_policy or {"type": "disabled"},
         **({"status_reason": rec.status_reason} if rec.status_reason else {}),
+    }
+
+
+def image(info: ImageInfo) -> dict[str, Any]:
+    return {
+        "id": info.name,
+        "object": "image",
+        "name": info.name,
+        "description": info.description,
+        "build_id": info.build_id,
+        "created_at": info.created_at,
+        "size_bytes": info.size_bytes,
+        "python_version": info.python_version,
+        "node_version": info.node_version,
+        "packages": {kind: list(names) for kind, names in info.packages.items()},
+        "default": info.default,
     }
 
 
@@ -171,13 +189,15 @@ def process_info(info: AgentProcess, cid: str, killed: str | None = None) -> dic
         "object": "container.process",
         "container_id": cid,
         "command": info.command,
-        "tty": False,
+        "tty": info.size is not None,
         "status": "running" if info.running else "exited",
         "exit_code": info.exit_code,
         "created_at": info.created_at,
         "ended_at": info.ended_at,
         "output_bytes": info.output_bytes,
     }
+    if info.size is not None:
+        body["cols"], body["rows"] = info.size
     if killed is not None:
         body["killed"] = killed
     return body

@@ -22,9 +22,10 @@ Reaper.spawn), configure (environment for every later command, and the egress re
 127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 
-Ops of background processes (process_start, _list, _get, _output, _input, _signal, _delete,
-_wait): see processes.py. port_connect (a TCP connection to the sandbox's own loopback, after
-which the agent connection carries its raw bytes until either end closes): see ports.py.
+Ops of background processes (process_start, _list, _get, _output, _input, _signal, _resize,
+_delete, _wait, _pids_hit): see processes.py. port_connect (a TCP connection to the sandbox's own
+loopback, after which the agent connection carries its raw bytes until either end closes):
+see ports.py.
 
 Modules beside this file, imported on first use (see load_module): sessions.py (the code ops:
 Python in persistent sessions, each an interpreter.py process), egress.py (the relay),
@@ -60,6 +61,7 @@ WORKSPACE = "/mnt/data"
 UPLOAD_PREFIX = ".sandboxd-upload-"
 LISTEN_FD = 3
 LISTEN_PATH_ENV = "SANDBOXD_AGENT_SOCKET"
+IMAGE_ENV_PREFIX = "SANDBOXD_IMAGE_ENV_"  # sandbox/host/agent.py: the image's environment
 PR_SET_DUMPABLE = 4
 DRAIN_GRACE_S = 0.2
 
@@ -82,9 +84,11 @@ BASE_ENV = {
     "PIP_CERT": SYSTEM_CA_BUNDLE,
 }
 PROCESS_OPS = frozenset(
-    "process_" + op
-    for op in ("start", "list", "get", "output", "input", "signal", "delete", "wait")
-)
+    (
+        "process_start", "process_list", "process_get", "process_output", "process_input",
+        "process_signal", "process_resize", "process_delete", "process_wait", "process_pids_hit",
+    )
+)  # fmt: skip
 # Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
 CONFIG_ENV = {}
 MAX_CONFIG_ENV = 256
@@ -328,8 +332,12 @@ class Reaper:
                     if waiter["wake"] is not None:
                         os.write(waiter["wake"], b"x")
 
-    def spawn(self, argv, env, cwd, fds, wake_fd):
+    def spawn(self, argv, env, cwd, fds, wake_fd, tty=None):
         """posix_spawn under the lock so the reaper cannot miss the registration.
+
+        `tty`: the path of a terminal the child opens as its fd 0 (before the dup2s of
+        `fds`): it is a new session's leader by then (setsid comes before the file actions),
+        so the terminal becomes its controlling terminal and its group the foreground one.
 
         The child starts in the sandbox's work group, where an OOM never picks the agent:
         on cgroup v1 this thread moves itself there for the spawn (the child is born in it)
@@ -350,6 +358,8 @@ class Reaper:
             os.chdir(cwd)
             try:
                 file_actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in fds]
+                if tty is not None:
+                    file_actions.insert(0, (os.POSIX_SPAWN_OPEN, 0, tty, os.O_RDWR, 0))
                 pid = os.posix_spawn(
                     argv[0],
                     argv,
@@ -920,8 +930,8 @@ class ProcessTable:
 
     def handle(self, conn, req):
         op = req.get("op")
-        if self.table is None and op in ("process_list", "process_wait"):
-            send_json(conn, {"processes": [], "seq": 0})
+        if self.table is None and op in ("process_list", "process_wait", "process_pids_hit"):
+            send_json(conn, {"processes": [], "seq": 0, "killed": None})
             return
         module = load_module("processes")
         with self.lock:
@@ -1097,10 +1107,18 @@ def open_listener():
     return listener
 
 
+def take_image_env(environ=os.environ):
+    """The image's environment (a venv first on PATH, say), handed over by the runtime under
+    IMAGE_ENV_PREFIX, becomes part of every command's base environment."""
+    for key in [k for k in environ if k.startswith(IMAGE_ENV_PREFIX)]:
+        BASE_ENV[key[len(IMAGE_ENV_PREFIX) :]] = environ.pop(key)
+
+
 def main():
     # As PID 1, signals without a handler are ignored by the kernel: keep it that way.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGPIPE else signal.SIG_IGN)
+    take_image_env()
     make_undumpable()
     os.chdir("/")
     listener = open_listener()

@@ -111,3 +111,17 @@ def test_a_collected_build_cannot_be_pinned(tmp_path: Path) -> None:
     assert images.collect(tmp_path, "data") == ["b1"]
     with pytest.raises(images.ImageError, match="removed"):
         images.Pin(old)
+
+
+def test_a_build_named_by_a_sandbox_dir_is_in_use(tmp_path: Path) -> None:
+    """A sandbox outlives its daemon (restart): its dir, not a process, keeps its build."""
+    _make_build(tmp_path, "data", "b1")
+    _make_build(tmp_path, "data", "b2")
+    sdir = tmp_path / "sandboxes" / "100000"
+    sdir.mkdir(parents=True)
+    (sdir / images.ROOT_FILE).write_text("data@b1\n")
+    assert images.collect(tmp_path, "data") == []
+    with pytest.raises(images.ImageInUse):
+        images.remove(tmp_path, "data")
+    (sdir / images.ROOT_FILE).unlink()
+    assert images.collect(tmp_path, "data") == ["b1"]
