@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, euid: int, con: Console) -> int:
         if args.image_command == "build":
             return _build(args, state_dir, euid, con)
         if args.image_command == "ls":
-            return _ls(state_dir, cfg.runtime.image, args.json, con)
+            return _ls(state_dir, cfg.runtime.default_image, args.json, con)
         with builder.build_lock(images.image_dir(state_dir, args.name), args.name):
             images.remove(state_dir, args.name)
         con.out.write(f"removed image {args.name}\n")
@@ -81,8 +81,10 @@ def _ls(state_dir: Path, default: str, as_json: bool, con: Console) -> int:
         ])  # fmt: skip
     headers = ["NAME", "BUILD", "SIZE", "CREATED", "PYTHON", "NODE", "DESCRIPTION"]
     con.out.write(output.table(headers, rows))
-    if not default:
-        con.out.write("(default: host, the host's own /usr)\n")
+    if default == images.HOST:
+        con.out.write(f"(default: {images.HOST}, the host's own /usr)\n")
+    elif default not in {b.name for b in found}:
+        con.out.write(f"(default: {default}, not built)\n")
     return 0
 
 

@@ -84,6 +84,10 @@ def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "tiny  20260101000000-aaaaaaaaaaaa  5 MB" in out and "3.11.2" in out
     assert cli.main(["image", "ls", "--json", "--state-dir", str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)[0]["description"] == "a tiny one"
+    assert "(default: host, the host's own /usr)" in out
+    config.write_text(f'state_dir = "{tmp_path}"\n[runtime]\ndefault_image = "tiny"\n')
+    assert cli.main(["image", "ls", "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines()[1].startswith("tiny (default)  2026")
     lock = os.open(images.image_dir(tmp_path, "tiny") / builder.LOCK, os.O_RDWR | os.O_CREAT)
     try:  # a build of it runs
         fcntl.flock(lock, fcntl.LOCK_EX)
