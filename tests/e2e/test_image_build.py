@@ -97,6 +97,9 @@ def test_python_data_is_built_verified_and_described() -> None:
     assert any(c.startswith("node -e") for c in meta["verified"]["commands"])
     assert meta["size_bytes"] > load(IMAGE_CACHE, NAME).meta["size_bytes"]
     assert (built.rootfs / "opt/venv/bin/python3").exists()
+    venv = next((built.rootfs / "opt/venv/lib").glob("python3*/site-packages"))
+    assert (venv / "pptx").is_dir() and (venv / "pdfplumber").is_dir()
+    assert not (venv / "PIL").exists()  # Debian's Pillow, the one its matplotlib is built for
     assert (built.rootfs / "etc/resolv.conf").read_text() == ""  # the build's resolver is gone
     listing = _image("ls")
     assert listing.returncode == 0, listing.stderr
