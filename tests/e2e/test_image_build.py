@@ -3,7 +3,7 @@ image with both backends; a build that fails (its verify stage) or is killed lea
 current build as it was, no half tree and no mount behind.
 
 The shipped images are built into a persistent cache (IMAGE_CACHE), once per machine: the
-first run pays the builds (minimal ~1 min and ~330 MB, python-data ~3 min and ~1.9 GB, on a
+first run pays the builds (minimal ~40 s and 300 MiB, python-data 2-3 min and 1.8 GiB, on a
 fast mirror; see README "Images"); every later run checks that a second build is a no-op and
 reuses the trees. Remove the directory to force fresh builds.
 """
@@ -29,13 +29,14 @@ from sandbox.images import BuiltImage, load
 from sandbox.oci.runtime import OciRuntime, OciSettings, forget_instance
 from sandbox.runtime import Runtime
 from sandbox.seccomp import load_profile
+from tests import imagecache
+from tests.imagecache import IMAGE_CACHE
 from tests.runtime.conftest import RunResources, check, run_resources, spec
 
 # A first run builds (minutes); pytest-timeout would stop it at its default.
 pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 __all__ = ["run_resources"]  # the runtime suite's session fixture (host cleanup), used here
-IMAGE_CACHE = Path("/var/cache/sandboxd-tests")
 NAME = "minimal"
 BUILD_ID = re.compile(r"\d{14}-[0-9a-f]{12}")
 
@@ -47,10 +48,8 @@ def _image(*args: str, state: Path = IMAGE_CACHE) -> subprocess.CompletedProcess
 
 def _cached(recipe: str) -> BuiltImage:
     """The shipped recipe's image in the cache: built on the first run, a no-op after."""
-    IMAGE_CACHE.mkdir(parents=True, exist_ok=True, mode=0o755)
-    first = _image("build", recipe)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    again = _image("build", recipe)  # idempotent: nothing to do the second time
+    imagecache.built(recipe)
+    again = imagecache.build(recipe)  # idempotent: nothing to do the second time
     assert again.returncode == 0, again.stderr
     assert f"image {recipe} is up to date" in again.stdout
     built = load(IMAGE_CACHE, recipe)
@@ -179,16 +178,15 @@ async def _probe(runtime: Runtime) -> None:
         await runtime.destroy(s.sandbox_id)
 
 
-def _state_with(image_dir: Path, run: RunResources) -> Path:
+def _state_with(run: RunResources) -> Path:
     """A base dir whose state dir (<base>/state) has the image."""
     base = run.new_state_dir()
-    (base / "state" / "images").mkdir(parents=True)
-    (base / "state" / "images" / NAME).symlink_to(image_dir)  # the cache's, all its builds
+    imagecache.link_into(base / "state", NAME)
     return base
 
 
 async def test_oci_runs_on_the_built_image(image: Path, run_resources: RunResources) -> None:
-    base = _state_with(image, run_resources)
+    base = _state_with(run_resources)
     settings = OciSettings(
         state_dir=base / "state",
         runtime_root=base / "runc",
@@ -209,7 +207,7 @@ async def test_oci_runs_on_the_built_image(image: Path, run_resources: RunResour
 async def test_docker_imports_and_runs_the_built_image(
     image: Path, run_resources: RunResources, docker_engine: str
 ) -> None:
-    base = _state_with(image, run_resources)
+    base = _state_with(run_resources)
     settings = DockerSettings(
         state_dir=base / "state",
         engine_url=docker_engine,
