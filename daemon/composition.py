@@ -19,6 +19,7 @@ from aiohttp import web
 from daemon.admission import Admission, AdmittingRuntime, host_memory_bytes
 from daemon.api.app import create_app, create_metrics_app
 from daemon.api.context import Services
+from daemon.attach import AttachService
 from daemon.code import CodeService
 from daemon.config import Config, ProxyConfig, split_host_port
 from daemon.container_egress import ContainerEgress
@@ -121,6 +122,9 @@ class Daemon:
             egress=self.egress,
             pool=self.pool,
         )
+        processes = ProcessService(
+            config, self.containers, sandboxes, self.tasks, self.shutdown, self.metrics
+        )
         self.services = Services(
             containers=self.containers,
             container_files=ContainerFileService(
@@ -130,9 +134,8 @@ class Daemon:
             code=CodeService(
                 config, self.containers, self.store, sandboxes, self.shutdown, self.metrics
             ),
-            processes=ProcessService(
-                config, self.containers, sandboxes, self.tasks, self.shutdown, self.metrics
-            ),
+            processes=processes,
+            attach=AttachService(config, self.containers, processes, self.shutdown, self.metrics),
             ports=PortService(config, self.containers, sandboxes, self.metrics),
             files=self.files,
             skills=self.skills,

@@ -185,6 +185,12 @@ class ProcessConfig:
     max_read_bytes: int = 1 << 20  # one GET .../output without stream (the rest: next_offset)
     # Output streams open at once per container: each holds one of the agent's connections.
     max_streams: int = 4
+    # Terminals (tty: true) running at once per container; they count as processes too.
+    max_terminals: int = 4
+    # WebSocket attachments (.../attach) open at once per container: each holds one of the
+    # agent's connections for its output.
+    max_attachments: int = 8
+    max_frame_bytes: int = 64 << 10  # one input frame of an attachment (1009 beyond)
 
 
 @dataclass(frozen=True)
@@ -498,6 +504,15 @@ def _validate_processes(p: ProcessConfig, agent: AgentConfig) -> None:
             "processes.max_streams must be at least 1 and below agent.connections (each "
             "stream holds one)"
         )
+    if not 1 <= p.max_terminals <= p.max_per_container:
+        raise ConfigError("processes.max_terminals must be within 1..processes.max_per_container")
+    if not 1 <= p.max_attachments < agent.connections:
+        raise ConfigError(
+            "processes.max_attachments must be at least 1 and below agent.connections (each "
+            "attachment holds one)"
+        )
+    if not 1 <= p.max_frame_bytes <= p.max_input_bytes:
+        raise ConfigError("processes.max_frame_bytes must be within 1..processes.max_input_bytes")
 
 
 def _validate_proxy(p: ProxyConfig) -> None:

@@ -63,6 +63,18 @@ class TooManyProcesses(DomainError):
     code = "too_many_processes"
 
 
+class TooManyTerminals(DomainError):
+    """The container runs as many terminals (tty processes) as it may; one must end first."""
+
+    code = "too_many_terminals"
+
+
+class TooManyAttachments(DomainError):
+    """As many WebSocket attachments are open on the container as it may have."""
+
+    code = "too_many_attachments"
+
+
 class ProcessExited(DomainError):
     """Input or a signal for a background process that has ended."""
 
@@ -150,6 +162,8 @@ HTTP_ERRORS: dict[type[DomainError], HttpMapping] = {
     IdempotencyKeyReused: HttpMapping(409, "invalid_request_error", False),
     # Retrying helps once one of the container's processes ends (or is deleted).
     TooManyProcesses: HttpMapping(409, "invalid_request_error", False),
+    TooManyTerminals: HttpMapping(409, "invalid_request_error", False),
+    TooManyAttachments: HttpMapping(409, "invalid_request_error", False),
     ProcessExited: HttpMapping(409, "invalid_request_error", False),
     # The first request with the key is still running: the same retry will get its reply.
     RequestInFlight: HttpMapping(409, "invalid_request_error", True, 1),

@@ -72,6 +72,17 @@ class Metrics:
             "Bytes of background processes' output sent to clients (reads and streams).",
             registry=r,
         )
+        self.attachments_open = Gauge(
+            "sandboxd_attachments_open",
+            "WebSocket attachments to processes (.../attach) open now.",
+            registry=r,
+        )
+        self.attach_bytes = Counter(
+            "sandboxd_attach_bytes_total",
+            "Bytes relayed by attachments: in = to the process, out = its output to clients.",
+            ["direction"],
+            registry=r,
+        )
         self.port_relays = Counter(
             "sandboxd_port_relays_total",
             "Requests relayed to ports inside containers (/ports/{port}/...).",

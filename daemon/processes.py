@@ -32,27 +32,29 @@ from daemon.errors import (
     SandboxTimeout,
     StorageFull,
     TooManyProcesses,
+    TooManyTerminals,
 )
 from daemon.metrics import Metrics
 from daemon.models import Page
 from daemon.sandboxes import Sandboxes
-from daemon.shutdown import ShutdownControl
+from daemon.shutdown import ShutdownControl, cut_short
 from daemon.tasks import TaskSupervisor
 from sandbox.agent_client import AgentProcess, ExecChunk, OutputEnd, OutputStart
 from sandbox.cgroups import CgroupCounters
 
 logger = logging.getLogger(__name__)
 
-# The signals a caller may send (no WINCH: there are no terminals yet).
+# The signals a caller may send.
 SIGNALS: Mapping[str, int] = {
     name: int(getattr(signal, f"SIG{name}"))
-    for name in ("INT", "TERM", "KILL", "HUP", "QUIT", "USR1", "USR2")
+    for name in ("INT", "TERM", "KILL", "HUP", "QUIT", "USR1", "USR2", "WINCH")
 }
 WATCH_WAIT_MS = 25_000  # one long poll of the watch; an exit answers it at once
 WATCH_RETRY_S = 1.0  # after a busy or slow agent
 MAX_REMEMBERED_KILLS = 4096  # why ended processes were killed, for their later retrievals
 
 OutputEvent = OutputStart | ExecChunk | OutputEnd
+Output = AsyncIterator[OutputEvent]
 OutputSink = Callable[[OutputEvent], Awaitable[None]]
 
 
@@ -61,6 +63,7 @@ class ProcessParams:
     command: str
     env: dict[str, str]
     working_directory: str
+    size: tuple[int, int] | None = None  # (cols, rows) of its terminal; None: no terminal
 
 
 @dataclass(frozen=True)
@@ -117,21 +120,26 @@ class ProcessService:
         # No await between the check and active(): the reaper cannot slip in between.
         async with self._containers.active(cid):
             before = await self._sandboxes.counters(cid)
-            cap = self._cfg.max_per_container
-            async with _capped(cap), self._sandboxes.agent(cid, "start process") as agent:
-                info = await agent.start_process(
-                    {
-                        "id": ids.process_id(),
-                        "cmd": params.command,
-                        "env": params.env,
-                        "cwd": params.working_directory,
-                        "ring_bytes": self._cfg.ring_bytes,
-                        "max_processes": cap,
-                    }
-                )
+            cap, terminals = self._cfg.max_per_container, self._cfg.max_terminals
+            request = {
+                "id": ids.process_id(),
+                "cmd": params.command,
+                "env": params.env,
+                "cwd": params.working_directory,
+                "ring_bytes": self._cfg.ring_bytes,
+                "max_processes": cap,
+            }
+            if params.size is not None:
+                cols, rows = params.size
+                request.update(tty=True, cols=cols, rows=rows, max_terminals=terminals)
+            async with (
+                _capped(cap, terminals),
+                self._sandboxes.agent(cid, "start process") as agent,
+            ):
+                info = await agent.start_process(request)
             self._track(cid, info.id, before)
         self._metrics.processes_started.inc()
-        logger.info("process started", extra={"process_id": info.id})
+        logger.info("process started", extra={"process_id": info.id, "tty": info.size is not None})
         return self._process(cid, info)
 
     async def list_processes(
@@ -180,6 +188,23 @@ class ProcessService:
         logger.info("process signalled", extra={"process_id": pid, "signal": name})
         return self._process(cid, info)
 
+    async def resize(self, caller: Caller, cid: str, pid: str, cols: int, rows: int) -> Process:
+        """A terminal's new size (400 for a process without a terminal, 409 once ended)."""
+        await self._containers.running(caller, cid)
+        async with self._containers.active(cid):
+            with _named(pid):
+                async with self._sandboxes.agent(cid, "resize terminal") as agent:
+                    info = await agent.resize_process(pid, cols, rows)
+        return self._process(cid, info)
+
+    async def ended(self, cid: str, info: AgentProcess) -> Process:
+        """A process seen to have ended (by an attachment): its exit is accounted for now,
+        as the watch would (once: whichever sees it first), so its `killed` is known."""
+        procs = self._running.get(cid, {})
+        if not info.running and info.id in procs:
+            await self._ended(cid, info, procs.pop(info.id))
+        return self._process(cid, info)
+
     async def read_output(self, caller: Caller, cid: str, pid: str, offset: int) -> OutputRead:
         """What the ring holds from `offset`, at most `processes.max_read_bytes`."""
         await self._containers.running(caller, cid)
@@ -226,38 +251,27 @@ class ProcessService:
                 del self._streams[cid]
 
     async def _stream(self, cid: str, pid: str, offset: int, sink: OutputSink) -> OutputEnd | None:
-        loop = asyncio.get_running_loop()
-        stop = self._shutdown.stop_streams
         last: OutputEnd | None = None
+        # The daemon's shutdown ends the stream (the process runs on).
+        async with self.follow(cid, pid, offset) as events, cut_short(self._shutdown.stop_streams):
+            async for event in events:
+                if isinstance(event, OutputEnd):
+                    last = event
+                elif isinstance(event, ExecChunk):
+                    self._metrics.process_output_bytes.inc(len(event.data))
+                await sink(event)
+        return last
+
+    @contextlib.asynccontextmanager
+    async def follow(self, cid: str, pid: str, offset: int) -> AsyncIterator[Output]:
+        """The process's output from `offset` until it has ended (an OutputEnd last), for a
+        caller already checked; the block holds one of the agent's connections."""
         with _named(pid):
             async with (
-                self._sandboxes.agent(cid, "stream process output") as agent,
+                self._sandboxes.agent(cid, "follow process output") as agent,
                 agent.process_output(pid, offset, 0, True) as events,
             ):
-                # The daemon's shutdown ends the stream (the process runs on): a timeout
-                # scope that the stop event expires, its task owned and awaited here.
-                try:
-                    async with asyncio.timeout(None) as scope:
-
-                        async def expire_on_stop() -> None:
-                            await stop.wait()
-                            scope.reschedule(loop.time())
-
-                        watcher = loop.create_task(expire_on_stop())
-                        try:
-                            async for event in events:
-                                if isinstance(event, OutputEnd):
-                                    last = event
-                                elif isinstance(event, ExecChunk):
-                                    self._metrics.process_output_bytes.inc(len(event.data))
-                                await sink(event)
-                        finally:
-                            watcher.cancel()
-                            await asyncio.wait({watcher})
-                except TimeoutError:
-                    if not scope.expired():
-                        raise
-        return last
+                yield events
 
     # ------------------------------------------------------------------ the watch
 
@@ -348,14 +362,19 @@ class ProcessService:
 
 
 @contextlib.asynccontextmanager
-async def _capped(cap: int) -> AsyncIterator[None]:
-    """The agent's refusal of one more process, with our cap in it."""
+async def _capped(cap: int, terminals: int) -> AsyncIterator[None]:
+    """The agent's refusal of one more process or terminal, with our cap in it."""
     try:
         yield
     except TooManyProcesses:
         raise TooManyProcesses(
             f"At most {cap} background processes may run per container; delete one or wait "
             "for one to end."
+        ) from None
+    except TooManyTerminals:
+        raise TooManyTerminals(
+            f"At most {terminals} terminals (tty processes) may run per container; delete one "
+            "or wait for one to end."
         ) from None
 
 

@@ -30,6 +30,7 @@ from daemon.errors import (
     SessionBusy,
     StorageFull,
     TooManyProcesses,
+    TooManyTerminals,
 )
 from sandbox.agent_client import AgentClient, AgentConnection
 from sandbox.cgroups import CgroupCounters, KillCounters
@@ -67,6 +68,8 @@ AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
     # background processes
     "process_not_found": (NotFound, "process_id"),
     "too_many_processes": (TooManyProcesses, None),
+    "too_many_terminals": (TooManyTerminals, None),
+    "not_a_terminal": (InvalidRequest, "process_id"),
     "process_exited": (ProcessExited, "process_id"),
     "bad_offset": (InvalidRequest, "offset"),
     "input_full": (SandboxBusy, "process_id"),

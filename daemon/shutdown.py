@@ -10,6 +10,9 @@ whatever is left, stop background tasks and close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 
 class ShutdownControl:
@@ -44,3 +47,34 @@ class ShutdownControl:
         except TimeoutError:
             return False
         return True
+
+
+@dataclass
+class Cut:
+    happened: bool = False
+
+
+@contextlib.asynccontextmanager
+async def cut_short(event: asyncio.Event) -> AsyncIterator[Cut]:
+    """The block, cancelled once `event` is set (then it ends quietly, `happened` true): how
+    streams with no end of their own stop at the daemon's shutdown. A timeout scope that the
+    event expires; its watcher task is owned and awaited here."""
+    loop = asyncio.get_running_loop()
+    cut = Cut()
+    try:
+        async with asyncio.timeout(None) as scope:
+
+            async def expire_on_event() -> None:
+                await event.wait()
+                scope.reschedule(loop.time())
+
+            watcher = loop.create_task(expire_on_event())
+            try:
+                yield cut
+            finally:
+                watcher.cancel()
+                await asyncio.wait({watcher})
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        cut.happened = True

@@ -43,6 +43,7 @@ CODE_STATUSES = frozenset({"ok", "error", "interrupted", "died"})
 MAX_PROCESSES = 32  # the agent's own caps on background processes (sandbox/agent/processes.py)
 MAX_PROCESS_INPUT = 1 << 20
 MAX_WAIT_MS = 60000
+MAX_TERM_SIZE = 1000  # columns or rows of a process's terminal
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class AgentProcess:
     ended_at: int | None
     output_bytes: int  # every byte it wrote (stdout and stderr), the ring's end offset
     retained_from: int  # the offset of the oldest byte the ring still holds
+    size: tuple[int, int] | None = None  # (cols, rows) of its terminal; None: no terminal
 
 
 @dataclass(frozen=True)
@@ -555,6 +557,13 @@ class AgentClient:
         msg = await self._call({"op": "process_signal", "id": pid, "signal": signum}, MAX_FRAME)
         return parse_process(msg.get("process"))
 
+    async def resize_process(self, pid: str, cols: int, rows: int) -> AgentProcess:
+        """A terminal's new size (AgentError not_a_terminal for a process without one)."""
+        msg = await self._call(
+            {"op": "process_resize", "id": pid, "cols": cols, "rows": rows}, MAX_FRAME
+        )
+        return parse_process(msg.get("process"))
+
     async def delete_process(self, pid: str) -> None:
         await self._call({"op": "process_delete", "id": pid})
 
@@ -904,6 +913,7 @@ def parse_process(item: object) -> AgentProcess:
     pid, command, status = item.get("id"), item.get("command"), item.get("status")
     code, sig, created = item.get("exit_code"), item.get("signal"), item.get("created_at")
     ended, size, kept = item.get("ended_at"), item.get("output_bytes"), item.get("retained_from")
+    term = _terminal(item)
     if (
         not _is_process_id(pid)
         or not isinstance(command, str)
@@ -920,8 +930,23 @@ def parse_process(item: object) -> AgentProcess:
         raise AgentProtocolError("malformed process")
     running = status == "running"
     return AgentProcess(
-        pid, command, running, None if running else code, sig, created, ended, size, kept
+        pid, command, running, None if running else code, sig, created, ended, size, kept, term
     )
+
+
+def _terminal(item: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(cols, rows) of a process object's terminal, or None (an agent before terminals says
+    nothing of them)."""
+    if item.get("tty", False) is False:
+        return None
+    cols, rows = item.get("cols"), item.get("rows")
+    if (
+        item.get("tty") is not True
+        or not (_nonneg(cols) and 0 < cols <= MAX_TERM_SIZE)
+        or not (_nonneg(rows) and 0 < rows <= MAX_TERM_SIZE)
+    ):
+        raise AgentProtocolError("malformed process")
+    return cols, rows
 
 
 def _process_list(msg: Mapping[str, Any]) -> list[AgentProcess]:

@@ -26,6 +26,7 @@ DOCKER_MODULES = frozenset(
         "tests/api/test_code.py",
         "tests/api/test_processes.py",
         "tests/api/test_ports.py",
+        "tests/api/test_terminals.py",
         "tests/api/test_limits.py",
         "tests/api/test_host_boundary.py",
         "tests/adversarial/test_attacks.py",

@@ -13,8 +13,8 @@ from aiohttp import web
 
 from daemon import ids
 from daemon import metrics as metrics_mod
-from daemon.api import code as code_api
 from daemon.api import (
+    attach,
     container_files,
     containers,
     execute,
@@ -23,6 +23,7 @@ from daemon.api import (
     skills,
     user_files,
 )
+from daemon.api import code as code_api
 from daemon.api.context import (
     CALLER,
     CONFIG,
@@ -193,6 +194,8 @@ def create_app(
             web.get(cid + "/processes/{process_id}/output", processes.output),
             web.post(cid + "/processes/{process_id}/input", processes.send_input),
             web.post(cid + "/processes/{process_id}/signal", processes.send_signal),
+            web.post(cid + "/processes/{process_id}/resize", processes.resize),
+            web.get(cid + "/processes/{process_id}/attach", attach.attach),
             # aiohttp's GET route answers HEAD too (the relay forwards it as HEAD).
             *(
                 web.route(m, cid + ports.ROUTE, ports.relay)

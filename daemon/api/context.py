@@ -10,6 +10,7 @@ from aiohttp import web
 
 from daemon.api.body import body_of
 from daemon.api.validation import parse_json_object
+from daemon.attach import AttachService
 from daemon.code import CodeService
 from daemon.config import Config
 from daemon.container_files import ContainerFileService
@@ -34,6 +35,7 @@ class Services:
     exec: ExecService
     code: CodeService
     processes: ProcessService
+    attach: AttachService
     ports: PortService
     files: FileService  # /v1/files
     skills: SkillService
@@ -48,6 +50,7 @@ EXEC = web.AppKey("exec", ExecService)
 CODE = web.AppKey("code", CodeService)
 PROCESSES = web.AppKey("processes", ProcessService)
 PORTS = web.AppKey("ports", PortService)
+ATTACH = web.AppKey("attach", AttachService)
 FILES = web.AppKey("files", FileService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
@@ -63,6 +66,7 @@ def install(app: web.Application, services: Services) -> None:
     app[CODE] = services.code
     app[PROCESSES] = services.processes
     app[PORTS] = services.ports
+    app[ATTACH] = services.attach
     app[FILES] = services.files
     app[SKILLS] = services.skills
     app[IDEMPOTENCY] = services.idempotency

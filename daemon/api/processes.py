@@ -13,13 +13,14 @@ from daemon.api import serialize
 from daemon.api.context import CONFIG, PROCESSES, caller_of, read_json
 from daemon.api.execute import parse_env_cwd, utf8
 from daemon.api.output import SseReply, json_reply, sse_response
-from daemon.api.validation import get_str, query_list_params, reject_unknown
+from daemon.api.validation import get_int, get_str, query_list_params, reject_unknown
 from daemon.config import MAX_AGENT_PROCESS_COMMAND, Config
 from daemon.errors import InvalidRequest, NotFound
 from daemon.processes import SIGNALS, OutputEvent, OutputRead, ProcessParams
-from sandbox.agent_client import ExecChunk, OutputEnd, OutputStart
+from sandbox.agent_client import MAX_TERM_SIZE, ExecChunk, OutputEnd, OutputStart
 
-CREATE_KEYS = {"command", "env", "working_directory"}
+CREATE_KEYS = {"command", "env", "working_directory", "tty", "cols", "rows"}
+DEFAULT_SIZE = (80, 24)  # a terminal's (cols, rows) when not given
 
 
 def parse_create(body: dict[str, Any]) -> ProcessParams:
@@ -31,7 +32,29 @@ def parse_create(body: dict[str, Any]) -> ProcessParams:
             param="command",
         )
     env, cwd = parse_env_cwd(body)
-    return ProcessParams(command=command, env=env, working_directory=cwd)
+    tty = body.get("tty", False)
+    if not isinstance(tty, bool):
+        raise InvalidRequest("Invalid type for 'tty': expected a boolean.", param="tty")
+    for key in ("cols", "rows"):
+        if key in body and not tty:
+            raise InvalidRequest(f"'{key}' is only for a terminal ('tty': true).", param=key)
+    size = parse_size(body) if tty else None
+    return ProcessParams(command=command, env=env, working_directory=cwd, size=size)
+
+
+def parse_size(body: dict[str, Any]) -> tuple[int, int]:
+    """(cols, rows) of a terminal, each 1..MAX_TERM_SIZE (80 x 24 when not given)."""
+    cols = get_int(body, "cols", default=DEFAULT_SIZE[0], lo=1, hi=MAX_TERM_SIZE)
+    rows = get_int(body, "rows", default=DEFAULT_SIZE[1], lo=1, hi=MAX_TERM_SIZE)
+    return cols, rows
+
+
+def parse_resize(body: dict[str, Any]) -> tuple[int, int]:
+    reject_unknown(body, {"cols", "rows"})
+    for key in ("cols", "rows"):
+        if key not in body:
+            raise InvalidRequest(f"Missing required parameter: '{key}'.", param=key)
+    return parse_size(body)
 
 
 def parse_input(body: dict[str, Any], cfg: Config) -> tuple[bytes, bool]:
@@ -56,19 +79,23 @@ def parse_signal(body: dict[str, Any]) -> str:
     return name
 
 
-def parse_output_query(query: Any) -> tuple[int, bool]:
-    raw = query.get("offset", "0")
+def parse_offset(raw: str) -> int:
     if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise InvalidRequest(
             "Invalid value for 'offset': expected a byte offset (0 or more).", param="offset"
         )
+    return int(raw)
+
+
+def parse_output_query(query: Any) -> tuple[int, bool]:
+    raw = parse_offset(query.get("offset", "0"))
     stream = query.get("stream", "false")
     if stream not in ("true", "false"):
         raise InvalidRequest("Invalid value for 'stream': expected true or false.", param="stream")
-    return int(raw), stream == "true"
+    return raw, stream == "true"
 
 
-async def _process_id(request: web.Request) -> str:
+async def process_id(request: web.Request) -> str:
     """The path's process id; a malformed one is a 404 (after the container's own)."""
     pid = request.match_info["process_id"]
     if not ids.PROCESS_ID.fullmatch(pid):
@@ -92,21 +119,21 @@ async def list_(request: web.Request) -> web.Response:
 
 
 async def retrieve(request: web.Request) -> web.Response:
-    pid = await _process_id(request)
+    pid = await process_id(request)
     cid = request.match_info["container_id"]
     found = await request.app[PROCESSES].get(caller_of(request), cid, pid)
     return web.json_response(serialize.process(found, cid))
 
 
 async def delete(request: web.Request) -> web.Response:
-    pid = await _process_id(request)
+    pid = await process_id(request)
     cid = request.match_info["container_id"]
     await request.app[PROCESSES].delete(caller_of(request), cid, pid)
     return web.json_response(serialize.deleted(pid, "container.process"))
 
 
 async def send_input(request: web.Request) -> web.Response:
-    pid = await _process_id(request)
+    pid = await process_id(request)
     data, eof = parse_input(await read_json(request), request.app[CONFIG])
     cid = request.match_info["container_id"]
     pending = await request.app[PROCESSES].send_input(caller_of(request), cid, pid, data, eof)
@@ -117,15 +144,23 @@ async def send_input(request: web.Request) -> web.Response:
 
 
 async def send_signal(request: web.Request) -> web.Response:
-    pid = await _process_id(request)
+    pid = await process_id(request)
     name = parse_signal(await read_json(request))
     cid = request.match_info["container_id"]
     found = await request.app[PROCESSES].send_signal(caller_of(request), cid, pid, name)
     return web.json_response(serialize.process(found, cid))
 
 
+async def resize(request: web.Request) -> web.Response:
+    pid = await process_id(request)
+    cols, rows = parse_resize(await read_json(request))
+    cid = request.match_info["container_id"]
+    found = await request.app[PROCESSES].resize(caller_of(request), cid, pid, cols, rows)
+    return web.json_response(serialize.process(found, cid))
+
+
 async def output(request: web.Request) -> web.StreamResponse:
-    pid = await _process_id(request)
+    pid = await process_id(request)
     offset, stream = parse_output_query(request.query)
     cid = request.match_info["container_id"]
     service, caller = request.app[PROCESSES], caller_of(request)

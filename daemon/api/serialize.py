@@ -171,13 +171,15 @@ def process_info(info: AgentProcess, cid: str, killed: str | None = None) -> dic
         "object": "container.process",
         "container_id": cid,
         "command": info.command,
-        "tty": False,
+        "tty": info.size is not None,
         "status": "running" if info.running else "exited",
         "exit_code": info.exit_code,
         "created_at": info.created_at,
         "ended_at": info.ended_at,
         "output_bytes": info.output_bytes,
     }
+    if info.size is not None:
+        body["cols"], body["rows"] = info.size
     if killed is not None:
         body["killed"] = killed
     return body

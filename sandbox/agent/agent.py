@@ -22,9 +22,10 @@ Reaper.spawn), configure (environment for every later command, and the egress re
 127.0.0.1:3128 inside the sandbox whose every connection is relayed to the proxy's unix
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 
-Ops of background processes (process_start, _list, _get, _output, _input, _signal, _delete,
-_wait): see processes.py. port_connect (a TCP connection to the sandbox's own loopback, after
-which the agent connection carries its raw bytes until either end closes): see ports.py.
+Ops of background processes (process_start, _list, _get, _output, _input, _signal, _resize,
+_delete, _wait): see processes.py. port_connect (a TCP connection to the sandbox's own
+loopback, after which the agent connection carries its raw bytes until either end closes):
+see ports.py.
 
 Modules beside this file, imported on first use (see load_module): sessions.py (the code ops:
 Python in persistent sessions, each an interpreter.py process), egress.py (the relay),
@@ -83,7 +84,7 @@ BASE_ENV = {
 }
 PROCESS_OPS = frozenset(
     "process_" + op
-    for op in ("start", "list", "get", "output", "input", "signal", "delete", "wait")
+    for op in ("start", "list", "get", "output", "input", "signal", "resize", "delete", "wait")
 )
 # Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
 CONFIG_ENV = {}
@@ -328,8 +329,12 @@ class Reaper:
                     if waiter["wake"] is not None:
                         os.write(waiter["wake"], b"x")
 
-    def spawn(self, argv, env, cwd, fds, wake_fd):
+    def spawn(self, argv, env, cwd, fds, wake_fd, tty=None):
         """posix_spawn under the lock so the reaper cannot miss the registration.
+
+        `tty`: the path of a terminal the child opens as its fd 0 (before the dup2s of
+        `fds`): it is a new session's leader by then (setsid comes before the file actions),
+        so the terminal becomes its controlling terminal and its group the foreground one.
 
         The child starts in the sandbox's work group, where an OOM never picks the agent:
         on cgroup v1 this thread moves itself there for the spawn (the child is born in it)
@@ -350,6 +355,8 @@ class Reaper:
             os.chdir(cwd)
             try:
                 file_actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in fds]
+                if tty is not None:
+                    file_actions.insert(0, (os.POSIX_SPAWN_OPEN, 0, tty, os.O_RDWR, 0))
                 pid = os.posix_spawn(
                     argv[0],
                     argv,

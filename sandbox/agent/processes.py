@@ -8,16 +8,27 @@ input the daemon sends. Output is addressed by absolute byte offsets: offset N i
 byte the process ever wrote (both streams together); the ring keeps the last `ring_bytes` of
 them, and a read from an offset the ring no longer holds is told how much was dropped.
 
+A process started with `tty` runs on a pseudo-terminal of its own: the agent opens the pair,
+sets its size, and the child (a new session's leader, see agent.Reaper.spawn) opens the
+terminal as its stdin, stdout and stderr, so it is its controlling terminal (job control, ^C).
+Input goes to the master, output comes from it into the ring (one stream, tagged O); a read
+of the master fails with EIO once no one holds the terminal any more: the end of the output.
+
 Ops (J requests, J replies unless said):
-  process_start  {id, cmd, env, cwd, ring_bytes, max_processes} -> {process}
+  process_start  {id, cmd, env, cwd, ring_bytes, max_processes[, tty, cols, rows,
+                 max_terminals]} -> {process}
   process_list   -> {processes: [...]} (oldest first)
   process_get    {id} -> {process}
   process_output {id, offset, max_bytes, follow} -> J{ev: head, offset, dropped}, then O/E
                  frames (contiguous bytes from `offset`), J{ev: gap, offset, dropped} where a
                  slow follower lost bytes to the ring, and J{ev: end, next_offset, process}.
                  `follow` keeps sending until the process has ended and its pipes are drained.
-  process_input  {id, data_bytes, eof} + D frames up to Z -> {ok, pending}
-  process_signal {id, signal} -> {process}: the signal goes to the process group
+  process_input  {id, data_bytes, eof} + D frames up to Z -> {ok, pending} (no eof for a
+                 terminal: its end of input is a character, ^D)
+  process_signal {id, signal} -> {process}: the signal goes to the process group (a
+                 terminal's foreground group; SIGKILL to all of a terminal's session)
+  process_resize {id, cols, rows} -> {process}: a terminal's new size (the kernel sends
+                 SIGWINCH to its foreground group)
   process_delete {id}: kill the process group, then forget the process
   process_wait   {since, timeout_ms} -> {seq, processes}: at once if the table's sequence
                  (bumped by every start, exit and delete) differs from `since`, else when it
@@ -25,12 +36,16 @@ Ops (J requests, J replies unless said):
 
 Imported by agent.py on the first process op (see agent.Processes). Python 3.9+, standard
 library only, and none of the modules the agent avoids for its start time (no threading:
-waiters sleep on _thread locks of their own).
+waiters sleep on _thread locks of their own; fcntl and termios are C modules).
 """
 
 import _signal as signal
+import _struct
 import _thread
+import errno
+import fcntl
 import os
+import termios
 import time
 from _bisect import bisect_right
 
@@ -60,9 +75,10 @@ MAX_PROCESS_COMMAND = 16 << 10  # bytes of one command
 MAX_WAIT_MS = 60000
 MERGE_BELOW = 4096  # a chunk this small takes the next read of its stream into it
 FOLLOW_CHECK_S = 1.0  # a follower this quiet checks that the daemon is still there
+MAX_TERM_SIZE = 1000  # columns or rows of a terminal
 SIGNALS = {
     int(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL, signal.SIGHUP,
-                     signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+                     signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 }  # fmt: skip
 ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 
@@ -70,10 +86,12 @@ ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
 class Proc:
     """One process and its ring; every field is guarded by the table's lock."""
 
-    def __init__(self, pid_id, command, ring_bytes):
+    def __init__(self, pid_id, command, ring_bytes, size):
         self.id = pid_id
         self.command = command
         self.ring_bytes = ring_bytes
+        self.size = size  # (cols, rows) of its terminal; None: pipes, no terminal
+        self.master = None  # the terminal's master while its pump runs
         self.created_at = int(time.time())
         self.ended_at = None
         self.exited_mono = None
@@ -131,6 +149,40 @@ class Proc:
             i += 1
         return out
 
+    def kill(self):
+        """SIGKILL its group; a terminal's whole session (its jobs are groups of their own)."""
+        if self.size is None:
+            kill_group(self.pid)
+            return
+        groups = {self.pid}
+        for entry in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % entry, "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)"
+            except (OSError, IndexError):
+                continue
+            if len(fields) > 3 and fields[3] == b"%d" % self.pid:
+                groups.add(int(fields[2]))  # (state, ppid, pgrp, session, ...)
+        for group in groups:
+            kill_group(group)
+
+    def signal(self, sig):
+        """`sig` to its group; on a terminal, to its foreground group, as a key press sends
+        it (SIGKILL: the whole session)."""
+        if sig == signal.SIGKILL:
+            self.kill()
+            return
+        group = self.pid
+        if self.master is not None:
+            try:
+                group = os.tcgetpgrp(self.master)
+            except OSError:
+                pass
+        try:
+            os.killpg(group, sig)
+        except OSError:
+            pass  # its group is empty: it is ending anyway
+
     def describe(self):
         item = {
             "id": self.id,
@@ -142,7 +194,10 @@ class Proc:
             "ended_at": self.ended_at,
             "output_bytes": self.end,
             "retained_from": self.start,
+            "tty": self.size is not None,
         }
+        if self.size is not None:
+            item["cols"], item["rows"] = self.size
         if self.status is not None:
             item.update(exit_fields(self.status))
         return item
@@ -205,11 +260,23 @@ class Processes:
             raise OpError("bad_request", "the command is too long or holds NUL")
         ring_bytes = min(ring_bytes, MAX_RING)
         cap = min(cap, MAX_PROCESSES)
+        size, terminals = None, 0
+        if req.get("tty") is True:
+            size, terminals = terminal_size(req), req.get("max_terminals")
+            if not isinstance(terminals, int) or terminals <= 0:
+                raise OpError("bad_request", "max_terminals must be an integer")
+            env.setdefault("TERM", "xterm-256color")
         with self.lock:
             if pid_id in self.table:
                 raise OpError("bad_request", "a process with this id exists")
+            if size is not None:
+                running = [q for q in self.table.values() if q.size and q.status is None]
+                if len(running) >= terminals:
+                    raise OpError(
+                        "too_many_terminals", "all %d terminals are in use" % len(running)
+                    )
             self.make_room(cap, ring_bytes)
-            p = self.table[pid_id] = Proc(pid_id, cmd, ring_bytes)
+            p = self.table[pid_id] = Proc(pid_id, cmd, ring_bytes, size)
             self.notify(bump=True)
         try:
             self.spawn(p, cmd, env, cwd)
@@ -238,33 +305,48 @@ class Processes:
             self.forget(ended[0])
 
     def spawn(self, p, cmd, env, cwd):
-        own = []
+        own, tty = [], None  # every fd is close-on-exec: the child gets only what is dup'ed
         try:
-            for _ in range(5):
-                own.extend(os.pipe())  # close-on-exec: the child gets only what is dup'ed
-        except OSError as exc:  # out of descriptors
+            for _ in range(2):
+                own.extend(os.pipe())
+            if p.size is None:
+                for _ in range(3):
+                    own.extend(os.pipe())
+                out_r, out_w, err_r, err_w, in_r, in_w = own[4:]
+                child, given = [(0, in_r), (1, out_w), (2, err_w)], (out_w, err_w, in_r)
+                fds = {"out": out_r, "err": err_r, "in": in_w}
+            else:
+                own.extend(os.openpty())
+                own.append(os.dup(own[4]))  # the master again, for input: closed on eof
+                master, slave, in_w = own[4:]
+                set_size(master, p.size)
+                tty, child, given = os.ttyname(slave), [(1, 0), (2, 0)], (slave,)
+                fds = {"out": master, "in": in_w}
+        except OSError as exc:  # out of descriptors, or of terminals
             for fd in own:
                 os.close(fd)
             raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
-        out_r, out_w, err_r, err_w, in_r, in_w, wake_r, wake_w, ctl_r, ctl_w = own
+        wake_r, wake_w, ctl_r, ctl_w = own[:4]
         try:
-            pid, waiter = self.reaper.spawn(
-                ["/bin/sh", "-c", cmd], env, cwd, [(0, in_r), (1, out_w), (2, err_w)], wake_w
-            )
+            # On a terminal the shell runs the command as a job of its own (-m): the job is
+            # the terminal's foreground group, so ^C reaches the command but not the shell,
+            # which lives on to report the command's own status.
+            argv = ["/bin/sh", "-c" if tty is None else "-mc", cmd]
+            pid, waiter = self.reaper.spawn(argv, env, cwd, child, wake_w, tty)
         except OSError as exc:
             for fd in own:
                 os.close(fd)
             raise OpError("spawn_failed", os.strerror(exc.errno or 0)) from None
-        for fd in (out_w, err_w, in_r):
+        for fd in given:
             os.close(fd)
-        for fd in (out_r, err_r, in_w):
+        for fd in fds.values():
             os.set_blocking(fd, False)
         with self.lock:
             p.pid, p.waiter, p.ctl_w = pid, waiter, ctl_w
+            p.master = fds["out"] if tty else None
             if p.forgotten:
-                kill_group(pid)  # deleted while it was being started
-        fds = {"out": out_r, "err": err_r, "in": in_w, "wake": wake_r, "wake_w": wake_w,
-               "ctl": ctl_r, "ctl_w": ctl_w}  # fmt: skip
+                p.kill()  # deleted while it was being started
+        fds.update(wake=wake_r, wake_w=wake_w, ctl=ctl_r, ctl_w=ctl_w)
         try:
             _thread.start_new_thread(self.pump, (p, fds))
         except RuntimeError:
@@ -273,7 +355,7 @@ class Processes:
             with self.reaper.lock:
                 waiter["wake"] = None
             with self.lock:
-                p.ctl_w = None
+                p.ctl_w = p.master = None
             for fd in fds.values():
                 os.close(fd)
             raise OpError("spawn_failed", "no thread for the process (pids limit)") from None
@@ -281,11 +363,12 @@ class Processes:
     def pump(self, p, fds):
         """The process's own thread: output into the ring, input out of `pending`, its exit;
         it closes every fd of the process when it ends."""
-        sel, in_fd, writing, open_pipes = None, fds["in"], False, 2
+        sel, in_fd, writing, open_pipes = None, fds["in"], False, 1 + ("err" in fds)
         try:
             sel = Poller()
             sel.register(fds["out"], EVENT_READ, b"O")
-            sel.register(fds["err"], EVENT_READ, b"E")
+            if "err" in fds:
+                sel.register(fds["err"], EVENT_READ, b"E")
             sel.register(fds["wake"], EVENT_READ, "wake")
             sel.register(fds["ctl"], EVENT_READ, "ctl")
             while True:
@@ -332,7 +415,7 @@ class Processes:
             with self.reaper.lock:
                 p.waiter["wake"] = None
             with self.lock:
-                p.drained, p.ctl_w = True, None
+                p.drained, p.ctl_w, p.master = True, None, None
                 self.notify()
             for name, fd in fds.items():
                 if name != "in" or in_fd is not None:
@@ -344,6 +427,10 @@ class Processes:
             chunk = os.read(fd, READ_CHUNK)
         except (BlockingIOError, InterruptedError):
             return True
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return False  # a terminal's master: no one holds the terminal any more
+            raise
         if not chunk:
             return False
         with self.lock:
@@ -378,7 +465,7 @@ class Processes:
     def forget(self, p):
         """Kill the group and drop the process (under lock); its pump closes its fds."""
         if p.status is None and p.pid is not None:
-            kill_group(p.pid)
+            p.kill()
         p.forgotten = True
         self.table.pop(p.id, None)
         self.wake(p)
@@ -455,6 +542,8 @@ def handle_input(table, conn, req):
         p = table.get(req.get("id"))
         if p.status is not None or p.eof:
             raise OpError("process_exited", "the process has ended or its input is closed")
+        if eof is True and p.size is not None:
+            raise OpError("bad_request", "a terminal has no end of input: send its EOF (^D)")
         waiting = sum(len(q.pending) for q in table.table.values())
         if len(p.pending) + len(data) > MAX_PROCESS_INPUT or waiting + len(data) > MAX_INPUT_TOTAL:
             raise OpError("input_full", "the process is not reading its input")
@@ -473,10 +562,34 @@ def handle_signal(table, conn, req):
         p = table.get(req.get("id"))
         if p.status is not None:
             raise OpError("process_exited", "the process has ended")
-        try:
-            os.killpg(p.pid, sig)
-        except OSError:
-            pass  # its group is empty: it is ending anyway
+        p.signal(sig)
+        item = p.describe()
+    reply(conn, {"process": item})
+
+
+def terminal_size(req):
+    """(cols, rows) of a request, checked."""
+    size = req.get("cols"), req.get("rows")
+    if not all(isinstance(v, int) and 0 < v <= MAX_TERM_SIZE for v in size):
+        raise OpError("bad_request", "cols and rows must be 1..%d" % MAX_TERM_SIZE)
+    return size
+
+
+def set_size(fd, size):
+    """TIOCSWINSZ: the kernel tells the terminal's foreground group (SIGWINCH) if it changed."""
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, _struct.pack("HHHH", size[1], size[0], 0, 0))
+
+
+def handle_resize(table, conn, req):
+    size = terminal_size(req)
+    with table.lock:
+        p = table.get(req.get("id"))
+        if p.size is None:
+            raise OpError("not_a_terminal", "the process has no terminal")
+        if p.status is not None or p.master is None:
+            raise OpError("process_exited", "the process has ended")
+        set_size(p.master, size)
+        p.size = size
         item = p.describe()
     reply(conn, {"process": item})
 
@@ -512,6 +625,8 @@ def handle(table, conn, req):
         handle_input(table, conn, req)
     elif op == "process_signal":
         handle_signal(table, conn, req)
+    elif op == "process_resize":
+        handle_resize(table, conn, req)
     elif op == "process_delete":
         with table.lock:
             table.forget(table.get(req.get("id")))

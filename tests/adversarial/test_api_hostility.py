@@ -69,6 +69,7 @@ def test_another_owner_gets_404_on_every_container_route(
         "/processes": {"json": {"command": "touch /mnt/data/pwned"}},
         "/input": {"json": {"data": "pwned\n"}},
         "/signal": {"json": {"signal": "KILL"}},
+        "/resize": {"json": {"cols": 80, "rows": 24}},
     }
     with _tcp(daemon, "bob") as bob, _tcp(daemon, "alice") as alice:
         unknown = "cntr_" + "0" * 48

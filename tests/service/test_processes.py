@@ -38,7 +38,12 @@ BAD_CREATE: list[tuple[Any, str]] = [
     ({"command": "true", "env": {"A-B": "x"}}, "env"),
     ({"command": "true", "env": ["A=1"]}, "env"),
     ({"command": "true", "working_directory": "relative"}, "working_directory"),
-    ({"command": "true", "tty": True}, "tty"),
+    ({"command": "true", "tty": "yes"}, "tty"),
+    ({"command": "true", "cols": 100}, "cols"),
+    ({"command": "true", "tty": False, "rows": 30}, "rows"),
+    ({"command": "true", "tty": True, "cols": 0}, "cols"),
+    ({"command": "true", "tty": True, "rows": 1001}, "rows"),
+    ({"command": "true", "tty": True, "cols": "80"}, "cols"),
 ]
 
 
@@ -53,7 +58,12 @@ BAD_OTHER: list[tuple[str, str, Any, str]] = [
     ("POST", "/input", {"data": "x", "eof": "yes"}, "eof"),
     ("POST", "/input", {"what": 1}, "what"),
     ("POST", "/signal", {}, "signal"),
-    ("POST", "/signal", {"signal": "WINCH"}, "signal"),
+    ("POST", "/signal", {"signal": "STOP"}, "signal"),
+    ("POST", "/resize", {"cols": 80}, "rows"),
+    ("POST", "/resize", {"cols": 0, "rows": 24}, "cols"),
+    ("POST", "/resize", {"cols": 80, "rows": 24, "x": 1}, "x"),
+    ("GET", "/attach?offset=-1", None, "offset"),
+    ("GET", "/attach?mode=w", None, "mode"),
     ("POST", "/signal", {"signal": 9}, "signal"),
     ("GET", "/output?offset=-1", None, "offset"),
     ("GET", "/output?offset=x", None, "offset"),
@@ -83,6 +93,8 @@ ROUTES = [
     ("GET", f"/{PID}/output?stream=true", None),
     ("POST", f"/{PID}/input", {"data": "x"}),
     ("POST", f"/{PID}/signal", {"signal": "TERM"}),
+    ("POST", f"/{PID}/resize", {"cols": 80, "rows": 24}),
+    ("GET", f"/{PID}/attach", None),
 ]
 
 

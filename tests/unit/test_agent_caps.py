@@ -28,6 +28,7 @@ SAME_CAPS = [
     ("MAX_PROCESSES", agent_client, "MAX_PROCESSES"),
     ("MAX_PROCESS_INPUT", agent_client, "MAX_PROCESS_INPUT"),
     ("MAX_WAIT_MS", agent_client, "MAX_WAIT_MS"),
+    ("MAX_TERM_SIZE", agent_client, "MAX_TERM_SIZE"),
     ("MAX_PROCESSES", config, "MAX_AGENT_PROCESSES"),
     ("MAX_RING", config, "MAX_AGENT_RING"),
     ("MAX_RING_TOTAL", config, "MAX_AGENT_RING_TOTAL"),

@@ -21,6 +21,7 @@ from daemon.config import MAX_AGENT_PROCESS_COMMAND, Config
 from daemon.errors import HTTP_ERRORS
 from daemon.processes import SIGNALS
 from daemon.shutdown import ShutdownControl
+from sandbox.agent_client import MAX_TERM_SIZE
 from sandbox.spec import MEMORY_TIERS
 
 METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
@@ -211,3 +212,7 @@ def test_process_limits_match_the_parsers_and_config_defaults(doc: dict[str, Any
     data = _schema(doc, "ProcessInputBody")["properties"]["data"]
     assert data["maxLength"] == cfg.processes.max_input_bytes
     assert _schema(doc, "SignalProcessBody")["properties"]["signal"]["enum"] == list(SIGNALS)
+    for schema in (body, _schema(doc, "ResizeProcessBody")["properties"]):
+        for key in ("cols", "rows"):
+            assert (schema[key]["minimum"], schema[key]["maximum"]) == (1, MAX_TERM_SIZE)
+    assert (body["cols"]["default"], body["rows"]["default"]) == processes_api.DEFAULT_SIZE

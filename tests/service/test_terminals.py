@@ -1,0 +1,76 @@
+"""Attachments, in-process, with the real agent run as a host process standing in for the
+sandbox's (tests/service/test_processes.py's `host_agent`): the daemon's shutdown closes an
+open attachment with 1001 at once (it never holds the drain) and the terminal runs on; the
+metrics count attachments and their bytes. The rest, in real sandboxes:
+tests/api/test_terminals.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import aiohttp
+import httpx2
+import openai
+import pytest
+
+from tests.service.conftest import InProcessDaemon, wait_for
+from tests.service.test_processes import host_agent
+
+
+def _metric(raw: httpx2.Client, line: str) -> bool:
+    return line in raw.get("/metrics").text.splitlines()
+
+
+def test_shutdown_closes_an_attachment_with_1001_at_once_and_the_terminal_runs_on(
+    daemon: InProcessDaemon, client: openai.OpenAI, raw: httpx2.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    cid = client.containers.create(name="attached").id
+    with host_agent(daemon, cid, monkeypatch) as home:
+        r = raw.post(
+            f"/v1/containers/{cid}/processes",
+            json={"command": "cat", "tty": True, "working_directory": str(home)},
+        )
+        assert r.status_code == 200, r.text
+        pid = r.json()["id"]
+        url = f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+        seen: dict[str, object] = {}
+        echoed = threading.Event()
+
+        async def attached() -> None:
+            connector = aiohttp.UnixConnector(path=daemon.socket)
+            async with aiohttp.ClientSession(connector=connector) as s, s.ws_connect(url) as ws:
+                first = json.loads((await ws.receive(timeout=10)).data)
+                seen["writer"] = first["writer"]
+                await ws.send_bytes(b"hello\n")
+                out = b""
+                while b"hello\r\n" not in out:
+                    msg = await ws.receive(timeout=10)
+                    assert msg.type == aiohttp.WSMsgType.BINARY, msg
+                    out += msg.data
+                echoed.set()
+                while (msg := await ws.receive(timeout=30)).type == aiohttp.WSMsgType.BINARY:
+                    pass  # cat's own copy of the line
+                seen["closed"] = (msg.type, ws.close_code, time.monotonic())
+
+        client_thread = threading.Thread(target=lambda: asyncio.run(attached()))
+        client_thread.start()
+        assert echoed.wait(15), "no echo"
+        assert _metric(raw, "sandboxd_attachments_open 1.0")
+        assert _metric(raw, 'sandboxd_attach_bytes_total{direction="in"} 6.0')
+        stopping = time.monotonic()
+        daemon.restart()
+        client_thread.join(15)
+        kind, code, at = seen["closed"]  # type: ignore[misc]
+        assert (kind, code) == (aiohttp.WSMsgType.CLOSE, 1001)
+        assert at - stopping < daemon.config.server.drain_timeout_s / 2
+        assert seen["writer"] is True
+        with httpx2.Client(
+            transport=httpx2.HTTPTransport(uds=daemon.socket), base_url="http://localhost"
+        ) as again:
+            proc = again.get(f"/v1/containers/{cid}/processes/{pid}").json()
+            assert proc["status"] == "running" and proc["tty"] is True
+            wait_for(lambda: _metric(again, "sandboxd_attachments_open 0.0"), "the gauge")
