@@ -205,8 +205,10 @@ class Relay:
             waiting = {receiving} if sending is None else {receiving, sending}
             done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if sending in done:
+                receiving.cancel()  # settled before the attachment closes, which reads
+                with contextlib.suppress(asyncio.CancelledError):
+                    await receiving
                 sending.result()  # it ends only at the detach keys (or with its failure)
-                receiving.cancel()
                 return 0
             receiving.result()
             return self._exit_code(attachment)

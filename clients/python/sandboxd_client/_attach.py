@@ -27,7 +27,7 @@ from sandboxd_client.errors import (
 )
 from sandboxd_client.models import AttachEvent, attach_event
 
-MAX_INPUT_FRAME = 64 << 10  # the daemon's default [processes] max_frame_bytes
+MAX_INPUT_FRAME = 32 << 10  # well under the daemon's [processes] max_frame_bytes (64 KiB)
 MAX_MESSAGE = 4 << 20  # one output frame or control message from the daemon
 CHUNK = 64 << 10
 CLOSE_WAIT_S = 2.0  # for the daemon's answer to our close

@@ -862,9 +862,12 @@ class AsyncAttachment:
                 self._ended = True
                 continue
             self._ready.extend(self._session.receive(data))
-            await self._send(self._session.take())
-            if self._session.closed:
+            if self._session.closed:  # our answer to its close is a courtesy: it may be gone
                 self._ended = True
+                with contextlib.suppress(ConnectionFailed):
+                    await self._send(self._session.take())
+            else:
+                await self._send(self._session.take())  # pongs
         item = self._ready.popleft()
         if isinstance(item, Attached | WriterChanged):
             self.writer = item.writer

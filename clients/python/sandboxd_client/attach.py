@@ -4,6 +4,7 @@ or TCP with TLS for https), the protocol in _attach.py. Its asyncio twin is in a
 from __future__ import annotations
 
 import collections
+import contextlib
 import socket
 import ssl
 import threading
@@ -113,9 +114,12 @@ class Attachment:
                 self._ended = True
                 continue
             self._ready.extend(self._session.receive(data))
-            self._send(self._session.take())
-            if self._session.closed:
+            if self._session.closed:  # our answer to its close is a courtesy: it may be gone
                 self._ended = True
+                with contextlib.suppress(ConnectionFailed):
+                    self._send(self._session.take())
+            else:
+                self._send(self._session.take())  # pongs
         item = self._ready.popleft()
         if isinstance(item, Attached | WriterChanged):
             self.writer = item.writer
