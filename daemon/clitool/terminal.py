@@ -200,23 +200,20 @@ class Relay:
                 loop.add_signal_handler(signal.SIGWINCH, self._resize_later, attachment)
                 await attachment.resize(*terminal_size(self.out, self.stdin))
             sending = asyncio.ensure_future(self._send(attachment, remote_tty))
+        receiving = asyncio.ensure_future(self._receive(attachment))
+        tasks = [receiving] if sending is None else [receiving, sending]
         try:
-            receiving = asyncio.ensure_future(self._receive(attachment))
-            waiting = {receiving} if sending is None else {receiving, sending}
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if sending in done:
-                receiving.cancel()  # settled before the attachment closes, which reads
-                with contextlib.suppress(asyncio.CancelledError):
-                    await receiving
                 sending.result()  # it ends only at the detach keys (or with its failure)
                 return 0
             receiving.result()
             return self._exit_code(attachment)
         finally:
-            if sending is not None:
-                sending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, SandboxdError):
-                    await sending
+            # Both settled before the attachment closes (which reads its last frames).
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if remote_tty and self.local_tty and not read_only:
                 loop.remove_signal_handler(signal.SIGWINCH)
 

@@ -11,6 +11,7 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -165,3 +166,21 @@ def test_attach_watches_and_detaches(
     pane.keys("C-p", "C-q")
     assert pane.exit_status() == 0, pane.screen()
     assert sbx.processes.retrieve(cid, shell.id).running  # detached, not ended
+
+
+def test_a_signal_ends_the_shell_and_restores_the_terminal(
+    sbx: sc.Client, cid: str, tmux: Callable[[str], Tmux]
+) -> None:
+    pane = tmux(f"{SANDBOXD} shell {cid}")
+    pane.keys("echo ready-$((3*3))", "Enter")
+    pane.shows("ready-9")
+    wrapper = pane.tmux("display-message", "-p", "-t", "t", "#{pane_pid}").strip()
+    children = subprocess.run(
+        ["pgrep", "-P", wrapper], capture_output=True, text=True, check=True
+    ).stdout.split()
+    [cli] = [int(pid) for pid in children if "sandboxd" in Path(f"/proc/{pid}/cmdline").read_text()]
+    os.kill(cli, signal.SIGTERM)
+    assert pane.exit_status() == 128 + signal.SIGTERM, pane.screen()
+    settings = pane.stty.read_text()
+    assert " icanon" in settings and " echo " in settings, settings
+    wait_for("the process's deletion", lambda: not list(sbx.processes.list(cid)))
