@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import sandboxd_client as sc
 from aiohttp import web
-from sandboxd_client import _websocket as ws
+from sandboxd_client import websocket as ws
 from sandboxd_client._attach import MAX_INPUT_FRAME, Endpoint, Session
 
 from daemon.clitool.forward import is_loopback, parse_spec

@@ -14,7 +14,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Union
 
-from sandboxd_client import _websocket as ws
+from sandboxd_client import websocket as ws
 from sandboxd_client._core import MAX_ERROR_BODY, USER_AGENT
 from sandboxd_client.discovery import Target
 from sandboxd_client.errors import (

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Callable
 import httpx2
 
 from sandboxd_client import _attach, _core, _routes
-from sandboxd_client import _websocket as ws
+from sandboxd_client import websocket as ws
 from sandboxd_client.aio import AsyncClient, open_stream
 from sandboxd_client.errors import ProtocolError, SandboxdError
 
