@@ -11,6 +11,7 @@
 | 130  | interrupted (Ctrl-C) |
 | exec | the command's own exit code; 124 on timeout, 137 when killed (OOM, pids, shutdown) |
 | output -f | 0 once the process has ended, whatever its exit code (`ps` shows that) |
+| shell/attach | its exit code; attach: 0 on Ctrl-P Ctrl-Q; 69 if the daemon went first |
 """
 
 from __future__ import annotations
