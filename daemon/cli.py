@@ -180,8 +180,9 @@ def _terminal_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
     attach = sub.add_parser(
         "attach", parents=[conn], help="join this terminal to a background process",
         description="Its output comes here, our keys go to it (the newest attachment that "
-        "writes is the one that does). Ctrl-P Ctrl-Q detaches and leaves it running. If it "
-        "ends, its exit code is ours.",
+        "writes is the one that does). On a process's terminal ours is raw and Ctrl-P Ctrl-Q "
+        "detaches, leaving it running; a process without one reads our lines (Ctrl-D closes "
+        "its stdin, Ctrl-C detaches). If it ends, its exit code is ours.",
     )  # fmt: skip
     attach.add_argument("id", help="container id, unique id prefix or unique name")
     attach.add_argument("pid", metavar="PID", help="process id or unique id prefix")

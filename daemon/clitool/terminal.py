@@ -7,8 +7,9 @@ exits with its exit code and deletes it. With a terminal on stdin, that terminal
 way out; SIGWINCH resizes the remote one. With a pipe on stdin the process gets no tty: the
 pipe's bytes are its stdin, closed at the pipe's end.
 
-`attach` joins an existing process (rw, or --ro to watch); Ctrl-P Ctrl-Q detaches and
-leaves it running, as in docker; if it ends, its exit code is ours.
+`attach` joins an existing process (rw, or --ro to watch). On its terminal ours is raw and
+Ctrl-P Ctrl-Q detaches, leaving it running, as in docker; a process without a terminal reads
+our cooked lines (Ctrl-D closes its stdin). If it ends, its exit code is ours.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def shell(client: Client, args: argparse.Namespace, con: Console, stdin: int, ou
     )
     try:
         # From byte 0: the first prompt may be written before the attachment opens.
-        relay = Relay(client.target, stdin, out, con, local_tty, detach_keys=False)
+        relay = Relay(client.target, stdin, out, con, raw=local_tty, detach_keys=False)
         return relay.run(cid, started.id, offset=0, read_only=False)
     finally:
         with contextlib.suppress(SandboxdError):
@@ -67,8 +68,10 @@ def shell(client: Client, args: argparse.Namespace, con: Console, stdin: int, ou
 def attach(client: Client, args: argparse.Namespace, con: Console, stdin: int, out: int) -> int:
     cid = resolve(client, args.id)
     pid = processes.resolve_process(client, cid, args.pid)
-    local_tty = os.isatty(stdin)
-    relay = Relay(client.target, stdin, out, con, local_tty, detach_keys=local_tty)
+    # Raw only to type into a terminal: a process without one reads our cooked lines (and
+    # Ctrl-D ends its stdin, Ctrl-C ends us).
+    raw = os.isatty(stdin) and not args.ro and client.processes.retrieve(cid, pid).tty
+    relay = Relay(client.target, stdin, out, con, raw=raw, detach_keys=raw)
     code = relay.run(cid, pid, offset=args.offset, read_only=args.ro)
     if relay.detached:
         con.error(f"detached from {pid}: it runs on (sandboxd attach {args.id} {pid})")
@@ -133,26 +136,26 @@ class Relay:
         stdin: int,
         out: int,
         con: Console,
-        local_tty: bool,
         *,
+        raw: bool,
         detach_keys: bool,
     ) -> None:
         self.target = target
         self.stdin = stdin
         self.out = out
         self.con = con
-        self.local_tty = local_tty
+        self.raw = raw  # our terminal raw, joined to the process's: resized with it
         self.keys = DetachKeys() if detach_keys else None
         self.detached = False
         self.signalled = 0
 
     def run(self, cid: str, pid: str, *, offset: int | None, read_only: bool) -> int:
-        with raw_mode(self.stdin, self.local_tty and not read_only):
+        with raw_mode(self.stdin, self.raw):
             return asyncio.run(self._main(cid, pid, offset, read_only))
 
     def _say(self, message: str) -> None:
         # In raw mode a newline does not return the carriage: say both.
-        end = "\r\n" if self.local_tty else "\n"
+        end = "\r\n" if self.raw else "\n"
         self.con.err.write(f"sandboxd: {message}{end}")
         self.con.err.flush()
 
@@ -196,7 +199,7 @@ class Relay:
         loop = asyncio.get_running_loop()
         sending: asyncio.Task[None] | None = None
         if not read_only:
-            if remote_tty and self.local_tty:
+            if remote_tty and self.raw:
                 loop.add_signal_handler(signal.SIGWINCH, self._resize_later, attachment)
                 await attachment.resize(*terminal_size(self.out, self.stdin))
             sending = asyncio.ensure_future(self._send(attachment, remote_tty))
@@ -214,7 +217,7 @@ class Relay:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if remote_tty and self.local_tty and not read_only:
+            if remote_tty and self.raw and not read_only:
                 loop.remove_signal_handler(signal.SIGWINCH)
 
     def _resize_later(self, attachment: AsyncAttachment) -> None:

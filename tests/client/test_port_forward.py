@@ -95,7 +95,7 @@ class Forward:
 
 @pytest.mark.parametrize("served", ["unix", "tcp"], indirect=True)
 def test_a_listing_and_bodies_through_a_kept_alive_connection(
-    daemon: DaemonHandle, served: Served
+    daemon: DaemonHandle, served: Served, tmp_path: Path
 ) -> None:
     listing = Forward(daemon, served, "0:8000")
     echo = Forward(daemon, served, "0:8001")
@@ -120,6 +120,19 @@ def test_a_listing_and_bodies_through_a_kept_alive_connection(
         assert (second.status, second.read() == big) == (201, True)
         assert conn.sock is sock, "the connection was not kept alive"
         conn.close()
+
+        body = tmp_path / "body"
+        body.write_bytes(os.urandom(200_000))
+        curl = subprocess.run(
+            ["curl", "-sS", "-H", "Expect: 100-continue", "--data-binary", f"@{body}",
+             "-o", str(tmp_path / "echoed"), "-w", "%{http_code}", f"{echo.url}curl"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert curl.stdout == "201", curl.stderr
+        assert (tmp_path / "echoed").read_bytes() == body.read_bytes()
+        head = httpx2.head(listing.url, timeout=30)
+        assert head.status_code == 200 and int(head.headers["content-length"]) > 0
+        assert head.content == b""
     finally:
         codes = [listing.stop(), echo.stop()]
     assert [code for code, _ in codes] == [0, 0], codes

@@ -184,3 +184,15 @@ def test_a_signal_ends_the_shell_and_restores_the_terminal(
     settings = pane.stty.read_text()
     assert " icanon" in settings and " echo " in settings, settings
     wait_for("the process's deletion", lambda: not list(sbx.processes.list(cid)))
+
+
+def test_attach_to_a_process_without_a_terminal_reads_lines(
+    sbx: sc.Client, cid: str, tmux: Callable[[str], Tmux]
+) -> None:
+    cat = sbx.processes.start(cid, "exec sed -u s/^/got-/")
+    pane = tmux(f"{SANDBOXD} attach {cid} {cat.id}")
+    pane.keys("line-one", "Enter")  # cooked: our terminal echoes it, sed answers
+    pane.shows("got-line-one")
+    pane.keys("C-d")  # the end of our input closes its stdin: sed ends, and so do we
+    assert pane.exit_status() == 0, pane.screen()
+    assert not sbx.processes.retrieve(cid, cat.id).running

@@ -795,7 +795,8 @@ class AsyncAttachment:
     output bytes or a control event (Attached first), None once the daemon has closed it;
     `async for` yields the same; send, resize, signal and eof write to the process; `await
     close()` (or `async with`) detaches, the process runs on. Pings are answered while
-    `recv` reads."""
+    `recv` reads. One task reads at a time: settle a reading task before closing (close
+    reads the daemon's answer to its close)."""
 
     def __init__(self, session: _attach.Session) -> None:
         self._session = session
