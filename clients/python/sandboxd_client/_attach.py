@@ -25,12 +25,19 @@ from sandboxd_client.errors import (
     Timeout,
     api_error,
 )
-from sandboxd_client.models import AttachEvent, attach_event
+from sandboxd_client.models import (
+    Attached,
+    AttachEvent,
+    AttachExit,
+    WriterChanged,
+    attach_event,
+)
 
 MAX_INPUT_FRAME = 32 << 10  # well under the daemon's [processes] max_frame_bytes (64 KiB)
 MAX_MESSAGE = 4 << 20  # one output frame or control message from the daemon
 CHUNK = 64 << 10
 CLOSE_WAIT_S = 2.0  # for the daemon's answer to our close
+UPGRADE_TIMEOUT_S = 30.0  # for the daemon's answer to the handshake
 NORMAL, GOING_AWAY = 1000, 1001
 
 AttachItem = Union[bytes, AttachEvent]  # output bytes, or a control event
@@ -132,6 +139,8 @@ class Session:
         self.closing = False  # we sent a close
         self.closed = False  # the daemon's close arrived
         self.close_code: int | None = None
+        self.writer = False  # as the daemon last said (Attached, WriterChanged)
+        self.exit: AttachExit | None = None
 
     # ------------------------------------------------------------ before the upgrade
 
@@ -171,6 +180,10 @@ class Session:
                 items.append(message.data)
             elif message.opcode == ws.TEXT:
                 event = attach_event(_control(message.data))
+                if isinstance(event, Attached | WriterChanged):
+                    self.writer = event.writer
+                elif isinstance(event, AttachExit):
+                    self.exit = event
                 if event is not None:
                     items.append(event)
             elif message.opcode == ws.PING:

@@ -23,9 +23,8 @@ import httpx2
 from sandboxd_client import _attach, _core, _routes
 from sandboxd_client._core import PAGE, UNSET, Call, Destination, RetryPolicy, Source
 from sandboxd_client.discovery import Target, discover
-from sandboxd_client.errors import ConnectionFailed, SandboxdError, StreamEnded
+from sandboxd_client.errors import ConnectionFailed, SandboxdError, StreamEnded, Timeout
 from sandboxd_client.models import (
-    Attached,
     AttachExit,
     CodeEvent,
     CodeResult,
@@ -50,7 +49,6 @@ from sandboxd_client.models import (
     ProcessOutput,
     Skill,
     SkillVersion,
-    WriterChanged,
     code_event,
     exec_event,
     parse_page,
@@ -805,8 +803,6 @@ class AsyncAttachment:
         self._ended = False
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self.writer = False
-        self.exit: AttachExit | None = None
 
     @classmethod
     async def open(cls, target: Target, path: str) -> AsyncAttachment:
@@ -814,7 +810,10 @@ class AsyncAttachment:
         self = cls(_attach.Session(endpoint, path))
         self._reader, self._writer = await open_stream(target, endpoint)
         try:
-            await self._upgrade()
+            await asyncio.wait_for(self._upgrade(), _attach.UPGRADE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self._writer.close()
+            raise Timeout("the daemon did not answer the attach handshake in time") from None
         except BaseException:
             self._writer.close()
             raise
@@ -850,6 +849,16 @@ class AsyncAttachment:
                 raise ConnectionFailed(f"the attachment broke off: {exc}") from None
 
     @property
+    def writer(self) -> bool:
+        """Whether this attachment's input reaches the process, as the daemon last said."""
+        return self._session.writer
+
+    @property
+    def exit(self) -> AttachExit | None:
+        """How the process ended, once the daemon said so."""
+        return self._session.exit
+
+    @property
     def close_code(self) -> int | None:
         """The daemon's close code (1000 after the process ended, 1001: it shut down)."""
         return self._session.close_code
@@ -869,12 +878,7 @@ class AsyncAttachment:
                     await self._send(self._session.take())
             else:
                 await self._send(self._session.take())  # pongs
-        item = self._ready.popleft()
-        if isinstance(item, Attached | WriterChanged):
-            self.writer = item.writer
-        if isinstance(item, AttachExit):
-            self.exit = item
-        return item
+        return self._ready.popleft()
 
     def __aiter__(self) -> AsyncIterator[_attach.AttachItem]:
         return self._items()

@@ -14,6 +14,7 @@ from sandboxd_client._attach import (
     CHUNK,
     CLOSE_WAIT_S,
     NORMAL,
+    UPGRADE_TIMEOUT_S,
     AttachItem,
     Endpoint,
     Session,
@@ -22,7 +23,7 @@ from sandboxd_client._attach import (
 from sandboxd_client._core import CONNECT_TIMEOUT_S
 from sandboxd_client.discovery import Target
 from sandboxd_client.errors import ConnectionFailed, Timeout
-from sandboxd_client.models import Attached, AttachExit, WriterChanged
+from sandboxd_client.models import AttachExit
 
 
 def open_socket(target: Target, endpoint: Endpoint, timeout: float | None) -> socket.socket:
@@ -63,11 +64,10 @@ class Attachment:
         self._ready: collections.deque[AttachItem] = collections.deque()
         self._lock = threading.Lock()  # one frame at a time, whichever thread sends
         self._ended = False
-        self.writer = False
-        self.exit: AttachExit | None = None
-        self._sock = open_socket(target, endpoint, timeout)
+        self._sock = open_socket(target, endpoint, UPGRADE_TIMEOUT_S)
         try:
             self._upgrade()
+            self._sock.settimeout(timeout)
         except BaseException:
             self._sock.close()
             raise
@@ -101,6 +101,16 @@ class Attachment:
                 raise ConnectionFailed(f"the attachment broke off: {exc}") from None
 
     @property
+    def writer(self) -> bool:
+        """Whether this attachment's input reaches the process, as the daemon last said."""
+        return self._session.writer
+
+    @property
+    def exit(self) -> AttachExit | None:
+        """How the process ended, once the daemon said so."""
+        return self._session.exit
+
+    @property
     def close_code(self) -> int | None:
         """The daemon's close code (1000 after the process ended, 1001: it shut down)."""
         return self._session.close_code
@@ -120,12 +130,7 @@ class Attachment:
                     self._send(self._session.take())
             else:
                 self._send(self._session.take())  # pongs
-        item = self._ready.popleft()
-        if isinstance(item, Attached | WriterChanged):
-            self.writer = item.writer
-        if isinstance(item, AttachExit):
-            self.exit = item
-        return item
+        return self._ready.popleft()
 
     def __iter__(self) -> Iterator[AttachItem]:
         while (item := self.recv()) is not None:
