@@ -97,7 +97,8 @@ def raw_mode(fd: int, enabled: bool) -> Iterator[None]:
         tty.setraw(fd, termios.TCSANOW)
         yield
     finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+        with contextlib.suppress(termios.error):  # a terminal that hung up keeps nothing
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 class DetachKeys:
