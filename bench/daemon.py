@@ -36,12 +36,18 @@ def sandboxd_binary() -> Path:
 
 @contextlib.contextmanager
 def running_daemon(
-    work: Path, engine_url: str = "", *, server_toml: str = "", code: Path | None = None
+    work: Path,
+    engine_url: str = "",
+    *,
+    server_toml: str = "",
+    code: Path | None = None,
+    pool: str = "{ 1g = 2 }",
 ) -> Iterator[RunningDaemon]:
     """Start the daemon (the docker backend when given an engine URL), wait for GET /healthz,
-    and always SIGTERM it and wait on exit. `server_toml`: lines of its [server] table (the
-    soak adds a TCP listener with one bearer key per owner). `code`: the source tree of
-    another revision to run instead of this one (`python -m bench.against`)."""
+        and always SIGTERM it and wait on exit. `server_toml`: lines of its [server] table (the
+        soak adds a TCP listener with one bearer key per owner). `code`: the source tree of
+        another revision to run instead of this one (`python -m bench.against`). `pool`: the
+    [pool] sizes (by default 1g creates hit the warm pool; 4g creates are the cold path)."""
     config = work / "sandboxd.toml"
     backend = f'backend = "docker"\n[docker]\nengine_url = "{engine_url}"\n' if engine_url else ""
     server = f"[server]\n{server_toml}\n" if server_toml else ""
@@ -51,8 +57,7 @@ def running_daemon(
     overcommit = "memory_overcommit" in known.read_text()
     config.write_text(
         f'{server}[runtime]\nruntime_root = "{work / "runc"}"\n{backend}'
-        # 1g creates hit the warm pool; 4g creates (no pool) are the cold path.
-        "[pool]\nsizes = { 1g = 2 }\n"
+        f"[pool]\nsizes = {pool}\n"
         f"[containers]\nmax_containers_per_owner = {MAX_CONTAINERS}\n"
         + (f"memory_overcommit = {MEMORY_OVERCOMMIT}\n" if overcommit else "")
     )

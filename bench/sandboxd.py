@@ -60,7 +60,7 @@ def _exec_true(client: Client, cid: str) -> None:
 def pool_depth(client: Client, tier: str = POOL_TIER) -> int:
     text = client.text("/metrics")
     for line in text.splitlines():
-        if line.startswith(f'sandboxd_pool_depth{{tier="{tier}"}}'):
+        if line.startswith(f'sandboxd_pool_depth{{image="host",tier="{tier}"}}'):
             return int(float(line.split()[-1]))
     return 0
 

@@ -125,6 +125,9 @@ class AdmittingRuntime:
     async def agent_pid(self, sandbox_id: str) -> int | None:
         return await self.inner.agent_pid(sandbox_id)
 
+    async def on_current_build(self, sandbox_id: str) -> bool:
+        return await self.inner.on_current_build(sandbox_id)
+
     def egress_dir(self, sandbox_id: str) -> Path:
         return self.inner.egress_dir(sandbox_id)
 

@@ -42,15 +42,12 @@ class Attachment:
     """One open attachment: its process, its role (`writer`; when a newer one takes it,
     `role_changed` is set) and the bytes it relayed."""
 
-    def __init__(
-        self, service: AttachService, caller: Caller, cid: str, process: Process, rw: bool
-    ) -> None:
+    def __init__(self, service: AttachService, caller: Caller, cid: str, process: Process) -> None:
         self._service = service
         self._caller = caller
         self.cid = cid
         self.process = process
         self.pid = process.info.id
-        self.rw = rw
         self.writer = False
         self.role_changed = asyncio.Event()
         self.stopping = service.stopping  # the daemon's shutdown ends the attachment
@@ -138,7 +135,7 @@ class AttachService:
             raise TooManyAttachments(
                 f"At most {self._cap} attachments may be open per container; close one first."
             )
-        att = Attachment(self, caller, cid, process, rw)
+        att = Attachment(self, caller, cid, process)
         key = (cid, att.pid)
         self._open[cid] += 1
         try:

@@ -28,6 +28,7 @@ from daemon.containers import ContainerService
 from daemon.egress_proxy import EgressProxy, EgressUnavailable, ProxySettings
 from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
+from daemon.images import ImageService
 from daemon.lifecycle import IdleReaper, read_boot_id, reconcile
 from daemon.metrics import Metrics
 from daemon.models import Status
@@ -92,6 +93,7 @@ class Daemon:
         self.files = FileService(config.files, self.store, state / "blobs")
         self.skills = SkillService(config.skills, self.store, state / "blobs")
         self.idempotency = Idempotency(config.idempotency, self.store)
+        self.images = ImageService(state, config.runtime.default_image)
         proxy = None
         if config.proxy.enabled:
             settings = _proxy_settings(config.proxy, state / "proxy", config.log_level)
@@ -101,7 +103,7 @@ class Daemon:
         if any(config.pool.sizes.values()):
             self.pool = WarmPool(
                 self.runtime,
-                config.pool.sizes,
+                config.pool.slots(config.runtime.default_image),
                 config.containers.limits(),
                 self.metrics,
                 self.admission,
@@ -121,6 +123,7 @@ class Daemon:
             skills=self.skills,
             egress=self.egress,
             pool=self.pool,
+            images=self.images,
         )
         processes = ProcessService(
             config, self.containers, sandboxes, self.tasks, self.shutdown, self.metrics
@@ -138,6 +141,7 @@ class Daemon:
             attach=AttachService(config, self.containers, processes, self.shutdown, self.metrics),
             ports=PortService(config, self.containers, sandboxes, self.metrics),
             files=self.files,
+            images=self.images,
             skills=self.skills,
             idempotency=self.idempotency,
             metrics=self.metrics,
@@ -165,7 +169,7 @@ class Daemon:
             docker = DockerSettings(
                 state_dir=state,
                 engine_url=dc.engine_url or DEFAULT_ENGINE_URL,
-                image=rc.image,
+                default_image=rc.default_image,
                 cgroup_parent=dc.cgroup_parent,
                 threads=dc.threads,
                 timeout_s=dc.timeout_s,
@@ -179,7 +183,7 @@ class Daemon:
             runtime_root=Path(rc.runtime_root),
             binary=rc.oci_binary,
             cgroup_parent=rc.cgroup_parent,
-            image=rc.image,
+            default_image=rc.default_image,
             instance=rc.instance,
             ids=rc.id_ranges(),
             agent_limits=config.agent.limits(),

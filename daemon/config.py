@@ -75,7 +75,9 @@ class RuntimeConfig:
     runtime_root: str = "/run/sandboxd/runc"  # runc's state: <runtime_root>/<instance>/
     cgroup_parent: str = "/sandboxd"  # sandboxes' cgroups: <cgroup_parent>/<instance>/<id>
     seccomp_profile: str = ""  # "" = sandbox/seccomp.json shipped with sandboxd
-    image: str = ""  # "" = the host's /usr in a skeleton; NAME = `sandboxd image build NAME`
+    # A container's image when its create names none: "host" (the host's /usr in a skeleton)
+    # or an image built by `sandboxd image build RECIPE` (GET /v1/images lists them).
+    default_image: str = "host"
     # Every host-wide name carries this; "" = a hash of the state dir.
     instance: str = ""
     # Host uid/gid ranges, one per live sandbox (claimed host-wide, in /run/sandboxd/ids).
@@ -210,8 +212,18 @@ class PortsConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    # Pre-started sandboxes kept ready per memory tier; a create of that tier claims one.
+    # Pre-started sandboxes kept ready per image and memory tier; a create of that pair claims
+    # one. A key is a tier ("1g": the default image's) or "IMAGE:TIER" ("python-data:4g").
     sizes: dict[str, int] = field(default_factory=lambda: {"1g": 2})
+
+    def slots(self, default_image: str) -> dict[tuple[str, str], int]:
+        """(image, tier) -> size."""
+        found: dict[tuple[str, str], int] = {}
+        for key, size in self.sizes.items():
+            image, _, tier = key.rpartition(":")
+            slot = (image or default_image, tier)
+            found[slot] = found.get(slot, 0) + size
+        return found
 
 
 @dataclass(frozen=True)
@@ -322,6 +334,8 @@ def _build[T](cls: type[T], data: dict[str, Any], where: str) -> T:
     hints = get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - known)
+    if where == "runtime." and "image" in unknown:
+        raise ConfigError("runtime.image is now runtime.default_image ('host' for the host's /usr)")
     if unknown:
         raise ConfigError(f"unknown key {where}{unknown[0]}")
     kwargs: dict[str, Any] = {}
@@ -367,8 +381,8 @@ def _validate(cfg: Config) -> None:
         cfg.runtime.id_ranges().check()
     except ValueError as exc:
         raise ConfigError(f"runtime.uid_base/uid_range_size/uid_ranges: {exc}") from None
-    if cfg.runtime.image and not IMAGE_NAME.fullmatch(cfg.runtime.image):
-        raise ConfigError("runtime.image must be an image name (lowercase, digits, . _ -) or ''")
+    if not IMAGE_NAME.fullmatch(cfg.runtime.default_image):
+        raise ConfigError("runtime.default_image must be an image name (lowercase, digits, . _ -)")
     if not 1 <= cfg.docker.threads <= 64 or cfg.docker.timeout_s <= 0:
         raise ConfigError("docker.threads must be within 1..64 and docker.timeout_s positive")
     if cfg.docker.engine_url and not cfg.docker.engine_url.startswith(("unix://", "tcp://")):
@@ -416,10 +430,16 @@ def _validate(cfg: Config) -> None:
     for key, value in positives.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive")
-    for tier, size in cfg.pool.sizes.items():
-        if tier not in MEMORY_TIERS or not 0 <= size <= 64:
+    for key, size in cfg.pool.sizes.items():
+        image, colon, tier = key.rpartition(":")
+        if (
+            tier not in MEMORY_TIERS
+            or not 0 <= size <= 64
+            or (colon and not IMAGE_NAME.fullmatch(image))
+        ):
             raise ConfigError(
-                f"pool.sizes.{tier}: tiers are {', '.join(MEMORY_TIERS)}, sizes 0..64"
+                f"pool.sizes.{key}: keys are a tier ({', '.join(MEMORY_TIERS)}) or IMAGE:TIER,"
+                " sizes 0..64"
             )
     if not 0.1 <= c.memory_overcommit <= 1000:
         raise ConfigError("containers.memory_overcommit must be within 0.1..1000")

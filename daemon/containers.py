@@ -27,6 +27,7 @@ from daemon.errors import (
     QuotaExceeded,
     StorageFull,
 )
+from daemon.images import ImageService
 from daemon.logs import container_id as log_container_id
 from daemon.metrics import Metrics
 from daemon.models import ContainerRecord, EventRecord, Page, Status, UserFileRecord
@@ -57,6 +58,7 @@ class CreateParams:
     file_ids: tuple[str, ...] = ()  # /v1/files copied into /mnt/data before create returns
     skills: tuple[SkillRef, ...] = ()  # installed read-only at /mnt/skills before it returns
     network: NetworkPolicy | None = None  # allowlist egress; None = no network
+    image: str | None = None  # our extension; None = the configured default
 
 
 def _now() -> int:
@@ -77,6 +79,7 @@ class ContainerService:
         skills: SkillService,
         egress: ContainerEgress,
         pool: WarmPool | None,
+        images: ImageService,
     ) -> None:
         self._cfg = config
         self._store = store
@@ -88,6 +91,7 @@ class ContainerService:
         self._skills = skills  # /v1/skills, mounted at /mnt/skills by create
         self._egress = egress
         self._pool = pool
+        self._images = images
         self.agent_watch = AgentWatch(sandboxes.agent_pid, tasks, self._agent_died)
         self.open_operations = OpenOperations()
         self.creating = 0  # creates in flight, pool hits too: the pool refills when none are
@@ -248,9 +252,12 @@ class ContainerService:
         limit = self._cfg.containers.max_containers_per_owner
         if await self._store.containers.count(caller.owner) >= limit:
             raise QuotaExceeded(f"At most {limit} containers per owner may exist at once.")
+        image = await self._images.resolve(params.image)
         now = _now()
         started = time.monotonic()
-        pooled = await self._pool.claim(params.memory_limit) if self._pool is not None else None
+        pooled = None
+        if self._pool is not None:
+            pooled = await self._pool.claim(image, params.memory_limit)
         rec = ContainerRecord(
             id=pooled or ids.container_id(),
             owner=caller.owner,
@@ -262,12 +269,13 @@ class ContainerService:
             expires_minutes=params.expires_minutes,
             runtime=self._sandboxes.name,
             network_policy=params.network.public() if params.network else None,
+            image=image,
         )
         log_container_id.set(rec.id)
         await self._store.containers.insert(rec)
         try:
             if pooled is None:
-                await self._cold_start(rec.id, params.memory_limit)
+                await self._cold_start(rec.id, image, params.memory_limit)
         except BaseException:
             self._metrics.create_failures.labels(self._sandboxes.name).inc()
             await self._store.containers.delete(rec.id)
@@ -299,16 +307,18 @@ class ContainerService:
             rec.id,
             "created",
             memory_limit=params.memory_limit,
+            image=image,
             pool=pool,
             ms=round(elapsed * 1000),
         )
         return dataclasses.replace(rec, status=Status.RUNNING)
 
-    async def _cold_start(self, cid: str, tier: str) -> None:
+    async def _cold_start(self, cid: str, image: str, tier: str) -> None:
         spec = SandboxSpec(
             sandbox_id=cid,
             memory_bytes=MEMORY_TIERS[tier],
             limits=self._cfg.containers.limits(),
+            image=image,
             trust_bundle=self._egress.trust_bundle,
         )
         if self._pool is not None:  # pooled sandboxes give way to a request

@@ -116,12 +116,13 @@ class Metrics:
             registry=r,
         )
         self.pool_depth = Gauge(
-            "sandboxd_pool_depth", "Ready pre-started sandboxes per memory tier.", ["tier"],
+            "sandboxd_pool_depth", "Ready pre-started sandboxes per image and memory tier.",
+            ["image", "tier"],
             registry=r,
         )  # fmt: skip
         self.pool_claims = Counter(
             "sandboxd_pool_claims_total", "Creates that found (hit) or missed a pooled sandbox.",
-            ["tier", "result"], registry=r,
+            ["image", "tier", "result"], registry=r,
         )  # fmt: skip
         self.reaper_expired = Counter(
             "sandboxd_reaper_expired_total", "Containers expired for being idle.", registry=r

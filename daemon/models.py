@@ -28,6 +28,7 @@ class ContainerRecord:
     status_reason: str | None = None
     # The public form of an allowlist policy (NetworkPolicy.public()); None = disabled.
     network_policy: dict[str, Any] | None = None
+    image: str = "host"  # what it runs on (daemon/images.py)
 
 
 @dataclass(frozen=True)

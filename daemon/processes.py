@@ -9,6 +9,11 @@ task per container with running processes. The watch is how their exits become
 `process_exited` events and how the container stays active: it holds the container's
 `active()` for as long as one of them runs, so the idle reaper leaves it alone. A daemon that
 restarts finds the running ones again (`adopt`); an exit while it was down has no event.
+Beside the watch, a guard reads the pids-limit counter every second: when it rises, the
+agent kills the running process behind it, if one of these is (`killed: pids`).
+
+A process may run on a terminal of its own (`tty`, resized by `resize`); attachments
+(daemon/attach.py) follow its output and pass input through the same operations.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ SIGNALS: Mapping[str, int] = {
 }
 WATCH_WAIT_MS = 25_000  # one long poll of the watch; an exit answers it at once
 WATCH_RETRY_S = 1.0  # after a busy or slow agent
+PIDS_CHECK_S = 1.0  # how often a container with running processes has its pids limit checked
 MAX_REMEMBERED_KILLS = 4096  # why ended processes were killed, for their later retrievals
 
 OutputEvent = OutputStart | ExecChunk | OutputEnd
@@ -304,6 +310,7 @@ class ProcessService:
         """While the container has running processes: hold it active, and turn each exit
         into a `process_exited` event. Ends with the last of them, or with the sandbox."""
         seq = -1
+        guard = self._tasks.spawn("process-pids-guard", self._guard_pids(cid))
         try:
             async with self._containers.active(cid):
                 while True:
@@ -323,9 +330,38 @@ class ProcessService:
             # The sandbox is gone (deleted, expired) or its agent failed: so are its processes.
             logger.info("process watch ended", extra={"container_id": cid, "error": str(exc)})
         finally:
+            guard.cancel()
             if self._watches.get(cid) is asyncio.current_task():
                 self._watches.pop(cid, None)
                 self._running.pop(cid, None)
+
+    async def _guard_pids(self, cid: str) -> None:
+        """Beside the watch: when the container runs into its pids limit, the background
+        process behind it is killed (as an exec's command is: a fork bomb would otherwise
+        keep the container full), if it is one (the agent picks the session with the most
+        tasks; an exec's own watch ends an exec). Its exit then says `killed: pids`."""
+        last: int | None = None
+        while True:
+            now = await self._sandboxes.kill_counters(cid)
+            if now is not None:
+                if last is not None and now.pids_limit_hits > last:
+                    await self._pids_hit(cid)
+                last = now.pids_limit_hits
+            await asyncio.sleep(PIDS_CHECK_S)
+
+    async def _pids_hit(self, cid: str) -> None:
+        try:
+            async with self._sandboxes.agent(cid, "pids limit") as agent:
+                killed = await agent.kill_pids_culprit()
+        except DomainError as exc:
+            logger.info("pids limit not handled", extra={"container_id": cid, "error": str(exc)})
+            return
+        if killed is not None:
+            self._remember_kill(cid, killed, "pids")
+            logger.warning(
+                "process killed at the pids limit",
+                extra={"container_id": cid, "process_id": killed},
+            )
 
     async def _observe(self, cid: str, found: list[AgentProcess]) -> None:
         procs = self._running.get(cid, {})
@@ -338,18 +374,25 @@ class ProcessService:
                 before = procs.pop(pid, None)
                 await self._ended(cid, p, before)
 
+    def _remember_kill(self, cid: str, pid: str, killed: str) -> None:
+        if len(self._killed) >= MAX_REMEMBERED_KILLS:
+            del self._killed[next(iter(self._killed))]
+        self._killed[(cid, pid)] = killed
+
     async def _ended(self, cid: str, p: AgentProcess, before: CgroupCounters | None) -> None:
-        killed = None
-        if before is not None and (p.signal == signal.SIGKILL or p.exit_code != 0):
+        killed = self._killed.get((cid, p.id))  # by us, at the pids limit
+        if (
+            killed is None
+            and before is not None
+            and (p.signal == signal.SIGKILL or p.exit_code != 0)
+        ):
             now = await self._sandboxes.counters(cid)
             if now is not None and p.signal == signal.SIGKILL and now.oom_kills > before.oom_kills:
                 killed = "oom"
             elif now is not None and now.pids_limit_hits > before.pids_limit_hits:
                 killed = "pids"
         if killed is not None:
-            if len(self._killed) >= MAX_REMEMBERED_KILLS:
-                del self._killed[next(iter(self._killed))]
-            self._killed[(cid, p.id)] = killed
+            self._remember_kill(cid, p.id, killed)
             self._metrics.kills.labels(killed).inc()
         try:
             await self._containers.record_event(

@@ -151,6 +151,11 @@ class Sandboxes:
         """None when the sandbox's cgroup is gone (never raises for a missing sandbox)."""
         return await self._runtime.counters(cid)
 
+    async def kill_counters(self, cid: str) -> KillCounters | None:
+        """The OOM and pids-limit counters alone (cheap: read on the loop); None when the
+        sandbox's cgroup is gone."""
+        return await self._runtime.kill_counters(cid)
+
     @contextlib.asynccontextmanager
     async def agent(self, cid: str, action: str) -> AsyncIterator[AgentClient]:
         """The sandbox's agent for the block; any sandbox-layer failure in the block is

@@ -564,6 +564,15 @@ class AgentClient:
         )
         return parse_process(msg.get("process"))
 
+    async def kill_pids_culprit(self) -> str | None:
+        """The sandbox hit its pids limit: the agent kills the background process behind it,
+        if one of them is (the one whose session holds the most tasks); its id, or None."""
+        msg = await self._call({"op": "process_pids_hit"})
+        killed = msg.get("killed")
+        if not (killed is None or _is_process_id(killed)):
+            raise AgentProtocolError("malformed pids_hit reply")
+        return killed
+
     async def delete_process(self, pid: str) -> None:
         await self._call({"op": "process_delete", "id": pid})
 

@@ -1,42 +1,73 @@
-"""Root filesystems without a registry: image directories under <state_dir>/images/<name>/.
+"""Root filesystems without a registry: named images, each a series of builds, under
+<state_dir>/images/<name>/:
 
-An image is a directory tree (`rootfs/`) plus `image.json` (its build id, packages and
-date), made by `sandboxd image build` (see sandbox/image_build.py). The oci backend uses the
-tree directly as its shared read-only root; the docker backend imports it once as
-`sandboxd/<name>:<build id>`. The empty name "" means no image: the host's own /usr, bound
-into a generated skeleton (sandbox/host/rootfs.py). Blocking: call off the event loop.
+    current                       the current build's id (replaced atomically)
+    builds/<build_id>/rootfs/     a finished tree
+    builds/<build_id>/image.json  its metadata (build id, packages, versions...), written last
+
+`sandboxd image build` (sandbox/image_build.py) makes a build and then publishes it; a new
+container starts on the current build and keeps the build it started with until it ends.
+A build is in use while a runtime holds a *pin* on it (a shared flock on its image.json) or a
+sandbox's dir names it (`<state>/sandboxes/*/root`, which outlives a daemon restart), so
+`collect` (which removes builds neither current nor in use) and `remove` never take a tree
+from under a running sandbox, whichever process (a daemon, the CLI) asks. The pseudo image
+`host` is the host's own /usr bound into a generated skeleton (sandbox/host/rootfs.py); it is
+never built.
+An image of the older layout (`<name>/rootfs` + `<name>/image.json`) is read as one build.
+Blocking: call off the event loop.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
+import shutil
 import stat
 import tarfile
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sandbox.errors import SandboxError
 
+HOST = "host"
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+BUILD_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 STAMP = "image.json"
+CURRENT = "current"
+BUILDS = "builds"
+ROOT_FILE = "root"  # in a sandbox's dir: "<image>@<build id>" (see sandbox/host/roots.py)
 
 
 class ImageError(SandboxError):
     """An image is missing, half-built or malformed."""
 
 
+class ImageInUse(ImageError):
+    """A build of the image is pinned by a runtime (a sandbox runs on it)."""
+
+
 @dataclass(frozen=True)
 class BuiltImage:
     name: str
-    rootfs: Path
     build_id: str  # changes with every (re)build; the docker tag
+    rootfs: Path  # resolved: runc refuses a rootfs path that passes through a symlink
+    meta: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def stamp(self) -> Path:
+        return self.rootfs.parent / STAMP
 
 
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise ImageError(f"bad image name {name!r}: lowercase letters, digits, '.', '_', '-'")
+    if name == HOST:
+        raise ImageError(f"{HOST!r} is the host's own /usr, not an image that can be built")
     return name
 
 
@@ -44,20 +75,181 @@ def image_dir(state_dir: Path, name: str) -> Path:
     return state_dir / "images" / check_name(name)
 
 
-def load(state_dir: Path, name: str) -> BuiltImage:
-    """The finished image `name` (its stamp is written last, so a half-built one is absent)."""
-    base = image_dir(state_dir, name)
+def build_dir(state_dir: Path, name: str, build_id: str) -> Path:
+    if not BUILD_ID.fullmatch(build_id):
+        raise ImageError(f"bad build id {build_id!r}")
+    return image_dir(state_dir, name) / BUILDS / build_id
+
+
+def _read(base: Path, name: str) -> BuiltImage:
     try:
         meta = json.loads((base / STAMP).read_text())
         build_id = str(meta["build_id"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ImageError(
-            f"image {name!r} not found under {base.parent} (build it: sandboxd image build {name})"
+            f"image {name!r} not found under {base} (build it: sandboxd image build {name})"
         ) from exc
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", build_id) or not (base / "rootfs").is_dir():
+    if not BUILD_ID.fullmatch(build_id) or not (base / "rootfs").is_dir():
         raise ImageError(f"image {name!r} at {base} is malformed")
-    # Resolved: runc refuses a rootfs path that is (or passes through) a symlink.
-    return BuiltImage(name, (base / "rootfs").resolve(), build_id)
+    return BuiltImage(name, build_id, (base / "rootfs").resolve(), meta)
+
+
+def current_id(state_dir: Path, name: str) -> str | None:
+    """The current build's id (None: no build published; the legacy layout has none)."""
+    try:
+        build_id = (image_dir(state_dir, name) / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ImageError(f"image {name!r}: {exc}") from exc
+    return build_id or None
+
+
+def load(state_dir: Path, name: str) -> BuiltImage:
+    """The current build of image `name`."""
+    build_id = current_id(state_dir, name)
+    if build_id is None:
+        return _read(image_dir(state_dir, name), name)  # the older layout, or an ImageError
+    return load_build(state_dir, name, build_id)
+
+
+def load_build(state_dir: Path, name: str, build_id: str) -> BuiltImage:
+    """One build of image `name`, current or not (a sandbox's, after a restart)."""
+    where = build_dir(state_dir, name, build_id)
+    if not where.is_dir() and (image_dir(state_dir, name) / STAMP).is_file():
+        where = image_dir(state_dir, name)  # the older layout: its one build
+    if not where.is_dir():
+        raise ImageError(f"image {name!r} has no build {build_id!r}")
+    built = _read(where, name)
+    if built.build_id != build_id:
+        raise ImageError(f"image {name!r} has no build {build_id!r}")
+    return built
+
+
+def publish(state_dir: Path, name: str, build_id: str) -> None:
+    """Make a finished build the current one (new containers start on it)."""
+    _read(build_dir(state_dir, name, build_id), name)
+    base = image_dir(state_dir, name)
+    tmp = base / f".{CURRENT}.tmp-{os.getpid()}"
+    tmp.write_text(build_id + "\n")
+    os.replace(tmp, base / CURRENT)
+
+
+def list_images(state_dir: Path) -> list[BuiltImage]:
+    """Every image with a usable current build, by name (half-built or broken ones skipped)."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted((state_dir / "images").iterdir()):
+            if entry.name.startswith(".") or not NAME.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(ImageError):
+                found.append(load(state_dir, entry.name))
+    return found
+
+
+class Pin:
+    """A build held in use by this process: until release(), no collect or remove (in any
+    process) deletes it."""
+
+    def __init__(self, built: BuiltImage) -> None:
+        self.built = built
+        gone = f"image {built.name!r} build {built.build_id} was removed"
+        try:
+            fd = os.open(built.stamp, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise ImageError(gone) from exc
+        except OSError as exc:
+            raise ImageError(f"image {built.name!r} build {built.build_id}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # a collector holds LOCK_EX only while it renames
+            # A collector may have taken the build away between our open and our lock.
+            if os.stat(built.stamp).st_ino != os.fstat(fd).st_ino:
+                raise ImageError(gone)
+        except FileNotFoundError as exc:
+            os.close(fd)
+            raise ImageError(gone) from exc
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+@contextlib.contextmanager
+def _unpinned(stamp: Path) -> Iterator[bool]:
+    """Hold an exclusive lock on a build's stamp if nobody pins it; yields whether we do."""
+    try:
+        fd = os.open(stamp, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield True  # no stamp: a tree nobody can pin
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _discard(path: Path) -> None:
+    """Rename away first (atomic: nothing sees a half-deleted tree), then delete."""
+    trash = path.parent / f".trash-{path.name}-{os.getpid()}"
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def referenced(state_dir: Path, name: str) -> set[str]:
+    """The builds of `name` that sandboxes' dirs name."""
+    found = set()
+    for path in (state_dir / "sandboxes").glob(f"*/{ROOT_FILE}"):
+        with contextlib.suppress(OSError):
+            image, _, build_id = path.read_text().strip().partition("@")
+            if image == name:
+                found.add(build_id)
+    return found
+
+
+def collect(state_dir: Path, name: str) -> list[str]:
+    """Delete the builds of `name` that are neither current nor in use; their ids."""
+    builds = image_dir(state_dir, name) / BUILDS
+    keep = {current_id(state_dir, name), *referenced(state_dir, name)}
+    removed = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in sorted(builds.iterdir()):
+            if entry.name.startswith(".trash-"):
+                shutil.rmtree(entry, ignore_errors=True)  # a collector that died half-way
+                continue
+            if entry.name.startswith(".") or entry.name in keep:
+                continue
+            with _unpinned(entry / STAMP) as free:
+                if free:
+                    _discard(entry)
+                    removed.append(entry.name)
+    return removed
+
+
+def remove(state_dir: Path, name: str) -> None:
+    """Delete image `name` and every build of it; ImageInUse if a runtime pins one."""
+    base = image_dir(state_dir, name)
+    if not base.is_dir():
+        raise ImageError(f"image {name!r} not found")
+    if referenced(state_dir, name):
+        raise ImageInUse(f"image {name!r} is in use by sandboxes")
+    with contextlib.ExitStack() as stack:
+        stamps = [base / STAMP]
+        with contextlib.suppress(FileNotFoundError):
+            stamps += [b / STAMP for b in (base / BUILDS).iterdir() if not b.name.startswith(".")]
+        for path in stamps:
+            if not stack.enter_context(_unpinned(path)):
+                raise ImageInUse(f"image {name!r} is in use by running sandboxes")
+        _discard(base)
 
 
 def write_tar(root: Path, out: Path) -> None:

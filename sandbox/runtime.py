@@ -45,6 +45,11 @@ class Runtime(Protocol):
         """The host pid of the sandbox's agent while it runs (its death ends the sandbox)."""
         ...
 
+    async def on_current_build(self, sandbox_id: str) -> bool:
+        """Whether the sandbox runs on its image's current build (a pooled sandbox made
+        before a rebuild does not, and is not handed out)."""
+        ...
+
     def egress_dir(self, sandbox_id: str) -> Path:
         """Host directory bound read-only at EGRESS_DIR in the sandbox, made by create():
         owned by the host uid the sandbox's agent runs as, mode 0700, so only that agent

@@ -111,6 +111,9 @@ class SandboxSpec:
     memory_bytes: int
     limits: Limits = field(default_factory=Limits)
     hostname: str = "sandbox"
+    # The image it runs on (sandbox/images.py): its current build at create; "host" is the
+    # host's /usr in a generated skeleton.
+    image: str = "host"
     # Host PEM file bound read-only over SYSTEM_CA_BUNDLE (the host's CAs plus the egress
     # proxy's CA); None leaves the image's own bundle.
     trust_bundle: Path | None = None

@@ -18,6 +18,7 @@ from daemon.api import (
     container_files,
     containers,
     execute,
+    images,
     ports,
     processes,
     skills,
@@ -201,6 +202,8 @@ def create_app(
                 web.route(m, cid + ports.ROUTE, ports.relay)
                 for m in sorted(PORT_METHODS - {"HEAD"})
             ),
+            web.get("/v1/images", images.list_),
+            web.get("/v1/images/{name}", images.retrieve),
             web.post("/v1/files", idempotent(user_files.create)),
             web.get("/v1/files", user_files.list_),
             web.get("/v1/files/{file_id}", user_files.retrieve),

@@ -101,9 +101,11 @@ class Session:
                 )  # fmt: skip
                 if first.dropped:
                     await self._send({"type": "dropped", "bytes": first.dropped})
-                await self._serve(events)
+                ended = await self._serve(events)
             if cut.happened:
                 await ws.close(code=GOING_AWAY, message=b"the daemon is shutting down")
+            elif ended:
+                await ws.close(code=1000)
         except SandboxUnavailable:
             # The container was deleted or expired (its agent went with it), or cannot be
             # reached: the process is gone with it, or out of reach.
@@ -113,9 +115,10 @@ class Session:
             await self._error(exc.code, exc.message)
             await ws.close(code=1011, message=exc.code.encode())
 
-    async def _serve(self, events: Output) -> None:
-        """Output out and messages in, until the process has ended or the client has left;
-        a failure of either is raised here (the tasks are this call's, cancelled on exit)."""
+    async def _serve(self, events: Output) -> bool:
+        """Output out and messages in, until the process has ended (True: its exit message
+        was sent) or the client has left; a failure of either is raised here (the tasks are
+        this call's, cancelled on the way out, so the close has no reader beside it)."""
         loop = asyncio.get_running_loop()
         output = loop.create_task(self._output(events))
         incoming = loop.create_task(self._incoming())
@@ -129,9 +132,10 @@ class Session:
         for task in (output, incoming):
             if not task.cancelled() and (exc := task.exception()) is not None:
                 raise exc
+        return output.done() and not output.cancelled() and output.result()
 
-    async def _output(self, events: Output) -> None:
-        """The process's output to the client, then its exit and the close."""
+    async def _output(self, events: Output) -> bool:
+        """The process's output to the client, then its exit message (True)."""
         att = self._att
         async for event in events:
             if isinstance(event, ExecChunk):
@@ -145,8 +149,8 @@ class Session:
                     {"type": "exit", "exit_code": ended.info.exit_code, "killed": ended.killed,
                      "offset": event.next_offset}
                 )  # fmt: skip
-                await self._ws.close(code=1000)
-                return
+                return True
+        return False
 
     async def _roles(self) -> None:
         att = self._att

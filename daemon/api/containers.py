@@ -24,7 +24,9 @@ from sandbox.policy import PolicyError, parse_network_policy
 from sandbox.spec import MEMORY_TIERS
 
 MAX_FILE_IDS = 100
-CREATE_KEYS = {"name", "memory_limit", "expires_after", "network_policy", "file_ids", "skills"}
+CREATE_KEYS = {
+    "name", "memory_limit", "expires_after", "network_policy", "file_ids", "skills", "image",
+}  # fmt: skip
 
 
 def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
@@ -69,6 +71,7 @@ def parse_create(body: dict[str, Any], cfg: Config) -> CreateParams:
         file_ids=parse_file_ids(body.get("file_ids") or []),
         skills=parse_skills(body.get("skills") or [], cfg.skills.max_skills_per_container),
         network=network,
+        image=None if body.get("image") is None else get_str(body, "image", max_len=64),
     )
 
 

@@ -18,6 +18,7 @@ from daemon.containers import Caller, ContainerService
 from daemon.errors import PayloadTooLarge
 from daemon.exec import ExecService
 from daemon.idempotency import Idempotency
+from daemon.images import ImageService
 from daemon.metrics import Metrics
 from daemon.ports import PortService
 from daemon.processes import ProcessService
@@ -38,6 +39,7 @@ class Services:
     attach: AttachService
     ports: PortService
     files: FileService  # /v1/files
+    images: ImageService  # /v1/images
     skills: SkillService
     idempotency: Idempotency
     metrics: Metrics
@@ -52,6 +54,7 @@ PROCESSES = web.AppKey("processes", ProcessService)
 PORTS = web.AppKey("ports", PortService)
 ATTACH = web.AppKey("attach", AttachService)
 FILES = web.AppKey("files", FileService)
+IMAGES = web.AppKey("images", ImageService)
 SKILLS = web.AppKey("skills", SkillService)
 IDEMPOTENCY = web.AppKey("idempotency", Idempotency)
 METRICS = web.AppKey("metrics", Metrics)
@@ -68,6 +71,7 @@ def install(app: web.Application, services: Services) -> None:
     app[PORTS] = services.ports
     app[ATTACH] = services.attach
     app[FILES] = services.files
+    app[IMAGES] = services.images
     app[SKILLS] = services.skills
     app[IDEMPOTENCY] = services.idempotency
     app[METRICS] = services.metrics

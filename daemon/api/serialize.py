@@ -7,6 +7,7 @@ from typing import Any
 
 from daemon.api.output import Captured
 from daemon.code import CodeRun
+from daemon.images import ImageInfo
 from daemon.models import (
     ContainerRecord,
     EventRecord,
@@ -32,8 +33,25 @@ def container(rec: ContainerRecord) -> dict[str, Any]:
         "expires_after": {"anchor": "last_active_at", "minutes": rec.expires_minutes},
         "expires_at": rec.last_active_at + rec.expires_minutes * 60,
         "memory_limit": rec.memory_limit,
+        "image": rec.image,
         "network_policy": rec.network_policy or {"type": "disabled"},
         **({"status_reason": rec.status_reason} if rec.status_reason else {}),
+    }
+
+
+def image(info: ImageInfo) -> dict[str, Any]:
+    return {
+        "id": info.name,
+        "object": "image",
+        "name": info.name,
+        "description": info.description,
+        "build_id": info.build_id,
+        "created_at": info.created_at,
+        "size_bytes": info.size_bytes,
+        "python_version": info.python_version,
+        "node_version": info.node_version,
+        "packages": {kind: list(names) for kind, names in info.packages.items()},
+        "default": info.default,
     }
 
 

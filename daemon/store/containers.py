@@ -23,16 +23,17 @@ MAX_CACHED_RECORDS = 4096  # container records kept in memory (emptied when full
 
 _COLS = (
     "id, owner, name, created_at, last_active_at, status, memory_limit, expires_minutes, "
-    "runtime, status_reason, network_policy"
+    "runtime, status_reason, network_policy, image"
 )
 
 
 def _container(row: tuple[Any, ...]) -> ContainerRecord:
-    cid, owner, name, created, active, status, memory, minutes, runtime, reason, policy = row
+    cid, owner, name, created, active, status, memory, minutes, runtime, reason, policy, image = row
     network = json.loads(policy) if policy else None
     return ContainerRecord(
-        cid, owner, name, created, active, Status(status), memory, minutes, runtime, reason, network
-    )
+        cid, owner, name, created, active, Status(status), memory, minutes, runtime, reason,
+        network, image,
+    )  # fmt: skip
 
 
 class Containers:
@@ -48,11 +49,11 @@ class Containers:
             rec.id, rec.owner, rec.name, rec.created_at, rec.last_active_at, str(rec.status),
             rec.memory_limit, rec.expires_minutes, rec.runtime, rec.status_reason,
             # json.dumps' default separators: the bytes stored before records were decoded
-            None if rec.network_policy is None else json.dumps(rec.network_policy),
+            None if rec.network_policy is None else json.dumps(rec.network_policy), rec.image,
         )  # fmt: skip
         await self._db.run(
             lambda db: db.execute(
-                f"INSERT INTO containers ({_COLS}, ord) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO containers ({_COLS}, ord) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (*values, ord_key(rec.id, rec.created_at)),
             )
         )

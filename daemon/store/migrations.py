@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE containers (
@@ -167,6 +167,11 @@ MIGRATIONS: dict[int, str] = {
         INSERT OR REPLACE INTO cursor_tombstones (id, ord, deleted_at)
         VALUES (old.id, old.ord, CAST(strftime('%s', 'now') AS INTEGER));
     END;
+    """,
+    6: """
+    -- The image a container runs on (GET /v1/images); containers made before images were
+    -- chosen per container ran on the daemon's one image, shown as the host's.
+    ALTER TABLE containers ADD COLUMN image TEXT NOT NULL DEFAULT 'host';
     """,
 }
 

@@ -23,7 +23,7 @@ Reaper.spawn), configure (environment for every later command, and the egress re
 socket bound into /.sandboxd/egress; the sandbox has no other way out).
 
 Ops of background processes (process_start, _list, _get, _output, _input, _signal, _resize,
-_delete, _wait): see processes.py. port_connect (a TCP connection to the sandbox's own
+_delete, _wait, _pids_hit): see processes.py. port_connect (a TCP connection to the sandbox's own
 loopback, after which the agent connection carries its raw bytes until either end closes):
 see ports.py.
 
@@ -61,6 +61,7 @@ WORKSPACE = "/mnt/data"
 UPLOAD_PREFIX = ".sandboxd-upload-"
 LISTEN_FD = 3
 LISTEN_PATH_ENV = "SANDBOXD_AGENT_SOCKET"
+IMAGE_ENV_PREFIX = "SANDBOXD_IMAGE_ENV_"  # sandbox/host/agent.py: the image's environment
 PR_SET_DUMPABLE = 4
 DRAIN_GRACE_S = 0.2
 
@@ -83,9 +84,11 @@ BASE_ENV = {
     "PIP_CERT": SYSTEM_CA_BUNDLE,
 }
 PROCESS_OPS = frozenset(
-    "process_" + op
-    for op in ("start", "list", "get", "output", "input", "signal", "resize", "delete", "wait")
-)
+    (
+        "process_start", "process_list", "process_get", "process_output", "process_input",
+        "process_signal", "process_resize", "process_delete", "process_wait", "process_pids_hit",
+    )
+)  # fmt: skip
 # Set by the configure op (proxy variables, secret placeholders); merged over BASE_ENV.
 CONFIG_ENV = {}
 MAX_CONFIG_ENV = 256
@@ -927,8 +930,8 @@ class ProcessTable:
 
     def handle(self, conn, req):
         op = req.get("op")
-        if self.table is None and op in ("process_list", "process_wait"):
-            send_json(conn, {"processes": [], "seq": 0})
+        if self.table is None and op in ("process_list", "process_wait", "process_pids_hit"):
+            send_json(conn, {"processes": [], "seq": 0, "killed": None})
             return
         module = load_module("processes")
         with self.lock:
@@ -1104,10 +1107,18 @@ def open_listener():
     return listener
 
 
+def take_image_env(environ=os.environ):
+    """The image's environment (a venv first on PATH, say), handed over by the runtime under
+    IMAGE_ENV_PREFIX, becomes part of every command's base environment."""
+    for key in [k for k in environ if k.startswith(IMAGE_ENV_PREFIX)]:
+        BASE_ENV[key[len(IMAGE_ENV_PREFIX) :]] = environ.pop(key)
+
+
 def main():
     # As PID 1, signals without a handler are ignored by the kernel: keep it that way.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL if sig != signal.SIGPIPE else signal.SIG_IGN)
+    take_image_env()
     make_undumpable()
     os.chdir("/")
     listener = open_listener()

@@ -29,6 +29,8 @@ Ops (J requests, J replies unless said):
                  terminal's foreground group; SIGKILL to all of a terminal's session)
   process_resize {id, cols, rows} -> {process}: a terminal's new size (the kernel sends
                  SIGWINCH to its foreground group)
+  process_pids_hit -> {killed}: the sandbox hit its pids limit: kill the process behind it,
+                 if it is one of these (see handle_pids_hit)
   process_delete {id}: kill the process group, then forget the process
   process_wait   {since, timeout_ms} -> {seq, processes}: at once if the table's sequence
                  (bumped by every start, exit and delete) differs from `since`, else when it
@@ -155,14 +157,7 @@ class Proc:
             kill_group(self.pid)
             return
         groups = {self.pid}
-        for entry in os.listdir("/proc"):
-            try:
-                with open("/proc/%s/stat" % entry, "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)"
-            except (OSError, IndexError):
-                continue
-            if len(fields) > 3 and fields[3] == b"%d" % self.pid:
-                groups.add(int(fields[2]))  # (state, ppid, pgrp, session, ...)
+        groups.update(group for group, session, _ in tasks() if session == self.pid)
         for group in groups:
             kill_group(group)
 
@@ -317,7 +312,7 @@ class Processes:
                 fds = {"out": out_r, "err": err_r, "in": in_w}
             else:
                 own.extend(os.openpty())
-                own.append(os.dup(own[4]))  # the master again, for input: closed on eof
+                own.append(os.dup(own[4]))  # the master again: the poller watches it for input
                 master, slave, in_w = own[4:]
                 set_size(master, p.size)
                 tty, child, given = os.ttyname(slave), [(1, 0), (2, 0)], (slave,)
@@ -567,6 +562,42 @@ def handle_signal(table, conn, req):
     reply(conn, {"process": item})
 
 
+def tasks():
+    """(process group, session, threads) of every process of the sandbox, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "pid (comm)"
+            # state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt cmajflt utime
+            # stime cutime cstime priority nice num_threads
+            found.append((int(fields[2]), int(fields[3]), int(fields[17])))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return found
+
+
+def handle_pids_hit(table, conn):
+    """The sandbox ran into its pids limit: kill the running process whose session holds the
+    most tasks (processes and threads), if the largest session of the sandbox is one of
+    theirs (an exec's or a cell's is ended by its own watch) -> {killed: id or null}."""
+    sizes = {}
+    for _, session, threads in tasks():
+        if session > 1:  # not the agent's own
+            sizes[session] = sizes.get(session, 0) + threads
+    victim = None
+    with table.lock:
+        if sizes:
+            largest = max(sizes, key=sizes.get)
+            for p in table.table.values():
+                if p.status is None and p.pid == largest:
+                    victim = p
+                    p.kill()
+    reply(conn, {"killed": victim.id if victim is not None else None})
+
+
 def terminal_size(req):
     """(cols, rows) of a request, checked."""
     size = req.get("cols"), req.get("rows")
@@ -627,6 +658,8 @@ def handle(table, conn, req):
         handle_signal(table, conn, req)
     elif op == "process_resize":
         handle_resize(table, conn, req)
+    elif op == "process_pids_hit":
+        handle_pids_hit(table, conn)
     elif op == "process_delete":
         with table.lock:
             table.forget(table.get(req.get("id")))

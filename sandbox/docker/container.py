@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.host.agent import AGENT_ARGV, AGENT_ENV
+from sandbox.host.agent import AGENT_ARGV
 from sandbox.host.mounts import AGENT_SOCKET_DIR, HostPaths, Kind, Mount, mounts
 from sandbox.spec import (
     AGENT_RESERVE_BYTES,
@@ -102,7 +102,7 @@ def create_args(
 ) -> ContainerArgs:
     """`user`: the sandbox's own host uid and gid (see etc_files)."""
     lim = spec.limits
-    env = dict(item.split("=", 1) for item in AGENT_ENV)
+    env = dict(item.split("=", 1) for item in paths.agent_env)
     env["SANDBOXD_AGENT_SOCKET"] = AGENT_SOCKET
     binds, tmpfs = engine_mounts(spec, paths)
     create = {

@@ -16,6 +16,7 @@ daemon's instance label and live under `<cgroup_parent>/<instance>`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -35,11 +36,17 @@ from sandbox.docker.container import (
 )
 from sandbox.docker.engine import Engine
 from sandbox.errors import RuntimeFailure, SandboxError
-from sandbox.host import rootfs
-from sandbox.host.agent import AGENT_READY_TIMEOUT_S, AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.host.agent import (
+    AGENT_READY_TIMEOUT_S,
+    AGENT_SCRIPT,
+    INTERPRETER_SCRIPT,
+    agent_env,
+)
 from sandbox.host.base import HostRuntime, SandboxHome, all_or_nothing
 from sandbox.host.dirs import make_private_dir
 from sandbox.host.mounts import HostPaths
+from sandbox.host.roots import Root
+from sandbox.host.roots import record as record_root
 from sandbox.idranges import IdRangeSettings
 from sandbox.spec import SandboxSpec
 
@@ -53,7 +60,7 @@ DEFAULT_ENGINE_URL = "unix:///var/run/docker.sock"
 class DockerSettings:
     state_dir: Path
     engine_url: str = DEFAULT_ENGINE_URL
-    image: str = ""  # "" = the host's /usr in a skeleton; else an image of `sandboxd image build`
+    default_image: str = "host"  # imported at start; a create names its own (spec.image)
     cgroup_parent: str = "/sandboxd-docker"  # containers' cgroups: <parent>/<instance>/<cid>
     agent_limits: AgentLimits = field(default_factory=AgentLimits)
     threads: int = 8
@@ -74,13 +81,15 @@ class DockerRuntime(HostRuntime):
         self._seccomp = seccomp
         self._engine = engine or Engine(settings.engine_url, settings.threads, settings.timeout_s)
         self._cgroups: dict[str, str] = {}  # sandbox id -> its cgroup (<parent>/<container id>)
-        self._image_ref = ""
-        self._binds: list[tuple[str, str]] = []
+        self._imported: set[str] = set()  # image refs known to the engine
+        self._importing: dict[str, asyncio.Lock] = {}
+        self._default_ref = ""
         self.cgroup_base = f"{settings.cgroup_parent}/{self.instance}"
 
     @property
     def image_ref(self) -> str:
-        return self._image_ref
+        """The default image's engine reference (set by start)."""
+        return self._default_ref
 
     async def start(self) -> None:
         version, driver = await self._engine.info()
@@ -93,49 +102,60 @@ class DockerRuntime(HostRuntime):
             )
         await self._start_host()
         await self._in_thread(_make_empty_file, self._s.state_dir / "docker-empty")
-        try:
-            root, repo, tag, binds = await self._in_thread(self._resolve_image)
-        except (images.ImageError, OSError) as exc:
-            raise RuntimeFailure(f"docker image: {exc}") from exc
-        ref = f"{REPOSITORY}/{repo}:{tag}"
-        if not await self._engine.has_image(ref):
-            tar = self._s.state_dir / "images" / f".import-{repo}-{tag}.tar"
-            tar.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                await self._in_thread(images.write_tar, root, tar)
-                await self._engine.import_image(tar, f"{REPOSITORY}/{repo}", tag)
-            finally:
-                await self._in_thread(_unlink, tar)
-            logger.info("docker image imported", extra={"image": ref})
-        self._image_ref = ref
-        self._binds = binds
-        await self._compile_agent(root)
+        await self._adopt_roots()
+        self._default_ref = await self._engine_image(
+            await self._prepare_image(self._s.default_image)
+        )
         logger.info(
             "docker runtime ready",
-            extra={"engine": version, "image": ref, "cgroup": self._layout.version.value},
+            extra={
+                "engine": version,
+                "image": self._default_ref,
+                "cgroup": self._layout.version.value,
+            },
         )
 
-    def _resolve_image(self) -> tuple[Path, str, str, list[tuple[str, str]]]:
-        if not self._s.image:
-            skeleton = rootfs.ensure_skeleton(self._s.state_dir / "rootfs")
-            return skeleton, "host", skeleton.name.removeprefix("rootfs-"), rootfs.host_binds()
-        built = images.load(self._s.state_dir, self._s.image)
-        return built.rootfs, built.name, built.build_id, []
+    async def _engine_image(self, root: Root) -> str:
+        """The engine's image of a root, imported from the tree the first time (once per
+        engine and build: `sandboxd/<image>:<build>`; creates of that build wait for it)."""
+        ref = f"{REPOSITORY}/{root.image}:{root.build_id}"
+        if ref in self._imported:
+            return ref
+        async with self._importing.setdefault(ref, asyncio.Lock()):
+            if ref in self._imported:
+                return ref
+            if not await self._engine.has_image(ref):
+                tar = self._s.state_dir / "images" / f".import-{root.image}-{root.build_id}.tar"
+                tar.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    await self._in_thread(images.write_tar, root.tree, tar)
+                    await self._engine.import_image(
+                        tar, f"{REPOSITORY}/{root.image}", root.build_id
+                    )
+                except OSError as exc:
+                    raise RuntimeFailure(f"docker image {ref}: {exc}") from exc
+                finally:
+                    await self._in_thread(_unlink, tar)
+                logger.info("docker image imported", extra={"image": ref})
+            self._imported.add(ref)
+        return ref
 
     async def create(self, spec: SandboxSpec) -> None:
         """All or nothing, even when cancelled: the steps finish in their own task (threads
         cannot be interrupted), then a cancelled create is undone."""
-        assert self._image_ref, "start() first"
+        assert self._default_ref, "start() first"
         await all_or_nothing(self._create(spec), lambda: self._destroy_quietly(spec.sandbox_id))
 
     async def _create(self, spec: SandboxSpec) -> None:
         sid = spec.sandbox_id
         try:
+            root = await self._in_thread(self._roots.acquire, sid, spec.image)
+            ref = await self._engine_image(root)
             home = await self._in_thread(self._make_home, spec)
-            paths = await self._in_thread(self._docker_files, home)
+            paths = await self._in_thread(self._docker_files, home, root)
             args = create_args(
                 spec,
-                self._image_ref,
+                ref,
                 paths,
                 self.cgroup_base,
                 self.instance,
@@ -151,9 +171,10 @@ class DockerRuntime(HostRuntime):
             await self._create_failed(sid, exc)
             raise
 
-    def _docker_files(self, home: SandboxHome) -> HostPaths:
-        """The agent's socket dir (its user's until sealed) and the sandbox's passwd and
-        group files, then every host path of the container."""
+    def _docker_files(self, home: SandboxHome, root: Root) -> HostPaths:
+        """The sandbox's root (recorded in its dir), the agent's socket dir (its user's
+        until sealed) and its passwd and group files, then every host path of the container."""
+        record_root(home.dir, root)
         make_private_dir(home.dir / "ctl", home.owner)
         passwd, group = etc_files(*home.owner)
         for name, text in (("passwd", passwd), ("group", group)):
@@ -166,8 +187,9 @@ class DockerRuntime(HostRuntime):
             agent_socket_dir=str(home.dir / "ctl"),
             skills=str(home.dir / "skills"),
             egress=str(home.dir / "egress"),
-            binds=self._binds,
-            agent_pycache=self._pycache,
+            binds=list(root.binds),
+            agent_pycache=root.pycache,
+            agent_env=agent_env(dict(root.env)),
             empty_file=str(self._s.state_dir / "docker-empty"),
             passwd=str(home.dir / "passwd"),
             group=str(home.dir / "group"),

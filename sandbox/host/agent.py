@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from sandbox.spec import AGENT_DIR, AGENT_LAZY_MODULES, AGENT_PYCACHE
@@ -94,3 +96,13 @@ AGENT_ARGV = [
     f"import sys; sys.path.insert(0, {AGENT_DIR!r}); import agent; agent.main()",
 ]
 AGENT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"]
+# An image's environment (its image.json `env`: a venv first on PATH, say) reaches the agent
+# as IMAGE_ENV_PREFIX + name; the agent moves it into every command's environment.
+IMAGE_ENV_PREFIX = "SANDBOXD_IMAGE_ENV_"
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def agent_env(image_env: Mapping[str, str]) -> list[str]:
+    """The agent's environment on a root whose image sets `image_env` (checked when the
+    root is loaded: names are identifiers, values have no NUL)."""
+    return [*AGENT_ENV, *(f"{IMAGE_ENV_PREFIX}{k}={v}" for k, v in sorted(image_env.items()))]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sandbox import images
 from sandbox.agent_client import AgentClient, AgentLimits, hand_over_work_group
 from sandbox.cgroups import (
     CgroupCounters,
@@ -41,7 +42,7 @@ from sandbox.cgroups import (
 )
 from sandbox.errors import HostStorageFull, RuntimeFailure, SandboxError
 from sandbox.host import skills, workspace
-from sandbox.host.agent import AGENT_READY_TIMEOUT_S, agent_pycache
+from sandbox.host.agent import AGENT_READY_TIMEOUT_S
 from sandbox.host.dirs import (
     instance_of,
     make_private_dir,
@@ -50,6 +51,7 @@ from sandbox.host.dirs import (
     remove_sandbox_dir,
     sandbox_dir,
 )
+from sandbox.host.roots import Root, Roots
 from sandbox.idranges import IdRanges, IdRangeSettings, lock_instance
 from sandbox.skill_archive import SkillArchiveError
 from sandbox.spec import AGENT_OOM_ADJ, SANDBOX_GID, SANDBOX_UID, SandboxSpec, SkillFiles
@@ -108,7 +110,8 @@ class HostRuntime(abc.ABC):
         self._readers: dict[str, CgroupReader] = {}  # for kill_counters, on every exec
         self._agent_pids: dict[str, int] = {}  # learnt at create (or first asked): no call
         self._workspaces = workspace.Workspaces(host.state_dir / "templates")
-        self._pycache = ""  # host dir bound at AGENT_PYCACHE ("": none), set by start()
+        # The shared roots sandboxes run on, per (image, build); a backend's views of them.
+        self._roots = Roots(host.state_dir, self._root_ready, self._root_unused)
         self._pin_refused = False
         self._instance_lock = -1  # held from start() to close()
 
@@ -148,9 +151,30 @@ class HostRuntime(abc.ABC):
                     logger.info("removing a sandbox dir nothing claims", extra={"dir": str(sdir)})
                     _clear_dir(sdir)
 
-    async def _compile_agent(self, root: Path) -> None:
-        """The agent's bytecode for sandboxes on `root` (see host.agent.agent_pycache)."""
-        self._pycache = await self._in_thread(agent_pycache, self._state_dir, root)
+    def _root_ready(self, root: Root) -> None:  # noqa: B027 (most backends need no view)
+        """A root is used for the first time (the backend makes its view of it). Blocking."""
+
+    def _root_unused(self, root: Root) -> None:  # noqa: B027
+        """A root no sandbox uses any more and no create will (it is not current). Blocking."""
+
+    async def on_current_build(self, sandbox_id: str) -> bool:
+        return await self._in_thread(self._roots.on_current_build, sandbox_id)
+
+    async def _adopt_roots(self) -> None:
+        """After a restart: hold the builds this instance's sandboxes run on."""
+
+        def adopt() -> None:
+            for sandbox_id in self._ids.load():
+                self._roots.adopt(sandbox_id, self._dir(sandbox_id))
+
+        await self._in_thread(adopt)
+
+    async def _prepare_image(self, image: str) -> Root:
+        """The default image, ready before the first create (RuntimeFailure: unusable)."""
+        try:
+            return await self._in_thread(self._roots.prepare, image)
+        except (images.ImageError, OSError) as exc:
+            raise RuntimeFailure(f"image {image!r}: {exc}") from exc
 
     def _dir(self, sandbox_id: str) -> Path:
         """<state>/sandboxes/<first id of its range>; a sandbox made before ranges were
@@ -321,6 +345,7 @@ class HostRuntime(abc.ABC):
                 dir_gone = False
         if processes_gone and dir_gone:
             await self._in_thread(self._ids.release, sandbox_id)
+            await self._in_destroy_thread(self._roots.release, sandbox_id)
         if errors:
             raise RuntimeFailure(f"destroy of {sandbox_id} incomplete: {errors[0]}") from errors[0]
 
@@ -367,6 +392,7 @@ class HostRuntime(abc.ABC):
         self._agents.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._destroy_executor.shutdown(wait=False, cancel_futures=True)
+        self._roots.close()
         if self._instance_lock >= 0:
             os.close(self._instance_lock)
             self._instance_lock = -1

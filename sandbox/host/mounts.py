@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 
+from sandbox.host.agent import AGENT_ENV
 from sandbox.spec import (
     AGENT_DIR,
     AGENT_LAZY_MODULES,
@@ -57,7 +58,7 @@ class Mount:
 
 @dataclass(frozen=True)
 class HostPaths:
-    """The host side of a sandbox's binds ("": not bound)."""
+    """The host side of a sandbox's binds ("": not bound), and the agent's environment."""
 
     workspace: str  # host mountpoint of the workspace image (mounted nosuid,nodev)
     agent_script: str
@@ -75,6 +76,7 @@ class HostPaths:
     # user namespace on docker; the oci root has its own).
     passwd: str = ""
     group: str = ""
+    agent_env: Sequence[str] = tuple(AGENT_ENV)  # host.agent.agent_env(): with the image's own
 
 
 def agent_module_binds(agent_script: str) -> list[tuple[str, str]]:

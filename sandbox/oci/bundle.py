@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox.host.agent import AGENT_ARGV, AGENT_ENV
+from sandbox.host.agent import AGENT_ARGV
 from sandbox.host.mounts import HostPaths, Kind, Mount, mounts
 from sandbox.spec import (
     AGENT_RESERVE_BYTES,
@@ -76,7 +76,7 @@ def build_config(
             "terminal": False,
             "user": {"uid": SANDBOX_UID, "gid": SANDBOX_GID, "additionalGids": []},
             "args": AGENT_ARGV,
-            "env": AGENT_ENV,
+            "env": list(paths.host.agent_env),
             "cwd": "/",
             "capabilities": no_caps,
             "noNewPrivileges": True,

@@ -1,10 +1,11 @@
 """The embedded backend: OCI bundles run by runc (or crun), no container engine.
 
 Host-wide names carry the daemon's instance id: runc's state is `<runtime_root>/<instance>/
-state`, cgroups are `<cgroup_parent>/<instance>/<id>`. The shared root (the host skeleton or
-an image) is bound at `<runtime_root>/<instance>/rootfs`, the one path sandboxes' ids must
-traverse (runc mounts the root as the sandbox's root user; bind sources it opens as host root),
-so the state dir itself stays 0700.
+state`, cgroups are `<cgroup_parent>/<instance>/<id>`. Each shared root in use (the host
+skeleton, or a build of an image: sandbox/host/roots.py) is bound at `<runtime_root>/
+<instance>/roots/<image>@<build>`, the one path sandboxes' ids must traverse (runc mounts the
+root as the sandbox's root user; bind sources it opens as host root), so the state dir itself
+stays 0700. A running sandbox holds its own copy of that mount: the view can go before it.
 
 A sandbox made by a daemon before instance scoping (runc state directly in `<runtime_root>`,
 cgroup `<cgroup_parent>/<id>`, dir `<state>/sandboxes/<id>`) is adopted, not destroyed: found
@@ -24,14 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox import images
 from sandbox.agent_client import AgentLimits
 from sandbox.cgroups import CgroupError, CgroupLayout, WorkGroup, children
 from sandbox.errors import RuntimeFailure
-from sandbox.host import loopmount, rootfs
-from sandbox.host.agent import AGENT_READY_TIMEOUT_S, AGENT_SCRIPT, INTERPRETER_SCRIPT
+from sandbox.host import loopmount
+from sandbox.host.agent import (
+    AGENT_READY_TIMEOUT_S,
+    AGENT_SCRIPT,
+    INTERPRETER_SCRIPT,
+    agent_env,
+)
 from sandbox.host.base import HostRuntime, all_or_nothing
 from sandbox.host.mounts import HostPaths
+from sandbox.host.roots import Root
+from sandbox.host.roots import record as record_root
 from sandbox.idranges import IdRanges, IdRangeSettings, InstanceInUse, lock_instance
 from sandbox.oci import userns
 from sandbox.oci.bundle import BundlePaths, build_config, rlimits
@@ -50,7 +57,7 @@ class OciSettings:
     cgroup_parent: str = "/sandboxd"  # sandboxes' cgroups: <parent>/<instance>/<id>
     agent_limits: AgentLimits = field(default_factory=AgentLimits)
     threads: int = 8
-    image: str = ""  # "" = the host skeleton (+ host binds); NAME = an image dir (no binds)
+    default_image: str = "host"  # made ready at start; a create names its own (spec.image)
     instance: str = ""  # "" = derived from state_dir
     ids: IdRangeSettings = field(default_factory=IdRangeSettings)
 
@@ -70,30 +77,16 @@ class OciRuntime(HostRuntime):
         self._legacy_cli = OciCli(settings.binary, settings.runtime_root, self._destroy_executor)
         self._legacy: dict[str, str] = {}  # adopted sandbox id -> its cgroup path
         self._uncapped_logged = False
-        self._rootfs: Path | None = None
-        self._binds: list[tuple[str, str]] = []
+        self._started = False
 
     async def start(self) -> None:
         if shutil.which(self._s.binary, path=RUNTIME_ENV["PATH"]) is None:
             raise RuntimeFailure(f"OCI runtime {self._s.binary!r}: not found or not executable")
         await self._start_host()
-        if self._s.image:
-            try:
-                built = await self._in_thread(images.load, self._s.state_dir, self._s.image)
-            except images.ImageError as exc:
-                raise RuntimeFailure(str(exc)) from exc
-            missing = await self._in_thread(rootfs.missing_agent_targets, built.rootfs)
-            if missing:
-                raise RuntimeFailure(
-                    f"image {self._s.image!r} has no mount point for {', '.join(missing)} (built"
-                    f" by an older sandboxd): rebuild it with sandboxd image build {self._s.image}"
-                )
-            root, self._binds = built.rootfs, []
-        else:
-            skeleton = await self._in_thread(rootfs.ensure_skeleton, self._s.state_dir / "rootfs")
-            root, self._binds = skeleton, rootfs.host_binds()
-        self._rootfs = await self._in_thread(self._expose_root, root)
-        await self._compile_agent(root)
+        await self._in_thread(self._make_run_dir)
+        await self._adopt_roots()
+        await self._prepare_image(self._s.default_image)
+        self._started = True
         logger.info(
             "oci runtime ready",
             extra={
@@ -103,20 +96,31 @@ class OciRuntime(HostRuntime):
             },
         )
 
-    def _expose_root(self, root: Path) -> Path:
-        """Bind the shared root at <run dir>/rootfs (replacing an earlier start's bind:
-        running sandboxes hold their own copy) and make the way there traversable."""
+    def _make_run_dir(self) -> None:
+        """The run dir, traversable on the way to the roots' views; the views of an earlier
+        start are taken down (running sandboxes hold their own copies)."""
         check_traversable(self._s.runtime_root.parent)  # the root itself is ours to chmod
         for path, mode in ((self._s.runtime_root, 0o711), (self.run_dir, 0o711)):
             path.mkdir(mode=mode, parents=True, exist_ok=True)
             path.chmod(mode)
         (self.run_dir / "state").mkdir(mode=0o700, exist_ok=True)
-        view = self.run_dir / "rootfs"
+        (self.run_dir / "roots").mkdir(mode=0o711, exist_ok=True)
+        old = [self.run_dir / "rootfs", *(self.run_dir / "roots").iterdir()]
+        for view in old:
+            _take_down(view)
+
+    def _view(self, root: Root) -> Path:
+        return self.run_dir / "roots" / root.key
+
+    def _root_ready(self, root: Root) -> None:
+        view = self._view(root)
         view.mkdir(mode=0o755, exist_ok=True)
         for _ in range(loopmount.mount_count(view)):
             loopmount.unmount(view)
-        loopmount.bind_mount(root, view)
-        return view
+        loopmount.bind_mount(root.tree, view)
+
+    def _root_unused(self, root: Root) -> None:
+        _take_down(self._view(root))
 
     def _cgroup(self, sandbox_id: str) -> str:
         return self._legacy.get(sandbox_id) or f"{self.cgroup_base}/{sandbox_id}"
@@ -141,15 +145,13 @@ class OciRuntime(HostRuntime):
     async def create(self, spec: SandboxSpec) -> None:
         """All or nothing, even when the caller is cancelled: the steps run to completion
         in their own task (threads cannot be interrupted), then a cancelled create is undone."""
-        assert self._rootfs is not None, "start() first"
-        await all_or_nothing(
-            self._create(spec, self._rootfs), lambda: self._destroy_quietly(spec.sandbox_id)
-        )
+        assert self._started, "start() first"
+        await all_or_nothing(self._create(spec), lambda: self._destroy_quietly(spec.sandbox_id))
 
-    async def _create(self, spec: SandboxSpec, root: Path) -> None:
+    async def _create(self, spec: SandboxSpec) -> None:
         sid = spec.sandbox_id
         try:
-            group, pid = await self._in_thread(self._start, spec, root)
+            group, pid = await self._in_thread(self._start, spec)
             # The agent's socket was bound before runc ran: handing the agent its work group
             # waits for it to answer, and is the readiness check.
             sock = await self._in_thread(self._hand_over, sid, group, pid, AGENT_READY_TIMEOUT_S)
@@ -158,26 +160,30 @@ class OciRuntime(HostRuntime):
             await self._create_failed(sid, exc)
             raise
 
-    def _start(self, spec: SandboxSpec, root: Path) -> tuple[WorkGroup, int]:
-        """Everything on the host in one thread hop: the uid range, the sandbox's home,
-        config.json and the agent's listening socket, `runc run` in a user namespace owned
-        by the sandbox's first host id (its holder starts first and gets ready while the
-        home is made; it is let go once runc has joined the namespace), then the work group.
+    def _start(self, spec: SandboxSpec) -> tuple[WorkGroup, int]:
+        """Everything on the host in one thread hop: its image's root, the uid range, the
+        sandbox's home, config.json and the agent's listening socket, `runc run` in a user
+        namespace owned by the sandbox's first host id (its holder starts first and gets ready
+        while the home is made; it is let go once runc has joined the namespace), then the
+        work group.
         The work group's files (the caller hands them over) and the agent's host pid."""
+        root = self._roots.acquire(spec.sandbox_id, spec.image)
         first = self._claim(spec)
         with UserNamespace(first, self._id_range_size, self._reap_later) as namespace:
             home = self._make_dirs(spec, first)
+            record_root(home.dir, root)
             namespace.map()
             host = HostPaths(
                 workspace=str(home.dir / "data"),
                 agent_script=str(AGENT_SCRIPT),
                 interpreter_script=str(INTERPRETER_SCRIPT),
-                binds=self._binds,
+                binds=list(root.binds),
                 skills=str(home.dir / "skills"),
                 egress=str(home.dir / "egress"),
-                agent_pycache=self._pycache,
+                agent_pycache=root.pycache,
+                agent_env=agent_env(dict(root.env)),
             )
-            paths = BundlePaths(rootfs=str(root), host=host, userns=namespace.path)
+            paths = BundlePaths(rootfs=str(self._view(root)), host=host, userns=namespace.path)
             ids = (home.first_id, self._id_range_size)
             config = build_config(spec, paths, ids, self._cgroup(spec.sandbox_id), self._seccomp)
             with _write_bundle(home.dir, json.dumps(config)) as listener:
@@ -289,6 +295,17 @@ def _write_bundle(sdir: Path, config: str) -> Iterator[socket.socket]:
         yield listener
 
 
+def _take_down(view: Path) -> bool:
+    """Unmount a root's view and remove its mount point; whether it was mounted."""
+    mounted = False
+    for _ in range(loopmount.mount_count(view)):
+        loopmount.unmount(view)
+        mounted = True
+    with contextlib.suppress(OSError):
+        view.rmdir()
+    return mounted
+
+
 def check_traversable(path: Path) -> None:
     """Sandboxes' ids must traverse every directory down to the runtime root (where their
     root is bound): `path` and each existing directory above it need o+x, or runc fails
@@ -306,15 +323,18 @@ def check_traversable(path: Path) -> None:
 
 def forget_instance(runtime_root: Path, cgroup_parents: Sequence[str], instance: str) -> list[str]:
     """Remove what a daemon instance keeps on the host between its sandboxes (the shared
-    root's bind, its runtime dirs, its cgroup parents, its id-range claims) once it has no
+    roots' binds, its runtime dirs, its cgroup parents, its id-range claims) once it has no
     sandbox left; what was removed. For uninstalls and throwaway daemons (tests, checks)."""
     removed: list[str] = []
-    view = runtime_root / instance / "rootfs"
-    for _ in range(loopmount.mount_count(view)):
-        loopmount.unmount(view)
-        removed.append(f"mount {view}")
+    base = runtime_root / instance
+    views = [base / "rootfs"]  # (the one root of an older daemon)
     with contextlib.suppress(OSError):
-        for path in (view, runtime_root / instance / "state", runtime_root / instance):
+        views += list((base / "roots").iterdir())
+    for view in views:
+        if _take_down(view):
+            removed.append(f"mount {view}")
+    with contextlib.suppress(OSError):
+        for path in (base / "roots", base / "state", base):
             path.rmdir()
             removed.append(str(path))
     layout = CgroupLayout.detect()

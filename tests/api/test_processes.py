@@ -256,3 +256,39 @@ def test_an_oom_killed_process_says_so(raw: httpx2.Client, container: str) -> No
     exited = [e["detail"] for e in events if e["type"] == "process_exited"]
     assert exited == [{"process_id": pid, "exit_code": 137, "killed": "oom"}]
     assert "oom_kill" in [e["type"] for e in events]
+
+
+FORK_BOMB = """exec python3 -c '
+import os, time
+while True:
+    try:
+        if os.fork() == 0:
+            time.sleep(300)
+            os._exit(0)
+    except OSError:
+        time.sleep(0.01)
+'"""
+
+
+def test_a_process_that_fills_the_pids_limit_is_killed_and_the_others_run_on(
+    raw: httpx2.Client, container: str
+) -> None:
+    server = start(raw, container, "sleep 600")["id"]
+    bomb = start(raw, container, FORK_BOMB)["id"]
+    proc = wait_exited(raw, container, bomb, within=60)
+    assert proc["exit_code"] == 137
+    deadline = time.monotonic() + 10
+    while "killed" not in (proc := get(raw, container, bomb)):
+        assert time.monotonic() < deadline, proc
+        time.sleep(0.05)
+    assert proc["killed"] == "pids"
+    # Its forks went with it; the other process runs on and the container works.
+    assert get(raw, container, server)["status"] == "running"
+    deadline = time.monotonic() + 10
+    while "sleep(300)" in (seen := listed(raw, container)):
+        assert time.monotonic() < deadline, seen[-300:]
+        time.sleep(0.1)
+    assert exec_(raw, container, "echo ok")["output"][0]["stdout"] == "ok\n"
+    events = raw.get(f"/v1/containers/{container}/events").json()["data"]
+    exited = [e["detail"] for e in events if e["type"] == "process_exited"]
+    assert {"process_id": bomb, "exit_code": 137, "killed": "pids"} in exited

@@ -91,6 +91,10 @@ class Term:
             await self.ws.send_str(json.dumps(data))
 
 
+def metrics(raw: httpx2.Client) -> list[str]:
+    return raw.get("/metrics").text.splitlines()
+
+
 def url(cid: str, pid: str) -> str:
     return f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
 
@@ -162,7 +166,10 @@ def test_a_shell_on_a_terminal_has_job_control_resize_and_a_controlling_tty(
             await t.send(b"jobs\n")
             await t.until(b"Running")
             await t.send(b"sleep 30; echo slept\n")
-            await asyncio.sleep(0.5)
+            deadline = time.monotonic() + WITHIN
+            while "sleep 30" not in await asyncio.to_thread(listed, raw, container):
+                assert time.monotonic() < deadline, "sleep 30 never ran"
+                await asyncio.sleep(0.05)
             began = time.monotonic()
             await t.send(b"\x03")
             await t.send(b"echo after-int\n")
@@ -324,6 +331,11 @@ def test_the_terminal_and_attachment_caps_answer_409_and_a_big_frame_closes_1009
                 body = await r.json()
             assert r.status == 409 and body["error"]["code"] == "too_many_attachments"
             assert "8" in body["error"]["message"]
+        # The daemon sees the eight go as their closes arrive.
+        deadline = time.monotonic() + WITHIN
+        while "sandboxd_attachments_open 0.0" not in await asyncio.to_thread(metrics, raw):
+            assert time.monotonic() < deadline, "attachments still open"
+            await asyncio.sleep(0.05)
         async with session(daemon) as s, attach(s, container, terms[1]) as t:
             await t.send(b"x" * ((64 << 10) + 1))
             assert await t.closed() == 1009

@@ -43,7 +43,7 @@ def test_admission_refuses_what_does_not_fit_and_the_pool_waits_for_room() -> No
         d.start()
         with d.client() as c:
             assert _metric(c, "sandboxd_memory_capacity_bytes") == pytest.approx(2.5 * GIB, 1e-3)
-            depth = 'sandboxd_pool_depth{tier="1g"}'
+            depth = 'sandboxd_pool_depth{image="host",tier="1g"}'
             _wait("pool filled", lambda: _metric(c, depth) == 1)
             a = c.post("/v1/containers", json={"name": "a"}).json()["id"]
             _wait("pool refilled", lambda: _metric(c, depth) == 1)
@@ -78,7 +78,7 @@ def test_pooled_sandboxes_give_way_to_a_create() -> None:
     try:
         d.start()
         with d.client() as c:
-            depth = 'sandboxd_pool_depth{tier="4g"}'
+            depth = 'sandboxd_pool_depth{image="host",tier="4g"}'
             _wait("pool filled", lambda: _metric(c, depth) == 1)
             r = c.post("/v1/containers", json={"name": "small", "memory_limit": "1g"})
             assert r.status_code == 200, r.text

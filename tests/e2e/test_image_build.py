@@ -77,7 +77,7 @@ async def test_oci_runs_on_the_built_image(image: Path, run_resources: RunResour
         state_dir=base / "state",
         runtime_root=base / "runc",
         cgroup_parent=run_resources.cgroup_parent,
-        image=NAME,
+        default_image=NAME,
     )
     runtime = OciRuntime(settings, load_profile())
     try:
@@ -97,7 +97,7 @@ async def test_docker_imports_and_runs_the_built_image(
     settings = DockerSettings(
         state_dir=base / "state",
         engine_url=docker_engine,
-        image=NAME,
+        default_image=NAME,
         cgroup_parent=run_resources.docker_cgroup_parent,
     )
     runtime = DockerRuntime(settings, load_profile())

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.root, pytest.mark.e2e]
 
 def _depth(c) -> int:  # type: ignore[no-untyped-def]
     for line in c.get("/metrics").text.splitlines():
-        if line.startswith('sandboxd_pool_depth{tier="1g"}'):
+        if line.startswith('sandboxd_pool_depth{image="host",tier="1g"}'):
             return int(float(line.split()[-1]))
     raise AssertionError("no pool depth metric")
 
@@ -64,8 +64,12 @@ def test_pool_hits_are_fresh_and_refilled() -> None:
                 assert out.json()["output"][0]["stdout"] == ""  # an empty workspace
             cold = c.post("/v1/containers", json={"name": "cold", "memory_limit": "4g"}).json()
             metrics = c.get("/metrics").text
-            hits = _sample(metrics, 'sandboxd_pool_claims_total{result="hit",tier="1g"}')
-            misses = _sample(metrics, 'sandboxd_pool_claims_total{result="miss",tier="1g"}')
+            hits = _sample(
+                metrics, 'sandboxd_pool_claims_total{image="host",result="hit",tier="1g"}'
+            )
+            misses = _sample(
+                metrics, 'sandboxd_pool_claims_total{image="host",result="miss",tier="1g"}'
+            )
             assert hits >= 3 and hits + misses == 4  # b, c, d back to back may outrun the refill
             assert _sample(metrics, 'sandboxd_container_create_seconds_count{backend="oci",'
                            'pool="hit"}') == hits  # fmt: skip

@@ -366,7 +366,9 @@ def test_pooled_sandbox_gets_its_policy_at_claim(
         with d.client() as client:
             for _ in range(100):  # wait for the pool to fill
                 if re.search(
-                    r'^sandboxd_pool_depth\{tier="1g"\} 1\.0$', client.get("/metrics").text, re.M
+                    r'^sandboxd_pool_depth\{image="host",tier="1g"\} 1\.0$',
+                    client.get("/metrics").text,
+                    re.M,
                 ):
                     break
                 time.sleep(0.1)

@@ -84,6 +84,9 @@ class MemoryRuntime:
         box = self.sandboxes.get(sandbox_id)
         return None if box is None else box.counters
 
+    async def on_current_build(self, sandbox_id: str) -> bool:
+        return sandbox_id in self.sandboxes  # one build of one image here
+
     async def kill_counters(self, sandbox_id: str) -> KillCounters | None:
         box = self.sandboxes.get(sandbox_id)
         if box is None:

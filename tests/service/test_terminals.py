@@ -1,7 +1,8 @@
 """Attachments, in-process, with the real agent run as a host process standing in for the
 sandbox's (tests/service/test_processes.py's `host_agent`): the daemon's shutdown closes an
 open attachment with 1001 at once (it never holds the drain) and the terminal runs on; the
-metrics count attachments and their bytes. The rest, in real sandboxes:
+metrics count attachments and their bytes; the server pings; a process deleted while attached
+ends the attachment with an exit message (no code) and 1000. The rest, in real sandboxes:
 tests/api/test_terminals.py."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import json
 import threading
 import time
+from typing import Any
 
 import aiohttp
 import httpx2
@@ -18,6 +20,13 @@ import pytest
 
 from tests.service.conftest import InProcessDaemon, wait_for
 from tests.service.test_processes import host_agent
+
+KEEPALIVE_S = 0.3
+
+
+@pytest.fixture
+def config_overrides() -> dict[str, Any]:
+    return {"exec.keepalive_s": KEEPALIVE_S}
 
 
 def _metric(raw: httpx2.Client, line: str) -> bool:
@@ -74,3 +83,43 @@ def test_shutdown_closes_an_attachment_with_1001_at_once_and_the_terminal_runs_o
             proc = again.get(f"/v1/containers/{cid}/processes/{pid}").json()
             assert proc["status"] == "running" and proc["tty"] is True
             wait_for(lambda: _metric(again, "sandboxd_attachments_open 0.0"), "the gauge")
+
+
+def test_the_server_pings_and_a_deleted_process_ends_its_attachment_with_an_exit(
+    daemon: InProcessDaemon, client: openai.OpenAI, raw: httpx2.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    cid = client.containers.create(name="pinged").id
+    with host_agent(daemon, cid, monkeypatch) as home:
+        r = raw.post(
+            f"/v1/containers/{cid}/processes",
+            json={"command": "sleep 60", "tty": True, "working_directory": str(home)},
+        )
+        pid = r.json()["id"]
+        url = f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+
+        async def attached() -> tuple[float, dict[str, Any], int | None]:
+            connector = aiohttp.UnixConnector(path=daemon.socket)
+            async with (
+                aiohttp.ClientSession(connector=connector) as s,
+                s.ws_connect(url, autoping=False) as ws,
+            ):
+                assert json.loads((await ws.receive(timeout=10)).data)["type"] == "attached"
+                began = time.monotonic()
+                ping = await ws.receive(timeout=10)
+                assert ping.type == aiohttp.WSMsgType.PING, ping
+                pinged = time.monotonic() - began
+                await ws.pong(ping.data)
+                gone = await asyncio.to_thread(raw.delete, f"/v1/containers/{cid}/processes/{pid}")
+                assert gone.status_code == 200, gone.text
+                while (msg := await ws.receive(timeout=10)).type != aiohttp.WSMsgType.TEXT:
+                    assert msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.BINARY), msg
+                ended = json.loads(msg.data)
+                while (msg := await ws.receive(timeout=10)).type != aiohttp.WSMsgType.CLOSE:
+                    assert msg.type == aiohttp.WSMsgType.PING, msg
+                return pinged, ended, ws.close_code
+
+        pinged, ended, code = asyncio.run(attached())
+        assert pinged < KEEPALIVE_S * 5
+        assert ended["type"] == "exit" and ended["exit_code"] is None, ended
+        assert code == 1000

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from daemon import config
 from sandbox import agent_client
+from sandbox.host import agent as host_agent
 from sandbox.spec import AGENT_LAZY_MODULES
 
 AGENT_DIR = Path(__file__).resolve().parents[2] / "sandbox" / "agent"
@@ -35,6 +36,7 @@ SAME_CAPS = [
     ("MAX_PROCESS_INPUT", config, "MAX_AGENT_PROCESS_INPUT"),
     ("MAX_PROCESS_COMMAND", config, "MAX_AGENT_PROCESS_COMMAND"),
     ("MAX_CONNECT_MS", config, "MAX_AGENT_PORT_CONNECT_MS"),
+    ("IMAGE_ENV_PREFIX", host_agent, "IMAGE_ENV_PREFIX"),
 ]
 
 
@@ -52,20 +54,23 @@ def _int(node: ast.expr) -> int | None:
     return None
 
 
-def _module_constants(path: Path) -> dict[str, int]:
-    """A module's module-level integer constants, read without importing it."""
-    found: dict[str, int] = {}
+def _module_constants(path: Path) -> dict[str, int | str]:
+    """A module's module-level integer (and string) constants, read without importing it."""
+    found: dict[str, int | str] = {}
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], _int(node.value)
+            target = node.targets[0]
+            value: int | str | None = _int(node.value)
+            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                value = node.value.value
             if isinstance(target, ast.Name) and value is not None:
                 found[target.id] = value
     return found
 
 
-def _agent_constants() -> dict[str, int]:
+def _agent_constants() -> dict[str, int | str]:
     """The agent's constants, from all its modules (a name two of them state must agree)."""
-    found: dict[str, int] = {}
+    found: dict[str, int | str] = {}
     for name in AGENT_MODULES:
         for key, value in _module_constants(AGENT_DIR / name).items():
             assert found.setdefault(key, value) == value, (name, key)

@@ -44,7 +44,8 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
         "[containers]\ndefault_minutes = 0",
         "[server]\ntcp = '127.0.0.1:9'",
         "[runtime]\nbackend = 'lxc'",
-        "[runtime]\nimage = '../etc'",
+        "[runtime]\ndefault_image = '../etc'",
+        "[runtime]\nimage = 'debian'",
         "[docker]\nengine_url = 'ftp://x'",
         "[docker]\nthreads = 0",
         "[server]\napi_keys = { a = 1 }",
@@ -72,7 +73,7 @@ def test_bad_values_are_refused(tmp_path: Path, text: str) -> None:
 def test_docker_backend() -> None:
     cfg = load(None, {"runtime.backend": "docker", "docker.engine_url": "unix:///x.sock"})
     assert (cfg.runtime.backend, cfg.docker.engine_url) == ("docker", "unix:///x.sock")
-    assert cfg.docker.threads == 8 and cfg.runtime.image == ""
+    assert cfg.docker.threads == 8 and cfg.runtime.default_image == "host"
 
 
 def test_overrides_win() -> None:
