@@ -62,7 +62,7 @@ class Tmux:
         self.stty = tmp / "stty"
         wrapped = (
             f"SANDBOXD_SOCKET={shlex.quote(daemon.socket)} {command}; "
-            f"echo $? > {self.status}; stty -a > {self.stty}; sleep 600"
+            f"code=$?; stty -a > {self.stty}; echo $code > {self.status}; sleep 600"
         )
         self.tmux("new-session", "-d", "-x", "100", "-y", "30", "-s", "t", wrapped)
 
@@ -113,9 +113,9 @@ def test_shell_in_tmux(sbx: sc.Client, cid: str, tmux: Callable[[str], Tmux]) ->
     assert proc.tty and (proc.cols, proc.rows) == (100, 30)
     pane.keys("echo hi-$((6*7)) $GREETING", "Enter")
     pane.shows("hi-42 hello")
-    pane.keys("stty size; echo $0", "Enter")
+    pane.keys("stty size; echo shell=$0", "Enter")
     pane.shows("30 100")
-    assert "bash" in pane.screen()
+    pane.shows("shell=/bin/bash")  # the container has bash: a login bash
     pane.tmux("resize-window", "-t", "t", "-x", "90", "-y", "20")  # SIGWINCH -> resize
     pane.keys("clear; stty size", "Enter")
     pane.shows("20 90")
