@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from sandboxd_client import websocket as ws
-from sandboxd_client._core import MAX_ERROR_BODY, USER_AGENT
+from sandboxd_client._core import MAX_ERROR_BODY, USER_AGENT, base_url
 from sandboxd_client.discovery import Target
 from sandboxd_client.errors import (
     ConnectionFailed,
@@ -38,7 +38,7 @@ MAX_MESSAGE = 4 << 20  # one output frame or control message from the daemon
 CHUNK = 64 << 10
 CLOSE_WAIT_S = 2.0  # for the daemon's answer to our close
 UPGRADE_TIMEOUT_S = 30.0  # for the daemon's answer to the handshake
-NORMAL, GOING_AWAY = 1000, 1001
+NORMAL = 1000
 
 AttachItem = Union[bytes, AttachEvent]  # output bytes, or a control event
 
@@ -60,17 +60,18 @@ class Endpoint:
     def of(cls, target: Target) -> Endpoint:
         if not target.url:
             return cls(target.socket, "", 0, False, "", "localhost", "")
-        url = urllib.parse.urlsplit(target.url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"bad url {target.url!r}: expected http(s)://HOST:PORT")
+        url = urllib.parse.urlsplit(base_url(target))  # checked as the HTTP client's is
         tls = url.scheme == "https"
         port = url.port or (443 if tls else 80)
-        return cls("", url.hostname, port, tls, url.path.rstrip("/"), url.netloc, target.api_key)
+        host = url.hostname or ""  # base_url refuses a URL without one
+        return cls("", host, port, tls, url.path.rstrip("/"), url.netloc, target.api_key)
+
+    def authorization(self) -> list[tuple[str, str]]:
+        return [("Authorization", f"Bearer {self.api_key}")] if self.api_key else []
 
     def headers(self) -> list[tuple[str, str]]:
-        """What every raw request carries besides its own headers."""
-        auth = [("Authorization", f"Bearer {self.api_key}")] if self.api_key else []
-        return [("User-Agent", USER_AGENT), *auth]
+        """What every raw request of ours carries besides its own headers."""
+        return [("User-Agent", USER_AGENT), *self.authorization()]
 
 
 def connect_error(exc: OSError, target: Target) -> SandboxdError:

@@ -193,8 +193,7 @@ class PortForward:
         method, target, version = head.first
         path = self._endpoint.prefix + _routes.port_path(self._cid, self._port, target)
         headers = [(k, v) for k, v in head.headers if k.lower() not in UPGRADE_DROPPED]
-        auth = [(k, v) for k, v in self._endpoint.headers() if k == "Authorization"]
-        headers = [("Host", self._endpoint.authority), *headers, *auth]
+        headers = [("Host", self._endpoint.authority), *headers, *self._endpoint.authorization()]
         try:
             up_reader, up_writer = await open_stream(self._client.target, self._endpoint)
         except SandboxdError as exc:
