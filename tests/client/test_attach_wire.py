@@ -1,7 +1,7 @@
 """The attachment's wire, without a daemon (no root, no sandbox): the sans-IO WebSocket
 decoder on frames cut anywhere, the handshake's checks and a refusal's error, and both
 attachments (blocking, asyncio) against a local aiohttp WebSocket server that plays the
-attach contract, on a unix socket and on TCP with a bearer key; the CLI's detach keys."""
+attach contract, on a unix socket and on TCP with a bearer key."""
 
 from __future__ import annotations
 
@@ -19,9 +19,6 @@ import sandboxd_client as sc
 from aiohttp import web
 from sandboxd_client import websocket as ws
 from sandboxd_client._attach import MAX_INPUT_FRAME, Endpoint, Session
-
-from daemon.clitool.forward import is_loopback, parse_spec
-from daemon.clitool.terminal import DetachKeys
 
 KEY = "sk-wire"
 PROCESS = {
@@ -134,26 +131,6 @@ def test_a_refusal_before_the_upgrade_is_the_daemons_error() -> None:
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: bogus\r\n\r\n"
         )
-
-
-def test_detach_keys_across_reads() -> None:
-    keys = DetachKeys()
-    assert keys.feed(b"ls\r") == (b"ls\r", False)
-    assert keys.feed(b"ab\x10") == (b"ab", False)  # a lone Ctrl-P waits
-    assert keys.feed(b"x") == (b"\x10x", False)  # not followed by Ctrl-Q: sent on
-    assert keys.feed(b"q\x10") == (b"q", False)
-    assert keys.feed(b"\x11rest") == (b"", True)
-
-
-def test_port_forward_specs() -> None:
-    assert parse_spec("8000") == (8000, 8000)
-    assert parse_spec("0:8000") == (0, 8000)
-    assert parse_spec("9000:80") == (9000, 80)
-    for bad in ("x", "1:2:3", "0", "70000", "-1:80"):
-        with pytest.raises(Exception, match=r"PORT|1\.\.65535"):
-            parse_spec(bad)
-    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
-    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.1")
 
 
 # ---------------------------------------------------------------- a server of the contract
