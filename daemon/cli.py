@@ -101,6 +101,7 @@ def _client_parsers(sub: Any) -> None:
     ex.add_argument("id", help="container id, unique id prefix or unique name")
     ex.add_argument("argv", nargs=argparse.REMAINDER, metavar="COMMAND")
     _process_parsers(sub, conn, common)
+    _terminal_parsers(sub, conn)
 
     cp = sub.add_parser(
         "cp", parents=common, help="copy a file into (LOCAL ID:PATH) or out of (ID:PATH LOCAL)",
@@ -158,7 +159,52 @@ def _process_parsers(sub: Any, conn: argparse.ArgumentParser, common: list[Any])
     kill.add_argument("pid", metavar="PID", help="process id or unique id prefix")
     kill.add_argument(
         "-s", "--signal", default="TERM", metavar="SIGNAL",
-        help="INT, TERM, KILL, HUP, QUIT, USR1 or USR2 (a SIG prefix or the number works)",
+        help="INT, TERM, KILL, HUP, QUIT, USR1, USR2 or WINCH (a SIG prefix or the number works)",
+    )  # fmt: skip
+
+
+def _terminal_parsers(sub: Any, conn: argparse.ArgumentParser) -> None:
+    shell = sub.add_parser(
+        "shell", parents=[conn], help="an interactive shell in a container (like docker exec -it)",
+        description="Starts a process on a terminal of its own (bash -l where the container "
+        "has bash, else sh), sized like this one, and joins this terminal to it: keys go "
+        "there (Ctrl-C, Ctrl-D and Ctrl-Z are its own), its output comes here, a resize "
+        "follows. It ends when that process ends (exit, Ctrl-D): its exit code is ours, and "
+        "the process is deleted. With a pipe on stdin it gets no terminal: the pipe's bytes "
+        "are its stdin, closed at the pipe's end.",
+    )  # fmt: skip
+    shell.add_argument("id", help="container id, unique id prefix or unique name")
+    shell.add_argument("--cmd", metavar="CMD", help="run CMD (one shell line) instead")
+    shell.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="repeatable")
+
+    attach = sub.add_parser(
+        "attach", parents=[conn], help="join this terminal to a background process",
+        description="Its output comes here, our keys go to it (the newest attachment that "
+        "writes is the one that does). On a process's terminal ours is raw and Ctrl-P Ctrl-Q "
+        "detaches, leaving it running; a process without one reads our lines (Ctrl-D closes "
+        "its stdin, Ctrl-C detaches). If it ends, its exit code is ours.",
+    )  # fmt: skip
+    attach.add_argument("id", help="container id, unique id prefix or unique name")
+    attach.add_argument("pid", metavar="PID", help="process id or unique id prefix")
+    attach.add_argument(
+        "--offset", type=int, metavar="BYTE",
+        help="first replay its output from this byte (what the daemon still keeps)",
+    )  # fmt: skip
+    attach.add_argument("--ro", action="store_true", help="watch only: send no input")
+
+    forward = sub.add_parser(
+        "port-forward", parents=[conn],
+        help="serve a container's port on a local one, through the API",
+        description="Listens on 127.0.0.1:LOCAL (LOCAL defaults to PORT; 0 picks a free "
+        "one) and relays every HTTP request that arrives, WebSockets included, to the "
+        "server on PORT inside the container (the API's ports route). Prints the local URL; "
+        "Ctrl-C stops it.",
+    )  # fmt: skip
+    forward.add_argument("id", help="container id, unique id prefix or unique name")
+    forward.add_argument("spec", metavar="[LOCAL:]PORT")
+    forward.add_argument(
+        "--address", metavar="ADDR",
+        help="listen on ADDR instead of 127.0.0.1 (anyone who reaches it reaches the server)",
     )  # fmt: skip
 
 

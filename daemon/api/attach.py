@@ -54,7 +54,7 @@ async def attach(request: web.Request) -> web.StreamResponse:
     cfg = request.app[CONFIG]
     ws = web.WebSocketResponse(
         heartbeat=cfg.exec.keepalive_s,
-        max_msg_size=cfg.processes.max_frame_bytes,
+        max_msg_size=cfg.processes.max_frame_bytes + 1,  # aiohttp refuses a message of its size
         timeout=CLOSE_GRACE_S,
         compress=False,
     )

@@ -11,6 +11,7 @@
 | 130  | interrupted (Ctrl-C) |
 | exec | the command's own exit code; 124 on timeout, 137 when killed (OOM, pids, shutdown) |
 | output -f | 0 once the process has ended, whatever its exit code (`ps` shows that) |
+| shell/attach | its exit code; attach: 0 on Ctrl-P Ctrl-Q; 69 if the daemon went first |
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ Command = Callable[["Client", argparse.Namespace, Console], int]
 
 
 def client_command(name: str, stdin: BinaryIO, stdout: BinaryIO) -> Command:
+    # asyncio and termios load only for the commands that use them.
+    def shell(c: Client, a: argparse.Namespace, con: Console) -> int:
+        from daemon.clitool import terminal
+
+        return terminal.shell(c, a, con, stdin.fileno(), stdout.fileno())
+
+    def attach(c: Client, a: argparse.Namespace, con: Console) -> int:
+        from daemon.clitool import terminal
+
+        return terminal.attach(c, a, con, stdin.fileno(), stdout.fileno())
+
+    def port_forward(c: Client, a: argparse.Namespace, con: Console) -> int:
+        from daemon.clitool import forward
+
+        return forward.port_forward(c, a, con)
+
     table: dict[str, Command] = {
         "ls": containers.ls,
         "create": containers.create,
@@ -59,6 +76,9 @@ def client_command(name: str, stdin: BinaryIO, stdout: BinaryIO) -> Command:
         "output": processes.show_output,
         "kill": processes.kill,
         "cp": lambda c, a, con: run.cp(c, a, con, stdout),
+        "shell": shell,
+        "attach": attach,
+        "port-forward": port_forward,
     }
     return table[name]
 

@@ -337,6 +337,9 @@ def test_the_terminal_and_attachment_caps_answer_409_and_a_big_frame_closes_1009
             assert time.monotonic() < deadline, "attachments still open"
             await asyncio.sleep(0.05)
         async with session(daemon) as s, attach(s, container, terms[1]) as t:
+            await t.send(b"x" * (64 << 10))  # at the cap: taken
+            await t.send({"type": "bogus"})
+            assert (await t.text("error"))["code"] == "invalid_message"  # still open
             await t.send(b"x" * ((64 << 10) + 1))
             assert await t.closed() == 1009
         # A plain GET (no upgrade) is a 400 in our shape.

@@ -1,5 +1,6 @@
 """`pip install clients/python` alone into a fresh venv (no daemon packages: no aiohttp, no
-mitmproxy, no docker SDK) drives the real daemon, blocking and asyncio, socket and TCP."""
+mitmproxy, no docker SDK) drives the real daemon, blocking and asyncio, socket and TCP, an
+attachment included."""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ SCRIPT = textwrap.dedent(
         out = sbx.exec(box.id, "cat d.csv").output[0]
         assert out.stdout == "1,2\\n" and out.exit_code == 0, out
         assert sbx.containers.files.download(box.id, up.id, tmp + "/d.csv") == 4
+        cat = sbx.processes.start(box.id, "exec cat")
+        with sbx.processes.attach(box.id, cat.id, timeout=30) as a:  # the attach WebSocket
+            a.send(b"ping")
+            a.eof()
+            echoed = b"".join(i for i in a if isinstance(i, bytes))
+            assert echoed == b"ping" and a.exit and a.exit.exit_code == 0, (echoed, a.exit)
 
     async def main() -> None:
         async with AsyncClient(url=url, api_key=key, env={}) as sbx:

@@ -1,4 +1,5 @@
-"""Pure parts of the command line: tables, redaction, TOML rendering, argument shapes."""
+"""Pure parts of the command line: tables, redaction, TOML rendering, argument shapes, the
+attach detach keys, port-forward specs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from daemon import config as config_mod
 from daemon.cli import build_parser, client_target
 from daemon.clitool import config_show, output
 from daemon.clitool.containers import CommandError, Console
+from daemon.clitool.forward import is_loopback, parse_spec
 from daemon.clitool.processes import signal_name, size
 from daemon.clitool.run import command_line, exit_status, split_remote, upload_name
+from daemon.clitool.terminal import DetachKeys
 
 
 def test_table_aligns_columns_and_cuts_long_cells() -> None:
@@ -119,3 +122,23 @@ def test_process_commands_parse() -> None:
     with pytest.raises(CommandError):
         signal_name("99")
     assert [size(n) for n in (12, 2048, 3 << 20)] == ["12B", "2.0K", "3.0M"]
+
+
+def test_detach_keys_across_reads() -> None:
+    keys = DetachKeys()
+    assert keys.feed(b"ls\r") == (b"ls\r", False)
+    assert keys.feed(b"ab\x10") == (b"ab", False)  # a lone Ctrl-P waits
+    assert keys.feed(b"x") == (b"\x10x", False)  # not followed by Ctrl-Q: sent on
+    assert keys.feed(b"q\x10") == (b"q", False)
+    assert keys.feed(b"\x11rest") == (b"", True)
+
+
+def test_port_forward_specs() -> None:
+    assert parse_spec("8000") == (8000, 8000)
+    assert parse_spec("0:8000") == (0, 8000)
+    assert parse_spec("9000:80") == (9000, 80)
+    for bad in ("x", "1:2:3", "0", "70000", "-1:80"):
+        with pytest.raises(CommandError, match=r"PORT|1\.\.65535"):
+            parse_spec(bad)
+    assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.1")

@@ -42,6 +42,10 @@ from sandboxd_client.errors import (
     UnknownParameter,
 )
 from sandboxd_client.models import (
+    Attached,
+    AttachError,
+    AttachEvent,
+    AttachExit,
     CodeError,
     CodeEvent,
     CodeOutcome,
@@ -53,6 +57,7 @@ from sandboxd_client.models import (
     ContainerEvent,
     ContainerFile,
     Deleted,
+    Dropped,
     ExecDone,
     ExecEvent,
     ExecResult,
@@ -73,15 +78,24 @@ from sandboxd_client.models import (
     ProcessOutputItem,
     Skill,
     SkillVersion,
+    WriterChanged,
 )
 
 if TYPE_CHECKING:
-    from sandboxd_client.aio import AsyncClient
+    from sandboxd_client.aio import AsyncAttachment, AsyncClient
+    from sandboxd_client.attach import Attachment
     from sandboxd_client.client import Client
+    from sandboxd_client.forward import PortForward
 
 # The HTTP stack loads with the first client made, not with this package: a command line
 # that only needs the models, errors or discovery starts without it.
-_LAZY = {"AsyncClient": "sandboxd_client.aio", "Client": "sandboxd_client.client"}
+_LAZY = {
+    "AsyncAttachment": "sandboxd_client.aio",
+    "AsyncClient": "sandboxd_client.aio",
+    "Attachment": "sandboxd_client.attach",
+    "Client": "sandboxd_client.client",
+    "PortForward": "sandboxd_client.forward",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -93,16 +107,17 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "APIError", "AsyncClient", "CapacityExceeded", "Client", "CodeError", "CodeEvent",
+    "APIError", "AsyncAttachment", "AsyncClient", "AttachError", "AttachEvent", "AttachExit",
+    "Attached", "Attachment", "CapacityExceeded", "Client", "CodeError", "CodeEvent",
     "CodeOutcome", "CodeResult", "CodeSession", "CommandFinished", "CommandResult", "Conflict",
     "ConnectionFailed", "Container", "ContainerEvent", "ContainerExpired", "ContainerFile",
-    "Deleted", "ExecDone", "ExecEvent", "ExecResult", "ExpiresAfter", "FileObject",
+    "Deleted", "Dropped", "ExecDone", "ExecEvent", "ExecResult", "ExpiresAfter", "FileObject",
     "IdempotencyKeyReused", "InvalidRequest", "NotFound", "Outcome", "OutputChunk", "OutputEnd",
-    "OutputStart", "Page", "PayloadTooLarge", "PortResponse", "Process", "ProcessChunk",
-    "ProcessEvent", "ProcessExit", "ProcessExited", "ProcessInput", "ProcessOutput",
-    "ProcessOutputItem", "ProtocolError", "ProxyUnavailable", "QuotaExceeded", "RequestInFlight",
-    "SandboxBusy", "SandboxFailed", "SandboxTimeout", "SandboxUnavailable", "SandboxdError",
-    "ServerError", "SessionBusy", "ShuttingDown", "Skill", "SkillVersion",
+    "OutputStart", "Page", "PayloadTooLarge", "PortForward", "PortResponse", "Process",
+    "ProcessChunk", "ProcessEvent", "ProcessExit", "ProcessExited", "ProcessInput",
+    "ProcessOutput", "ProcessOutputItem", "ProtocolError", "ProxyUnavailable", "QuotaExceeded",
+    "RequestInFlight", "SandboxBusy", "SandboxFailed", "SandboxTimeout", "SandboxUnavailable",
+    "SandboxdError", "ServerError", "SessionBusy", "ShuttingDown", "Skill", "SkillVersion",
     "SocketPermissionDenied", "StorageFull", "StreamEnded", "Target", "Timeout",
-    "TooManyProcesses", "Unauthorized", "UnknownParameter", "discover",
+    "TooManyProcesses", "Unauthorized", "UnknownParameter", "WriterChanged", "discover",
 ]  # fmt: skip

@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from sandboxd_client._attach import attach_path
 from sandboxd_client._core import Call, Multipart, Part, Source, skill_parts, upload_name
 
 CONTAINERS = "/v1/containers"
@@ -172,13 +173,23 @@ def processes(cid: str) -> str:
 
 
 def start_process(
-    cid: str, command: str, env: Mapping[str, str] | None, working_directory: str | None
+    cid: str,
+    command: str,
+    env: Mapping[str, str] | None,
+    working_directory: str | None,
+    tty: bool = False,
+    cols: int | None = None,
+    rows: int | None = None,
 ) -> Call:
     body = _set(
         {"command": command},
         env=dict(env) if env is not None else None,
         working_directory=working_directory,
+        cols=cols,
+        rows=rows,
     )
+    if tty:
+        body["tty"] = True
     return Call("POST", processes(cid), json=body, idempotent=True)
 
 
@@ -214,6 +225,15 @@ def process_input(cid: str, pid: str, data: str, eof: bool) -> Call:
 
 def signal_process(cid: str, pid: str, signal: str) -> Call:
     return Call("POST", f"{process(cid, pid)}/signal", json={"signal": signal})
+
+
+def resize_process(cid: str, pid: str, cols: int, rows: int) -> Call:
+    return Call("POST", f"{process(cid, pid)}/resize", json={"cols": cols, "rows": rows})
+
+
+def attach_process(cid: str, pid: str, offset: int | None, mode: str) -> str:
+    """The attach WebSocket's path and query (a raw connection, not a Call)."""
+    return attach_path(f"{process(cid, pid)}/attach", offset, mode)
 
 
 # ---------------------------------------------------------------- ports

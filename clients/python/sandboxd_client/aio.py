@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import collections
 import contextlib
 import dataclasses
 import os
+import ssl
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -18,11 +20,12 @@ from typing import Any, TypeVar
 
 import httpx2
 
-from sandboxd_client import _core, _routes
+from sandboxd_client import _attach, _core, _routes
 from sandboxd_client._core import PAGE, UNSET, Call, Destination, RetryPolicy, Source
 from sandboxd_client.discovery import Target, discover
-from sandboxd_client.errors import SandboxdError, StreamEnded
+from sandboxd_client.errors import ConnectionFailed, SandboxdError, StreamEnded, Timeout
 from sandboxd_client.models import (
+    AttachExit,
     CodeEvent,
     CodeResult,
     CodeSession,
@@ -473,10 +476,15 @@ class Processes:
         *,
         env: Mapping[str, str] | None = None,
         working_directory: str | None = None,
+        tty: bool = False,
+        cols: int | None = None,
+        rows: int | None = None,
     ) -> Process:
         """Start `command` (one shell line) in the background; it runs until it ends, is
-        signalled or deleted, or the container goes."""
-        call = _routes.start_process(container_id, command, env, working_directory)
+        signalled or deleted, or the container goes. `tty`: on a terminal of its own (a
+        PTY, `cols` x `rows`, default 80x24; stdout and stderr are one stream), for
+        programs that want one (a shell, a REPL, top); drive it with `attach`."""
+        call = _routes.start_process(container_id, command, env, working_directory, tty, cols, rows)
         return await self._c._model(Process, call)
 
     def list(
@@ -572,8 +580,28 @@ class Processes:
         return await self._c._model(ProcessInput, call)
 
     async def signal(self, container_id: str, process_id: str, signal: str = "TERM") -> Process:
-        """A signal (INT, TERM, KILL, HUP, QUIT, USR1, USR2) to its process group."""
+        """A signal (INT, TERM, KILL, HUP, QUIT, USR1, USR2, WINCH) to its process group."""
         call = _routes.signal_process(container_id, process_id, signal)
+        return await self._c._model(Process, call)
+
+    async def attach(
+        self,
+        container_id: str,
+        process_id: str,
+        *,
+        offset: int | None = None,
+        mode: str = "rw",
+    ) -> AsyncAttachment:
+        """A live attachment (a WebSocket) to the process's terminal or stdin and output:
+        from byte `offset` of what the ring retains, else from now on; `mode` rw (the newest
+        rw attachment writes) or ro. The daemon's refusals (404, 409 at the cap) raise
+        before it opens. Closing it detaches. `async with await ….attach(…) as a:`."""
+        path = _routes.attach_process(container_id, process_id, offset, mode)
+        return await AsyncAttachment.open(self._c.target, path)
+
+    async def resize(self, container_id: str, process_id: str, cols: int, rows: int) -> Process:
+        """A tty process's terminal size (its foreground programs get SIGWINCH)."""
+        call = _routes.resize_process(container_id, process_id, cols, rows)
         return await self._c._model(Process, call)
 
 
@@ -737,3 +765,166 @@ class Ports:
         if response.status_code >= 400 and not _core.relayed(response):
             raise _core.error_for(response, raw)
         return _core.port_response(response, raw)
+
+
+# ---------------------------------------------------------------- attachments
+
+
+async def open_stream(
+    target: Target, endpoint: _attach.Endpoint
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to the daemon (the attach WebSocket, a forwarded upgrade)."""
+    try:
+        if endpoint.socket:
+            opening = asyncio.open_unix_connection(endpoint.socket, limit=_attach.CHUNK)
+        else:
+            tls = ssl.create_default_context() if endpoint.tls else None
+            host = endpoint.host if endpoint.tls else None
+            opening = asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=tls, server_hostname=host, limit=_attach.CHUNK
+            )
+        return await asyncio.wait_for(opening, _core.CONNECT_TIMEOUT_S)
+    except OSError as exc:
+        raise _attach.connect_error(exc, target) from None
+
+
+class AsyncAttachment:
+    """The asyncio twin of `Attachment` (sandboxd_client.attach): `await recv()` returns
+    output bytes or a control event (Attached first), None once the daemon has closed it;
+    `async for` yields the same; send, resize, signal and eof write to the process; `await
+    close()` (or `async with`) detaches, the process runs on. Pings are answered while
+    `recv` reads. One task reads at a time: settle a reading task before closing (close
+    reads the daemon's answer to its close)."""
+
+    def __init__(self, session: _attach.Session) -> None:
+        self._session = session
+        self._ready: collections.deque[_attach.AttachItem] = collections.deque()
+        self._lock = asyncio.Lock()  # one frame at a time, whichever task sends
+        self._ended = False
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @classmethod
+    async def open(cls, target: Target, path: str) -> AsyncAttachment:
+        endpoint = _attach.Endpoint.of(target)
+        self = cls(_attach.Session(endpoint, path))
+        self._reader, self._writer = await open_stream(target, endpoint)
+        try:
+            await asyncio.wait_for(self._upgrade(), _attach.UPGRADE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            self._writer.close()
+            raise Timeout("the daemon did not answer the attach handshake in time") from None
+        except BaseException:
+            self._writer.close()
+            raise
+        return self
+
+    async def _upgrade(self) -> None:
+        await self._send(self._session.request)
+        while True:
+            data = await self._read()
+            if not data:
+                raise self._session.handshake_ended()
+            rest = self._session.handshake(data)
+            if rest is not None:
+                self._ready.extend(self._session.receive(rest))
+                return
+
+    async def _read(self) -> bytes:
+        assert self._reader is not None
+        try:
+            return await self._reader.read(_attach.CHUNK)
+        except OSError as exc:
+            raise ConnectionFailed(f"the attachment broke off: {exc}") from None
+
+    async def _send(self, data: bytes) -> None:
+        assert self._writer is not None
+        if not data:
+            return
+        async with self._lock:
+            try:
+                self._writer.write(data)
+                await self._writer.drain()
+            except OSError as exc:
+                raise ConnectionFailed(f"the attachment broke off: {exc}") from None
+
+    @property
+    def writer(self) -> bool:
+        """Whether this attachment's input reaches the process, as the daemon last said."""
+        return self._session.writer
+
+    @property
+    def exit(self) -> AttachExit | None:
+        """How the process ended, once the daemon said so."""
+        return self._session.exit
+
+    @property
+    def close_code(self) -> int | None:
+        """The daemon's close code (1000 after the process ended, 1001: it shut down)."""
+        return self._session.close_code
+
+    async def recv(self) -> _attach.AttachItem | None:
+        while not self._ready:
+            if self._ended:
+                return None
+            data = await self._read()
+            if not data:
+                self._ended = True
+                continue
+            self._ready.extend(self._session.receive(data))
+            if self._session.closed:  # our answer to its close is a courtesy: it may be gone
+                self._ended = True
+                with contextlib.suppress(ConnectionFailed):
+                    await self._send(self._session.take())
+            else:
+                await self._send(self._session.take())  # pongs
+        return self._ready.popleft()
+
+    def __aiter__(self) -> AsyncIterator[_attach.AttachItem]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[_attach.AttachItem]:
+        while (item := await self.recv()) is not None:
+            yield item
+
+    async def send(self, data: bytes) -> None:
+        """Bytes to the process's input (its PTY or stdin); only the writer's arrive."""
+        await self._send(self._session.input(data))
+
+    async def resize(self, cols: int, rows: int) -> None:
+        await self._send(self._session.resize(cols, rows))
+
+    async def signal(self, name: str) -> None:
+        """INT, TERM, KILL, HUP, QUIT, USR1, USR2 or WINCH, to the process's group."""
+        await self._send(self._session.signal(name))
+
+    async def eof(self) -> None:
+        """Close the process's stdin (a process without a tty)."""
+        await self._send(self._session.eof())
+
+    async def close(self) -> None:
+        """Detach (the process runs on): our close, the daemon's answer awaited briefly."""
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            return
+        try:
+            frame = self._session.close(_attach.NORMAL)
+            if frame and not self._ended:
+                await self._send(frame)
+                await asyncio.wait_for(self._drain_close(), _attach.CLOSE_WAIT_S)
+        except (OSError, ConnectionFailed, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _drain_close(self) -> None:
+        while not self._session.closed and (data := await self._read()):
+            self._session.receive(data)
+
+    async def __aenter__(self) -> AsyncAttachment:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -18,6 +18,7 @@ import httpx2
 
 from sandboxd_client import _core, _routes
 from sandboxd_client._core import PAGE, UNSET, Call, Destination, RetryPolicy, Source
+from sandboxd_client.attach import Attachment
 from sandboxd_client.discovery import Target, discover
 from sandboxd_client.errors import SandboxdError, StreamEnded
 from sandboxd_client.models import (
@@ -94,7 +95,6 @@ class Client:
         self.files = Files(self)
         self.skills = Skills(self)
         self.processes = Processes(self)
-        self.ports = Ports(self)
         self.ports = Ports(self)
 
     # ------------------------------------------------------------ lifecycle
@@ -467,10 +467,15 @@ class Processes:
         *,
         env: Mapping[str, str] | None = None,
         working_directory: str | None = None,
+        tty: bool = False,
+        cols: int | None = None,
+        rows: int | None = None,
     ) -> Process:
         """Start `command` (one shell line) in the background; it runs until it ends, is
-        signalled or deleted, or the container goes."""
-        call = _routes.start_process(container_id, command, env, working_directory)
+        signalled or deleted, or the container goes. `tty`: on a terminal of its own (a
+        PTY, `cols` x `rows`, default 80x24; stdout and stderr are one stream), for
+        programs that want one (a shell, a REPL, top); drive it with `attach`."""
+        call = _routes.start_process(container_id, command, env, working_directory, tty, cols, rows)
         return self._c._model(Process, call)
 
     def list(
@@ -566,8 +571,29 @@ class Processes:
         return self._c._model(ProcessInput, call)
 
     def signal(self, container_id: str, process_id: str, signal: str = "TERM") -> Process:
-        """A signal (INT, TERM, KILL, HUP, QUIT, USR1, USR2) to its process group."""
+        """A signal (INT, TERM, KILL, HUP, QUIT, USR1, USR2, WINCH) to its process group."""
         return self._c._model(Process, _routes.signal_process(container_id, process_id, signal))
+
+    def attach(
+        self,
+        container_id: str,
+        process_id: str,
+        *,
+        offset: int | None = None,
+        mode: str = "rw",
+        timeout: float | None = None,
+    ) -> Attachment:
+        """A live attachment (a WebSocket) to the process's terminal or stdin and output:
+        from byte `offset` of what the ring retains, else from now on; `mode` rw (the newest
+        rw attachment writes) or ro. `timeout` bounds each read (None: wait). The daemon's
+        refusals (404, 409 at the cap) raise before it opens. Closing it detaches."""
+        path = _routes.attach_process(container_id, process_id, offset, mode)
+        return Attachment(self._c.target, path, timeout)
+
+    def resize(self, container_id: str, process_id: str, cols: int, rows: int) -> Process:
+        """A tty process's terminal size (its foreground programs get SIGWINCH)."""
+        call = _routes.resize_process(container_id, process_id, cols, rows)
+        return self._c._model(Process, call)
 
 
 class Files:

@@ -232,6 +232,8 @@ class Process(Model):
     ended_at: int | None = None
     killed: str | None = None
     tty: bool = False
+    cols: int | None = None  # a tty's size
+    rows: int | None = None
 
     @property
     def running(self) -> bool:
@@ -311,9 +313,52 @@ class OutputEnd(Model):
     next_offset: int
 
 
+@dataclass(frozen=True)
+class Attached(Model):
+    """The first event of an attachment: the output that follows starts at `offset`;
+    `writer`: this attachment's input reaches the process (the newest `rw` one writes)."""
+
+    process: Process
+    offset: int
+    writer: bool
+
+
+@dataclass(frozen=True)
+class Dropped(Model):
+    """The requested offset was older than the ring retains: `bytes` were lost before it."""
+
+    bytes: int
+
+
+@dataclass(frozen=True)
+class WriterChanged(Model):
+    """This attachment's role changed (a newer `rw` attachment took over writing)."""
+
+    writer: bool
+
+
+@dataclass(frozen=True)
+class AttachError(Model):
+    """A refused message (`not_writer`, `invalid_message`, ...); the attachment stays open."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AttachExit(Model):
+    """The process ended and all its output was sent (`offset`: the end of it); the daemon
+    closes the attachment after this."""
+
+    exit_code: int | None
+    offset: int
+    killed: str | None = None
+
+
 ExecEvent = Union[OutputChunk, CommandFinished, ExecDone]  # runs on 3.10
 CodeEvent = Union[OutputChunk, CodeResult]
 ProcessEvent = Union[OutputStart, ProcessChunk, ProcessExit, OutputEnd]
+AttachEvent = Union[Attached, Dropped, WriterChanged, AttachError, AttachExit]
 
 
 @dataclass(frozen=True)
@@ -371,6 +416,23 @@ def process_event(data: dict[str, Any]) -> ProcessEvent | None:
         return ProcessExit.parse(data)
     if kind == "end":
         return OutputEnd.parse(data)
+    return None
+
+
+def attach_event(data: dict[str, Any]) -> AttachEvent | None:
+    """The typed control message of an attachment; None for a kind this client does not
+    know."""
+    kind = data.get("type")
+    if kind == "attached":
+        return Attached.parse(data)
+    if kind == "dropped":
+        return Dropped.parse(data)
+    if kind == "writer":
+        return WriterChanged.parse(data)
+    if kind == "error":
+        return AttachError.parse(data)
+    if kind == "exit":
+        return AttachExit.parse(data)
     return None
 
 
