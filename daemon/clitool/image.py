@@ -16,6 +16,7 @@ from pathlib import Path
 from daemon import config as config_mod
 from daemon.clitool import output
 from daemon.clitool.containers import Console
+from daemon.clitool.dispatch import EX_INTERRUPTED
 from sandbox import images
 from sandbox.image_build import builder, recipe
 from sandbox.images import ImageError
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace, euid: int, con: Console) -> int:
     except (ImageError, OSError) as exc:
         con.error(f"image {args.image_command} failed: {exc}")
         return 1
+    except KeyboardInterrupt:  # a build removed its half tree on the way out
+        con.error(f"image {args.image_command} interrupted")
+        return EX_INTERRUPTED
 
 
 def _build(args: argparse.Namespace, state_dir: Path, euid: int, con: Console) -> int:

@@ -109,8 +109,9 @@ def test_python_data_is_built_verified_and_described() -> None:
 def test_a_killed_then_failing_build_leaves_the_current_build_and_no_mounts(
     tmp_path: Path,
 ) -> None:
-    """A build killed half-way (in apt) leaves a .tmp tree and no mounts; the next build
-    removes it, and failing its verify stage it leaves `current` as it was."""
+    """A build interrupted half-way (in apt) removes its tree; one killed there leaves a .tmp
+    tree and no mounts; the next build removes it, and failing its verify stage it leaves
+    `current` as it was."""
     state = tmp_path / "state"
     name = "verify-fails"
     old = images.build_dir(state, name, "20200101000000-000000000000")
@@ -124,29 +125,34 @@ def test_a_killed_then_failing_build_leaves_the_current_build_and_no_mounts(
         '[npm]\npackages = ["left-pad@1.3.0"]\n'
         '[verify]\nimports = ["json", "no_such_module_anywhere"]\n'
     )
-    argv = [
-        sys.executable,
-        "-m",
-        "daemon",
-        "image",
-        "build",
-        str(recipe),
-        "--state-dir",
-        str(state),
-    ]
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    ) as killed:
-        assert killed.stdout is not None
-        seen = []
-        for line in killed.stdout:
-            seen.append(line)
-            if "] apt: " in line:  # apt runs in the tree, /proc and /dev mounted for it
-                os.killpg(killed.pid, signal.SIGKILL)
-                break
-        assert killed.wait(timeout=60) == -signal.SIGKILL, "".join(seen)
-    time.sleep(0.5)  # the killed group's last processes exit
+    argv = [sys.executable, "-m", "daemon", "image", "build", str(recipe)]
+    argv += ["--state-dir", str(state)]
     builds = old.parent
+
+    def stopped_in_apt(sig: signal.Signals) -> tuple[int, str]:
+        with subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        ) as build:  # fmt: skip
+            assert build.stdout is not None
+            seen = []
+            for line in build.stdout:
+                seen.append(line)
+                if "] apt: " in line:  # apt runs in the tree, /proc and /dev mounted for it
+                    os.killpg(build.pid, sig)
+                    break
+            seen += build.stdout.readlines()
+            return build.wait(timeout=120), "".join(seen)
+
+    # Ctrl-C: the builder removes its half tree itself.
+    code, out = stopped_in_apt(signal.SIGINT)
+    assert code == 130 and "image build interrupted" in out, out
+    assert sorted(p.name for p in builds.iterdir()) == [old.name]
+    assert mounts_under(state) == []
+    # Killed: nothing runs to clean up.
+    code, out = stopped_in_apt(signal.SIGKILL)
+    assert code == -signal.SIGKILL, out
+    time.sleep(0.5)  # the killed group's last processes exit
     half = list(builds.glob(".tmp-*"))
     assert len(half) == 1 and (half[0] / "rootfs/usr/bin").is_dir()
     assert mounts_under(state) == [], "the killed build leaked mounts"
