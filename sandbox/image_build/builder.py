@@ -11,9 +11,10 @@
 
 The tree is built under images/<name>/builds/.tmp-<build id>-<pid>/ and only a finished one
 is renamed to builds/<build id>: a failed or killed build leaves the current build as it was
-(a dead builder's .tmp-* is removed by the next build). One build per image name at a time:
-a second one is refused at once (a flock on images/<name>/.build.lock), not queued. A build
-whose recipe digest equals the current build's is a no-op unless forced. Blocking and slow
+(a dead builder's .tmp-* is removed by the next build). One build per image name at a time
+(a flock on images/<name>/.build.lock): a second one waits for the first to end, then finds
+the image up to date if the recipe is the same. A build whose recipe digest equals the
+current build's is a no-op unless forced. Blocking and slow
 (minutes; downloads hundreds of MB): a CLI command, never the daemon.
 """
 
@@ -62,7 +63,7 @@ def build(
     digest = recipe.digest(layout_version=LAYOUT_VERSION, mirror=mirror)
     base = images.image_dir(state_dir, name)
     base.mkdir(parents=True, exist_ok=True)
-    with build_lock(base, name):
+    with build_lock(base, name, say):
         try:
             current: BuiltImage | None = images.load(state_dir, name)
         except ImageError:
@@ -169,8 +170,11 @@ def _new_id(builds: Path, digest: str) -> str:
 
 
 @contextlib.contextmanager
-def build_lock(base: Path, name: str) -> Iterator[None]:
-    """Held while image `name` is built (or removed); ImageError at once if it is taken."""
+def build_lock(
+    base: Path, name: str, waiting: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Held while image `name` is built or removed. If another process holds it: with
+    `waiting`, say so and wait for it; without, ImageError at once."""
     if not base.is_dir():
         raise ImageError(f"image {name!r} not found")
     fd = os.open(base / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -178,7 +182,10 @@ def build_lock(base: Path, name: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ImageError(f"another build of image {name!r} is running") from None
+            if waiting is None:
+                raise ImageError(f"a build of image {name!r} is running") from None
+            waiting(f"another build of image {name} is running: waiting for it to end")
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -1,12 +1,14 @@
 """The builder's bookkeeping, without building: an up-to-date image is a no-op (no tools
-needed), a second build of one name is refused while one runs, and `sandboxd image ls|rm`
-show and remove images (rm refused while a build is pinned)."""
+needed), a second build of one name waits for the first, and `sandboxd image ls|rm` show and
+remove images (rm refused while a build runs or a build is pinned)."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,6 @@ import pytest
 from daemon import cli
 from sandbox import images
 from sandbox.image_build import LAYOUT_VERSION, builder, recipe
-from sandbox.images import ImageError
 
 MIRROR = "http://deb.debian.org/debian"
 
@@ -43,16 +44,28 @@ def test_a_build_of_an_unchanged_recipe_is_a_no_op(tmp_path: Path) -> None:
     assert said == [f"image tiny is up to date (build {built.build_id})"]
 
 
-def test_a_second_build_of_one_name_is_refused_while_one_runs(tmp_path: Path) -> None:
+def test_a_second_build_of_one_name_waits_for_the_first(tmp_path: Path) -> None:
+    wanted = _recipe()
+    digest = wanted.digest(layout_version=LAYOUT_VERSION, mirror=MIRROR)
     base = images.image_dir(tmp_path, "tiny")
     base.mkdir(parents=True)
     fd = os.open(base / builder.LOCK, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        with pytest.raises(ImageError, match="another build of image 'tiny' is running"):
-            builder.build(tmp_path, "tiny", _recipe(), MIRROR, print)
-    finally:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the first build runs
+
+    def first_build_ends() -> None:
+        time.sleep(0.3)
+        _fake_build(tmp_path, "tiny", f"20260101000000-{digest[:12]}", recipe_digest=digest)
         os.close(fd)
+
+    said: list[str] = []
+    first = threading.Thread(target=first_build_ends)
+    first.start()
+    try:
+        built, new = builder.build(tmp_path, "tiny", wanted, MIRROR, said.append)
+    finally:
+        first.join()
+    assert said[0] == "another build of image tiny is running: waiting for it to end"
+    assert not new and said[1] == f"image tiny is up to date (build {built.build_id})"
 
 
 def test_a_venv_comes_first_on_the_images_path() -> None:
@@ -92,7 +105,7 @@ def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     try:  # a build of it runs
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
-        assert "another build of image 'tiny' is running" in capsys.readouterr().err
+        assert "a build of image 'tiny' is running" in capsys.readouterr().err
     finally:
         os.close(lock)
     pin = images.Pin(images.load(tmp_path, "tiny"))
