@@ -81,6 +81,9 @@ def _client_parsers(sub: Any) -> None:
     create.add_argument(
         "--minutes", type=int, help="idle minutes before it expires (daemon default: 20)"
     )
+    create.add_argument(
+        "--image", help="what it runs on (`sandboxd image ls`; default: the daemon's)"
+    )
 
     ex = sub.add_parser(
         "exec", parents=[conn], help="run a command in a container, streaming its output",

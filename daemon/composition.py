@@ -139,7 +139,9 @@ class Daemon:
             ),
             processes=processes,
             attach=AttachService(config, self.containers, processes, self.shutdown, self.metrics),
-            ports=PortService(config, self.containers, sandboxes, self.metrics),
+            ports=PortService(
+                config, self.containers, sandboxes, self.metrics, self.shutdown.stop_streams
+            ),
             files=self.files,
             images=self.images,
             skills=self.skills,

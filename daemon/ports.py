@@ -189,8 +189,10 @@ class PortService:
         containers: ContainerService,
         sandboxes: Sandboxes,
         metrics: Metrics,
+        stopping: asyncio.Event,
     ) -> None:
         self._cfg = config.ports
+        self.stopping = stopping  # set at shutdown: relayed WebSockets close (1001) at once
         self._containers = containers
         self._sandboxes = sandboxes
         self._metrics = metrics

@@ -1,6 +1,8 @@
 """/v1/containers/{id}/ports/{port}/{path} — an HTTP request relayed to 127.0.0.1:{port}
 inside the container (daemon/ports.py), its response streamed back as the server sends it;
-a WebSocket handshake the server accepts is relayed message by message (daemon/websocket.py).
+a WebSocket handshake the server accepts is relayed message by message (daemon/websocket.py)
+until either side closes, or the daemon shuts down (both sides get a close, 1001: a relayed
+WebSocket never holds the drain; an HTTP relay finishes within it).
 
 The request body is read from the client as it arrives, never as a JSON body: the server's
 `max_json_bytes` does not apply to it (aiohttp's client_max_size bounds only whole-body reads,
@@ -19,10 +21,12 @@ from daemon import websocket
 from daemon.api.context import PORTS, caller_of
 from daemon.errors import InvalidRequest
 from daemon.ports import CHUNK, RELAYED, PortService, RelayRequest, wants_websocket
+from daemon.shutdown import cut_short
 from sandbox.agent_client import PortStream
 
 ROUTE = "/ports/{port}/{path:.*}"
 CLOSE_GRACE_S = 2.0  # for the server's answer to our close, after the caller's
+GOING_AWAY = struct.pack("!H", 1001)
 
 
 async def _client_body(request: web.Request) -> AsyncIterator[bytes]:
@@ -63,7 +67,12 @@ async def relay(request: web.Request) -> web.StreamResponse:
             ws = web.WebSocketResponse(protocols=protocols, max_msg_size=websocket.MAX_MESSAGE)
             ws.headers[RELAYED] = str(int(port))
             await ws.prepare(request)
-            await _pipe(ws, reply.websocket, service)
+            async with cut_short(service.stopping) as cut:
+                await _pipe(ws, reply.websocket, service)
+            if cut.happened:  # the daemon stops: both ends are told, neither waited for
+                with contextlib.suppress(ConnectionError):
+                    reply.websocket.writer.write(websocket.frame(websocket.CLOSE, GOING_AWAY))
+                await ws.close(code=1001, message=b"the daemon is shutting down")
             return ws
         response = web.StreamResponse(status=reply.status, reason=reply.reason or None)
         for name, value in reply.headers:

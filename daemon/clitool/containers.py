@@ -87,7 +87,7 @@ def _status(container: dict[str, Any]) -> str:
 
 def create(client: Client, args: argparse.Namespace, con: Console) -> int:
     created = client.containers.create(
-        args.name, memory_limit=args.memory, expires_after_minutes=args.minutes
+        args.name, memory_limit=args.memory, expires_after_minutes=args.minutes, image=args.image
     )
     if args.json:
         output.print_json(created.raw, con.out)

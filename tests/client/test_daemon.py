@@ -297,3 +297,24 @@ async def test_sandbox_busy_is_retried_after_its_retry_after(daemon: DaemonHandl
             }
         finally:
             await sbx.containers.delete(box.id)
+
+
+def test_images_blocking(sbx: sc.Client) -> None:
+    listed = sbx.images.list()
+    assert listed[0].name == "host" and listed[0].default
+    assert sbx.images.retrieve("host") == listed[0]
+    box = sbx.containers.create("imaged", image="host")
+    try:
+        assert box.image == "host" and sbx.containers.retrieve(box.id).image == "host"
+    finally:
+        sbx.containers.delete(box.id)
+    with pytest.raises(sc.InvalidRequest, match="available images are host"):
+        sbx.containers.create("imaged", image="not-built")
+    with pytest.raises(sc.NotFound):
+        sbx.images.retrieve("not-built")
+
+
+async def test_images_asyncio(asbx: sc.AsyncClient) -> None:
+    listed = await asbx.images.list()
+    assert [i.name for i in listed][:1] == ["host"]
+    assert (await asbx.images.retrieve("host")).python_version == listed[0].python_version

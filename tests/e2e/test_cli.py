@@ -48,7 +48,7 @@ def test_a_container_from_create_to_rm(daemon: DaemonProcess, tmp_path: Path) ->
     def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return sbx(*args, socket=daemon.socket, stdin=stdin)
 
-    created = run("create", "cli-demo", "--minutes", "5")
+    created = run("create", "cli-demo", "--minutes", "5", "--image", "host")
     assert created.returncode == 0, created.stderr
     cid = created.stdout.strip()
     assert cid.startswith("cntr_")
@@ -60,7 +60,9 @@ def test_a_container_from_create_to_rm(daemon: DaemonProcess, tmp_path: Path) ->
     ]  # fmt: skip
     assert any(cid in line and "cli-demo" in line for line in table.stdout.splitlines())
     listed = json.loads(run("ls", "--json").stdout)
-    assert [c["id"] for c in listed if c["name"] == "cli-demo"] == [cid]
+    assert [(c["id"], c["image"]) for c in listed if c["name"] == "cli-demo"] == [(cid, "host")]
+    unbuilt = run("create", "cli-demo", "--image", "not-built")
+    assert unbuilt.returncode != 0 and "available images are host" in unbuilt.stderr
 
     one = run("exec", cid, "--", "python3", "-c", "print(1)")
     assert (one.returncode, one.stdout) == (0, "1\n"), one.stderr

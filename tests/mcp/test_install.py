@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
         )
         async with stdio_client(params) as (read, write), ClientSession(read, write) as s:
             await s.initialize()
-            assert len((await s.list_tools()).tools) == 8
+            assert len((await s.list_tools()).tools) == 9
             ran = await s.call_tool("exec", {"commands": "echo $((6 * 7))"})
             assert not ran.is_error, ran.content
             out = ran.structured_content

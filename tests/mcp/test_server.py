@@ -25,7 +25,7 @@ SERVER = str(Path(sys.executable).with_name("sandboxd-mcp"))  # this venv's cons
 SANDBOXD = str(Path(sys.executable).with_name("sandboxd"))
 TOOLS = {
     "create_sandbox", "list_sandboxes", "delete_sandbox", "exec", "run_python", "write_file",
-    "read_file", "list_files",
+    "read_file", "list_files", "list_images",
 }  # fmt: skip
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -176,6 +176,9 @@ async def test_a_session_from_csv_to_figure(daemon: DaemonHandle, tmp_path: Path
 
             mine = await call(session, "list_sandboxes")
             assert cid in [b["id"] for b in mine["sandboxes"]]
+            assert [b["image"] for b in mine["sandboxes"] if b["id"] == cid] == ["host"]
+            images = (await call(session, "list_images"))["images"]
+            assert images[0]["name"] == "host" and images[0]["default"] is True
         finally:
             gone = await call(session, "delete_sandbox", container=cid)
         assert gone == {"id": cid, "deleted": True}

@@ -1,16 +1,21 @@
 """Ports, in-process: a bad port is 400 and another owner's container 404 on every method
 (nothing reaches a sandbox); with the real agent run as a host process standing in for the
 sandbox's, a server that accepts but never answers is a 504 after ports.response_timeout_s,
-and while its relay is open the container's relay cap answers 429 and the metrics count it."""
+and while its relay is open the container's relay cap answers 429 and the metrics count it;
+a relayed WebSocket is closed (1001) at the daemon's shutdown, never holding the drain."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+import time
 from typing import Any
 
+import aiohttp
 import httpx2
 import pytest
+from aiohttp import web
 
 from tests.apifixtures import assert_error
 from tests.service.conftest import InProcessDaemon
@@ -74,3 +79,59 @@ def test_a_silent_server_is_504_and_the_relay_cap_429(
         metrics = raw.get("/metrics").text
         assert "sandboxd_port_relays_open 0.0" in metrics
         assert "sandboxd_port_relays_total 1.0" in metrics  # a refused one is not relayed
+
+
+def test_shutdown_closes_a_relayed_websocket_with_1001_at_once(
+    daemon: InProcessDaemon, raw: httpx2.Client, container: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relayed WebSocket has no end of its own: it must not hold the drain."""
+    seen: dict[str, Any] = {}
+    echoed = threading.Event()
+    serving = threading.Event()
+    server_closed = threading.Event()
+
+    async def server() -> None:
+        async def echo(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            async for msg in ws:
+                await ws.send_str(msg.data)
+            server_closed.set()
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/ws", echo)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        seen["port"] = runner.addresses[0][1]
+        serving.set()
+        await asyncio.to_thread(server_closed.wait, 30)
+        await runner.cleanup()
+
+    async def caller() -> None:
+        url = f"http://localhost/v1/containers/{container}/ports/{seen['port']}/ws"
+        connector = aiohttp.UnixConnector(path=daemon.socket)
+        async with aiohttp.ClientSession(connector=connector) as s, s.ws_connect(url) as ws:
+            await ws.send_str("hi")
+            assert (await ws.receive(timeout=10)).data == "hi"
+            echoed.set()
+            msg = await ws.receive(timeout=30)
+            seen["closed"] = (msg.type, ws.close_code, time.monotonic())
+
+    with host_agent(daemon, container, monkeypatch):
+        server_thread = threading.Thread(target=lambda: asyncio.run(server()))
+        server_thread.start()
+        assert serving.wait(10)
+        caller_thread = threading.Thread(target=lambda: asyncio.run(caller()))
+        caller_thread.start()
+        assert echoed.wait(15), "no echo through the relay"
+        stopping = time.monotonic()
+        daemon.restart()
+        caller_thread.join(15)
+        kind, code, at = seen["closed"]
+        assert (kind, code) == (aiohttp.WSMsgType.CLOSE, 1001)
+        assert at - stopping < daemon.config.server.drain_timeout_s / 2
+        assert server_closed.wait(10), "the server in the container was not told"
+        server_thread.join(10)

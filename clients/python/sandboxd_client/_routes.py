@@ -44,10 +44,12 @@ def create_container(
     network_policy: Mapping[str, Any] | None,
     file_ids: Sequence[str] | None,
     skills: Sequence[Mapping[str, Any]] | None,
+    image: str | None = None,
 ) -> Call:
     body = _set(
         {"name": name},
         memory_limit=memory_limit,
+        image=image,
         network_policy=dict(network_policy) if network_policy is not None else None,
         file_ids=list(file_ids) if file_ids is not None else None,
         skills=[dict(s) for s in skills] if skills is not None else None,
@@ -55,6 +57,14 @@ def create_container(
     if expires_after_minutes is not None:
         body["expires_after"] = {"anchor": "last_active_at", "minutes": expires_after_minutes}
     return Call("POST", CONTAINERS, json=body, idempotent=True)
+
+
+def list_images() -> Call:
+    return Call("GET", "/v1/images")
+
+
+def retrieve_image(name: str) -> Call:
+    return Call("GET", f"/v1/images/{_seg(name)}")
 
 
 def list_containers(

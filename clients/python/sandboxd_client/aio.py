@@ -38,6 +38,7 @@ from sandboxd_client.models import (
     ExecEvent,
     ExecResult,
     FileObject,
+    Image,
     Model,
     OutputEnd,
     Page,
@@ -100,6 +101,7 @@ class AsyncClient:
         self.skills = Skills(self)
         self.processes = Processes(self)
         self.ports = Ports(self)
+        self.images = Images(self)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -375,9 +377,11 @@ class Containers:
         network_policy: Mapping[str, Any] | None = None,
         file_ids: Sequence[str] | None = None,
         skills: Sequence[Mapping[str, Any]] | None = None,
+        image: str | None = None,
     ) -> Container:
+        """`image`: a name from `client.images.list()` (default: the daemon's)."""
         call = _routes.create_container(
-            name, memory_limit, expires_after_minutes, network_policy, file_ids, skills
+            name, memory_limit, expires_after_minutes, network_policy, file_ids, skills, image
         )
         return await self._c._model(Container, call)
 
@@ -928,3 +932,17 @@ class AsyncAttachment:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class Images:
+    """What containers may run on (the same for every caller)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._c = client
+
+    async def list(self) -> list[Image]:
+        body = await self._c._json(_routes.list_images())
+        return [Image.parse(item) for item in body["data"]]
+
+    async def retrieve(self, name: str) -> Image:
+        return await self._c._model(Image, _routes.retrieve_image(name))

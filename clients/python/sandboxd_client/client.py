@@ -34,6 +34,7 @@ from sandboxd_client.models import (
     ExecEvent,
     ExecResult,
     FileObject,
+    Image,
     Model,
     OutputEnd,
     Page,
@@ -96,6 +97,7 @@ class Client:
         self.skills = Skills(self)
         self.processes = Processes(self)
         self.ports = Ports(self)
+        self.images = Images(self)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -368,9 +370,11 @@ class Containers:
         network_policy: Mapping[str, Any] | None = None,
         file_ids: Sequence[str] | None = None,
         skills: Sequence[Mapping[str, Any]] | None = None,
+        image: str | None = None,
     ) -> Container:
+        """`image`: a name from `client.images.list()` (default: the daemon's)."""
         call = _routes.create_container(
-            name, memory_limit, expires_after_minutes, network_policy, file_ids, skills
+            name, memory_limit, expires_after_minutes, network_policy, file_ids, skills, image
         )
         return self._c._model(Container, call)
 
@@ -756,3 +760,17 @@ class Ports:
         if response.status_code >= 400 and not _core.relayed(response):
             raise _core.error_for(response, raw)
         return _core.port_response(response, raw)
+
+
+class Images:
+    """What containers may run on (the same for every caller)."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def list(self) -> list[Image]:
+        body = self._c._json(_routes.list_images())
+        return [Image.parse(item) for item in body["data"]]
+
+    def retrieve(self, name: str) -> Image:
+        return self._c._model(Image, _routes.retrieve_image(name))

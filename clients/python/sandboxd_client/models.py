@@ -49,6 +49,24 @@ class Container(Model):
     expires_after: ExpiresAfter | None = None
     network_policy: dict[str, Any] = field(default_factory=dict)
     status_reason: str | None = None  # why it expired
+    image: str = "host"  # what it runs on (`client.images`)
+
+
+@dataclass(frozen=True)
+class Image(Model):
+    """An image containers may run on: built on the host by `sandboxd image build RECIPE`,
+    or `host` (the host's own /usr)."""
+
+    id: str
+    name: str
+    description: str
+    build_id: str
+    created_at: int
+    size_bytes: int | None = None
+    python_version: str | None = None
+    node_version: str | None = None
+    packages: dict[str, list[str]] = field(default_factory=dict)  # debian, python, npm
+    default: bool = False  # what a create without `image` gets
 
 
 @dataclass(frozen=True)

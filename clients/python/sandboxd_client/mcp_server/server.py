@@ -26,7 +26,11 @@ DESCRIPTIONS = {
     "create_sandbox": "Create a new isolated sandbox and return its id (pass it as `container` "
     "to the other tools). It starts with an empty /mnt/data and no network unless "
     "allowed_domains lists the HTTPS hosts it may reach; it expires after "
-    "expires_after_minutes unused (default 20).",
+    "expires_after_minutes unused (default 20). `image` picks what it runs on (list_images: "
+    "python-data has pandas, numpy, scipy, scikit-learn, matplotlib, office/PDF libraries "
+    "and Node, where the host built it).",
+    "list_images": "List the images a sandbox can run on (create_sandbox's `image`): name, "
+    "description, Python and Node versions, which one is the default.",
     "list_sandboxes": "List the sandboxes that exist (newest first): id, name, status, "
     "memory, when each expires. Use it to find a sandbox made earlier.",
     "delete_sandbox": "Delete a sandbox and everything in it, stopping what runs there. "
@@ -66,6 +70,7 @@ def build(tools: SandboxTools) -> MCPServer:
     table: list[tuple[Callable[..., Any], ToolAnnotations]] = [
         (tools.create_sandbox, CHANGES),
         (tools.list_sandboxes, READ_ONLY),
+        (tools.list_images, READ_ONLY),
         (tools.delete_sandbox, DESTROYS),
         (tools.exec, RUNS_CODE),
         (tools.run_python, RUNS_CODE),

@@ -90,6 +90,7 @@ class SandboxInfo(BaseModel):
     name: str
     status: str = Field(description="running, or expired (then unusable; see status_reason)")
     memory_limit: str
+    image: str = Field("host", description="What it runs on (see the list_images tool)")
     created_at: int
     last_active_at: int
     expires_at: int = Field(description="Unix time it expires unless used again")
@@ -100,6 +101,19 @@ class SandboxInfo(BaseModel):
 
 class SandboxList(BaseModel):
     sandboxes: list[SandboxInfo]
+
+
+class ImageInfo(BaseModel):
+    name: str
+    description: str
+    default: bool = Field(description="What create_sandbox uses when no image is given")
+    python_version: str | None
+    node_version: str | None
+    packages: int = Field(description="How many packages it has (Debian, Python, npm)")
+
+
+class ImageList(BaseModel):
+    images: list[ImageInfo]
 
 
 class Deleted(BaseModel):
@@ -199,6 +213,14 @@ class SandboxTools:
             list[str] | None,
             Field(description="HTTPS hosts (or *.suffix) it may reach; default: no network"),
         ] = None,
+        image: Annotated[
+            str | None,
+            Field(
+                max_length=64,
+                description="What it runs on, e.g. python-data (pandas, matplotlib, Node...);"
+                " default: the server's (list_images)",
+            ),
+        ] = None,
     ) -> SandboxInfo:
         policy = None
         if allowed_domains:
@@ -206,9 +228,26 @@ class SandboxTools:
         with tool_errors():
             box = await self._c.containers.create(
                 name, memory_limit=memory_limit, expires_after_minutes=expires_after_minutes,
-                network_policy=policy,
+                network_policy=policy, image=image,
             )  # fmt: skip
         return self._info(box)
+
+    async def list_images(self) -> ImageList:
+        with tool_errors():
+            found = await self._c.images.list()
+        return ImageList(
+            images=[
+                ImageInfo(
+                    name=i.name,
+                    description=i.description,
+                    default=i.default,
+                    python_version=i.python_version,
+                    node_version=i.node_version,
+                    packages=sum(len(names) for names in i.packages.values()),
+                )
+                for i in found
+            ]
+        )
 
     async def list_sandboxes(self, include_expired: bool = False) -> SandboxList:
         found: list[SandboxInfo] = []
@@ -436,7 +475,7 @@ class SandboxTools:
     def _info(self, box: Container) -> SandboxInfo:
         return SandboxInfo(
             id=box.id, name=box.name, status=box.status, memory_limit=box.memory_limit,
-            created_at=box.created_at, last_active_at=box.last_active_at,
+            image=box.image, created_at=box.created_at, last_active_at=box.last_active_at,
             expires_at=box.expires_at, network_policy=box.network_policy,
             status_reason=box.status_reason, default=box.id == self._default_id,
         )  # fmt: skip
