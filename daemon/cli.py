@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", help="API unix socket path")
     serve.add_argument("--state-dir", help="state directory (default /var/lib/sandboxd)")
     serve.add_argument("--runtime", choices=["oci", "docker"], help="sandbox backend")
+    serve.add_argument(
+        "--default-image", metavar="NAME", help="image of creates that name none (default host)"
+    )
     serve.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (needs api_keys)")
     _local_parsers(sub)
     _client_parsers(sub)
@@ -235,6 +238,8 @@ def serve(args: argparse.Namespace, env: dict[str, str]) -> int:
         overrides["state_dir"] = args.state_dir
     if args.runtime:
         overrides["runtime.backend"] = args.runtime
+    if args.default_image:
+        overrides["runtime.default_image"] = args.default_image
     if args.tcp:
         overrides["server.tcp"] = args.tcp
     if args.socket:

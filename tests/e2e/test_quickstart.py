@@ -1,5 +1,7 @@
-"""The README's first command, run for real: it brings up a daemon the SDK can drive, and
-SIGTERM stops it cleanly while sandboxes keep running for the next start to re-attach."""
+"""The README's first command, run for real: it builds the image it runs containers on
+(here `minimal`, found up to date in the tests' image cache: `python-data`, its default, is
+tests/e2e/test_images.py's), brings up a daemon the SDK can drive, and SIGTERM stops it
+cleanly while sandboxes keep running for the next start to re-attach."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pytest
 from sandbox.cgroups import CgroupLayout
 from sandbox.host.dirs import instance_of
 from sandbox.oci.runtime import forget_instance
+from tests.imagecache import built, link_into
 
 pytestmark = [pytest.mark.root, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[2]
@@ -33,9 +36,13 @@ def _start(root: Path) -> subprocess.Popen[bytes]:
             [str(REPO / "scripts" / "sandboxd-up"), "--config", str(root / "config.toml")],
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/root"},
+            env={
+                "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                "HOME": "/root",
+                "SANDBOXD_IMAGE": "minimal",
+            },
         )
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         assert proc.poll() is None, (root / "daemon.log").read_text()[-2000:]
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
@@ -53,8 +60,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.fixture
 def root() -> Iterator[Path]:
+    built("minimal")
     path = Path(tempfile.mkdtemp(prefix="sbxd-e2e-"))
     path.chmod(0o755)  # sandboxes run as unprivileged uids: the state dir must be searchable
+    link_into(path / "state", "minimal")
     parent = f"/sandboxd-e2e-{os.getpid()}"
     (path / "config.toml").write_text(
         f'state_dir = "{path}/state"\n[server]\nsocket = "{path}/api.sock"\n'
@@ -87,6 +96,7 @@ def test_quickstart_and_restart_keeps_sandboxes(root: Path) -> None:
         with _client(root) as client:
             box = client.containers.create(name="x")
             assert box.status == "running"
+            assert client.get(f"/containers/{box.id}", cast_to=object)["image"] == "minimal"  # type: ignore[index]
             up = client.containers.files.create(box.id, file=("in.txt", b"round trip\n"))
             assert client.containers.files.content.retrieve(up.id, container_id=box.id).read() == (
                 b"round trip\n"
