@@ -89,6 +89,18 @@ class Engine:
             return False
         return True
 
+    async def remove_image(self, ref: str) -> bool:
+        """Remove an image no container uses; whether it went (absent or in use: no)."""
+
+        def run(c: docker.DockerClient) -> bool:
+            try:
+                c.api.remove_image(ref)
+            except (docker.errors.NotFound, docker.errors.APIError):
+                return False  # gone already, or a container (even a stopped one) uses it
+            return True
+
+        return await self._call(f"image {ref}", run)
+
     async def import_image(self, tar_path: Path, repository: str, tag: str) -> None:
         def run(c: docker.DockerClient) -> None:
             reply = c.api.import_image_from_file(str(tar_path), repository=repository, tag=tag)

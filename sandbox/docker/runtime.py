@@ -83,6 +83,7 @@ class DockerRuntime(HostRuntime):
         self._cgroups: dict[str, str] = {}  # sandbox id -> its cgroup (<parent>/<container id>)
         self._imported: set[str] = set()  # image refs known to the engine
         self._importing: dict[str, asyncio.Lock] = {}
+        self._unused: list[str] = []  # refs of builds no sandbox uses any more, to remove
         self._default_ref = ""
         self.cgroup_base = f"{settings.cgroup_parent}/{self.instance}"
 
@@ -118,7 +119,7 @@ class DockerRuntime(HostRuntime):
     async def _engine_image(self, root: Root) -> str:
         """The engine's image of a root, imported from the tree the first time (once per
         engine and build: `sandboxd/<image>:<build>`; creates of that build wait for it)."""
-        ref = f"{REPOSITORY}/{root.image}:{root.build_id}"
+        ref = _ref(root)
         if ref in self._imported:
             return ref
         async with self._importing.setdefault(ref, asyncio.Lock()):
@@ -207,6 +208,14 @@ class DockerRuntime(HostRuntime):
         except SandboxError as exc:
             errors.append(exc)
         await self._finish_destroy(sandbox_id, errors, processes_gone=removed)
+        while self._unused:  # the engine's copy of a build that has just gone out of use
+            ref = self._unused.pop()
+            self._imported.discard(ref)
+            if await self._engine.remove_image(ref):
+                logger.info("docker image of an old build removed", extra={"image": ref})
+
+    def _root_unused(self, root: Root) -> None:
+        self._unused.append(_ref(root))
 
     async def is_running(self, sandbox_id: str) -> bool:
         state = await self._engine.state(sandbox_id)
@@ -261,3 +270,7 @@ def _seal(path: Path) -> None:
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def _ref(root: Root) -> str:
+    return f"{REPOSITORY}/{root.image}:{root.build_id}"

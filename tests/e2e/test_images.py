@@ -6,6 +6,7 @@ are built once per machine (tests/imagecache.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -121,10 +122,17 @@ def _copy_build(state: Path, source: Path, build_id: str) -> Path:
     return target
 
 
-def test_a_rebuild_changes_only_new_containers(cached: None) -> None:
-    """Running containers keep the build they started on; the old build goes with the last
-    of them (oci: the rule lives in sandbox/host/roots.py, which both backends share)."""
-    d = DaemonProcess(runtime={"default_image": "mini"})
+@pytest.mark.parametrize("backend", ["oci", pytest.param("docker", marks=pytest.mark.docker)])
+def test_a_rebuild_changes_only_new_containers(
+    cached: None, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Running containers keep the build they started on; the old build (and the docker
+    engine's copy of it) goes with the last of them."""
+    d = DaemonProcess(runtime={"default_image": "mini", "backend": backend})
+    engine = ""
+    if backend == "docker":
+        engine = request.getfixturevalue("docker_engine")
+        d.write_config(docker={"engine_url": engine, "cgroup_parent": f"{d.cgroup_parent}-docker"})
     state = d.root / "state"
     source = images.load(IMAGE_CACHE, "minimal").rootfs.parent
     old = _copy_build(state, source, "b1")
@@ -147,8 +155,20 @@ def test_a_rebuild_changes_only_new_containers(cached: None) -> None:
             while old.exists():
                 assert time.monotonic() < deadline, "the unused old build was not collected"
                 time.sleep(0.1)
+            if engine:
+                tags = [
+                    t for i in dockerd.api_get(engine, "/images/json") for t in i["RepoTags"] or []
+                ]
+                assert "sandboxd/mini:b2" in tags and "sandboxd/mini:b1" not in tags
             assert _exec(c, second, probe)["stdout"] == "b2\n"
             assert c.delete(f"/v1/containers/{second}").status_code == 200
             assert new.is_dir()  # current: kept
     finally:
+        if engine:
+            label = f"sandboxd.instance={instance_of(d.root / 'state')}"
+            for c in dockerd.containers(engine, label):
+                dockerd.remove_container(engine, c["Id"])
+            for ref in ("sandboxd/mini:b1", "sandboxd/mini:b2"):
+                with contextlib.suppress(Exception):
+                    dockerd.api_get(engine, f"/images/{ref}", method="DELETE")
         d.cleanup()
