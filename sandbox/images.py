@@ -51,6 +51,10 @@ class ImageInUse(ImageError):
     """A build of the image is pinned by a runtime (a sandbox runs on it)."""
 
 
+class BuildRemoved(ImageError):
+    """The build was collected before it could be pinned."""
+
+
 @dataclass(frozen=True)
 class BuiltImage:
     name: str
@@ -157,17 +161,17 @@ class Pin:
         try:
             fd = os.open(built.stamp, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
-            raise ImageError(gone) from exc
+            raise BuildRemoved(gone) from exc
         except OSError as exc:
             raise ImageError(f"image {built.name!r} build {built.build_id}: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # a collector holds LOCK_EX only while it renames
             # A collector may have taken the build away between our open and our lock.
             if os.stat(built.stamp).st_ino != os.fstat(fd).st_ino:
-                raise ImageError(gone)
+                raise BuildRemoved(gone)
         except FileNotFoundError as exc:
             os.close(fd)
-            raise ImageError(gone) from exc
+            raise BuildRemoved(gone) from exc
         except BaseException:
             os.close(fd)
             raise

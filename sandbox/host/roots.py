@@ -156,12 +156,20 @@ class Roots:
                     return root
             tree = rootfs.ensure_skeleton(self._state_dir / "rootfs")
             return self._add(images.HOST, tree.name.removeprefix("rootfs-"), tree, None)
-        built = images.load(self._state_dir, image)
-        found = self._roots.get(f"{image}@{built.build_id}")
-        if found is None:
-            found = self._add_built(built)
+        for attempt in range(2):
+            built = images.load(self._state_dir, image)
+            found = self._roots.get(f"{image}@{built.build_id}")
+            if found is not None:
+                return found
+            try:
+                found = self._add_built(built)
+            except images.BuildRemoved:
+                if attempt:
+                    raise
+                continue  # published over and collected between our read and our pin: again
             self._drop_unused(image)  # a new build was published: the old one may go
-        return found
+            return found
+        raise AssertionError("unreachable")
 
     def _known(self, image: str, build_id: str) -> Root:
         if image == images.HOST:
@@ -170,19 +178,20 @@ class Roots:
         return found or self._add_built(images.load_build(self._state_dir, image, build_id))
 
     def _add_built(self, built: images.BuiltImage) -> Root:
-        missing = rootfs.missing_agent_targets(built.rootfs)
-        if missing:
-            raise images.ImageError(
-                f"image {built.name!r} has no mount point for {', '.join(missing)} (built by"
-                f" an older sandboxd): rebuild it with sandboxd image build {built.name}"
-            )
-        env = built.meta.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(v, str) and "\0" not in v and ENV_NAME.fullmatch(k) for k, v in env.items()
-        ):
-            raise images.ImageError(f"image {built.name!r}: its env is malformed")
-        pin = images.Pin(built)
+        pin = images.Pin(built)  # first: what is checked next cannot go away meanwhile
         try:
+            missing = rootfs.missing_agent_targets(built.rootfs)
+            if missing:
+                raise images.ImageError(
+                    f"image {built.name!r} has no mount point for {', '.join(missing)} (built"
+                    f" by an older sandboxd): rebuild it with sandboxd image build {built.name}"
+                )
+            env = built.meta.get("env") or {}
+            if not isinstance(env, dict) or not all(
+                isinstance(v, str) and "\0" not in v and ENV_NAME.fullmatch(k)
+                for k, v in env.items()
+            ):
+                raise images.ImageError(f"image {built.name!r}: its env is malformed")
             return self._add(built.name, built.build_id, built.rootfs, pin, env)
         except BaseException:
             pin.release()

@@ -91,3 +91,19 @@ def test_unbuilt_and_malformed_images_are_refused(tmp_path: Path) -> None:
     with pytest.raises(images.ImageError, match="no mount point"):
         roots.prepare("old")
     roots.close()
+
+
+def test_a_build_collected_before_its_pin_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CLI build may publish and collect between a create's read of `current` and its pin."""
+    _build(tmp_path, "data", "b1")
+    stale = images.load(tmp_path, "data")
+    _build(tmp_path, "data", "b2")
+    assert images.collect(tmp_path, "data") == ["b1"]
+    real = images.load
+    reads = iter([stale])
+    monkeypatch.setattr(images, "load", lambda *a: next(reads, None) or real(*a))
+    roots = Roots(tmp_path)
+    assert roots.acquire("s1", "data").build_id == "b2"
+    roots.close()
