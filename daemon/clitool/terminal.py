@@ -45,6 +45,7 @@ if TYPE_CHECKING:  # the HTTP stack loads when dispatch makes the client
 SHELL = "[ -x /bin/bash ] && exec /bin/bash -l; exec /bin/sh"
 DETACH = b"\x10\x11"  # Ctrl-P Ctrl-Q
 READ = 64 << 10
+STDIN_AHEAD = 4  # reads of stdin held while sending lags; then stdin is not read (backpressure)
 EX_LOST = 69  # the attachment ended without the process ending (daemon gone)
 
 
@@ -257,16 +258,34 @@ class Relay:
         await asyncio.Event().wait()  # the process's end, not our stdin's, ends the relay
 
     async def _stdin(self) -> AsyncIterator[bytes]:
+        """Our stdin's reads, then b"" at its end. At most STDIN_AHEAD reads wait for the
+        sending: while they do, stdin is not watched (whoever writes it is slowed down), and
+        its end is read once."""
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=STDIN_AHEAD)
+        watching = ended = False
+
+        def readable() -> None:
+            nonlocal watching, ended
+            data = _read(self.stdin)
+            queue.put_nowait(data)  # never full: the watch stops when it fills
+            ended = not data
+            if ended or queue.full():
+                loop.remove_reader(self.stdin)
+                watching = False
+
         try:
-            loop.add_reader(self.stdin, lambda: queue.put_nowait(_read(self.stdin)))
+            loop.add_reader(self.stdin, readable)
         except PermissionError:  # a regular file: always readable, a thread reads it
             while data := await asyncio.to_thread(os.read, self.stdin, READ):
                 yield data
             return
+        watching = True
         try:
             while data := await queue.get():
+                if not (watching or ended):
+                    loop.add_reader(self.stdin, readable)
+                    watching = True
                 yield data
         finally:
             loop.remove_reader(self.stdin)

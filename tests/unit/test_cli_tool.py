@@ -1,13 +1,19 @@
 """Pure parts of the command line: tables, redaction, TOML rendering, argument shapes, the
-attach detach keys, port-forward specs."""
+attach detach keys and its stdin reads, port-forward specs."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import io
+import os
+import termios
 import tomllib
 from pathlib import Path
 
 import pytest
+from sandboxd_client import Target
 
 from daemon import config as config_mod
 from daemon.cli import build_parser, client_target
@@ -16,7 +22,7 @@ from daemon.clitool.containers import CommandError, Console
 from daemon.clitool.forward import is_loopback, parse_spec
 from daemon.clitool.processes import signal_name, size
 from daemon.clitool.run import command_line, exit_status, split_remote, upload_name
-from daemon.clitool.terminal import DetachKeys
+from daemon.clitool.terminal import READ, STDIN_AHEAD, DetachKeys, Relay
 
 
 def test_table_aligns_columns_and_cuts_long_cells() -> None:
@@ -142,3 +148,36 @@ def test_port_forward_specs() -> None:
             parse_spec(bad)
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.1")
+
+
+def test_the_relay_reads_stdin_no_faster_than_it_sends() -> None:
+    r, w = os.pipe()
+    open_fds = {r, w}
+    try:
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        os.set_blocking(w, False)
+        written = 0
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                written += os.write(w, b"x" * READ)
+        relay = Relay(
+            Target(socket="/nonexistent"), r, 1, Console(io.StringIO(), io.StringIO()),
+            raw=False, detach_keys=False,
+        )  # fmt: skip
+
+        async def scenario() -> int:
+            reads = relay._stdin()
+            got = len(await anext(reads))
+            await asyncio.sleep(0.1)  # a slow sender: the rest stays in the pipe
+            left = int.from_bytes(fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0"), "little")
+            assert left >= written - (1 + STDIN_AHEAD) * READ, (left, written)
+            os.close(w)
+            open_fds.discard(w)
+            async for data in reads:  # then all of it, and the end
+                got += len(data)
+            return got
+
+        assert asyncio.run(scenario()) == written
+    finally:
+        for fd in open_fds:
+            os.close(fd)
