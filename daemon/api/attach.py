@@ -5,7 +5,9 @@ and small JSON text messages both ways (docs/api.md, "Terminals").
 Server to client: first {"type": "attached", "process", "offset", "writer"}; then the output
 from `offset` (binary), {"type": "dropped", "bytes"} where the ring no longer held some,
 {"type": "writer", "writer"} when this attachment's role changes, {"type": "error", "code",
-"message"} for a refused message (the connection stays open), and once the process has ended
+"message"} for a refused message (the connection stays open; input the process is not
+reading yet is not refused but held, and the next message waits, so TCP slows the client down),
+and once the process has ended
 and all its output is sent {"type": "exit", "exit_code", "killed", "offset"}, then close 1000.
 Client to server: binary input; {"type": "resize", "cols", "rows"}, {"type": "signal",
 "signal"}, {"type": "eof"}. A message over `processes.max_frame_bytes` closes with 1009; the
@@ -26,7 +28,7 @@ from daemon.api.context import ATTACH, CONFIG, caller_of
 from daemon.api.processes import parse_offset, parse_signal, parse_size, process_id
 from daemon.api.validation import reject_unknown
 from daemon.attach import Attachment
-from daemon.errors import DomainError, InvalidRequest, SandboxUnavailable
+from daemon.errors import DomainError, InvalidRequest, SandboxBusy, SandboxUnavailable
 from daemon.processes import Output
 from daemon.shutdown import cut_short
 from sandbox.agent_client import ExecChunk, OutputEnd, OutputStart
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 CLOSE_GRACE_S = 1.0  # for the client's answer to our close
 GOING_AWAY = 1001
 CONTROL_TYPES = ("resize", "signal", "eof")
+INPUT_RETRY_S = (0.01, 0.2)  # first and longest wait before offering held input again
 
 
 def parse_attach_query(query: Any) -> tuple[int | None, bool]:
@@ -63,14 +66,17 @@ async def attach(request: web.Request) -> web.StreamResponse:
             raise InvalidRequest("This route is a WebSocket: send an upgrade (RFC 6455).")
         await ws.prepare(request)
         start = att.process.info.output_bytes if offset is None else offset
-        await Session(ws, att, cid).run(start)
+        await Session(request, ws, att, cid).run(start)
     return ws
 
 
 class Session:
     """One attachment's WebSocket: sends go through one lock (three tasks send)."""
 
-    def __init__(self, ws: web.WebSocketResponse, att: Attachment, cid: str) -> None:
+    def __init__(
+        self, request: web.Request, ws: web.WebSocketResponse, att: Attachment, cid: str
+    ) -> None:
+        self._request = request
         self._ws = ws
         self._att = att
         self._cid = cid
@@ -165,13 +171,32 @@ class Session:
         async for msg in self._ws:
             try:
                 if msg.type == WSMsgType.BINARY:
-                    await self._att.send_input(msg.data)
+                    await self._input(msg.data)
                 elif msg.type == WSMsgType.TEXT:
                     await self._control(msg.data)
             except InvalidRequest as exc:
                 await self._error("invalid_message", exc.message)
             except DomainError as exc:
                 await self._error(exc.code, exc.message)
+
+    async def _input(self, data: bytes) -> None:
+        """`data` to the process. While its pending input is full (SandboxBusy: the process
+        reads slower than the client sends) the same bytes are offered again after a growing
+        wait, and no further message is read meanwhile: TCP pushes back on the client. It
+        stops when they are taken, on any other refusal (the process ended: ProcessExited,
+        raised), when the connection has gone, or with this task (the process's end, the
+        daemon's shutdown)."""
+        wait, longest = INPUT_RETRY_S
+        while True:
+            try:
+                await self._att.send_input(data)
+                return
+            except SandboxBusy:
+                transport = self._request.transport
+                if transport is None or transport.is_closing():
+                    return  # nobody to push back on: the client is gone
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, longest)
 
     async def _control(self, text: str) -> None:
         try:

@@ -291,6 +291,30 @@ def test_a_process_without_a_terminal_is_attached_to_its_stdin_and_output(
     run(scenario())
 
 
+def test_input_faster_than_the_process_reads_is_held_not_dropped(
+    daemon: DaemonHandle, raw: httpx2.Client, container: str
+) -> None:
+    # 6 MiB while the process sleeps: the agent holds 1 MiB of it, the rest waits in the daemon
+    # and in TCP until wc reads; nothing is refused, nothing lost.
+    pid = start(raw, container, "sleep 2; wc -c")["id"]
+    frame, frames = 32 << 10, 192
+
+    async def scenario() -> None:
+        async with session(daemon) as s, attach(s, container, pid) as t:
+            began = time.monotonic()
+            for i in range(frames):
+                await t.send(bytes([i % 251]) * frame)
+            await t.send({"type": "eof"})
+            ended = await t.text("exit")
+            assert ended["exit_code"] == 0, (ended, t.texts)
+            assert bytes(t.out).split() == [str(frame * frames).encode()], (bytes(t.out), t.texts)
+            assert [m for m in t.texts if m["type"] == "error"] == []
+            assert await t.closed() == 1000
+            assert time.monotonic() - began < 10
+
+    run(scenario())
+
+
 def test_another_owner_gets_404_on_attach_and_resize(daemon: DaemonHandle) -> None:
     alice, bob = (
         httpx2.Client(

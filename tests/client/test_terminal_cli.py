@@ -141,6 +141,21 @@ def test_shell_reads_a_piped_script(sbx: sc.Client, cid: str, daemon: DaemonHand
     assert not list(sbx.processes.list(cid))
 
 
+def test_shell_passes_all_of_a_big_pipe(sbx: sc.Client, cid: str, daemon: DaemonHandle) -> None:
+    # More than the agent holds for a process that reads later: the rest waits in the
+    # daemon, in TCP and in our pipe, none of it dropped.
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SANDBOXD_SOCKET": daemon.socket}
+    size = 5 << 20
+    began = time.monotonic()
+    done = subprocess.run(
+        [SANDBOXD, "shell", cid, "--cmd", "sleep 1; wc -c"], env=env, capture_output=True,
+        input=os.urandom(size), timeout=60, check=False,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.split()) == (0, [str(size).encode()]), done.stderr
+    assert done.stderr == b""
+    assert time.monotonic() - began < 15
+
+
 def test_attach_watches_and_detaches(
     sbx: sc.Client, cid: str, daemon: DaemonHandle, tmux: Callable[[str], Tmux]
 ) -> None:
