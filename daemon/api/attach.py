@@ -6,9 +6,9 @@ Server to client: first {"type": "attached", "process", "offset", "writer"}; the
 from `offset` (binary), {"type": "dropped", "bytes"} where the ring no longer held some,
 {"type": "writer", "writer"} when this attachment's role changes, {"type": "error", "code",
 "message"} for a refused message (the connection stays open; input the process is not
-reading yet is not refused but held, and the next message waits, so TCP slows the client down),
-and once the process has ended
-and all its output is sent {"type": "exit", "exit_code", "killed", "offset"}, then close 1000.
+reading yet is held for up to `exec.keepalive_s`, the next message waiting, so TCP slows the
+client down), and once the process has ended and all its output is sent {"type": "exit",
+"exit_code", "killed", "offset"}, then close 1000.
 Client to server: binary input; {"type": "resize", "cols", "rows"}, {"type": "signal",
 "signal"}, {"type": "eof"}. A message over `processes.max_frame_bytes` closes with 1009; the
 daemon's shutdown and the container's end close with 1001 (the process, if any, runs on).
@@ -77,6 +77,8 @@ class Session:
         self, request: web.Request, ws: web.WebSocketResponse, att: Attachment, cid: str
     ) -> None:
         self._request = request
+        self._hold_s = request.app[CONFIG].exec.keepalive_s  # the longest input is held
+        self._stalled = False  # input was held that long: refuse it at once until taken
         self._ws = ws
         self._att = att
         self._cid = cid
@@ -183,18 +185,26 @@ class Session:
         """`data` to the process. While its pending input is full (SandboxBusy: the process
         reads slower than the client sends) the same bytes are offered again after a growing
         wait, and no further message is read meanwhile: TCP pushes back on the client. It
-        stops when they are taken, on any other refusal (the process ended: ProcessExited,
-        raised), when the connection has gone, or with this task (the process's end, the
-        daemon's shutdown)."""
+        stops when they are taken, when the connection has gone, with this task (the
+        process's end, the daemon's shutdown), or on any other refusal (ProcessExited...,
+        raised). After `exec.keepalive_s` the refusal is raised too, and so is each next
+        one at once until input is taken again: unread, the connection carries no pong, and
+        the heartbeat would soon drop it as dead; reading on lets it see the client's."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._hold_s
         wait, longest = INPUT_RETRY_S
         while True:
             try:
                 await self._att.send_input(data)
+                self._stalled = False
                 return
             except SandboxBusy:
                 transport = self._request.transport
                 if transport is None or transport.is_closing():
                     return  # nobody to push back on: the client is gone
+                if self._stalled or loop.time() >= give_up:
+                    self._stalled = True
+                    raise
             await asyncio.sleep(wait)
             wait = min(wait * 2, longest)
 

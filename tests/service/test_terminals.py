@@ -2,7 +2,9 @@
 sandbox's (tests/service/test_processes.py's `host_agent`): the daemon's shutdown closes an
 open attachment with 1001 at once (it never holds the drain) and the terminal runs on; the
 metrics count attachments and their bytes; the server pings; a process deleted while attached
-ends the attachment with an exit message (no code) and 1000. The rest, in real sandboxes:
+ends the attachment with an exit message (no code) and 1000; input a process leaves unread for
+`exec.keepalive_s` is refused, not held until the heartbeat drops the connection. The rest, in
+real sandboxes:
 tests/api/test_terminals.py."""
 
 from __future__ import annotations
@@ -123,3 +125,42 @@ def test_the_server_pings_and_a_deleted_process_ends_its_attachment_with_an_exit
         assert pinged < KEEPALIVE_S * 5
         assert ended["type"] == "exit" and ended["exit_code"] is None, ended
         assert code == 1000
+
+
+def test_input_unread_for_the_keepalive_is_refused_and_the_connection_lives(
+    daemon: InProcessDaemon, client: openai.OpenAI, raw: httpx2.Client,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    cid = client.containers.create(name="unread").id
+    with host_agent(daemon, cid, monkeypatch) as home:
+        r = raw.post(
+            f"/v1/containers/{cid}/processes",
+            json={"command": "sleep 2; wc -c", "working_directory": str(home)},
+        )
+        pid = r.json()["id"]
+        url = f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+        frame, frames = 32 << 10, 64
+
+        async def attached() -> tuple[bytes, list[dict[str, Any]], int | None]:
+            connector = aiohttp.UnixConnector(path=daemon.socket)
+            async with aiohttp.ClientSession(connector=connector) as s, s.ws_connect(url) as ws:
+                assert json.loads((await ws.receive(timeout=10)).data)["type"] == "attached"
+                for _ in range(frames):
+                    await ws.send_bytes(b"z" * frame)
+                await ws.send_str(json.dumps({"type": "eof"}))
+                out, texts = b"", []
+                while (msg := await ws.receive(timeout=10)).type != aiohttp.WSMsgType.CLOSE:
+                    if msg.type == aiohttp.WSMsgType.BINARY:
+                        out += msg.data
+                    else:
+                        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                        texts.append(json.loads(msg.data))
+                return out, texts, ws.close_code
+
+        out, texts, code = asyncio.run(attached())
+        assert code == 1000, (out, texts)
+        assert texts[-1]["type"] == "exit" and texts[-1]["exit_code"] == 0, texts
+        refused = {t["code"] for t in texts[:-1]}
+        assert refused == {"sandbox_busy"}, texts
+        taken = int(out)
+        assert taken % frame == 0 and (1 << 20) <= taken < frame * frames, taken
