@@ -67,6 +67,22 @@ class BuiltImage:
         return self.rootfs.parent / STAMP
 
 
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def env_problem(env: object) -> str | None:
+    """What is wrong with an image's `env` (image.json, a recipe's [env]), or None: names
+    are identifiers, values strings without NUL (they reach every sandbox process)."""
+    if not isinstance(env, dict):
+        return 'env must be a table of NAME = "string"'
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            return f"env name {key!r} is not an identifier (at most 128 characters)"
+        if not isinstance(value, str) or "\0" in value:
+            return f"env {key} must be a string without NUL"
+    return None
+
+
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise ImageError(f"bad image name {name!r}: lowercase letters, digits, '.', '_', '-'")

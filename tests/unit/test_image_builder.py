@@ -118,3 +118,21 @@ def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert images.list_images(tmp_path) == []
     assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_host_side_writes_never_go_through_a_symlink_in_the_tree(tmp_path: Path) -> None:
+    """Code run in the tree as root (maintainer or npm scripts) could plant `/tmp -> /`: the
+    builder's own writes and deletes (as host root) must refuse to follow it."""
+    from sandbox.image_build import finish_tree, inside
+
+    root = tmp_path / "tree"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group"):
+        (root / "etc" / name).write_text("root:x:0:0::/root:/bin/sh\n")
+    outside = tmp_path / "host-dir"
+    outside.mkdir(mode=0o755)
+    (root / "tmp").symlink_to(outside)
+    with pytest.raises(images.ImageError, match="/tmp in the image is a symlink"):
+        finish_tree(root)
+    assert outside.stat().st_mode & 0o7777 == 0o755  # not chmodded 1777 through the link
+    assert inside(root, "etc/hosts") == root / "etc" / "hosts"
