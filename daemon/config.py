@@ -146,11 +146,16 @@ class ExecConfig:
     keepalive_s: float = 15.0
 
 
+# Agent connections kept free of the long-held ones (output streams, attachments, relays):
+# a full set of those never starves typing into a terminal or the process watch.
+SHORT_OPERATIONS = 4
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """How the daemon shares one container's in-sandbox agent (see sandbox/agent_client.py)."""
 
-    connections: int = 16  # operations at once per container
+    connections: int = 24  # operations at once per container
     queue: int = 64  # more wait for a connection; beyond that 429 (x-should-retry, Retry-After)
     queue_wait_s: float = 30.0  # longest wait for a connection; then 429 too
     reply_timeout_s: float = 30.0  # any agent reply outside a running command or cell
@@ -487,6 +492,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("code.default_timeout_ms must be within 1..max_timeout_ms")
     _validate_processes(cfg.processes, cfg.agent)
     _validate_ports(cfg.ports, cfg.agent)
+    held = cfg.processes.max_streams + cfg.processes.max_attachments + cfg.ports.max_relays
+    if held + SHORT_OPERATIONS > cfg.agent.connections:
+        raise ConfigError(
+            f"processes.max_streams + processes.max_attachments + ports.max_relays ({held}) "
+            f"plus {SHORT_OPERATIONS} for short operations (input, resize, the process "
+            f"watch) must not exceed agent.connections ({cfg.agent.connections}): each of them "
+            "holds a connection for as long as it is open"
+        )
 
 
 def _validate_ports(p: PortsConfig, agent: AgentConfig) -> None:

@@ -208,7 +208,10 @@ class ProcessService:
         as the watch would (once: whichever sees it first), so its `killed` is known."""
         procs = self._running.get(cid, {})
         if not info.running and info.id in procs:
-            await self._ended(cid, info, procs.pop(info.id))
+            # An owned task, shielded: the watch no longer sees it, so an attachment that
+            # leaves meanwhile (cancelling us) must not take its event and metrics with it.
+            done = self._tasks.spawn("process-ended", self._ended(cid, info, procs.pop(info.id)))
+            await asyncio.shield(done)
         return self._process(cid, info)
 
     async def read_output(self, caller: Caller, cid: str, pid: str, offset: int) -> OutputRead:

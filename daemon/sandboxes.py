@@ -44,6 +44,7 @@ from sandbox.errors import (
     SandboxError,
 )
 from sandbox.execution import CountersFn
+from sandbox.images import ImageError
 from sandbox.runtime import Runtime
 from sandbox.spec import SandboxSpec, SkillFiles
 
@@ -111,6 +112,9 @@ def translate(action: str) -> Iterator[None]:
     except AgentProtocolError as exc:
         logger.warning("agent protocol violation", extra={"action": action, "error": str(exc)})
         raise SandboxFailed(f"The sandbox misbehaved ({action}).") from exc
+    except ImageError as exc:  # removed or broken after the create's own check
+        logger.warning("image unusable", extra={"action": action, "error": str(exc)})
+        raise InvalidRequest(f"The image cannot be used: {exc}", param="image") from exc
     except SandboxError as exc:
         logger.error("sandbox operation failed", extra={"action": action, "error": str(exc)})
         raise SandboxFailed(f"The sandbox failed ({action}).") from exc

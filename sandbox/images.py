@@ -5,7 +5,7 @@
     builds/<build_id>/rootfs/     a finished tree
     builds/<build_id>/image.json  its metadata (build id, packages, versions...), written last
 
-`sandboxd image build` (sandbox/image_build.py) makes a build and then publishes it; a new
+`sandboxd image build` (sandbox/image_build/) makes a build and then publishes it; a new
 container starts on the current build and keeps the build it started with until it ends.
 A build is in use while a runtime holds a *pin* on it (a shared flock on its image.json) or a
 sandbox's dir names it (`<state>/sandboxes/*/root`, which outlives a daemon restart), so
@@ -27,7 +27,7 @@ import re
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +65,22 @@ class BuiltImage:
     @property
     def stamp(self) -> Path:
         return self.rootfs.parent / STAMP
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def env_problem(env: object) -> str | None:
+    """What is wrong with an image's `env` (image.json, a recipe's [env]), or None: names
+    are identifiers, values strings without NUL (they reach every sandbox process)."""
+    if not isinstance(env, dict):
+        return 'env must be a table of NAME = "string"'
+    for key, value in env.items():
+        if not isinstance(key, str) or not ENV_NAME.fullmatch(key):
+            return f"env name {key!r} is not an identifier (at most 128 characters)"
+        if not isinstance(value, str) or "\0" in value:
+            return f"env {key} must be a string without NUL"
+    return None
 
 
 def check_name(name: str) -> str:
@@ -202,8 +218,53 @@ def _unpinned(stamp: Path) -> Iterator[bool]:
         os.close(fd)
 
 
-def _discard(path: Path) -> None:
-    """Rename away first (atomic: nothing sees a half-deleted tree), then delete."""
+LOCK = ".build.lock"  # in images/<name>/: held while the image is built, removed or collected
+
+
+@contextlib.contextmanager
+def locked(
+    state_dir: Path, name: str, waiting: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold image `name`'s lock (a flock: builds, `remove` and `collect` exclude each other,
+    whichever process runs them). If another holds it: with `waiting`, say so and wait;
+    without, ImageError at once."""
+    base = image_dir(state_dir, name)
+    if not base.is_dir():
+        raise ImageError(f"image {name!r} not found")
+    fd = os.open(base / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting is None:
+                raise ImageError(f"a build of image {name!r} is running") from None
+            waiting(f"another build of image {name} is running: waiting for it to end")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path` in this process's mount namespace."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for row in f:
+            point = row.split()[4].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
+
+
+def discard(path: Path) -> None:
+    """Delete a tree, never through a mount (a build's /dev, a runtime's view): renamed away
+    first (atomic: nothing sees a half-deleted tree), then removed."""
+    if not path.exists():
+        return
+    leaked = mounts_under(path)
+    if leaked:
+        raise ImageError(f"not removing {path}: mounts under it: {', '.join(leaked)}")
     trash = path.parent / f".trash-{path.name}-{os.getpid()}"
     os.rename(path, trash)
     shutil.rmtree(trash, ignore_errors=True)
@@ -220,8 +281,16 @@ def referenced(state_dir: Path, name: str) -> set[str]:
     return found
 
 
-def collect(state_dir: Path, name: str) -> list[str]:
-    """Delete the builds of `name` that are neither current nor in use; their ids."""
+def collect(state_dir: Path, name: str, *, holding_lock: bool = False) -> list[str]:
+    """Delete the builds of `name` that are neither current nor in use; their ids. Under the
+    image's lock (`holding_lock`: the caller holds it): a build being published is never
+    taken for an old one; while a build runs, nothing is collected (it collects itself)."""
+    if not holding_lock:
+        try:
+            with locked(state_dir, name):
+                return collect(state_dir, name, holding_lock=True)
+        except ImageError:
+            return []  # a build runs (or the image is gone)
     builds = image_dir(state_dir, name) / BUILDS
     keep = {current_id(state_dir, name), *referenced(state_dir, name)}
     removed = []
@@ -234,16 +303,20 @@ def collect(state_dir: Path, name: str) -> list[str]:
                 continue
             with _unpinned(entry / STAMP) as free:
                 if free:
-                    _discard(entry)
+                    discard(entry)
                     removed.append(entry.name)
     return removed
 
 
 def remove(state_dir: Path, name: str) -> None:
-    """Delete image `name` and every build of it; ImageInUse if a runtime pins one."""
+    """Delete image `name` and every build of it; ImageInUse if a runtime pins one,
+    ImageError while a build of it runs."""
+    with locked(state_dir, name):
+        _remove(state_dir, name)
+
+
+def _remove(state_dir: Path, name: str) -> None:
     base = image_dir(state_dir, name)
-    if not base.is_dir():
-        raise ImageError(f"image {name!r} not found")
     if referenced(state_dir, name):
         raise ImageInUse(f"image {name!r} is in use by sandboxes")
     with contextlib.ExitStack() as stack:
@@ -253,7 +326,7 @@ def remove(state_dir: Path, name: str) -> None:
         for path in stamps:
             if not stack.enter_context(_unpinned(path)):
                 raise ImageInUse(f"image {name!r} is in use by running sandboxes")
-        _discard(base)
+        discard(base)
 
 
 def write_tar(root: Path, out: Path) -> None:

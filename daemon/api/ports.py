@@ -64,7 +64,9 @@ async def relay(request: web.Request) -> web.StreamResponse:
     async with service.relay(caller_of(request), cid, port, req) as reply:
         if reply.websocket is not None:
             protocols = tuple(v for _, v in reply.headers)
-            ws = web.WebSocketResponse(protocols=protocols, max_msg_size=websocket.MAX_MESSAGE)
+            ws = web.WebSocketResponse(
+                protocols=protocols, max_msg_size=websocket.MAX_MESSAGE, timeout=CLOSE_GRACE_S
+            )
             ws.headers[RELAYED] = str(int(port))
             await ws.prepare(request)
             async with cut_short(service.stopping) as cut:
@@ -72,7 +74,9 @@ async def relay(request: web.Request) -> web.StreamResponse:
             if cut.happened:  # the daemon stops: both ends are told, neither waited for
                 with contextlib.suppress(ConnectionError):
                     reply.websocket.writer.write(websocket.frame(websocket.CLOSE, GOING_AWAY))
-                await ws.close(code=1001, message=b"the daemon is shutting down")
+                with contextlib.suppress(TimeoutError):  # a caller that stopped reading
+                    async with asyncio.timeout(CLOSE_GRACE_S):
+                        await ws.close(code=1001, message=b"the daemon is shutting down")
             return ws
         response = web.StreamResponse(status=reply.status, reason=reply.reason or None)
         for name, value in reply.headers:

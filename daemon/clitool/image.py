@@ -34,8 +34,7 @@ def run(args: argparse.Namespace, euid: int, con: Console) -> int:
             return _build(args, state_dir, euid, con)
         if args.image_command == "ls":
             return _ls(state_dir, cfg.runtime.default_image, args.json, con)
-        with builder.build_lock(images.image_dir(state_dir, args.name), args.name):
-            images.remove(state_dir, args.name)
+        images.remove(state_dir, args.name)
         con.out.write(f"removed image {args.name}\n")
         return 0
     except (ImageError, OSError) as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import shutil
 import subprocess
 import tempfile
@@ -99,7 +98,6 @@ AGENT_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # An image's environment (its image.json `env`: a venv first on PATH, say) reaches the agent
 # as IMAGE_ENV_PREFIX + name; the agent moves it into every command's environment.
 IMAGE_ENV_PREFIX = "SANDBOXD_IMAGE_ENV_"
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def agent_env(image_env: Mapping[str, str]) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sandbox import images
 from sandbox.host import rootfs
-from sandbox.host.agent import ENV_NAME, agent_pycache
+from sandbox.host.agent import agent_pycache
 
 logger = logging.getLogger(__name__)
 
@@ -187,11 +187,9 @@ class Roots:
                     f" by an older sandboxd): rebuild it with sandboxd image build {built.name}"
                 )
             env = built.meta.get("env") or {}
-            if not isinstance(env, dict) or not all(
-                isinstance(v, str) and "\0" not in v and ENV_NAME.fullmatch(k)
-                for k, v in env.items()
-            ):
-                raise images.ImageError(f"image {built.name!r}: its env is malformed")
+            problem = images.env_problem(env)
+            if problem is not None:
+                raise images.ImageError(f"image {built.name!r}: its env is malformed: {problem}")
             return self._add(built.name, built.build_id, built.rootfs, pin, env)
         except BaseException:
             pin.release()

@@ -10,8 +10,9 @@ the runtimes (the sandbox user, mount targets): `finish_tree`.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
+from sandbox.images import ImageError
 from sandbox.spec import (
     AGENT_DIR,
     AGENT_LAZY_MODULES,
@@ -37,8 +38,26 @@ EMPTY_DIRS = (
 )  # fmt: skip
 
 
+def inside(root: Path, rel: str) -> Path:
+    """`root`/`rel` for host-side code (as root) to write or delete: ImageError if any part
+    of the way is a symlink, which code run in the tree (maintainer or npm scripts) could
+    have planted to turn our write into one on the host's own files."""
+    path = root
+    for part in PurePosixPath(rel.lstrip("/")).parts:
+        path = path / part
+        if path.is_symlink():
+            raise ImageError(
+                f"/{rel.lstrip('/')} in the image is a symlink: not writing through it"
+            )
+    return path
+
+
 def finish_tree(root: Path) -> None:
     """Sandbox user, mount targets, no resolver, no apt caches or lists."""
+    for rel in ("etc/passwd", "etc/group", "etc/resolv.conf", "etc/hostname", "etc/hosts", "tmp"):
+        inside(root, rel)
+    for rel in (*EMPTY_DIRS, *EMPTY_FILES, "var/cache/apt/archives", "var/lib/apt/lists"):
+        inside(root, rel)
     etc = root / "etc"
     passwd = (etc / "passwd").read_text()
     if f":{SANDBOX_UID}:" not in passwd:

@@ -20,13 +20,11 @@ current build's is a no-op unless forced. Blocking and slow
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,6 @@ from sandbox.image_build import LAYOUT_VERSION, chroot, finish_tree, metadata, s
 from sandbox.image_build.recipe import Recipe
 from sandbox.images import BuiltImage, ImageError
 
-LOCK = ".build.lock"
 TMP_PREFIX = ".tmp-"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -63,7 +60,7 @@ def build(
     digest = recipe.digest(layout_version=LAYOUT_VERSION, mirror=mirror)
     base = images.image_dir(state_dir, name)
     base.mkdir(parents=True, exist_ok=True)
-    with build_lock(base, name, say):
+    with images.locked(state_dir, name, say):
         try:
             current: BuiltImage | None = images.load(state_dir, name)
         except ImageError:
@@ -78,7 +75,7 @@ def build(
         builds.mkdir(parents=True, exist_ok=True)
         for stale in builds.glob(f"{TMP_PREFIX}*"):  # a dead builder's: we hold the lock
             say(f"removing a half-built tree {stale.name}")
-            _discard(stale)
+            images.discard(stale)
         build_id = _new_id(builds, digest)
         tmp = builds / f"{TMP_PREFIX}{build_id}-{os.getpid()}"
         tmp.mkdir()
@@ -87,10 +84,10 @@ def build(
             _write_json(tmp / images.STAMP, meta)  # last: a tree without it is half-built
             os.rename(tmp, builds / build_id)
         except BaseException:
-            _discard(tmp)
+            images.discard(tmp)
             raise
         images.publish(state_dir, name, build_id)
-        removed = images.collect(state_dir, name)
+        removed = images.collect(state_dir, name, holding_lock=True)
         if removed:
             say(f"removed unused builds: {', '.join(removed)}")
         return images.load_build(state_dir, name, build_id), True
@@ -167,50 +164,6 @@ def _new_id(builds: Path, digest: str) -> str:
         if not (builds / build_id).exists():
             return build_id
         time.sleep(0.5)
-
-
-@contextlib.contextmanager
-def build_lock(
-    base: Path, name: str, waiting: Callable[[str], None] | None = None
-) -> Iterator[None]:
-    """Held while image `name` is built or removed. If another process holds it: with
-    `waiting`, say so and wait for it; without, ImageError at once."""
-    if not base.is_dir():
-        raise ImageError(f"image {name!r} not found")
-    fd = os.open(base / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if waiting is None:
-                raise ImageError(f"a build of image {name!r} is running") from None
-            waiting(f"another build of image {name} is running: waiting for it to end")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below `path` in this process's mount namespace."""
-    prefix = str(path.resolve())
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for row in f:
-            point = row.split()[4].replace("\\040", " ")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return found
-
-
-def _discard(tree: Path) -> None:
-    """Delete a half-built tree, never through a mount (a host /dev bound into it)."""
-    if not tree.exists():
-        return
-    leaked = mounts_under(tree)
-    if leaked:
-        raise ImageError(f"not removing {tree}: mounts under it: {', '.join(leaked)}")
-    shutil.rmtree(tree)
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sandbox import images
 from sandbox.images import ImageError
 
 DEFAULT_SUITE = "bookworm"
@@ -39,7 +40,6 @@ DEBIAN_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 # A requirement pip accepts (name, extras, a version specifier); no URLs, paths or options.
 PYTHON_PACKAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?\s*([<>=!~][^;#]*)?")
 NPM_PACKAGE = re.compile(r"(@[a-z0-9][a-z0-9._-]*/)?[a-z0-9][a-z0-9._-]*(@[A-Za-z0-9.^~<>=*|-]+)?")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class RecipeError(ImageError):
@@ -148,9 +148,9 @@ def parse(name: str, data: Mapping[str, Any], *, where: str = "recipe") -> Recip
     if not debian:
         raise RecipeError(f"{where}: [debian] packages is required (python3 at least)")
     env = data.get("env", {})
-    for key, value in env.items():
-        if not ENV_NAME.fullmatch(key) or not isinstance(value, str):
-            raise RecipeError(f'{where} [env]: {key} must be a NAME = "string"')
+    problem = images.env_problem(env)
+    if problem is not None:
+        raise RecipeError(f"{where} [env]: {problem}")
     verify = data.get("verify", {})
     imports = _strings(verify, "imports", f"{where} [verify]")
     for module in imports:

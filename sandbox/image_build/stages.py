@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from sandbox.image_build import chroot
+from sandbox.image_build import chroot, inside
 from sandbox.image_build.recipe import Recipe
 from sandbox.images import ImageError
 
@@ -128,7 +128,7 @@ def python(tree: Path, packages: Sequence[str], say: Say) -> None:
     )
     found = chroot.output(chroot.in_tree(tree, ["python3", "-c", probe], network=False)).split()
     major, minor, libc, machine = found
-    wheels = tree / WHEELS.lstrip("/")
+    wheels = inside(tree, WHEELS)
     wheels.mkdir(parents=True, exist_ok=True)
     say(f"downloading wheels for CPython {major}.{minor}, glibc {libc}, {machine}")
     argv = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "-q"]
@@ -163,7 +163,7 @@ def npm(tree: Path, packages: Sequence[str], say: Say) -> None:
     if shutil.which("npm"):
         registry = _host_npm("registry", registry, lambda v: v.startswith(("http://", "https://")))
         cafile = _host_npm("cafile", cafile, lambda v: Path(v).is_file())
-    trust = tree / NPM_CA.lstrip("/")
+    trust = inside(tree, NPM_CA)
     trust.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cafile, trust)
     say(f"npm install -g {len(packages)} packages from {registry}")
@@ -203,7 +203,7 @@ def verify(tree: Path, recipe: Recipe, env: Mapping[str, str], say: Say) -> None
         )  # fmt: skip
     if recipe.verify_commands:
         say(f"{len(recipe.verify_commands)} commands ok")
-    for entry in (tree / "tmp").iterdir():  # what the checks left behind
+    for entry in inside(tree, "tmp").iterdir():  # what the checks left behind
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:

@@ -24,7 +24,7 @@ async def test_200_concurrent_execs_on_one_container(daemon: DaemonHandle, conta
     transport = httpx2.AsyncHTTPTransport(
         uds=daemon.socket, limits=httpx2.Limits(max_connections=CONCURRENT + 10)
     )
-    # Each command sleeps 1 s with a 2 s timeout: 200 of them need ~13 s on 16 connections,
+    # Each command sleeps 1 s with a 2 s timeout: 200 of them need ~9 s on 24 connections,
     # far past any one's deadline if waiting for a connection counted against it.
     body = {"commands": ["sleep 1; echo done"], "timeout_ms": 2000}
     async with httpx2.AsyncClient(transport=transport, base_url="http://x", timeout=120) as api:

@@ -10,6 +10,7 @@ import asyncio
 import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -180,6 +181,34 @@ def test_the_daemons_refusals_reach_the_local_client(daemon: DaemonHandle, serve
         r = httpx2.get(forward.url, timeout=30)
         assert r.status_code == 502 and r.json()["error"]["code"] == "port_unreachable"
         assert "x-sandboxd-port" not in r.headers
+    finally:
+        code, err = forward.stop()
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("served", ["unix"], indirect=True)
+def test_a_dot_dot_path_never_leaves_the_ports_route(daemon: DaemonHandle, served: Served) -> None:
+    """HTTP stacks resolve `..`: relayed as is, `/../../../..` would reach the API's other
+    routes with the forwarding user's credentials (list, exec, delete their containers)."""
+    forward = Forward(daemon, served, "0:8000")
+    targets = [
+        "/../../../../containers?limit=5",
+        "/%2e%2e/%2E%2E/%2e%2e/%2e%2e/containers",
+        "/a/../../../../../v1/containers",
+        "/./x",
+    ]
+    try:
+        for target in targets:
+            for extra in ("", "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                          "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                          "Sec-WebSocket-Version: 13\r\n"):  # fmt: skip
+                with socket.create_connection(("127.0.0.1", forward.port), timeout=10) as s:
+                    s.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode())
+                    head = s.recv(4096).decode(errors="replace")
+                assert head.startswith("HTTP/1.1 400"), (target, head[:300])
+                assert "cntr_" not in head
+        ok = httpx2.get(forward.url + "/a/..b/", timeout=30)  # `..b` is a name, not `..`
+        assert ok.status_code == 404 and ok.headers["x-sandboxd-port"] == "8000"
     finally:
         code, err = forward.stop()
     assert code == 0, err

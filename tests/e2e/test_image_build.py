@@ -24,8 +24,7 @@ import pytest
 
 from sandbox import images
 from sandbox.docker.runtime import DockerRuntime, DockerSettings
-from sandbox.image_build.builder import mounts_under
-from sandbox.images import BuiltImage, load
+from sandbox.images import BuiltImage, load, mounts_under
 from sandbox.oci.runtime import OciRuntime, OciSettings, forget_instance
 from sandbox.runtime import Runtime
 from sandbox.seccomp import load_profile

@@ -51,6 +51,7 @@ def test_unknown_key_is_refused(tmp_path: Path) -> None:
         "[server]\napi_keys = { a = 1 }",
         "[exec]\nmax_total_output = 0",
         "[agent]\nconnections = 0",
+        "[agent]\nconnections = 16",  # streams, attachments and relays would take them all
         "[agent]\nqueue = -1",
         "[agent]\nreply_timeout_s = 0",
         "[processes]\nmax_terminals = 0",

@@ -10,6 +10,7 @@ from daemon import errors
 from daemon.egress_proxy import EgressUnavailable
 from daemon.sandboxes import translate
 from sandbox import errors as sandbox_errors
+from sandbox.images import ImageError
 
 TRANSIENT = {
     errors.SandboxBusy: (429, "1"),
@@ -48,6 +49,7 @@ def test_retry_headers_are_truthful(cls: type[errors.DomainError]) -> None:
         (sandbox_errors.AgentError("session_busy", "busy"), errors.SessionBusy, 409),
         (sandbox_errors.RuntimeFailure("runc died"), errors.SandboxFailed, 500),
         (sandbox_errors.HostStorageFull("full"), errors.StorageFull, 507),
+        (ImageError("image 'x' not found"), errors.InvalidRequest, 400),
     ],
     ids=lambda v: type(v).__name__ if isinstance(v, Exception) else str(v),
 )

@@ -49,7 +49,7 @@ def test_a_second_build_of_one_name_waits_for_the_first(tmp_path: Path) -> None:
     digest = wanted.digest(layout_version=LAYOUT_VERSION, mirror=MIRROR)
     base = images.image_dir(tmp_path, "tiny")
     base.mkdir(parents=True)
-    fd = os.open(base / builder.LOCK, os.O_RDWR | os.O_CREAT)
+    fd = os.open(base / images.LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # the first build runs
 
     def first_build_ends() -> None:
@@ -101,7 +101,7 @@ def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     config.write_text(f'state_dir = "{tmp_path}"\n[runtime]\ndefault_image = "tiny"\n')
     assert cli.main(["image", "ls", "--config", str(config)]) == 0
     assert capsys.readouterr().out.splitlines()[1].startswith("tiny (default)  2026")
-    lock = os.open(images.image_dir(tmp_path, "tiny") / builder.LOCK, os.O_RDWR | os.O_CREAT)
+    lock = os.open(images.image_dir(tmp_path, "tiny") / images.LOCK, os.O_RDWR | os.O_CREAT)
     try:  # a build of it runs
         fcntl.flock(lock, fcntl.LOCK_EX)
         assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
@@ -118,3 +118,21 @@ def test_image_ls_and_rm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert images.list_images(tmp_path) == []
     assert cli.main(["image", "rm", "tiny", "--state-dir", str(tmp_path)]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_host_side_writes_never_go_through_a_symlink_in_the_tree(tmp_path: Path) -> None:
+    """Code run in the tree as root (maintainer or npm scripts) could plant `/tmp -> /`: the
+    builder's own writes and deletes (as host root) must refuse to follow it."""
+    from sandbox.image_build import finish_tree, inside
+
+    root = tmp_path / "tree"
+    (root / "etc").mkdir(parents=True)
+    for name in ("passwd", "group"):
+        (root / "etc" / name).write_text("root:x:0:0::/root:/bin/sh\n")
+    outside = tmp_path / "host-dir"
+    outside.mkdir(mode=0o755)
+    (root / "tmp").symlink_to(outside)
+    with pytest.raises(images.ImageError, match="/tmp in the image is a symlink"):
+        finish_tree(root)
+    assert outside.stat().st_mode & 0o7777 == 0o755  # not chmodded 1777 through the link
+    assert inside(root, "etc/hosts") == root / "etc" / "hosts"

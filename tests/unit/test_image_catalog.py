@@ -125,3 +125,16 @@ def test_a_build_named_by_a_sandbox_dir_is_in_use(tmp_path: Path) -> None:
         images.remove(tmp_path, "data")
     (sdir / images.ROOT_FILE).unlink()
     assert images.collect(tmp_path, "data") == ["b1"]
+
+
+def test_nothing_is_collected_or_removed_while_a_build_holds_the_lock(tmp_path: Path) -> None:
+    """A build renames its tree in, then publishes it: a daemon collecting in between must
+    not take the new build for an old one."""
+    _make_build(tmp_path, "data", "b1")
+    _make_build(tmp_path, "data", "b2")
+    with images.locked(tmp_path, "data"):
+        assert images.collect(tmp_path, "data") == []
+        with pytest.raises(images.ImageError, match="build of image 'data' is running"):
+            images.remove(tmp_path, "data")
+        assert images.collect(tmp_path, "data", holding_lock=True) == ["b1"]
+    images.remove(tmp_path, "data")

@@ -250,9 +250,15 @@ def attach_process(cid: str, pid: str, offset: int | None, mode: str) -> str:
 
 
 def port_path(cid: str, port: int, path: str) -> str:
-    """/ports/{port}/{path}: `path` as the server inside sees it (its own %-escapes kept)."""
+    """/ports/{port}/{path}: `path` as the server inside sees it (its own %-escapes kept).
+    A `.` or `..` segment (%-escaped or not) is refused: HTTP stacks resolve them, so one
+    would leave the ports route for another of the API's (a forwarded port would then
+    reach the whole API with its user's credentials)."""
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise ValueError("port must be an integer within 1..65535")
+    segments = path.partition("?")[0].partition("#")[0].split("/")
+    if any(urllib.parse.unquote(s) in (".", "..") for s in segments):
+        raise ValueError("a path with a '.' or '..' segment is refused")
     return f"{container(cid)}/ports/{port}/{path.lstrip('/')}"
 
 

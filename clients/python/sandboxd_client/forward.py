@@ -150,6 +150,7 @@ class PortForward:
         method, target, version = head.first
         if not target.startswith("/") or version not in ("HTTP/1.1", "HTTP/1.0"):
             raise BadRequest("expected an origin-form HTTP/1.x request line")
+        route = self._route(target)
         if "websocket" in head.tokens("upgrade"):
             await self._upgrade(head, reader, writer)
             return False
@@ -163,7 +164,7 @@ class PortForward:
         http = self._client._http
         request = http.build_request(
             method,
-            _routes.port_path(self._cid, self._port, target),
+            route,
             headers=headers,
             content=body.chunks() if body.present else None,
             timeout=_core.timeout(None),  # the daemon bounds a silent relay itself
@@ -184,6 +185,13 @@ class PortForward:
             await response.aclose()
         return keep and body.finished
 
+    def _route(self, target: str) -> str:
+        """The ports route for the local client's request target (never another route)."""
+        try:
+            return _routes.port_path(self._cid, self._port, target)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+
     async def _upgrade(
         self, head: ws.Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -191,7 +199,7 @@ class PortForward:
         two connections are joined byte for byte (frames are the client's and the daemon's
         to read). A refusal is relayed whole, then the connection closes."""
         method, target, version = head.first
-        path = self._endpoint.prefix + _routes.port_path(self._cid, self._port, target)
+        path = self._endpoint.prefix + self._route(target)
         headers = [(k, v) for k, v in head.headers if k.lower() not in UPGRADE_DROPPED]
         headers = [("Host", self._endpoint.authority), *headers, *self._endpoint.authorization()]
         try:
