@@ -275,7 +275,17 @@ def test_a_process_that_fills_the_pids_limit_is_killed_and_the_others_run_on(
 ) -> None:
     server = start(raw, container, "sleep 600")["id"]
     bomb = start(raw, container, FORK_BOMB)["id"]
-    proc = wait_exited(raw, container, bomb, within=60)
+    # While the bomb holds every pid, the agent cannot start a thread for a new connection:
+    # a call may find the sandbox unreachable then (503), never after.
+    deadline = time.monotonic() + 60
+    while True:
+        r = raw.get(f"/v1/containers/{container}/processes/{bomb}")
+        if r.status_code != 503 or r.json()["error"]["code"] != "sandbox_unavailable":
+            assert r.status_code == 200, r.text
+            if (proc := r.json())["status"] != "running":
+                break
+        assert time.monotonic() < deadline, f"{bomb} still runs"
+        time.sleep(0.05)
     assert proc["exit_code"] == 137
     deadline = time.monotonic() + 10
     while "killed" not in (proc := get(raw, container, bomb)):
