@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import sandboxd_client as sc
@@ -16,18 +15,6 @@ import sandboxd_client as sc
 from tests.api.conftest import DaemonHandle
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def sbx(daemon: DaemonHandle) -> Iterator[sc.Client]:
-    with sc.Client(socket=daemon.socket, env={}) as client:
-        yield client
-
-
-@pytest.fixture
-async def asbx(daemon: DaemonHandle) -> AsyncIterator[sc.AsyncClient]:
-    async with sc.AsyncClient(url=daemon.tcp_url, api_key=daemon.keys["alice"], env={}) as client:
-        yield client
 
 
 def read_until(attachment: sc.Attachment, wanted: bytes, seen: bytearray) -> bytes:

@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import sandboxd_client as sc
 
-from tests.api.conftest import DaemonHandle
-
 pytestmark = pytest.mark.root
 
 SERVER = "exec python3 -m http.server 8000 --bind 127.0.0.1"
-
-
-@pytest.fixture
-def sbx(daemon: DaemonHandle) -> Iterator[sc.Client]:
-    with sc.Client(socket=daemon.socket, env={}) as client:
-        yield client
-
-
-@pytest.fixture
-async def asbx(daemon: DaemonHandle) -> AsyncIterator[sc.AsyncClient]:
-    async with sc.AsyncClient(url=daemon.tcp_url, api_key=daemon.keys["alice"], env={}) as client:
-        yield client
 
 
 def test_ports_blocking(sbx: sc.Client) -> None:

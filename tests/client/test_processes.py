@@ -4,7 +4,6 @@ route, blocking and asyncio, and `follow` resuming after a lost connection."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import sandboxd_client as sc
@@ -12,18 +11,6 @@ import sandboxd_client as sc
 from tests.api.conftest import DaemonHandle
 
 pytestmark = pytest.mark.root
-
-
-@pytest.fixture
-def sbx(daemon: DaemonHandle) -> Iterator[sc.Client]:
-    with sc.Client(socket=daemon.socket, env={}) as client:
-        yield client
-
-
-@pytest.fixture
-async def asbx(daemon: DaemonHandle) -> AsyncIterator[sc.AsyncClient]:
-    async with sc.AsyncClient(url=daemon.tcp_url, api_key=daemon.keys["alice"], env={}) as client:
-        yield client
 
 
 def _text(events: list[sc.ProcessEvent], stream: str = "stdout") -> str:
