@@ -26,6 +26,8 @@ import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 
+from sandboxd_client.websocket import HOP_BY_HOP
+
 from daemon import websocket
 from daemon.config import Config
 from daemon.containers import Caller, ContainerService
@@ -35,22 +37,9 @@ from daemon.sandboxes import Sandboxes
 from sandbox.agent_client import PortStream
 
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-# Hop-by-hop (RFC 9110 7.6.1) and what this relay frames itself; Authorization is the
-# caller's key for this API and never reaches the sandbox; Expect: the daemon already
-# answered the client's 100-continue, the server would only send a second one.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
+# Hop-by-hop headers and what this relay frames itself; Authorization is the caller's key
+# for this API and never reaches the sandbox; Expect: the daemon already answered the
+# client's 100-continue, the server would only send a second one.
 REQUEST_DROPPED = HOP_BY_HOP | frozenset(
     {
         "host",

@@ -28,21 +28,8 @@ CHUNK = 64 << 10
 MAX_LINE = 8 << 10  # a chunk-size or trailer line
 # Hop-by-hop headers (RFC 9110 7.6.1), those we frame ourselves, and the caller's own
 # Authorization: the daemon's key is ours to send, the caller's would replace it.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-REQUEST_DROPPED = HOP_BY_HOP | {"host", "authorization", "expect"}
-RESPONSE_DROPPED = HOP_BY_HOP | {"content-length"}
+REQUEST_DROPPED = ws.HOP_BY_HOP | {"host", "authorization", "expect"}
+RESPONSE_DROPPED = ws.HOP_BY_HOP | {"content-length"}
 # For a WebSocket the handshake's own headers stay: the daemon answers them.
 UPGRADE_DROPPED = frozenset({"host", "authorization"})
 

@@ -18,6 +18,21 @@ from sandboxd_client.errors import ProtocolError
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 CONTINUATION, TEXT, BINARY, CLOSE, PING, PONG = 0, 1, 2, 8, 9, 10
+# Hop-by-hop headers (RFC 9110 7.6.1): never relayed, by the daemon's ports route or by
+# `sandboxd port-forward` (each adds what it frames itself).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 MAX_HEAD = 64 << 10  # an HTTP response head (before the upgrade, or a refusal's)
 
 
