@@ -114,9 +114,8 @@ class OciRuntime(HostRuntime):
 
     def _root_ready(self, root: Root) -> None:
         view = self._view(root)
+        _take_down(view)  # an earlier start's, if any
         view.mkdir(mode=0o755, exist_ok=True)
-        for _ in range(loopmount.mount_count(view)):
-            loopmount.unmount(view)
         loopmount.bind_mount(root.tree, view)
 
     def _root_unused(self, root: Root) -> None:
