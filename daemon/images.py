@@ -90,15 +90,13 @@ class ImageService:
         wanted = self.default if name is None else name
         if wanted == images.HOST:
             return wanted
-        try:
-            await asyncio.to_thread(images.load, self._state_dir, wanted)
-        except images.ImageError:
+        if not await asyncio.to_thread(images.is_built, self._state_dir, wanted):
             names = ", ".join(i.name for i in await self.list())
             raise InvalidRequest(
                 f"Unknown image '{wanted}': available images are {names} "
                 f"(build one with: sandboxd image build RECIPE).",
                 param="image",
-            ) from None
+            )
         return wanted
 
     async def _host_info(self) -> ImageInfo:

@@ -125,6 +125,15 @@ def current_id(state_dir: Path, name: str) -> str | None:
     return build_id or None
 
 
+def is_built(state_dir: Path, name: str) -> bool:
+    """Whether image `name` has a published build (cheap: no metadata is read)."""
+    try:
+        base = image_dir(state_dir, name)
+    except ImageError:
+        return False
+    return (base / CURRENT).is_file() or (base / STAMP).is_file()
+
+
 def load(state_dir: Path, name: str) -> BuiltImage:
     """The current build of image `name`."""
     build_id = current_id(state_dir, name)

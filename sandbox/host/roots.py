@@ -156,6 +156,9 @@ class Roots:
                     return root
             tree = rootfs.ensure_skeleton(self._state_dir / "rootfs")
             return self._add(images.HOST, tree.name.removeprefix("rootfs-"), tree, None)
+        known = self._roots.get(f"{image}@{images.current_id(self._state_dir, image)}")
+        if known is not None:  # the usual create: one small read, no metadata parsed
+            return known
         for attempt in range(2):
             built = images.load(self._state_dir, image)
             found = self._roots.get(f"{image}@{built.build_id}")
