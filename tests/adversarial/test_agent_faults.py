@@ -24,6 +24,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from sandbox.execution import AGENT_GRACE_S, INTERRUPT_GRACE_S
 from tests.e2e.harness import DaemonProcess
 from tests.hosttraces import sandbox_dirs
 
@@ -226,8 +227,9 @@ def test_agent_faults_answer_typed_errors(
     faulty: tuple[DaemonProcess, str, str, FakeAgent],
 ) -> None:
     d, cid, fid, fake = faulty
-    # A command's deadline is its timeout plus 5 s for the agent; a cell's 2 s more.
-    with d.client(timeout_s=20) as c:
+    # A command's deadline is its timeout plus the agent's grace; a cell's the interrupt's more.
+    limits = {"exec": 0.1 + AGENT_GRACE_S, "code": 0.1 + INTERRUPT_GRACE_S + AGENT_GRACE_S}
+    with d.client(timeout_s=max(limits.values()) + 10) as c:
         for fault, op, status, code in CASES:
             fake.set_mode(fault)
             started = time.monotonic()
@@ -236,7 +238,7 @@ def test_agent_faults_answer_typed_errors(
             _check(r, status, code)
             assert "Internal error" not in r.text, (fault, op)
             if code == "sandbox_timeout":
-                limit = {"exec": 5.1, "code": 7.1}.get(op, REPLY_TIMEOUT_S)
+                limit = limits.get(op, REPLY_TIMEOUT_S)
                 assert limit - 0.1 < took < limit + 3, (fault, op, took)
         assert c.get("/healthz").status_code == 200
 

@@ -187,13 +187,15 @@ async def test_shared_memory_nobody_holds_is_freed(backend: Harness) -> None:
 # Many processes, each lowering its score as far as the kernel lets it and holding 5 MiB (an
 # awk string, ~7.5 MiB resident): each one smaller than the agent (~9 MiB), together more than
 # the tier. At equal scores the OOM killer takes the biggest process: the agent, unless the
-# agent is not among the candidates.
+# agent is not among the candidates. Each awk holds its string until its own `sleep 10` ends,
+# so the attack ends on its own (11-21 s here, 4-19 OOM kills): an earlier version parked them
+# all on one FIFO with a timed writer, and a subshell that reached its open() after the writer
+# had gone blocked until the command's timeout.
 OOM_ATTACK = r"""
-mkfifo /tmp/hold
-sleep 8 > /tmp/hold &
-for i in $(seq 240); do
-  (for v in -1000 -999 -500 0; do echo $v > /proc/self/oom_score_adj 2>/dev/null && break; done
-   exec awk 'BEGIN { x = "aaaaa"; for (i = 0; i < 20; i++) x = x x } { n++ }' < /tmp/hold) &
+for i in $(seq 200); do
+  sleep 10 | (
+   for v in -1000 -999 -500 0; do echo $v > /proc/self/oom_score_adj 2>/dev/null && break; done
+   exec awk 'BEGIN { x = "aaaaa"; for (i = 0; i < 20; i++) x = x x } { n++ }') &
 done
 wait
 """
