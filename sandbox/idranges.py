@@ -74,6 +74,7 @@ class IdRanges:
         id -> first host id. New claims then start after the highest of them."""
         self._ensure_registry()
         with self._locked():
+            self._sweep_temporaries()
             found = {c.sandbox_id: c.first for c in self._scan() if c.instance == self._instance}
         self._mine.update(found)
         if found:
@@ -138,6 +139,15 @@ class IdRanges:
             os.link(tmp, self._s.registry / name)
         finally:
             tmp.unlink()
+
+    def _sweep_temporaries(self) -> None:
+        """Remove what a writer killed inside `_write_claim` left (called with the lock held:
+        no claim is being written, so every temporary name is such a leftover)."""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(self._s.registry):
+                if name.startswith(".tmp-"):
+                    with contextlib.suppress(FileNotFoundError):
+                        (self._s.registry / name).unlink()
 
     def _ensure_registry(self) -> None:
         self._s.registry.mkdir(mode=0o700, parents=True, exist_ok=True)

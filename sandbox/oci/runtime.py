@@ -332,8 +332,8 @@ def forget_instance(runtime_root: Path, cgroup_parents: Sequence[str], instance:
     for view in views:
         if _take_down(view):
             removed.append(f"mount {view}")
-    with contextlib.suppress(OSError):
-        for path in (base / "roots", base / "state", base):
+    for path in (base / "roots", base / "state", base):
+        with contextlib.suppress(OSError):  # each on its own: one may never have been made
             path.rmdir()
             removed.append(str(path))
     layout = CgroupLayout.detect()

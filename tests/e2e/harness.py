@@ -118,10 +118,6 @@ class DaemonProcess:
     def host_traces(self) -> dict[str, set[str]]:
         """Sandbox ids that have each kind of host resource right now (dirs and mounts are
         named by a sandbox's uid range: the claims in the host registry map them back)."""
-        runc = subprocess.run(
-            ["runc", "--root", self.runc_root, "list", "-q"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
         names = claims(self.instance)
         sandboxes = self.root / "state" / "sandboxes"
         mounts = {
@@ -136,7 +132,7 @@ class DaemonProcess:
             if layout.reader(f"{self.cgroup_base}/{sid}").pids()
         }
         return {
-            "runc": set(runc.stdout.split()),
+            "runc": set(_runc_ids(self.runc_root)),
             "dirs": set(sandbox_dirs(self.root / "state")),
             "claims": set(names.values()),
             "mounts": mounts,
@@ -155,10 +151,7 @@ class DaemonProcess:
         if self.runtime_root == self.root / "runc":  # private: sandboxes of older daemons too
             roots.append(str(self.runtime_root))
         for root in roots:
-            for sid in subprocess.run(
-                ["runc", "--root", root, "list", "-q"],
-                capture_output=True, text=True, check=False,
-            ).stdout.split():  # fmt: skip
+            for sid in _runc_ids(root):
                 subprocess.run(["runc", "--root", root, "delete", "-f", sid], check=False)
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             if str(self.root) in line.split()[4]:
@@ -182,3 +175,14 @@ class DaemonProcess:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _runc_ids(root: str) -> list[str]:
+    """The containers in runc state dir `root` (none if it is missing: `runc list` would
+    make it, and an instance's runtime dir would outlive its cleanup)."""
+    if not Path(root).is_dir():
+        return []
+    out = subprocess.run(
+        ["runc", "--root", root, "list", "-q"], capture_output=True, text=True, check=False
+    )
+    return out.stdout.split()

@@ -17,6 +17,7 @@ import pytest
 
 from sandbox.agent_client import hand_over_work_group
 from sandbox.host.base import HostRuntime
+from sandbox.oci.runtime import forget_instance
 from sandbox.spec import MEMORY_TIERS, SANDBOX_UID
 from tests.runtime.conftest import MIB, Harness, check, chunks_of, sh, spec
 
@@ -289,3 +290,14 @@ async def test_the_v2_way_into_the_work_group_gates_every_child(backend: Harness
     assert out.strip().endswith("/work")
     _, _, outcome = await sh(rt, sid, "/no/such/program")
     assert outcome.exit_code == 127
+
+
+def test_forgetting_an_instance_removes_whatever_of_its_runtime_dir_exists(
+    tmp_path: Path,
+) -> None:
+    """A docker-backend daemon never makes `roots`; `runc list` on its state dir makes that
+    one: forgetting the instance still removes the state dir and the instance dir."""
+    instance = os.urandom(8).hex()
+    (tmp_path / instance / "state").mkdir(parents=True)
+    removed = forget_instance(tmp_path, [f"/sandboxd-test-{instance}"], instance)
+    assert not (tmp_path / instance).exists(), removed
