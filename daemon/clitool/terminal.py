@@ -43,6 +43,7 @@ if TYPE_CHECKING:  # the HTTP stack loads when dispatch makes the client
 
 # Where the sandbox has bash, a login bash (its profile, its prompt); else sh.
 SHELL = "[ -x /bin/bash ] && exec /bin/bash -l; exec /bin/sh"
+MAX_TERM_SIZE = 1000  # the daemon's cap on a terminal's cols and rows
 DETACH = b"\x10\x11"  # Ctrl-P Ctrl-Q
 READ = 64 << 10
 STDIN_AHEAD = 4  # reads of stdin held while sending lags; then stdin is not read (backpressure)
@@ -83,7 +84,7 @@ def terminal_size(*fds: int) -> tuple[int, int]:
     for fd in fds:
         with contextlib.suppress(OSError):
             size = os.get_terminal_size(fd)
-            return max(1, min(size.columns, 1000)), max(1, min(size.lines, 1000))
+            return max(1, min(size.columns, MAX_TERM_SIZE)), max(1, min(size.lines, MAX_TERM_SIZE))
     return 80, 24
 
 
