@@ -152,14 +152,13 @@ class Proc:
         return out
 
     def kill(self):
-        """SIGKILL its group; a terminal's whole session (its jobs are groups of their own)."""
-        if self.size is None:
-            kill_group(self.pid)
-            return
-        groups = {self.pid}
-        groups.update(group for group, session, _ in tasks() if session == self.pid)
-        for group in groups:
-            kill_group(group)
+        """SIGKILL its group; a terminal's whole session (its jobs are groups of their own),
+        the leader's group first: a shell that saw its job die first would exit 137 itself."""
+        kill_group(self.pid)
+        if self.size is not None:
+            for group in {group for group, session, _ in tasks() if session == self.pid}:
+                if group != self.pid:
+                    kill_group(group)
 
     def signal(self, sig):
         """`sig` to its group; on a terminal, to its foreground group, as a key press sends
