@@ -37,6 +37,7 @@ from sandbox.cgroups import CgroupCounters, KillCounters
 from sandbox.errors import (
     AgentBusy,
     AgentError,
+    AgentOutOfThreads,
     AgentProtocolError,
     AgentTimeout,
     AgentUnavailable,
@@ -96,6 +97,12 @@ def translate(action: str) -> Iterator[None]:
     except AgentError as exc:
         cls, param = AGENT_ERRORS.get(exc.code, (SandboxFailed, None))
         raise cls(exc.message, param=param) from exc  # type: ignore[call-arg]
+    except AgentOutOfThreads as exc:
+        logger.info("agent out of threads", extra={"action": action, "error": str(exc)})
+        raise SandboxBusy(
+            f"The container is at its process limit ({action}): its agent had no thread for"
+            " this call; retry shortly."
+        ) from exc
     except AgentBusy as exc:
         logger.info("agent busy", extra={"action": action, "error": str(exc)})
         raise SandboxBusy(

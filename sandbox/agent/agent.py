@@ -1137,8 +1137,12 @@ def main():
         try:
             start_thread(serve_connection, reaper, sessions, processes, conn)
         except RuntimeError:
-            # No thread to be had (the sandbox's pids limit is full): refuse this connection
-            # and stay alive; the daemon sees a closed connection and may retry.
+            # No thread to be had (the sandbox's pids limit is full): say so instead of the
+            # hello, refuse this connection and stay alive (the daemon answers "busy, retry").
+            try:
+                send_error(conn, "no_thread", "no thread for a new call: the pids limit is full")
+            except OSError:
+                pass
             conn.close()
             time.sleep(0.05)
 

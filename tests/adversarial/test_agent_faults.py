@@ -106,6 +106,9 @@ class FakeAgent:
             if self.mode == "stall_hello":
                 _until_closed(conn)
                 return
+            if self.mode == "no_thread":  # as the agent says when the pids limit is full
+                conn.sendall(_json({"error": {"code": "no_thread", "message": "no thread"}}))
+                return
             hello = {**HELLO, "v": 99} if self.mode == "wrong_version" else HELLO
             conn.sendall(_json(hello))
             while True:
@@ -241,6 +244,14 @@ def test_agent_faults_answer_typed_errors(
                 limit = limits.get(op, REPLY_TIMEOUT_S)
                 assert limit - 0.1 < took < limit + 3, (fault, op, took)
         assert c.get("/healthz").status_code == 200
+
+        # No thread in the agent for the call (its pids limit is full): busy, worth a retry.
+        fake.set_mode("no_thread")
+        r = _call(c, cid, "exec")
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "sandbox_busy"
+        assert "process limit" in r.json()["error"]["message"]
+        assert (r.headers["x-should-retry"], r.headers["Retry-After"]) == ("true", "1")
 
         # Gone mid-output, streamed: the 200 stream carries what came, then a typed error.
         fake.set_mode("close_mid_output")

@@ -276,11 +276,11 @@ def test_a_process_that_fills_the_pids_limit_is_killed_and_the_others_run_on(
     server = start(raw, container, "sleep 600")["id"]
     bomb = start(raw, container, FORK_BOMB)["id"]
     # While the bomb holds every pid, the agent cannot start a thread for a new connection:
-    # a call may find the sandbox unreachable then (503), never after.
+    # a call may be told the sandbox is busy then (429, worth a retry), never after.
     deadline = time.monotonic() + 60
     while True:
         r = raw.get(f"/v1/containers/{container}/processes/{bomb}")
-        if r.status_code != 503 or r.json()["error"]["code"] != "sandbox_unavailable":
+        if r.status_code != 429 or r.json()["error"]["code"] != "sandbox_busy":
             assert r.status_code == 200, r.text
             if (proc := r.json())["status"] != "running":
                 break
