@@ -111,6 +111,7 @@ class Proc:
         self.eof = False  # close stdin once `pending` is written
         self.drained = False  # the pump is done: no more output will come
         self.forgotten = False
+        self.deleted_running = False  # forgotten while it ran: described as it was then
         self.ctl_w = None  # written to wake the pump (input, delete)
 
     def append(self, tag, data):
@@ -178,10 +179,13 @@ class Proc:
             pass  # its group is empty: it is ending anyway
 
     def describe(self):
+        # A process deleted while it ran is described as it was then (its follower may end
+        # before or after the kill's status arrives: either way the same answer).
+        status = None if self.deleted_running else self.status
         item = {
             "id": self.id,
             "command": self.command,
-            "status": "running" if self.status is None else "exited",
+            "status": "running" if status is None else "exited",
             "exit_code": None,
             "signal": None,
             "created_at": self.created_at,
@@ -192,8 +196,8 @@ class Proc:
         }
         if self.size is not None:
             item["cols"], item["rows"] = self.size
-        if self.status is not None:
-            item.update(exit_fields(self.status))
+        if status is not None:
+            item.update(exit_fields(status))
         return item
 
 
@@ -460,6 +464,7 @@ class Processes:
         """Kill the group and drop the process (under lock); its pump closes its fds."""
         if p.status is None and p.pid is not None:
             p.kill()
+        p.deleted_running = p.status is None
         p.forgotten = True
         self.table.pop(p.id, None)
         self.wake(p)
