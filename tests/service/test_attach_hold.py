@@ -17,6 +17,7 @@ import pytest
 
 from tests.service.conftest import InProcessDaemon, wait_for
 from tests.service.test_processes import host_agent
+from tests.service.test_terminals import started
 
 KEEPALIVE_S = 20.0
 FRAME = 32 << 10
@@ -41,12 +42,7 @@ def test_shutdown_cuts_an_input_hold_with_1001_at_once(
 ) -> None:  # fmt: skip
     cid = client.containers.create(name="held").id
     with host_agent(daemon, cid, monkeypatch) as home:
-        r = raw.post(
-            f"/v1/containers/{cid}/processes",
-            json={"command": "sleep 120", "working_directory": str(home)},
-        )
-        pid = r.json()["id"]
-        url = f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+        pid, url = started(raw, cid, home, "sleep 120", tty=False)
         seen: dict[str, Any] = {}
         sending = threading.Event()
 

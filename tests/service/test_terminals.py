@@ -13,6 +13,7 @@ import asyncio
 import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,19 +36,22 @@ def _metric(raw: httpx2.Client, line: str) -> bool:
     return line in raw.get("/metrics").text.splitlines()
 
 
+def started(raw: httpx2.Client, cid: str, home: Path, command: str, tty: bool) -> tuple[str, str]:
+    """Start `command` in the host agent's `home`: its process id and attach URL."""
+    body = {"command": command, "tty": tty, "working_directory": str(home)}
+    r = raw.post(f"/v1/containers/{cid}/processes", json=body)
+    assert r.status_code == 200, r.text
+    pid = r.json()["id"]
+    return pid, f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+
+
 def test_shutdown_closes_an_attachment_with_1001_at_once_and_the_terminal_runs_on(
     daemon: InProcessDaemon, client: openai.OpenAI, raw: httpx2.Client,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     cid = client.containers.create(name="attached").id
     with host_agent(daemon, cid, monkeypatch) as home:
-        r = raw.post(
-            f"/v1/containers/{cid}/processes",
-            json={"command": "cat", "tty": True, "working_directory": str(home)},
-        )
-        assert r.status_code == 200, r.text
-        pid = r.json()["id"]
-        url = f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+        pid, url = started(raw, cid, home, "cat", tty=True)
         seen: dict[str, object] = {}
         echoed = threading.Event()
 
@@ -93,12 +97,7 @@ def test_the_server_pings_and_a_deleted_process_ends_its_attachment_with_an_exit
 ) -> None:  # fmt: skip
     cid = client.containers.create(name="pinged").id
     with host_agent(daemon, cid, monkeypatch) as home:
-        r = raw.post(
-            f"/v1/containers/{cid}/processes",
-            json={"command": "sleep 60", "tty": True, "working_directory": str(home)},
-        )
-        pid = r.json()["id"]
-        url = f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+        pid, url = started(raw, cid, home, "sleep 60", tty=True)
 
         async def attached() -> tuple[float, dict[str, Any], int | None]:
             connector = aiohttp.UnixConnector(path=daemon.socket)
@@ -133,12 +132,7 @@ def test_input_unread_for_the_keepalive_is_refused_and_the_connection_lives(
 ) -> None:  # fmt: skip
     cid = client.containers.create(name="unread").id
     with host_agent(daemon, cid, monkeypatch) as home:
-        r = raw.post(
-            f"/v1/containers/{cid}/processes",
-            json={"command": "sleep 2; wc -c", "working_directory": str(home)},
-        )
-        pid = r.json()["id"]
-        url = f"http://localhost/v1/containers/{cid}/processes/{pid}/attach"
+        _, url = started(raw, cid, home, "sleep 2; wc -c", tty=False)
         frame, frames = 32 << 10, 64
 
         async def attached() -> tuple[bytes, list[dict[str, Any]], int | None]:
