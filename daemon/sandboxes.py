@@ -37,7 +37,6 @@ from sandbox.cgroups import CgroupCounters, KillCounters
 from sandbox.errors import (
     AgentBusy,
     AgentError,
-    AgentOutOfThreads,
     AgentProtocolError,
     AgentTimeout,
     AgentUnavailable,
@@ -62,6 +61,7 @@ AGENT_ERRORS: dict[str, tuple[type[Exception], str | None]] = {
     "name_clash": (InvalidRequest, "file"),
     "bad_request": (InvalidRequest, None),
     "spawn_failed": (SandboxUnavailable, None),
+    "no_thread": (SandboxBusy, None),  # instead of a hello: the sandbox's pids limit is full
     # code sessions
     "bad_session": (InvalidRequest, "session_id"),
     "too_many_sessions": (InvalidRequest, "session_id"),
@@ -97,12 +97,6 @@ def translate(action: str) -> Iterator[None]:
     except AgentError as exc:
         cls, param = AGENT_ERRORS.get(exc.code, (SandboxFailed, None))
         raise cls(exc.message, param=param) from exc  # type: ignore[call-arg]
-    except AgentOutOfThreads as exc:
-        logger.info("agent out of threads", extra={"action": action, "error": str(exc)})
-        raise SandboxBusy(
-            f"The container is at its process limit ({action}): its agent had no thread for"
-            " this call; retry shortly."
-        ) from exc
     except AgentBusy as exc:
         logger.info("agent busy", extra={"action": action, "error": str(exc)})
         raise SandboxBusy(

@@ -25,7 +25,6 @@ from sandbox import pathnames
 from sandbox.errors import (
     AgentBusy,
     AgentError,
-    AgentOutOfThreads,
     AgentProtocolError,
     AgentTimeout,
     AgentUnavailable,
@@ -304,9 +303,7 @@ class AgentClient:
         conn = AgentConnection(reader, writer, self._limits.reply_timeout_s)
         try:
             hello = await conn.recv_json()
-            error = hello.get("error")
-            if isinstance(error, dict) and error.get("code") == "no_thread":
-                raise AgentOutOfThreads(str(error.get("message"))[:512])
+            raise_if_error(hello)  # e.g. no_thread: the sandbox's pids limit is full
             if hello.get("v") != PROTOCOL_VERSION or hello.get("agent") != "sandboxd-agent":
                 raise AgentProtocolError("agent speaks an unsupported protocol version")
         except BaseException:

@@ -26,12 +26,6 @@ class AgentBusy(SandboxError):
     wait in it ran out): nothing was sent to the agent, so the operation may be retried."""
 
 
-class AgentOutOfThreads(AgentBusy):
-    """The agent had no thread for the new connection (the sandbox's pids limit is full):
-    nothing ran; it may succeed once the sandbox's processes end (or the pids guard kills
-    the one that filled the limit)."""
-
-
 class AgentTimeout(SandboxError):
     """The agent did not answer within its deadline (stalled, or the sandbox is frozen)."""
 

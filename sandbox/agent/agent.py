@@ -64,6 +64,8 @@ LISTEN_PATH_ENV = "SANDBOXD_AGENT_SOCKET"
 IMAGE_ENV_PREFIX = "SANDBOXD_IMAGE_ENV_"  # sandbox/host/agent.py: the image's environment
 PR_SET_DUMPABLE = 4
 DRAIN_GRACE_S = 0.2
+# Sent instead of the hello when no thread can be had for a connection (the pids limit).
+NO_THREAD = "The container is at its process limit: its agent had no thread for this call."
 
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 BASE_ENV = {
@@ -1140,7 +1142,7 @@ def main():
             # No thread to be had (the sandbox's pids limit is full): say so instead of the
             # hello, refuse this connection and stay alive (the daemon answers "busy, retry").
             try:
-                send_error(conn, "no_thread", "no thread for a new call: the pids limit is full")
+                send_error(conn, "no_thread", NO_THREAD)
             except OSError:
                 pass
             conn.close()

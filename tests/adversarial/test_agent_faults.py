@@ -31,6 +31,7 @@ from tests.hosttraces import sandbox_dirs
 pytestmark = pytest.mark.root
 
 REPLY_TIMEOUT_S = 1.0
+NO_THREAD = "The container is at its process limit: its agent had no thread for this call."
 HELLO = {"v": 1, "agent": "sandboxd-agent", "python": "3.11"}
 
 
@@ -106,8 +107,8 @@ class FakeAgent:
             if self.mode == "stall_hello":
                 _until_closed(conn)
                 return
-            if self.mode == "no_thread":  # as the agent says when the pids limit is full
-                conn.sendall(_json({"error": {"code": "no_thread", "message": "no thread"}}))
+            if self.mode == "no_thread":  # instead of its hello, when the pids limit is full
+                conn.sendall(_json({"error": {"code": "no_thread", "message": NO_THREAD}}))
                 return
             hello = {**HELLO, "v": 99} if self.mode == "wrong_version" else HELLO
             conn.sendall(_json(hello))
