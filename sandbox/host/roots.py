@@ -159,20 +159,19 @@ class Roots:
         known = self._roots.get(f"{image}@{images.current_id(self._state_dir, image)}")
         if known is not None:  # the usual create: one small read, no metadata parsed
             return known
-        for attempt in range(2):
-            built = images.load(self._state_dir, image)
-            found = self._roots.get(f"{image}@{built.build_id}")
-            if found is not None:
-                return found
-            try:
-                found = self._add_built(built)
-            except images.BuildRemoved:
-                if attempt:
-                    raise
-                continue  # published over and collected between our read and our pin: again
+        try:
+            return self._published(image)
+        except images.BuildRemoved:  # published over and collected between our read and pin
+            return self._published(image)
+
+    def _published(self, image: str) -> Root:
+        """The root of `image`'s current build, pinned and added if it is new."""
+        built = images.load(self._state_dir, image)
+        found = self._roots.get(f"{image}@{built.build_id}")
+        if found is None:
+            found = self._add_built(built)
             self._drop_unused(image)  # a new build was published: the old one may go
-            return found
-        raise AssertionError("unreachable")
+        return found
 
     def _known(self, image: str, build_id: str) -> Root:
         if image == images.HOST:
